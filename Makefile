@@ -1,0 +1,49 @@
+# dnlseg: `make train` and `make test` are all the set-up a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/synthetic/dnl.yaml
+ARGS ?=
+LOGDIR ?= runs
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint format bench tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch/torchvision at the versions on this machine's disk; any other version would download gigabytes.
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install dnlseg editable with its dev extras
+
+train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trainer.max_steps=50" overrides
+	$(BIN)/dnlseg fit -c $(CONFIG) $(ARGS)
+
+test: $(STAMP) ## run the test suite (what CI runs)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
+
+format: $(STAMP) ## ruff format + autofix
+	$(BIN)/ruff check --fix src tests benchmarks experiments
+	$(BIN)/ruff format src tests benchmarks experiments
+
+bench: $(STAMP) ## context-block speed/memory benchmark -> benchmarks/context_blocks.md
+	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
+
+tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)
+	$(BIN)/tensorboard --logdir $(LOGDIR)
+
+clean: ## remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,90 @@
+"""DisentangledNonLocal2d computes SCIENCE.md section 2 exactly, with each ablation of section 3."""
+
+import math
+
+import pytest
+import torch
+
+from dnlseg.context import DisentangledNonLocal2d
+from tests.context.test_non_local import conv1x1
+
+
+def reference_dnl(block: DisentangledNonLocal2d, x):
+    """Formula implementation: w_ij = softmax_j(p_ij / (sqrt(C') tau)) + softmax_j(m_j)."""
+    N, C, H, W = x.shape
+    xf = x.flatten(2)
+    v = conv1x1(block.value, xf)  # (N, C', P)
+    c = v.shape[1]
+    w = 0
+    if block.has_pairwise:
+        q, k = conv1x1(block.query, xf), conv1x1(block.key, xf)
+        qw, kw = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+        p = torch.einsum("nci,ncj->nij", qw, kw) / (math.sqrt(c) * block.temperature)
+        w = w + torch.softmax(p, dim=-1)
+    if block.unary_source == "conv":
+        m = conv1x1(block.unary, xf)  # (N, 1, P)
+        w = w + torch.softmax(m, dim=-1)
+    elif block.unary_source == "shared_key":
+        m = torch.einsum("nc,ncj->nj", q.mean(-1), k)[:, None] / math.sqrt(c)
+        w = w + torch.softmax(m, dim=-1)
+    y = torch.einsum("nij,ncj->nci", w.expand(N, H * W, H * W), v).reshape(N, c, H, W)
+    return x + block.out_norm(block.out(y))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(), dict(unary="shared_key"), dict(unary=None), dict(pairwise=False), dict(temperature=1.0)],
+    ids=["dnl", "shared_key", "pairwise_nl", "unary_nl", "tau1"],
+)
+@pytest.mark.parametrize("attention", ["fused", "materialized"])
+def test_dnl_matches_formula(variant, attention):
+    torch.manual_seed(0)
+    block = DisentangledNonLocal2d(6, reduction=2, attention=attention, **variant).double().eval()
+    torch.nn.init.normal_(block.out_norm.weight)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(block(x), reference_dnl(block, x), rtol=1e-10, atol=1e-10)
+
+
+def test_dnl_weights_are_the_sum_of_two_softmaxes():
+    block = DisentangledNonLocal2d(8, attention="materialized")
+    block.keep_attention = True
+    block(torch.randn(2, 8, 3, 4))
+    maps = block.last_attention
+    # Each softmax sums to one over keys, so each row of w sums to two.
+    torch.testing.assert_close(maps.weights.sum(-1), torch.full((2, 12), 2.0))
+    torch.testing.assert_close(
+        maps.weights, torch.softmax(maps.pairwise_logits, -1) + torch.softmax(maps.unary_logits, -1)
+    )
+
+
+def test_learned_temperature_is_a_parameter_that_receives_gradient():
+    block = DisentangledNonLocal2d(8, learn_temperature=True, temperature=0.5)
+    torch.nn.init.ones_(block.out_norm.weight)
+    assert "log_temperature" in dict(block.named_parameters())
+    block(torch.randn(2, 8, 4, 4)).square().sum().backward()
+    assert block.log_temperature.grad.abs() > 0
+    torch.testing.assert_close(block.temperature, torch.tensor(0.5))
+    assert "log_temperature" not in dict(DisentangledNonLocal2d(8).named_parameters())
+
+
+def test_branches_are_named_as_in_the_paper():
+    names = {n.split(".")[0] for n, _ in DisentangledNonLocal2d(8).named_parameters()}
+    assert names == {"query", "key", "value", "unary", "out", "out_norm"}
+    assert DisentangledNonLocal2d(8, pairwise=False).query is None
+    assert DisentangledNonLocal2d(8, unary="shared_key").unary is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(in_channels=10, reduction=4), "not divisible by reduction"),
+        (dict(in_channels=8, temperature=0.0), "temperature=0.0 must be > 0"),
+        (dict(in_channels=8, temperature=-1.0), "must be > 0"),
+        (dict(in_channels=8, unary="gc"), "unary='gc' is not one of 'conv', 'shared_key'"),
+        (dict(in_channels=8, pairwise=False, unary=None), "no attention term"),
+        (dict(in_channels=8, pairwise=False, unary="shared_key"), "needs the pairwise"),
+    ],
+)
+def test_bad_arguments_raise_clear_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DisentangledNonLocal2d(**kwargs)
