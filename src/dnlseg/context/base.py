@@ -118,3 +118,8 @@ class ContextBlock(nn.Module):
     def record(self, maps: AttentionMaps) -> None:
         if self.keep_attention:
             self.last_attention = maps
+
+
+def find_context_blocks(module: nn.Module) -> dict[str, ContextBlock]:
+    """Every context block inside ``module`` by its qualified name (e.g. ``network.decode_head.context``)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, ContextBlock)}

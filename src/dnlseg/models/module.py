@@ -1,0 +1,153 @@
+"""The LightningModule: loss, optimiser, schedule and metrics around a plain ``SegmentationNetwork``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import SGD, Optimizer
+from torch.optim.lr_scheduler import PolynomialLR
+
+from dnlseg.evaluation import SegmentationIoU, confusion_summary
+from dnlseg.models.losses import SegmentationLoss
+from dnlseg.models.network import SegmentationNetwork
+
+
+def default_optimizer(params) -> Optimizer:
+    """SGD, momentum 0.9, lr 0.01, weight decay 5e-4 (the Cityscapes recipe)."""
+    return SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a ``SegmentationNetwork`` (encoder + context head + aux head) with cross-entropy.
+
+    Args:
+        num_classes: linked from the DataModule by the CLI.
+        class_names: linked from the DataModule; names the per-class IoU logs.
+        ignore_index: label value without loss or metric (255).
+        encoder_name: smp encoder name.
+        encoder_weights: None or a local weight file (no downloads).
+        output_stride: 8 or 16.
+        head_channels: width of the context head.
+        context: the context block, e.g. ``class_path: dnlseg.context.DisentangledNonLocal2d`` with its
+            ``init_args`` (its ``in_channels`` is ``head_channels``); null for the baseline head.
+        aux_weight: weight of the auxiliary FCN-head loss (0.4); 0 removes the aux head.
+        aux_channels: width of the aux head.
+        dropout: Dropout2d before the classifiers.
+        ohem_threshold: null for plain cross-entropy, else OHEM with this probability threshold (0.7).
+        ohem_min_kept: OHEM keeps at least this many pixels per image.
+        optimizer: builds the optimiser from the parameters (default SGD lr 0.01, momentum 0.9, wd 5e-4).
+        lr_scheduler: builds a per-iteration scheduler from the optimiser; null: poly, power 0.9, over
+            the run's total optimiser steps.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        ignore_index: int = 255,
+        encoder_name: str = "resnet50",
+        encoder_weights: str | Path | None = None,
+        output_stride: int = 8,
+        head_channels: int = 512,
+        context: Callable[[int], nn.Module] | None = None,
+        aux_weight: float = 0.4,
+        aux_channels: int = 256,
+        dropout: float = 0.1,
+        ohem_threshold: float | None = None,
+        ohem_min_kept: int = 100_000,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["context", "optimizer", "lr_scheduler"])
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight={aux_weight} must be >= 0")
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.network = SegmentationNetwork(
+            num_classes,
+            encoder_name,
+            encoder_weights,
+            output_stride,
+            head_channels,
+            context,
+            aux_channels if aux_weight > 0 else 0,
+            dropout,
+        )
+        self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept)
+        self.aux_weight = aux_weight
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_iou = SegmentationIoU(num_classes, ignore_index)
+        self.test_iou = SegmentationIoU(num_classes, ignore_index)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images).logits
+
+    def losses(self, batch: dict) -> dict[str, Tensor]:
+        """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
+        masks = batch["mask"]
+        out = self.network(batch["image"])
+        losses = {"main_loss": self.criterion(resize_to(out.logits, masks), masks)}
+        losses["loss"] = losses["main_loss"]
+        if out.aux_logits is not None:
+            losses["aux_loss"] = self.criterion(resize_to(out.aux_logits, masks), masks)
+            losses["loss"] = losses["main_loss"] + self.aux_weight * losses["aux_loss"]
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses = self.losses(batch)
+        batch_size = batch["image"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, "val", self.val_iou)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, "test", self.test_iou)
+
+    def evaluation_step(self, batch: dict, stage: str, metric) -> None:
+        masks = batch["mask"]
+        logits = resize_to(self(batch["image"]), masks)
+        self.log(f"{stage}/loss", self.criterion(logits, masks), batch_size=masks.shape[0], sync_dist=True)
+        metric.update(logits.argmax(dim=1), masks)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_confusion_summary("val", self.val_iou)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_confusion_summary("test", self.test_iou)
+
+    def log_confusion_summary(self, stage: str, metric) -> None:
+        with metric.sync_context():  # the dataset-level confusion matrix summed over all ranks
+            summary = confusion_summary(metric.confmat, self.class_names)
+        metric.reset()
+        self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True)
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()})
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"name": batch.get("name"), "prediction": self(batch["image"]).argmax(dim=1)}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        else:  # poly: lr_t = lr_0 * (1 - t / T)^0.9, stepped every iteration
+            total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def resize_to(logits: Tensor, masks: Tensor) -> Tensor:
+    """Bilinearly upsample logits (N, K, h, w) to the label size (N, H, W) when they differ."""
+    if logits.shape[-2:] == masks.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,48 @@
+"""Dataset-level IoU from one confusion matrix."""
+
+import math
+
+import pytest
+import torch
+
+from dnlseg.evaluation import SegmentationIoU, confusion_summary
+
+
+def test_confusion_matrix_accumulates_over_batches_and_ignores_255():
+    metric = SegmentationIoU(3)
+    metric.update(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [1, 255]]))
+    metric.update(torch.tensor([[0, 0]]), torch.tensor([[0, 2]]))
+    assert metric.confmat.tolist() == [[2, 0, 0], [0, 1, 1], [1, 0, 0]]
+
+
+def test_summary_matches_hand_computed_iou():
+    confmat = torch.tensor([[2, 0, 0], [0, 1, 1], [1, 0, 0]])
+    s = confusion_summary(confmat, ["a", "b", "c"])
+    # IoU_a = 2/(2+1+0), IoU_b = 1/(1+1), IoU_c = 0/(1+1)
+    assert s["IoU/a"].item() == pytest.approx(2 / 3)
+    assert s["IoU/b"].item() == pytest.approx(0.5)
+    assert s["IoU/c"].item() == pytest.approx(0.0)
+    assert s["mIoU"].item() == pytest.approx((2 / 3 + 0.5) / 3)
+    assert s["pixel_acc"].item() == pytest.approx(3 / 5)
+
+
+def test_class_absent_from_labels_and_predictions_is_left_out_of_the_mean():
+    s = confusion_summary(torch.tensor([[3, 0], [0, 0]]), ["a", "b"])
+    assert math.isnan(s["IoU/b"].item()) and s["mIoU"].item() == 1.0
+
+
+def test_matches_torchmetrics_own_update():
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    torch.manual_seed(0)
+    preds, target = torch.randint(0, 4, (3, 17, 19)), torch.randint(0, 4, (3, 17, 19))
+    target[:, :3] = 255
+    ours, theirs = SegmentationIoU(4), MulticlassJaccardIndex(4, average="none", ignore_index=255)
+    ours.update(preds, target)
+    theirs.update(preds, target)
+    torch.testing.assert_close(ours.compute(), theirs.compute())
+
+
+def test_labels_outside_the_class_range_raise():
+    with pytest.raises(ValueError, match=r"label values must be in \[0, 3\) or 255"):
+        SegmentationIoU(3).update(torch.tensor([0, 1]), torch.tensor([0, 7]))

@@ -1,0 +1,42 @@
+"""Encoder weights come from local files only; a hub name fails fast, never downloads."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dnlseg.models.encoder import build_encoder
+
+
+def test_hub_weight_name_fails_fast_with_an_explanation():
+    with pytest.raises(ValueError, match="never downloads"):
+        build_encoder("resnet18", 8, "imagenet")
+
+
+def test_torchvision_style_pth_loads_into_the_encoder(tmp_path):
+    torch.manual_seed(3)
+    source = build_encoder("resnet18", 32)
+    state = {**source.state_dict(), "fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
+    torch.save(state, tmp_path / "resnet18.pth")
+    loaded = build_encoder("resnet18", 8, tmp_path / "resnet18.pth")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_safetensors_and_nested_checkpoint_load(tmp_path):
+    source = build_encoder("resnet18", 32)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        loaded = build_encoder("resnet18", 8, tmp_path / name)
+        torch.testing.assert_close(loaded.conv1.weight, source.conv1.weight, rtol=0, atol=0)
+
+
+def test_mismatched_weight_file_names_the_problem(tmp_path):
+    torch.save(build_encoder("resnet34", 32).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="does not fit the encoder.*unexpected"):
+        build_encoder("resnet18", 8, tmp_path / "r34.pth")
+
+
+def test_missing_weight_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no file at .*nope.pth"):
+        build_encoder("resnet18", 8, tmp_path / "nope.pth")

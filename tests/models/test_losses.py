@@ -1,0 +1,48 @@
+"""Cross-entropy with ignore label and OHEM."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnlseg.models.losses import SegmentationLoss
+
+
+def test_plain_loss_is_cross_entropy_ignoring_255():
+    logits = torch.randn(2, 4, 5, 6)
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, 0] = 255
+    labelled = target != 255
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[labelled], target[labelled])
+    torch.testing.assert_close(SegmentationLoss()(logits, target), expected)
+
+
+def test_ohem_keeps_only_pixels_below_the_threshold_when_enough_are():
+    # Pixel 0 is confident (p ~ 1), pixels 1..3 are hard (p = 1/2).
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0, 0, 0] = 20.0
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    loss = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=1)
+    keep = loss.hard_pixels(logits, target)
+    assert keep.tolist() == [[[False, True, True, True]]]
+    torch.testing.assert_close(loss(logits, target), torch.tensor(0.6931472))
+
+
+def test_ohem_min_kept_raises_the_threshold():
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0, 0] = torch.tensor([9.0, 5.0, 3.0, 1.0])  # p(class 0) all above 0.7
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    keep = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=2).hard_pixels(logits, target)
+    assert keep.tolist() == [[[False, False, True, True]]]  # the two hardest
+
+
+def test_ohem_never_keeps_ignored_pixels():
+    logits = torch.zeros(1, 3, 2, 2)
+    target = torch.full((1, 2, 2), 255)
+    target[0, 0, 0] = 1
+    keep = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=10).hard_pixels(logits, target)
+    assert keep.sum() == 1 and keep[0, 0, 0]
+
+
+def test_bad_ohem_threshold_raises():
+    with pytest.raises(ValueError, match="ohem_threshold=1.5"):
+        SegmentationLoss(ohem_threshold=1.5)

@@ -1,0 +1,67 @@
+"""SegmentationNetwork: smp encoder + context head (+ aux head), for the baseline, NL and DNL."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, find_context_blocks
+from dnlseg.models import SegmentationNetwork
+
+CONTEXTS = {
+    "baseline": None,
+    "nl": partial(NonLocal2d, reduction=2),
+    "dnl": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
+}
+
+
+def tiny(context=None, **kwargs):
+    torch.manual_seed(0)
+    defaults = dict(num_classes=5, encoder_name="resnet18", head_channels=16, aux_channels=8, context=context)
+    return SegmentationNetwork(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("name", CONTEXTS)
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_network_returns_logits_at_input_size(name, output_stride):
+    net = tiny(CONTEXTS[name], output_stride=output_stride).train()
+    out = net(torch.randn(2, 3, 64, 96))
+    assert out.logits.shape == (2, 5, 64, 96)
+    assert out.aux_logits.shape == (2, 5, 64, 96)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_context_block_runs_at_the_output_stride():
+    net = tiny(CONTEXTS["dnl"], output_stride=8)
+    block = net.decode_head.context
+    block.keep_attention = True
+    net.eval()(torch.randn(1, 3, 64, 96))
+    assert block.last_attention.query_size == (8, 12)
+    assert list(find_context_blocks(net)) == ["decode_head.context"]
+    assert find_context_blocks(tiny(None)) == {}
+
+
+def test_aux_head_can_be_turned_off_and_is_not_run_in_eval():
+    net = tiny(CONTEXTS["nl"], aux_channels=0)
+    assert net.aux_head is None and net.train()(torch.randn(1, 3, 32, 32)).aux_logits is None
+    assert tiny(CONTEXTS["nl"]).eval()(torch.randn(1, 3, 32, 32)).aux_logits is None
+
+
+@pytest.mark.parametrize("size", [(65, 97), (33, 50)])
+def test_input_not_divisible_by_the_stride_is_handled(size):
+    out = tiny(CONTEXTS["dnl"]).eval()(torch.randn(1, 3, *size))
+    assert out.logits.shape == (1, 5, *size)
+
+
+def test_baseline_head_differs_from_dnl_head_only_by_the_block():
+    base = {n for n, _ in tiny(None).named_parameters()}
+    dnl = {n for n, _ in tiny(CONTEXTS["dnl"]).named_parameters()}
+    assert base < dnl
+    assert {n.split(".")[2] for n in dnl - base} == {"query", "key", "value", "unary", "out", "out_norm"}
+
+
+def test_bad_output_stride_and_encoder_name_raise():
+    with pytest.raises(ValueError, match="output_stride=4"):
+        tiny(output_stride=4)
+    with pytest.raises(ValueError, match="encoder_name='resnet7' is not an smp encoder"):
+        tiny(encoder_name="resnet7")

@@ -1,0 +1,100 @@
+"""The ``dnlseg`` command as a user runs it: fit through the console script, then validate the checkpoint."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnlseg.cli import run_cli
+from tests.tensorboard_events import read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--model.head_channels=16",
+    "--model.aux_channels=8",
+    "--data.init_args.num_train=16",
+    "--data.init_args.num_val=4",
+    "--data.init_args.image_size=64",
+    "--data.init_args.batch_size=2",
+]
+
+
+def dnlseg_executable() -> str:
+    found = shutil.which("dnlseg", path=str(Path(sys.executable).parent))
+    assert found, "the dnlseg console script is not installed next to this Python"
+    return found
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """One tiny DNL fit through the console script, with a command-line override of the temperature."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    cmd = [
+        dnlseg_executable(),
+        "fit",
+        "-c",
+        str(ROOT / "configs/synthetic/dnl.yaml"),
+        *TINY,
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        "--model.context.init_args.temperature=0.1",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return save_dir, result
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoint_config_and_tensorboard_scalars(fitted_run):
+    save_dir, result = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("step*-miou*.ckpt"))) == 1
+    config = (run_dir / "config.yaml").read_text()
+    assert "temperature: 0.1" in config  # the command-line override is what the saved config holds
+    scalars = read_scalars(run_dir)
+    assert {"train/loss", "train/aux_loss", "val/mIoU", "val/pixel_acc", "lr-SGD"} <= scalars.keys()
+    # Lightning logs a validation run after optimizer step k at step k - 1: validation after steps 2 and 4.
+    assert [step for step, _ in scalars["val/mIoU"]] == [1, 3]
+    assert all(math.isfinite(v) for _, v in scalars["train/loss"])
+    assert any(tag.startswith("val/IoU/") for tag in scalars)
+    assert "final val/mIoU" in result.stderr + result.stdout and "last.ckpt" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_validate_reproduces_the_logged_miou_from_the_checkpoint(fitted_run, tmp_path):
+    save_dir, _ = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    logged = read_scalars(run_dir)["val/mIoU"][-1][1]
+    cli = run_cli(
+        [
+            "validate",
+            "-c",
+            str(run_dir / "config.yaml"),
+            "--ckpt_path",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(logged, abs=1e-4)
+
+
+def test_print_config_shows_the_resolved_model_and_data():
+    result = subprocess.run(
+        [sys.executable, "-m", "dnlseg", "fit", "-c", str(ROOT / "configs/synthetic/dnl.yaml"), "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "class_path: dnlseg.context.DisentangledNonLocal2d" in result.stdout
+    assert "temperature: 0.05" in result.stdout and "class_path: dnlseg.data.SyntheticDataModule" in result.stdout
