@@ -10,7 +10,7 @@ LOGDIR ?= runs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format bench tensorboard clean
+.PHONY: help install train test lint format bench experiment-separation tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,12 @@ format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests benchmarks experiments
 	$(BIN)/ruff format src tests benchmarks experiments
 
-bench: $(STAMP) ## context-block speed/memory benchmark -> benchmarks/context_blocks.md
+bench: $(STAMP) ## benchmarks -> benchmarks/context_blocks.md, benchmarks/data_pipeline.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
+	$(BIN)/python benchmarks/data_pipeline.py $(DATA_BENCH_ARGS)
+
+experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
+	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)
 	$(BIN)/tensorboard --logdir $(LOGDIR)

@@ -1,12 +1,17 @@
-"""The ``dnlseg`` command: LightningCLI with fit / validate / test / predict.
+"""The ``dnlseg`` command: LightningCLI with fit / validate / test / predict, and ``prepare`` for datasets.
 
 dnlseg fit -c configs/synthetic/dnl.yaml --model.context.init_args.temperature=0.1
 dnlseg fit -c configs/synthetic/dnl.yaml --print_config
+dnlseg predict -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path last.ckpt   # PNGs via PredictionWriter
+dnlseg prepare cityscapes --root /data/cityscapes   # optional: write gtFine *_labelTrainIds.png once
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
 
 # jsonargparse's deprecation notices are about Lightning's own calls into it, not about anything a user can fix.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -16,6 +21,8 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from dnlseg.models import SegmentationModule  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 
 class DnlsegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
@@ -24,9 +31,20 @@ class DnlsegCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
 
+    def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
+        """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
 
-def run_cli(args: list[str] | None = None) -> DnlsegCLI:
-    """Parse ``args`` (default: sys.argv), run the subcommand, return the CLI (trainer, model, datamodule)."""
+        Lightning would otherwise keep every full-resolution map until the end (500 Cityscapes val images:
+        8 GB of int64); ``--return_predictions true`` asks for them anyway.
+        """
+        return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
+    """Parse ``args`` (default: sys.argv), run the subcommand, return the CLI (trainer, model, datamodule).
+
+    With ``run=False`` ``args`` has no subcommand: the config is parsed and everything instantiated, nothing run.
+    """
     return DnlsegCLI(
         SegmentationModule,
         LightningDataModule,
@@ -34,9 +52,34 @@ def run_cli(args: list[str] | None = None) -> DnlsegCLI:
         auto_configure_optimizers=False,  # the model's typed ``optimizer``/``lr_scheduler`` arguments rule
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
+
+
+def prepare(args: list[str]) -> None:
+    """``dnlseg prepare cityscapes [--root PATH] [--splits train val] [--overwrite]``."""
+    from dnlseg.data import DatasetLayoutError, prepare_cityscapes
+
+    parser = argparse.ArgumentParser(prog="dnlseg prepare", description="One-off dataset preparation.")
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    cityscapes = sub.add_parser(
+        "cityscapes", help="write gtFine/<split>/<city>/*_gtFine_labelTrainIds.png from the *_gtFine_labelIds.png"
+    )
+    cityscapes.add_argument("--root", default=None, help="Cityscapes root (default: $CITYSCAPES_ROOT)")
+    cityscapes.add_argument("--splits", nargs="+", default=["train", "val"], help="gtFine splits (train val)")
+    cityscapes.add_argument("--overwrite", action="store_true", help="rewrite existing labelTrainIds files")
+    parsed = parser.parse_args(args)
+    try:
+        written = prepare_cityscapes(parsed.root, tuple(parsed.splits), parsed.overwrite)
+    except DatasetLayoutError as error:
+        parser.exit(2, f"dnlseg prepare cityscapes: {error}\n")
+    log.info("wrote %d labelTrainIds files", written)
 
 
 def main() -> None:
     """The ``dnlseg`` console script."""
+    if sys.argv[1:2] == ["prepare"]:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        prepare(sys.argv[2:])
+        return
     run_cli()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import PolynomialLR
 
-from dnlseg.evaluation import SegmentationIoU, confusion_summary
+from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.losses import SegmentationLoss
 from dnlseg.models.network import SegmentationNetwork
 
@@ -43,6 +43,9 @@ class SegmentationModule(L.LightningModule):
         optimizer: builds the optimiser from the parameters (default SGD lr 0.01, momentum 0.9, wd 5e-4).
         lr_scheduler: builds a per-iteration scheduler from the optimiser; null: poly, power 0.9, over
             the run's total optimiser steps.
+        inference: how validation, test and predict run the network on a full image: ``mode`` whole or
+            slide (``crop_size``, ``stride``), ``scales`` and ``flip`` for multi-scale + flip, ``base_size``;
+            null: the whole image at its own size. Scores are compared at the label's resolution.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class SegmentationModule(L.LightningModule):
         ohem_min_kept: int = 100_000,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        inference: Inference | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["context", "optimizer", "lr_scheduler"])
@@ -84,6 +88,7 @@ class SegmentationModule(L.LightningModule):
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.inference = inference if inference is not None else Inference()
         self.val_iou = SegmentationIoU(num_classes, ignore_index)
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
 
@@ -115,8 +120,8 @@ class SegmentationModule(L.LightningModule):
         self.evaluation_step(batch, "test", self.test_iou)
 
     def evaluation_step(self, batch: dict, stage: str, metric) -> None:
-        masks = batch["mask"]
-        logits = resize_to(self(batch["image"]), masks)
+        masks = batch["mask"]  # (N, H, W) at the original label resolution
+        logits = self.inference(self, batch["image"], masks.shape[-2:])  # (N, K, H, W)
         self.log(f"{stage}/loss", self.criterion(logits, masks), batch_size=masks.shape[0], sync_dist=True)
         metric.update(logits.argmax(dim=1), masks)
 
@@ -134,7 +139,8 @@ class SegmentationModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"name": batch.get("name"), "prediction": self(batch["image"]).argmax(dim=1)}
+        """{"name": the batch's names, "prediction": (N, H, W) class ids at the input images' size}."""
+        return {"name": batch.get("name"), "prediction": self.inference(self, batch["image"]).argmax(dim=1)}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -1,0 +1,44 @@
+"""Datasets as LightningDataModules: the built-in synthetic one, Cityscapes and ADE20K; their transforms."""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before albumentations is imported: no network call
+
+from dnlseg.data.ade20k import ADE20KDataModule  # noqa: E402
+from dnlseg.data.cityscapes import CityscapesDataModule, prepare_cityscapes  # noqa: E402
+from dnlseg.data.folder import (  # noqa: E402
+    CorruptFileError,
+    DatasetLayoutError,
+    FilePair,
+    FolderDataModule,
+    SegmentationFiles,
+)
+from dnlseg.data.synthetic import (  # noqa: E402
+    SyntheticDataModule,
+    SyntheticSample,
+    SyntheticSegmentation,
+    generate_sample,
+    local_only_accuracy_bound,
+    write_cityscapes_layout,
+)
+from dnlseg.data.transforms import TrainAugmentation, init_worker, train_transform  # noqa: E402
+
+__all__ = [
+    "ADE20KDataModule",
+    "CityscapesDataModule",
+    "CorruptFileError",
+    "DatasetLayoutError",
+    "FilePair",
+    "FolderDataModule",
+    "SegmentationFiles",
+    "SyntheticDataModule",
+    "SyntheticSample",
+    "SyntheticSegmentation",
+    "TrainAugmentation",
+    "generate_sample",
+    "local_only_accuracy_bound",
+    "prepare_cityscapes",
+    "init_worker",
+    "train_transform",
+    "write_cityscapes_layout",
+]

@@ -1,0 +1,459 @@
+"""The built-in synthetic dataset: a segmentation task whose labels need long-range context.
+
+Each image is generated from ``(seed, split, index)`` alone (numpy, a few ms at 128x128), so it is the
+same in every run and in every DataLoader worker.
+
+What an image shows: a mosaic of Voronoi regions (a jittered 4x4 grid of centres along the shorter
+side) separated by thin dark outlines.
+
+- The *legend*: the 2x2 block of regions in a random corner. Each legend region (a *key*) has a
+  colour -- four hues drawn per image -- and is patterned with one of the four foreground classes'
+  patterns (horizontal stripes, vertical stripes, checker, dots); every class appears exactly once.
+  A key's class is its pattern.
+- *Members*: regions whose centre is at least 0.45 of the shorter image side from every key centre.
+  Each is painted flat in the colour of a random key and has that key's class. So distant regions sharing a
+  colour belong to the same class, and which class a colour means is redrawn for every image.
+- *Background*: the remaining regions, blotchy grey -- class ``background``.
+- *Void* (``ignore_index`` 255): a band along every region boundary, like the void pixels along
+  object boundaries in Cityscapes, and 0-2 small blobs of clutter.
+
+Why context is needed. A member's own pixels say "foreground, colour h", never which class: the class
+is written only on the key of colour h, in the legend, which is far away: for 128 px images, region
+centres >= 58 px apart, and 99% of member pixels lie >= 27 px (median 53 px) from every key pixel,
+i.e. more than 3 (median 6) feature cells at output stride 8. Nothing else is informative: members' classes are
+independent of each other and the legend holds every class exactly once, so even a model that sees
+the whole image but cannot match a member's colour to a key's colour is at chance on members. A model
+without that long-range match can reach at best 1/4 (the prior over 4 foreground classes) on member
+pixels; background and keys are locally decidable. Its best expected pixel accuracy is
+``1 - 3/4 * f`` with ``f`` the share of labelled pixels in members (``local_only_accuracy_bound``;
+about 0.7 at 128 px), and its mIoU is lower still. The label is a deterministic function of the whole
+image: find the key of the member's colour and read its pattern. That is one step for a non-local
+block -- the pairwise term matches same-colour positions (the within-category affinity of the DNL
+paper), the values carry the key's pattern, and the legend and outlines are the salient positions
+for the unary term -- while convolutions must carry a colour comparison across half the image. (A
+dilated ResNet-18 has a theoretical receptive field wider than the image, but its effective one is
+far smaller.)
+
+Difficulty ``d`` in [0, 1] sets how close the four hues may come (evenly spaced at 0, down to 30
+degrees apart at 1), the colour saturation (0.75 - 0.35d), per-region colour jitter, the pattern
+contrast (0.9 - 0.4d) and rotation (up to 0.3d rad) and the pixel noise (std 0.02 + 0.1d on [0, 1]).
+
+Cityscapes mapping (``write_cityscapes_layout``): each synthetic class is written as a Cityscapes class,
+so the files read like real Cityscapes annotations:
+
+=========== ======== ================= =======
+synthetic   trainId  Cityscapes label  labelId
+=========== ======== ================= =======
+background  0        road              7
+hstripes    11       person            24
+vstripes    8        vegetation        21
+checker     13       car               26
+dots        6        traffic light     19
+ignore 255  255      unlabeled         0
+=========== ======== ================= =======
+"""
+
+from __future__ import annotations
+
+import colorsys
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from cityscapesscripts.helpers.labels import trainId2label
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("background", "hstripes", "vstripes", "checker", "dots")
+NUM_FOREGROUND = len(CLASS_NAMES) - 1
+IGNORE_INDEX = 255
+SPLITS = ("train", "val")
+
+# Synthetic class -> Cityscapes trainId (road, person, vegetation, car, traffic light); see the table above.
+CITYSCAPES_TRAIN_IDS = (0, 11, 8, 13, 6)
+CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}
+CITYSCAPES_FRAME = 19  # gtFine frames are the 20th frame of each snippet: <city>_<seq>_000019
+LABEL_KINDS = ("labelIds", "labelTrainIds", "color")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+REGIONS_PER_SIDE = 4  # along the shorter image side; the legend is a 2x2 block of them
+PATTERN_PERIOD = 12.0  # pixels at a 128-pixel shorter side
+OUTLINE = 0.05  # intensity of the region outlines
+HUE_BINS = 12  # for the appearance code of SyntheticSample.appearance
+MEMBER_DISTANCE = 0.45  # min distance of a member centre from every key centre, in shorter image sides
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One generated image with its label and the ground truth of how it was made.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) uint8 class ids in [0, num_classes) or ``IGNORE_INDEX``.
+        region: (H, W) int16 Voronoi region id.
+        group: (H, W) int16 colour group (which key's colour) of legend and member regions; -1 elsewhere.
+        appearance: (H, W) int16 hue bin of the group's colour, comparable across images; -1 on background.
+        key: (H, W) bool, True on the legend's key regions.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    region: np.ndarray
+    group: np.ndarray
+    appearance: np.ndarray
+    key: np.ndarray
+
+
+def check_difficulty(difficulty: float) -> None:
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty={difficulty} must be a float in [0, 1]")
+
+
+def check_image_size(name: str, size: int) -> None:
+    if size < 32 or size % 8 != 0:
+        raise ValueError(f"{name}={size} must be a multiple of 8 and >= 32 (the network works at output stride 8)")
+
+
+def _voronoi(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Jittered-grid Voronoi mosaic: region map (H, W), grid cells (R, 2), centres (R, 2) as (y, x), gap (H, W).
+
+    ``gap`` = distance to the second-nearest centre minus distance to the nearest: small on boundaries.
+    """
+    short = min(height, width)
+    rows = max(2, round(REGIONS_PER_SIDE * height / short))
+    cols = max(2, round(REGIONS_PER_SIDE * width / short))
+    cell = np.array([height / rows, width / cols])
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).reshape(-1, 2)
+    centres = ((grid + 0.5 + rng.uniform(-0.3, 0.3, size=grid.shape)) * cell).astype(np.float32)  # (R, 2)
+    yy = np.arange(height, dtype=np.float32)[None, :, None]
+    xx = np.arange(width, dtype=np.float32)[None, None, :]
+    d2 = (yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2  # (R, H, W)
+    nearest = np.argpartition(d2, 1, axis=0)[:2]  # (2, H, W): nearest and second-nearest centre
+    d_near = np.sqrt(np.take_along_axis(d2, nearest, axis=0))
+    return nearest[0].astype(np.int16), grid, centres, d_near[1] - d_near[0]
+
+
+def _patterns(yy: np.ndarray, xx: np.ndarray, period: float, rotation: float, phase: np.ndarray) -> np.ndarray:
+    """The four foreground classes' patterns in [0, 1], (4, H, W): hstripes, vstripes, checker, dots."""
+    k = 2 * math.pi / period
+    u = k * (xx * math.cos(rotation) + yy * math.sin(rotation)) + phase[0]
+    w = k * (yy * math.cos(rotation) - xx * math.sin(rotation)) + phase[1]
+    waves = np.stack([np.sin(w), np.sin(u), 2 * np.sin(u) * np.sin(w), 2 * (np.cos(u) + np.cos(w)) - 2.5])
+    return 0.5 + 0.5 * np.clip(2 * waves, -1, 1)  # steepened towards square waves
+
+
+def generate_sample(
+    seed: int,
+    index: int,
+    split: str = "train",
+    height: int = 128,
+    width: int = 128,
+    difficulty: float = 0.5,
+) -> SyntheticSample:
+    """Generate image ``index`` of ``split``; a pure function of its arguments (see the module docstring).
+
+    Args:
+        seed: dataset seed (>= 0).
+        index: image index within the split (>= 0).
+        split: "train" or "val"; the splits draw from disjoint random streams.
+        height: image height in pixels.
+        width: image width in pixels.
+        difficulty: in [0, 1]; see the module docstring.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}")
+    check_difficulty(difficulty)
+    d = float(difficulty)
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    short = min(height, width)
+    scale = short / 128.0
+
+    # Layout: legend = the 2x2 block of grid cells in a random corner; members = regions far from it.
+    region, grid, centres, gap = _voronoi(rng, height, width)
+    corner = np.array([rng.integers(0, 2), rng.integers(0, 2)]) * (grid.max(axis=0) - 1)  # top-left cell
+    is_key = np.all((grid >= corner) & (grid <= corner + 1), axis=1)  # (R,)
+    distance = np.linalg.norm(centres[:, None] - centres[None, is_key], axis=-1).min(axis=1)  # to nearest key
+    is_member = distance >= MEMBER_DISTANCE * short
+    group = np.full(len(centres), -1, dtype=np.int16)
+    group[is_key] = rng.permutation(NUM_FOREGROUND)  # key regions in legend order -> colour group
+    group[is_member] = rng.integers(0, NUM_FOREGROUND, size=int(is_member.sum()))
+    group_class = rng.permutation(NUM_FOREGROUND) + 1  # each class exactly once in the legend
+
+    # Colours: four hues, evenly spaced at difficulty 0, as close as 30 degrees at difficulty 1.
+    hue = (rng.uniform() + np.arange(NUM_FOREGROUND) / NUM_FOREGROUND) % 1.0
+    hue = (hue + rng.uniform(-1, 1, size=NUM_FOREGROUND) * d / 12) % 1.0
+    saturation = 0.75 - 0.35 * d
+    colour = np.array([colorsys.hsv_to_rgb(h, saturation, 0.7) for h in hue], dtype=np.float32)  # (4, 3)
+    g = np.where(group >= 0, group, 0)
+    region_colour = colour[g] * (1 + rng.uniform(-0.06, 0.06, size=(len(centres), 1)) * d)  # (R, 3)
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    contrast = 0.9 - 0.4 * d
+    rotation = rng.uniform(-0.3, 0.3) * d
+    patterns = _patterns(yy, xx, max(4.0, PATTERN_PERIOD * scale), rotation, rng.uniform(0, 2 * math.pi, 2))
+    region_class = np.where(group >= 0, group_class[g], 0).astype(np.uint8)  # (R,)
+    pixel_class = region_class[region]  # (H, W)
+    patterns -= patterns.mean(axis=(1, 2), keepdims=True)  # a key's mean colour is its members' colour
+    pattern = np.take_along_axis(patterns, np.maximum(pixel_class.astype(np.int64) - 1, 0)[None], 0)[0]
+    shade = np.where(is_key[region], 1 + contrast * pattern, 1.0)  # (H, W)
+    image = region_colour[region] * shade[..., None]  # (H, W, 3)
+
+    blotches = cv2.resize(rng.normal(0, 0.1, size=(5, 5)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
+    level = rng.uniform(0.35, 0.6) * (1 + rng.uniform(-0.05, 0.05, size=3))
+    background = level[None, None, :] + blotches[..., None]
+    image = np.where((group < 0)[region][..., None], background, image).astype(np.float32)
+
+    mask = pixel_class.copy()
+    image[gap < 1.2 * max(scale, 0.5)] = OUTLINE
+    mask[gap < 2.0 * max(scale, 0.5)] = IGNORE_INDEX
+
+    for _ in range(rng.integers(0, 3)):  # void blobs of clutter
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        radius = rng.uniform(0.03, 0.06) * short
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        image[blob] = rng.uniform(0, 1, size=(int(blob.sum()), 3))
+        mask[blob] = IGNORE_INDEX
+
+    image += rng.normal(0, 0.02 + 0.1 * d, size=image.shape).astype(np.float32)
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    appearance = np.where(group >= 0, (hue[g] * HUE_BINS).astype(np.int16), -1).astype(np.int16)
+    return SyntheticSample(
+        image=image,
+        mask=mask,
+        region=region,
+        group=group[region],
+        appearance=appearance[region],
+        key=is_key[region],
+    )
+
+
+def local_only_accuracy_bound(samples: Sequence[SyntheticSample]) -> float:
+    """Best expected pixel accuracy of a model that cannot match a member region to its key.
+
+    Background and key pixels count as solved; a member pixel is right with the best prior,
+    1 / (number of foreground classes). Ignore pixels do not count, as in training and evaluation.
+    """
+    labelled = member = 0
+    for s in samples:
+        valid = s.mask != IGNORE_INDEX
+        labelled += int(valid.sum())
+        member += int((valid & (s.group >= 0) & ~s.key).sum())
+    return 1.0 - member / labelled * (1.0 - 1.0 / NUM_FOREGROUND)
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32, ImageNet mean/std on [0, 1]."""
+    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class SyntheticSegmentation(Dataset):
+    """Map-style dataset over ``generate_sample``: item ``i`` is generated on the fly from (seed, split, i).
+
+    Args:
+        length: number of images.
+        split: "train" or "val".
+        image_size: side of the square images.
+        difficulty: in [0, 1].
+        seed: dataset seed.
+    """
+
+    def __init__(self, length: int, split: str, image_size: int, difficulty: float, seed: int) -> None:
+        self.length = length
+        self.split = split
+        self.image_size = image_size
+        self.difficulty = difficulty
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int) -> SyntheticSample:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a {self.split} set of {self.length} images")
+        s = self.image_size
+        return generate_sample(self.seed, index, self.split, s, s, self.difficulty)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        sample = self.sample(index)
+        return {
+            "image": normalize(sample.image),
+            "mask": torch.from_numpy(sample.mask.astype(np.int64)),
+            "name": f"synthetic_{self.split}_{index:06d}",
+        }
+
+
+def write_cityscapes_layout(
+    root: str | Path,
+    num_train: int,
+    num_val: int,
+    image_size: int | tuple[int, int] = (64, 128),
+    seed: int = 0,
+    label_kinds: Sequence[str] = ("labelIds", "labelTrainIds"),
+    difficulty: float = 0.5,
+) -> Path:
+    """Write synthetic images in the Cityscapes on-disk layout under ``root``; returns ``root``.
+
+    Files: ``leftImg8bit/<split>/<city>/<city>_<seq:06d>_000019_leftImg8bit.png`` (8-bit RGB) and
+    ``gtFine/<split>/<city>/<city>_<seq:06d>_000019_gtFine_<kind>.png`` for each label kind: ``labelIds``
+    and ``labelTrainIds`` are 8-bit single-channel ("L"), ``color`` is RGBA as in Cityscapes. Train images
+    go round-robin to aachen and bochum, val images to frankfurt. Class mapping: module docstring.
+
+    Args:
+        root: output folder (created if missing).
+        num_train: train images (>= 0).
+        num_val: val images (>= 0).
+        image_size: (height, width), or one int for square images; each a multiple of 8 and >= 32.
+        seed: dataset seed; image i of a split is ``generate_sample(seed, i, split, ...)``.
+        label_kinds: subset of ("labelIds", "labelTrainIds", "color").
+        difficulty: in [0, 1].
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    check_image_size("image_size", height)
+    check_image_size("image_size", width)
+    check_difficulty(difficulty)
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
+        if value < 0:
+            raise ValueError(f"{name}={value} must be >= 0")
+    unknown = [k for k in label_kinds if k not in LABEL_KINDS]
+    if unknown:
+        raise ValueError(f"label_kinds: unknown kinds {unknown}; expected a subset of {LABEL_KINDS}")
+
+    # Lookup tables synthetic id (0..4, 255) -> trainId / labelId / colour.
+    to_train_id = np.full(256, 255, dtype=np.uint8)
+    to_train_id[: len(CITYSCAPES_TRAIN_IDS)] = CITYSCAPES_TRAIN_IDS
+    to_label_id = np.zeros(256, dtype=np.uint8)  # 0 = "unlabeled" for the ignore label
+    to_color = np.zeros((256, 4), dtype=np.uint8)  # unlabeled: (0, 0, 0, 255) as in Cityscapes
+    to_color[:, 3] = 255
+    for cls, train_id in enumerate(CITYSCAPES_TRAIN_IDS):
+        to_label_id[cls] = trainId2label[train_id].id
+        to_color[cls, :3] = trainId2label[train_id].color
+
+    root = Path(root)
+    for split, count in (("train", num_train), ("val", num_val)):
+        cities = CITYSCAPES_CITIES[split]
+        for index in range(count):
+            city, seq = cities[index % len(cities)], index // len(cities)
+            stem = f"{city}_{seq:06d}_{CITYSCAPES_FRAME:06d}"
+            sample = generate_sample(seed, index, split, height, width, difficulty)
+            image_dir = root / "leftImg8bit" / split / city
+            label_dir = root / "gtFine" / split / city
+            image_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(sample.image).save(image_dir / f"{stem}_leftImg8bit.png")
+            tables = {"labelIds": to_label_id, "labelTrainIds": to_train_id, "color": to_color}
+            for kind in label_kinds:
+                Image.fromarray(tables[kind][sample.mask]).save(label_dir / f"{stem}_gtFine_{kind}.png")
+    log.info("wrote %d train and %d val synthetic images in the Cityscapes layout to %s", num_train, num_val, root)
+    return root
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """The default dataset: synthetic images whose labels need long-range context (module docstring).
+
+    Items are dicts ``{"image": (3, H, W) float normalised with ImageNet mean/std, "mask": (H, W) int64
+    in [0, num_classes) or 255, "name": str}``. Test = val set; predict = val images.
+
+    Args:
+        num_train: training images per epoch (generated on the fly, the same every epoch).
+        num_val: validation images (also the test and predict set).
+        image_size: side of the square images; a multiple of 8, >= 32.
+        difficulty: in [0, 1]: closer and paler group colours, weaker patterns, more noise.
+        seed: the dataset seed; images, masks and the train shuffling order follow from it.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: DataLoader ``pin_memory``.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 512,
+        num_val: int = 64,
+        image_size: int = 128,
+        difficulty: float = 0.5,
+        seed: int = 0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("batch_size", batch_size)):
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be > 0")
+        check_image_size("image_size", image_size)
+        check_difficulty(difficulty)
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be >= 0")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        self.save_hyperparameters()
+        self.num_train = num_train
+        self.num_val = num_val
+        self.image_size = image_size
+        self.difficulty = difficulty
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.num_classes: int = len(CLASS_NAMES)
+        self.class_names: list[str] = list(CLASS_NAMES)
+        self.ignore_index: int = IGNORE_INDEX
+        self.palette: list[tuple[int, int, int]] = [tuple(trainId2label[t].color) for t in CITYSCAPES_TRAIN_IDS]
+        self.train_set: SyntheticSegmentation | None = None
+        self.val_set: SyntheticSegmentation | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = SyntheticSegmentation(self.num_train, "train", self.image_size, self.difficulty, self.seed)
+            self.val_set = SyntheticSegmentation(self.num_val, "val", self.image_size, self.difficulty, self.seed)
+
+    def _loader(self, dataset: SyntheticSegmentation, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def write_cityscapes_layout(
+        self, root: str | Path, label_kinds: Sequence[str] = ("labelIds", "labelTrainIds")
+    ) -> Path:
+        """This module's train and val images (its sizes, seed, difficulty) in the Cityscapes layout.
+
+        Args:
+            root: output folder.
+            label_kinds: subset of ("labelIds", "labelTrainIds", "color").
+        """
+        return write_cityscapes_layout(
+            root, self.num_train, self.num_val, self.image_size, self.seed, label_kinds, self.difficulty
+        )

@@ -1,0 +1,17 @@
+"""Fixtures shared across the test folders: tiny Cityscapes and ADE20K datasets in their real on-disk formats."""
+
+import pytest
+
+from tests.datasets import write_ade20k, write_cityscapes
+
+
+@pytest.fixture(scope="session")
+def cityscapes_root(tmp_path_factory):
+    """4 train + 2 val 64x128 images, gtFine labelIds and labelTrainIds. Read-only: copy it to modify."""
+    return write_cityscapes(tmp_path_factory.mktemp("cityscapes"), label_kinds=("labelIds", "labelTrainIds"))
+
+
+@pytest.fixture(scope="session")
+def ade20k_root(tmp_path_factory):
+    """4 training + 2 validation JPEGs of different sizes with 0..150 annotations. Read-only."""
+    return write_ade20k(tmp_path_factory.mktemp("ade20k"))

@@ -1,0 +1,234 @@
+"""The synthetic dataset is deterministic, well-formed, needs long-range context, and writes Cityscapes files."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from cityscapesscripts.helpers.labels import id2label
+from PIL import Image
+
+from dnlseg.data import SyntheticDataModule, generate_sample, local_only_accuracy_bound, write_cityscapes_layout
+from dnlseg.data.synthetic import CITYSCAPES_TRAIN_IDS
+
+SIZE = 64
+
+
+def samples(n, seed=0, difficulty=0.5, size=SIZE):
+    return [generate_sample(seed, i, "train", size, size, difficulty) for i in range(n)]
+
+
+def test_same_seed_gives_identical_images_and_masks_and_another_seed_does_not():
+    a = SyntheticDataModule(num_train=4, num_val=2, image_size=SIZE, seed=3).train_dataloader().dataset
+    b = SyntheticDataModule(num_train=4, num_val=2, image_size=SIZE, seed=3).train_dataloader().dataset
+    c = SyntheticDataModule(num_train=4, num_val=2, image_size=SIZE, seed=4).train_dataloader().dataset
+    for i in range(4):
+        assert torch.equal(a[i]["image"], b[i]["image"])
+        assert torch.equal(a[i]["mask"], b[i]["mask"])
+        assert not torch.equal(a[i]["image"], c[i]["image"])
+        assert not torch.equal(a[i]["mask"], c[i]["mask"])
+
+
+def test_train_and_val_images_differ_and_images_differ_by_index():
+    train = generate_sample(0, 0, "train", SIZE, SIZE)
+    val = generate_sample(0, 0, "val", SIZE, SIZE)
+    other = generate_sample(0, 1, "train", SIZE, SIZE)
+    assert not np.array_equal(train.image, val.image)
+    assert not np.array_equal(train.image, other.image)
+
+
+def test_batches_have_documented_shapes_dtypes_and_value_ranges():
+    dm = SyntheticDataModule(num_train=6, num_val=3, image_size=SIZE, batch_size=4)
+    assert (dm.num_classes, dm.ignore_index) == (5, 255)
+    assert dm.class_names == ["background", "hstripes", "vstripes", "checker", "dots"]
+    assert len(dm.palette) == dm.num_classes and all(len(c) == 3 for c in dm.palette)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, SIZE, SIZE) and batch["mask"].dtype == torch.int64
+    assert len(batch["name"]) == 4 and all(n.startswith("synthetic_train_") for n in batch["name"])
+    values = set(batch["mask"].unique().tolist())
+    assert values <= set(range(dm.num_classes)) | {255}
+    # ImageNet normalisation of [0, 1] RGB: (0 - 0.485) / 0.229 = -2.12 ... (1 - 0.406) / 0.225 = 2.64
+    assert -2.2 < batch["image"].min() < -1.5 and 1.5 < batch["image"].max() < 2.7
+    val = list(dm.val_dataloader())
+    assert [len(b["name"]) for b in val] == [3]
+    assert val[0]["name"] == ["synthetic_val_000000", "synthetic_val_000001", "synthetic_val_000002"]
+    assert next(iter(dm.test_dataloader()))["name"] == val[0]["name"]
+    assert next(iter(dm.predict_dataloader()))["name"] == val[0]["name"]
+
+
+def test_train_order_is_shuffled_reproducibly_from_the_seed():
+    def order(seed):
+        dm = SyntheticDataModule(num_train=16, num_val=1, image_size=32, seed=seed, batch_size=16)
+        return next(iter(dm.train_dataloader()))["name"]
+
+    assert order(0) == order(0)
+    assert order(0) != sorted(order(0))
+    assert order(0) != order(1)
+
+
+def test_items_do_not_depend_on_the_worker_process():
+    dm = SyntheticDataModule(num_train=4, num_val=4, image_size=32, batch_size=2)
+    in_main = list(dm.val_dataloader())
+    dm.num_workers = 2
+    in_workers = list(dm.val_dataloader())
+    for a, b in zip(in_main, in_workers, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_every_class_and_the_ignore_label_appear_in_a_few_images():
+    masks = np.stack([s.mask for s in samples(8)])
+    counts = np.bincount(masks.ravel(), minlength=256)
+    assert all(counts[c] > 0 for c in range(5))
+    assert 0.03 < counts[255] / masks.size < 0.2
+    assert all((s.mask == 255).any() for s in samples(8))
+
+
+def test_region_boundaries_are_void():
+    for s in samples(4, size=128) + samples(4, size=32):
+        labelled = s.mask != 255
+        for axis in (0, 1):  # any two labelled neighbours lie in the same region
+            a = [slice(None), slice(None)]
+            b = [slice(None), slice(None)]
+            a[axis], b[axis] = slice(1, None), slice(None, -1)
+            both = labelled[tuple(a)] & labelled[tuple(b)]
+            assert np.array_equal(s.region[tuple(a)][both], s.region[tuple(b)][both])
+
+
+def member_pixels(sample):
+    """Labelled pixels of member regions: their own appearance says "colour h", not the class."""
+    return (sample.mask != 255) & (sample.group >= 0) & ~sample.key
+
+
+def test_a_classifier_of_local_appearance_is_at_chance_on_members_of_new_images():
+    votes = np.zeros((12, 5), dtype=np.int64)  # (hue bin, class) pixel counts on members of one seed
+    for s in samples(150):
+        m = member_pixels(s)
+        np.add.at(votes, (s.appearance[m], s.mask[m]), 1)
+    assert (votes[:, 1:] > 0).all() and (votes[:, 0] == 0).all()  # every hue bin means every class
+    majority = votes.argmax(axis=1)
+    correct = total = 0
+    for s in samples(150, seed=1):  # held out
+        m = member_pixels(s)
+        correct += int((majority[s.appearance[m]] == s.mask[m]).sum())
+        total += int(m.sum())
+    assert 0.18 < correct / total < 0.32  # chance: 1/4 foreground classes
+
+
+def test_legend_holds_every_foreground_class_once_so_class_counts_say_nothing():
+    for s in samples(20):
+        keys = [s.mask[(s.region == r) & (s.mask != 255)] for r in np.unique(s.region[s.key])]
+        assert sorted(int(np.bincount(k).argmax()) for k in keys) == [1, 2, 3, 4]
+        assert sorted(np.unique(s.group[s.key]).tolist()) == [0, 1, 2, 3]
+
+
+def test_local_only_accuracy_bound_counts_member_pixels_at_chance():
+    data = samples(40, size=128)
+    members = sum(int(member_pixels(s).sum()) for s in data)
+    labelled = sum(int((s.mask != 255).sum()) for s in data)
+    bound = local_only_accuracy_bound(data)
+    assert bound == pytest.approx(1 - 0.75 * members / labelled)
+    assert 0.6 < bound < 0.8  # about 0.71
+
+
+@pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
+def test_label_is_the_class_of_the_distant_key_of_the_same_colour(difficulty):
+    """Read from the pixels: each member takes the class of the legend key whose colour is nearest to its own."""
+    for s in samples(10, difficulty=difficulty, size=128):
+        keys = [r for r in np.unique(s.region[s.key])]
+        key_colour = np.stack([s.image[(s.region == r) & (s.mask != 255)].mean(axis=0) for r in keys])
+        key_class = [np.bincount(s.mask[(s.region == r) & (s.mask != 255)]).argmax() for r in keys]
+        for r in np.unique(s.region[(s.group >= 0) & ~s.key]):
+            member = (s.region == r) & (s.mask != 255)
+            nearest_key = np.argmin(np.linalg.norm(key_colour - s.image[member].mean(axis=0), axis=1))
+            assert (s.mask[member] == key_class[nearest_key]).all()
+        distance_to_legend = cv2.distanceTransform((~s.key).astype(np.uint8), cv2.DIST_L2, 5)
+        assert np.median(distance_to_legend[member_pixels(s)]) > 32  # half a 128 px image, typically
+        assert (s.mask[(s.group < 0) & (s.mask != 255)] == 0).all()  # the rest is background
+
+
+def test_difficulty_brings_group_colours_closer_and_adds_noise():
+    def key_colour_spread_and_noise(difficulty):
+        spreads, noise = [], []
+        for s in samples(20, difficulty=difficulty, size=128):
+            colours = np.stack(
+                [s.image[(s.group == g) & s.key & (s.mask != 255)].mean(axis=0) for g in range(4)]
+            )
+            spreads.append(np.linalg.norm(colours[:, None] - colours[None], axis=-1).sum() / 12)
+            member = member_pixels(s) & (s.region == np.bincount(s.region[member_pixels(s)]).argmax())
+            noise.append(s.image[member].std(axis=0).mean())
+        return np.mean(spreads), np.mean(noise)
+
+    easy, hard = key_colour_spread_and_noise(0.0), key_colour_spread_and_noise(1.0)
+    assert hard[0] < 0.8 * easy[0]
+    assert hard[1] > 2 * easy[1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_train": 0}, "num_train"),
+        ({"num_val": -1}, "num_val"),
+        ({"image_size": 100}, "image_size"),
+        ({"image_size": 24}, "image_size"),
+        ({"difficulty": 1.5}, "difficulty"),
+        ({"difficulty": -0.1}, "difficulty"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SyntheticDataModule(**kwargs)
+
+
+def test_write_cityscapes_layout_rejects_unknown_label_kinds(tmp_path):
+    with pytest.raises(ValueError, match="label_kinds"):
+        write_cityscapes_layout(tmp_path, 1, 1, label_kinds=("labelIds", "instanceIds"))
+
+
+def test_cityscapes_layout_has_exact_file_names_modes_and_sizes(tmp_path):
+    root = write_cityscapes_layout(tmp_path / "cs", num_train=3, num_val=2, image_size=(64, 128), seed=0)
+    assert root == tmp_path / "cs"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+    expected = []
+    for split, stems in (
+        ("train", ["aachen/aachen_000000_000019", "aachen/aachen_000001_000019", "bochum/bochum_000000_000019"]),
+        ("val", ["frankfurt/frankfurt_000000_000019", "frankfurt/frankfurt_000001_000019"]),
+    ):
+        for stem in stems:
+            expected.append(f"leftImg8bit/{split}/{stem}_leftImg8bit.png")
+            expected += [f"gtFine/{split}/{stem}_gtFine_{kind}.png" for kind in ("labelIds", "labelTrainIds")]
+    assert files == sorted(expected)
+
+    image = Image.open(root / "leftImg8bit/train/bochum/bochum_000000_000019_leftImg8bit.png")
+    label_ids = Image.open(root / "gtFine/train/bochum/bochum_000000_000019_gtFine_labelIds.png")
+    train_ids = Image.open(root / "gtFine/train/bochum/bochum_000000_000019_gtFine_labelTrainIds.png")
+    assert (image.mode, label_ids.mode, train_ids.mode) == ("RGB", "L", "L")
+    assert image.size == label_ids.size == train_ids.size == (128, 64)  # PIL size is (W, H)
+
+    # bochum_000000 is train image 1: the same pixels as generate_sample, the labels mapped to Cityscapes
+    sample = generate_sample(0, 1, "train", 64, 128)
+    assert np.array_equal(np.asarray(image), sample.image)
+    label_ids, train_ids = np.asarray(label_ids), np.asarray(train_ids)
+    to_train_id = np.full(256, 255)
+    for label_id, label in id2label.items():
+        if label_id >= 0 and 0 <= label.trainId < 255:
+            to_train_id[label_id] = label.trainId
+    assert np.array_equal(to_train_id[label_ids], train_ids)  # labelIds -> trainIds via cityscapesscripts
+    synthetic_to_train_id = np.full(256, 255)
+    synthetic_to_train_id[: len(CITYSCAPES_TRAIN_IDS)] = CITYSCAPES_TRAIN_IDS
+    assert np.array_equal(train_ids, synthetic_to_train_id[sample.mask])
+    assert set(np.unique(label_ids)) <= {0, 7, 19, 21, 24, 26}
+    assert (label_ids[sample.mask == 255] == 0).all()  # ignore -> "unlabeled"
+
+
+def test_data_module_writes_its_own_images_in_cityscapes_layout(tmp_path):
+    dm = SyntheticDataModule(num_train=2, num_val=1, image_size=32, seed=5)
+    root = dm.write_cityscapes_layout(tmp_path, label_kinds=("labelTrainIds", "color"))
+    color = Image.open(root / "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_color.png")
+    assert color.mode == "RGBA" and color.size == (32, 32)
+    image = np.asarray(Image.open(root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"))
+    assert np.array_equal(image, generate_sample(5, 0, "train", 32, 32).image)
+    assert not list(root.rglob("*_labelIds.png"))

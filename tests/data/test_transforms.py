@@ -1,0 +1,179 @@
+"""The training augmentation: sizes, padding, the balanced crop, and seeding per run, per worker and per transform."""
+
+import os
+import random
+import subprocess
+import sys
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dnlseg.data.folder import FilePair, SegmentationFiles
+from dnlseg.data.transforms import (
+    CategoryBalancedCrop,
+    TrainAugmentation,
+    init_worker,
+    rescale_size,
+    seed_transform,
+    train_transform,
+)
+
+
+def image_and_mask(height=48, width=80, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), rng.integers(0, 5, (height, width), dtype=np.uint8)
+
+
+def test_rescale_fits_the_base_box_keeping_the_aspect_ratio():
+    assert rescale_size(1024, 2048, (2048, 1024), 0.5) == (512, 1024)  # Cityscapes: base = its own size
+    assert rescale_size(1024, 2048, None, 2.0) == (2048, 4096)
+    assert rescale_size(384, 512, (2048, 512), 1.0) == (512, 683)  # ADE20K: the short side goes to 512
+    assert rescale_size(200, 2000, (2048, 512), 1.0) == (205, 2048)  # ... unless the long side hits 2048
+
+
+def test_small_images_are_padded_to_the_crop_with_mean_colour_and_ignore_label():
+    aug = TrainAugmentation(crop_size=(64, 96), scale_range=(1.0, 1.0), flip_prob=0.0, photometric=False)
+    transform = train_transform(aug)
+    image, mask = image_and_mask(40, 50)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (64, 96, 3) and out["mask"].shape == (64, 96)
+    assert out["image"].dtype == np.float32 and out["mask"].dtype == np.uint8
+    np.testing.assert_array_equal(out["mask"][:40, :50], mask)  # top-left: the image, unchanged
+    assert (out["mask"][40:] == 255).all() and (out["mask"][:, 50:] == 255).all()
+    assert (out["image"][40:] == 0).all() and (out["image"][:, 50:] == 0).all()  # 0 after normalisation
+    expected = (image[0, 0] / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out["image"][0, 0], expected, rtol=1e-4)
+
+
+def test_training_crops_have_the_crop_size_over_the_whole_scale_range():
+    transform = train_transform(TrainAugmentation(crop_size=(32, 48)))
+    seed_transform(transform, 0)
+    image, mask = image_and_mask()
+    for _ in range(20):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (32, 48, 3) and out["mask"].shape == (32, 48)
+        assert set(np.unique(out["mask"])) <= {0, 1, 2, 3, 4, 255}
+
+
+def test_category_balanced_crop_avoids_crops_dominated_by_one_class():
+    # Class 0 on the left three quarters, class 1 on the right quarter: a 100x100 crop of this 100x400 label is
+    # balanced (max share < 0.75) only for x0 in (225, 275), 1 in 6 random crops.
+    mask = np.zeros((100, 400), dtype=np.uint8)
+    mask[:, 300:] = 1
+    image = np.zeros((100, 400, 3), dtype=np.uint8)
+
+    def balanced_share(cat_max_ratio):
+        transform = A.Compose([CategoryBalancedCrop(100, 100, cat_max_ratio)])
+        seed_transform(transform, 0)
+        hits = 0
+        for _ in range(100):
+            crop = transform(image=image, mask=mask)["mask"]
+            hits += np.bincount(crop.ravel(), minlength=2).max() / crop.size < 0.75
+        return hits / 100
+
+    assert balanced_share(None) < 0.3
+    assert balanced_share(0.75) > 0.7  # 1 - (5/6)^10 = 0.84 with 10 tries
+
+
+def test_same_seed_same_augmentations_other_seed_other_ones():
+    image, mask = image_and_mask()
+    runs = []
+    for seed in (0, 0, 1):
+        transform = train_transform(TrainAugmentation(crop_size=(32, 48)))
+        seed_transform(transform, seed)
+        runs.append([transform(image=image, mask=mask)["image"] for _ in range(3)])
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
+
+
+def test_transforms_of_a_pipeline_draw_from_one_stream_not_copies_of_one_seed():
+    # Compose(seed=s) seeds every child with s: two p=0.5 transforms make their first decision with the same
+    # number. seed_transform shares one generator, so the flip and the brightness change are independent.
+    gradient = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (8, 1, 3)) + 64
+
+    def pipeline(seed=None):
+        return A.Compose(
+            [
+                A.HorizontalFlip(p=0.5),
+                A.RandomBrightnessContrast(brightness_limit=(0.2, 0.3), contrast_limit=(0.0, 0.0), p=0.5),
+            ],
+            seed=seed,
+        )
+
+    def first_decision(transform):
+        y = transform(image=gradient)["image"]
+        return bool(y[0, 0, 0] > y[0, -1, 0]), abs(float(y.mean()) - float(gradient.mean())) > 1  # flipped, brighter
+
+    per_child_seed = [first_decision(pipeline(seed)) for seed in range(30)]
+    assert all(flip == bright for flip, bright in per_child_seed)  # albumentations' own seeding: correlated
+    shared = []
+    for seed in range(30):
+        transform = pipeline()
+        seed_transform(transform, seed)
+        shared.append(first_decision(transform))
+    assert sum(flip != bright for flip, bright in shared) >= 5  # ~15 of 30 expected when independent
+    assert 5 <= sum(flip for flip, _ in shared) <= 25
+
+
+def one_image_dataset(tmp_path, copies=4):
+    image, mask = image_and_mask(40, 60)
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "x.png")
+    Image.fromarray(mask).save(tmp_path / "y.png")
+    table = np.arange(256, dtype=np.int16)
+    pairs = [FilePair(f"x{i}", tmp_path / "x.png", tmp_path / "y.png", table) for i in range(copies)]
+    return SegmentationFiles(pairs, train_transform(TrainAugmentation(crop_size=(24, 32))))
+
+
+def first_items(dataset, worker_init_fn, seed=0):
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        num_workers=2,
+        worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context="fork",
+    )
+    return [batch["image"][0] for batch in loader]
+
+
+def test_each_worker_gets_its_own_augmentation_stream_and_a_rerun_repeats_it(tmp_path):
+    dataset = one_image_dataset(tmp_path)
+    # Items 0 and 1 are the first draws of workers 0 and 1, from the same file.
+    without = first_items(dataset, worker_init_fn=None)
+    assert torch.equal(without[0], without[1])  # albumentations alone: forked workers repeat each other
+    seeded = first_items(dataset, worker_init_fn=init_worker)
+    assert not torch.equal(seeded[0], seeded[1])
+    again = first_items(dataset, worker_init_fn=init_worker)
+    assert all(torch.equal(a, b) for a, b in zip(seeded, again, strict=True))
+    other_seed = first_items(dataset, worker_init_fn=init_worker, seed=1)
+    assert not torch.equal(seeded[0], other_seed[0])
+
+
+@pytest.mark.parametrize("field, value", [("crop_size", (0, 10)), ("scale_range", (2.0, 1.0)), ("cat_max_ratio", 0.0)])
+def test_invalid_augmentation_settings_raise_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainAugmentation(**{field: value})
+
+
+def test_seed_worker_is_a_no_op_in_the_main_process():
+    state = random.getstate()
+    init_worker(0)
+    assert random.getstate() == state
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning
+def test_albumentations_update_check_is_off_before_albumentations_is_imported():
+    code = (
+        "import os, sys, dnlseg.cli\n"
+        "assert 'albumentations' in sys.modules\n"
+        "print(os.environ['NO_ALBUMENTATIONS_UPDATE'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"

@@ -1,0 +1,61 @@
+"""The two consistency metrics on hand-built attention maps with known answers."""
+
+import pytest
+import torch
+
+from dnlseg.evaluation.attention_consistency import (
+    boundary_band,
+    labels_on_grid,
+    pairwise_category_consistency,
+    unary_boundary_consistency,
+)
+
+# A 4 x 4 key grid: class 0 on the left quarter (4 cells), class 1 elsewhere (12 cells).
+LABELS = torch.tensor([[[0, 1, 1, 1]] * 4])  # (1, 4, 4)
+
+
+def test_all_pairwise_mass_on_own_class_scores_one_over_its_area_fraction():
+    keys = LABELS.flatten(1)  # (1, 16)
+    own = (keys[:, None, :] == keys[:, :, None]).float()  # (1, 16 queries, 16 keys)
+    attention = own / own.sum(-1, keepdim=True)
+    values = pairwise_category_consistency(attention, keys, keys)
+    expected = torch.where(keys[0] == 0, 16 / 4, 16 / 12)
+    torch.testing.assert_close(values, expected)
+
+
+def test_uniform_pairwise_attention_scores_one():
+    keys = LABELS.flatten(1)
+    values = pairwise_category_consistency(torch.full((1, 16, 16), 1 / 16), keys, keys)
+    torch.testing.assert_close(values, torch.ones(16))
+
+
+def test_ignored_queries_are_skipped():
+    keys = LABELS.flatten(1)
+    queries = keys.clone()
+    queries[0, :5] = 255
+    assert pairwise_category_consistency(torch.full((1, 16, 16), 1 / 16), queries, keys).shape == (11,)
+
+
+def test_boundary_band_marks_cells_next_to_a_label_change():
+    band = boundary_band(LABELS, radius=0)
+    assert band[0].tolist() == [[True, True, False, False]] * 4
+    assert boundary_band(LABELS, radius=1)[0].tolist() == [[True, True, True, False]] * 4
+
+
+def test_unary_mass_on_the_band_scores_one_over_band_fraction_and_uniform_scores_one():
+    band = boundary_band(LABELS, radius=0).flatten(1)  # 8 of 16 cells
+    on_band = band.float() / band.sum()
+    torch.testing.assert_close(unary_boundary_consistency(on_band, band), torch.tensor([2.0]))
+    torch.testing.assert_close(unary_boundary_consistency(torch.full((1, 16), 1 / 16), band), torch.tensor([1.0]))
+
+
+def test_labels_on_grid_uses_nearest_neighbour():
+    mask = torch.zeros(1, 16, 16, dtype=torch.long)
+    mask[:, :, 8:] = 3
+    assert labels_on_grid(mask, (2, 2)).tolist() == [[[0, 3], [0, 3]]]
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_image_without_boundary_gives_no_value(radius):
+    band = boundary_band(torch.zeros(1, 4, 4, dtype=torch.long), radius).flatten(1)
+    assert unary_boundary_consistency(torch.full((1, 16), 1 / 16), band).numel() == 0

@@ -1,0 +1,103 @@
+"""Whole, sliding-window and multi-scale + flip inference."""
+
+import pytest
+import torch
+from torch import nn
+
+from dnlseg.evaluation import Inference, slide_windows
+
+
+def pointwise_model(classes=4, seed=0):
+    """A 1x1 convolution: its output at a pixel depends on that pixel only, so every mode must agree with it."""
+    torch.manual_seed(seed)
+    return nn.Conv2d(3, classes, 1).eval()
+
+
+def test_slide_windows_follow_the_mmseg_grid_and_cover_the_image():
+    windows = slide_windows(1024, 2048, (769, 769), (513, 513))
+    assert len(windows) == 2 * 4
+    assert windows[0] == (0, 769, 0, 769)
+    assert windows[-1] == (1024 - 769, 1024, 2048 - 769, 2048)  # the last window is flush with the border
+    covered = torch.zeros(1024, 2048)
+    for y0, y1, x0, x1 in windows:
+        assert (y1 - y0, x1 - x0) == (769, 769)
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+
+
+def test_slide_windows_on_an_image_smaller_than_the_crop_is_the_whole_image():
+    assert slide_windows(64, 128, (769, 769), (513, 513)) == [(0, 64, 0, 128)]
+
+
+def test_slide_equals_whole_for_a_pointwise_model():
+    model, images = pointwise_model(), torch.randn(2, 3, 40, 70)
+    whole = Inference()(model, images)
+    slide = Inference(mode="slide", crop_size=(16, 24), stride=(10, 15))(model, images)
+    torch.testing.assert_close(slide, whole)
+
+
+def test_slide_averages_overlapping_windows():
+    calls = []
+
+    def model(x):  # logits = the number of the call: overlaps must average the windows' values
+        calls.append(x.shape[-2:])
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), float(len(calls)))
+
+    out = Inference(mode="slide", crop_size=(4, 6), stride=(4, 4))(model, torch.zeros(1, 3, 4, 10))
+    assert calls == [(4, 6), (4, 6)]  # windows x in [0, 6) and [4, 10)
+    assert out[0, 0, 0].tolist() == [1, 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2]
+
+
+def test_output_is_at_the_requested_label_size():
+    model = pointwise_model()
+    out = Inference(scales=(0.5,))(model, torch.randn(1, 3, 32, 48), size=(64, 96))
+    assert out.shape == (1, 4, 64, 96)
+
+
+def test_flip_and_scales_average_softmax_over_views():
+    model, images = pointwise_model(), torch.randn(1, 3, 16, 16)
+    # A pointwise model is flip-equivariant: the flipped view equals the plain one, so the mean is the softmax.
+    out = Inference(flip=True)(model, images)
+    torch.testing.assert_close(out, model(images).log_softmax(dim=1), atol=1e-5, rtol=1e-5)
+    # Two scales: the mean of the two views' probabilities, each resized to the input size.
+    two = Inference(scales=(1.0, 0.5))(model, images)
+    half = nn.functional.interpolate(
+        model(nn.functional.interpolate(images, size=(8, 8), mode="bilinear")), size=(16, 16), mode="bilinear"
+    )
+    expected = ((model(images).softmax(1) + half.softmax(1)) / 2).log()
+    torch.testing.assert_close(two, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_flip_view_is_flipped_back():
+    def model(x):  # logits = the x coordinate of the input's first channel: not flip-equivariant
+        return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+    ramp = torch.arange(8.0).expand(1, 3, 2, 8).contiguous()
+    out = Inference(flip=True)(model, ramp).exp()
+    plain = model(ramp).softmax(1)
+    torch.testing.assert_close(out, plain)  # flipping in and out again gives the same probabilities
+
+
+def test_base_size_sets_scale_one_like_mmseg_test_img_scale():
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[-2:]))
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    Inference(base_size=(2048, 512), scales=(1.0, 0.5))(model, torch.zeros(1, 3, 300, 400), size=(300, 400))
+    assert seen == [(512, 683), (256, 341)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "slide"}, "needs crop_size"),
+        ({"mode": "slide", "crop_size": (8, 8)}, "needs stride"),
+        ({"scales": ()}, "scales"),
+        ({"mode": "tiles"}, "mode"),
+    ],
+)
+def test_invalid_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Inference(**kwargs)
