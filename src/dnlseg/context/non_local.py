@@ -68,17 +68,17 @@ class NonLocal2d(ContextBlock):
         """Softmax-mode weights from the decomposition: w = softmax_j(p_ij + u_j) -- the terms MULTIPLY."""
         return torch.softmax(pairwise_logits + unary_logits, dim=-1)
 
-    def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q (N, P, Cq), k (N, Pk, Cq), v (N, Pk, C'); Cq = C' (C in Gaussian mode)."""
-        xk = self.key_input(x)
+    def embed(self, x: Tensor, xk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (N, P, Cq) from x, k and v (N, Pk, Cq / C') from the key input xk; Cq = C' (C in Gaussian mode)."""
         if self.mode == "gaussian":
             return tokens(x), tokens(xk), tokens(self.value(xk))
         return tokens(self.query(x)), tokens(self.key(xk)), tokens(self.value(xk))
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.embed(x)
+        xk = self.key_input(x)
+        q, k, v = self.embed(x, xk)
         if self.materialize:
-            maps = self.attention_maps(q, k, x.shape[-2:], self.key_input(x).shape[-2:])
+            maps = self.attention_maps(q, k, x.shape[-2:], xk.shape[-2:])
             self.record(maps)
             y = maps.weights @ v  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
         elif self.mode == "dot_product":

@@ -87,9 +87,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 REGIONS_PER_SIDE = 4  # along the shorter image side; the legend is a 2x2 block of them
-PATTERN_PERIOD = 12.0  # pixels at a 128-pixel shorter side
+PATTERN_PERIOD = 8.0  # pixels at a 128-pixel shorter side
 OUTLINE = 0.05  # intensity of the region outlines
 HUE_BINS = 12  # for the appearance code of SyntheticSample.appearance
+BADGE_RADIUS = float(__import__('os').environ.get('BADGE', '0.09'))  # TEMP
 MEMBER_DISTANCE = 0.45  # min distance of a member centre from every key centre, in shorter image sides
 
 
@@ -205,7 +206,9 @@ def generate_sample(
     pixel_class = region_class[region]  # (H, W)
     patterns -= patterns.mean(axis=(1, 2), keepdims=True)  # a key's mean colour is its members' colour
     pattern = np.take_along_axis(patterns, np.maximum(pixel_class.astype(np.int64) - 1, 0)[None], 0)[0]
-    shade = np.where(is_key[region], 1 + contrast * pattern, 1.0)  # (H, W)
+    # The pattern is a badge: a disc around the key's centre; the rest of the key looks like its members.
+    near_centre = (yy - centres[region, 0]) ** 2 + (xx - centres[region, 1]) ** 2 < (BADGE_RADIUS * short) ** 2
+    shade = np.where(is_key[region] & near_centre, 1 + contrast * pattern, 1.0)  # (H, W)
     image = region_colour[region] * shade[..., None]  # (H, W, 3)
 
     blotches = cv2.resize(rng.normal(0, 0.1, size=(5, 5)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
