@@ -87,10 +87,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 REGIONS_PER_SIDE = 4  # along the shorter image side; the legend is a 2x2 block of them
-PATTERN_PERIOD = 8.0  # pixels at a 128-pixel shorter side
+PATTERN_PERIOD = 12.0  # pixels at a 128-pixel shorter side
 OUTLINE = 0.05  # intensity of the region outlines
 HUE_BINS = 12  # for the appearance code of SyntheticSample.appearance
-BADGE_RADIUS = float(__import__('os').environ.get('BADGE', '0.09'))  # TEMP
+PALETTE_HUES = (0.0, 0.15, 0.35, 0.62)  # red, yellow, green, blue: the colours of the 4 groups
 MEMBER_DISTANCE = 0.45  # min distance of a member centre from every key centre, in shorter image sides
 
 
@@ -186,15 +186,18 @@ def generate_sample(
     distance = np.linalg.norm(centres[:, None] - centres[None, is_key], axis=-1).min(axis=1)  # to nearest key
     is_member = distance >= MEMBER_DISTANCE * short
     group = np.full(len(centres), -1, dtype=np.int16)
-    group[is_key] = rng.permutation(NUM_FOREGROUND)  # key regions in legend order -> colour group
-    group[is_member] = rng.integers(0, NUM_FOREGROUND, size=int(is_member.sum()))
-    group_class = rng.permutation(NUM_FOREGROUND) + 1  # each class exactly once in the legend
+    num_groups = 1 + round(3 * d)
+    legend = np.flatnonzero(is_key)[rng.permutation(4)]  # the 2x2 block's regions in random order
+    is_key[legend[num_groups:]] = False  # unused legend cells are background
+    group[legend[:num_groups]] = np.arange(num_groups)
+    group[is_member] = rng.integers(0, num_groups, size=int(is_member.sum()))
+    group_class = rng.permutation(NUM_FOREGROUND)[:num_groups] + 1  # distinct classes
+    group_colour = rng.permutation(NUM_FOREGROUND)[:num_groups]  # palette colour of each group
 
-    # Colours: four hues, evenly spaced at difficulty 0, as close as 30 degrees at difficulty 1.
-    hue = (rng.uniform() + np.arange(NUM_FOREGROUND) / NUM_FOREGROUND) % 1.0
-    hue = (hue + rng.uniform(-1, 1, size=NUM_FOREGROUND) * d / 12) % 1.0
+    # Colours: the palette's hues, jittered per image by up to 15 degrees at difficulty 1.
+    hue = (np.asarray(PALETTE_HUES)[group_colour] + rng.uniform(-1, 1, size=num_groups) * d / 24) % 1.0
     saturation = 0.75 - 0.35 * d
-    colour = np.array([colorsys.hsv_to_rgb(h, saturation, 0.7) for h in hue], dtype=np.float32)  # (4, 3)
+    colour = np.array([colorsys.hsv_to_rgb(h, saturation, 0.7) for h in hue], dtype=np.float32)  # (G, 3)
     g = np.where(group >= 0, group, 0)
     region_colour = colour[g] * (1 + rng.uniform(-0.06, 0.06, size=(len(centres), 1)) * d)  # (R, 3)
 
@@ -206,9 +209,7 @@ def generate_sample(
     pixel_class = region_class[region]  # (H, W)
     patterns -= patterns.mean(axis=(1, 2), keepdims=True)  # a key's mean colour is its members' colour
     pattern = np.take_along_axis(patterns, np.maximum(pixel_class.astype(np.int64) - 1, 0)[None], 0)[0]
-    # The pattern is a badge: a disc around the key's centre; the rest of the key looks like its members.
-    near_centre = (yy - centres[region, 0]) ** 2 + (xx - centres[region, 1]) ** 2 < (BADGE_RADIUS * short) ** 2
-    shade = np.where(is_key[region] & near_centre, 1 + contrast * pattern, 1.0)  # (H, W)
+    shade = np.where(is_key[region], 1 + contrast * pattern, 1.0)  # (H, W)
     image = region_colour[region] * shade[..., None]  # (H, W, 3)
 
     blotches = cv2.resize(rng.normal(0, 0.1, size=(5, 5)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
@@ -230,7 +231,7 @@ def generate_sample(
     image += rng.normal(0, 0.02 + 0.1 * d, size=image.shape).astype(np.float32)
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    appearance = np.where(group >= 0, (hue[g] * HUE_BINS).astype(np.int16), -1).astype(np.int16)
+    appearance = np.where(group >= 0, group_colour[g], -1).astype(np.int16)  # palette colour index
     return SyntheticSample(
         image=image,
         mask=mask,
