@@ -146,9 +146,9 @@ def _voronoi(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
 
     ``gap`` = distance to the second-nearest centre minus distance to the nearest: small on boundaries.
     """
-    short = min(height, width)
-    rows = max(2, round(REGIONS_PER_SIDE * height / short))
-    cols = max(2, round(REGIONS_PER_SIDE * width / short))
+    side = math.sqrt(height * width)  # the side of a square image of the same area
+    rows = max(2, round(REGIONS_PER_SIDE * height / side))
+    cols = max(2, round(REGIONS_PER_SIDE * width / side))
     cell = np.array([height / rows, width / cols])
     grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).reshape(-1, 2)
     centres = ((grid + 0.5 + rng.uniform(-0.3, 0.3, size=grid.shape)) * cell).astype(np.float32)  # (R, 2)
@@ -186,8 +186,8 @@ def generate_sample(
     check_groups(groups)
     d = float(difficulty)
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    short = min(height, width)
-    scale = short / 128.0
+    side = math.sqrt(height * width)  # the side of a square image of the same area
+    scale = side / 128.0
 
     # Layout: legend = the 2x2 block of grid cells in a random corner; members = regions far from it.
     region, grid, centres, gap = _voronoi(rng, height, width)
@@ -195,7 +195,7 @@ def generate_sample(
     corner = np.array([rng.integers(0, 2), rng.integers(0, 2)]) * (grid.max(axis=0) - 1)  # its top-left cell
     in_legend = np.all((grid >= corner) & (grid <= corner + 1), axis=1)  # (R,)
     distance = np.linalg.norm(centres[:, None] - centres[None, in_legend], axis=-1).min(axis=1)  # (R,)
-    is_member = distance >= MEMBER_DISTANCE * short
+    is_member = distance >= MEMBER_DISTANCE * max(height, width)
     keys = rng.permutation(np.flatnonzero(in_legend))[:groups]  # keys[g]: the key region of group g
     is_key = np.zeros(num_regions, dtype=bool)
     is_key[keys] = True
@@ -230,7 +230,7 @@ def generate_sample(
 
     for _ in range(rng.integers(0, 3)):  # void blobs of clutter
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        radius = rng.uniform(0.03, 0.06) * short
+        radius = rng.uniform(0.03, 0.06) * side
         blob = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
         image[blob] = rng.uniform(0, 1, size=(int(blob.sum()), 3))
         mask[blob] = IGNORE_INDEX
