@@ -67,6 +67,14 @@ def test_train_order_is_shuffled_reproducibly_from_the_seed():
     assert order(0) != order(1)
 
 
+def test_data_module_passes_groups_and_difficulty_to_its_images():
+    dm = SyntheticDataModule(num_train=2, num_val=1, image_size=SIZE, difficulty=0.2, groups=3, seed=7)
+    assert dm.hparams["groups"] == 3 and dm.hparams["difficulty"] == 0.2
+    sample = dm.train_dataloader().dataset.sample(1)
+    assert np.array_equal(sample.image, generate_sample(7, 1, "train", SIZE, SIZE, 0.2, 3).image)
+    assert len(np.unique(sample.region[sample.key])) == 3
+
+
 def test_items_do_not_depend_on_the_worker_process():
     dm = SyntheticDataModule(num_train=4, num_val=4, image_size=32, batch_size=2)
     in_main = list(dm.val_dataloader())
@@ -77,11 +85,12 @@ def test_items_do_not_depend_on_the_worker_process():
 
 
 def test_every_class_and_the_ignore_label_appear_in_a_few_images():
-    masks = np.stack([s.mask for s in samples(8)])
+    data = samples(16)
+    masks = np.stack([s.mask for s in data])
     counts = np.bincount(masks.ravel(), minlength=256)
     assert all(counts[c] > 0 for c in range(5))
     assert 0.03 < counts[255] / masks.size < 0.2
-    assert all((s.mask == 255).any() for s in samples(8))
+    assert all((s.mask == 255).any() for s in data)
 
 
 def test_region_boundaries_are_void():
