@@ -40,3 +40,12 @@ def test_mismatched_weight_file_names_the_problem(tmp_path):
 def test_missing_weight_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file at .*nope.pth"):
         build_encoder("resnet18", 8, tmp_path / "nope.pth")
+
+
+def test_full_resnet_weights_load_into_a_shallow_encoder(tmp_path):
+    torch.manual_seed(4)
+    source = build_encoder("resnet18", 32)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    loaded = build_encoder("resnet18", 8, tmp_path / "resnet18.pth", depth=3)
+    assert not any(k.startswith(("layer3.", "layer4.")) for k in loaded.state_dict())
+    torch.testing.assert_close(loaded.layer2[1].conv2.weight, source.layer2[1].conv2.weight, rtol=0, atol=0)

@@ -65,3 +65,20 @@ def test_bad_output_stride_and_encoder_name_raise():
         tiny(output_stride=4)
     with pytest.raises(ValueError, match="encoder_name='resnet7' is not an smp encoder"):
         tiny(encoder_name="resnet7")
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_shallow_resnet_encoder_feeds_both_heads_and_leaves_no_unused_parameter(depth):
+    net = tiny(CONTEXTS["dnl"], encoder_depth=depth).train()
+    assert not hasattr(net.encoder, "layer4") and hasattr(net.encoder, f"layer{depth - 1}")
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.logits.shape == out.aux_logits.shape == (2, 5, 64, 64)
+    (out.logits.square().mean() + out.aux_logits.square().mean()).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+
+
+def test_encoder_depth_is_refused_where_it_is_not_supported():
+    with pytest.raises(ValueError, match="encoder_depth=2 must be 3, 4 or 5"):
+        tiny(encoder_depth=2)
+    with pytest.raises(ValueError, match="encoder_depth=3 is supported for ResNet-family"):
+        tiny(encoder_name="mobilenet_v2", encoder_depth=3)

@@ -21,9 +21,17 @@ from dnlseg.data.synthetic import (  # noqa: E402
     local_only_accuracy_bound,
     write_cityscapes_layout,
 )
-from dnlseg.data.transforms import TrainAugmentation, init_worker, train_transform  # noqa: E402
+from dnlseg.data.transforms import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainAugmentation,
+    init_worker,
+    train_transform,
+)
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ADE20KDataModule",
     "CityscapesDataModule",
     "CorruptFileError",

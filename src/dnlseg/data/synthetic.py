@@ -77,6 +77,8 @@ from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("background", "red", "green", "blue", "yellow")
@@ -90,8 +92,6 @@ CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}
 CITYSCAPES_FRAME = 19  # gtFine frames are the 20th frame of each snippet: <city>_<seq>_000019
 LABEL_KINDS = ("labelIds", "labelTrainIds", "color")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 REGIONS_PER_SIDE = 4  # grid cells along the side of a square image of the same area; legend: 2x2 of them
 MEMBER_DISTANCE = 0.45  # min distance of a member centre from every legend centre, in longer image sides

@@ -31,6 +31,7 @@ class SegmentationModule(L.LightningModule):
         ignore_index: label value without loss or metric (255).
         encoder_name: smp encoder name.
         encoder_weights: None or a local weight file (no downloads).
+        encoder_depth: 5 (paper); 3 or 4 end a ResNet after layer2/layer3 (small receptive field).
         output_stride: 8 or 16.
         head_channels: width of the context head.
         context: the context block, e.g. ``class_path: dnlseg.context.DisentangledNonLocal2d`` with its
@@ -55,6 +56,7 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int = 255,
         encoder_name: str = "resnet50",
         encoder_weights: str | Path | None = None,
+        encoder_depth: int = 5,
         output_stride: int = 8,
         head_channels: int = 512,
         context: Callable[[int], nn.Module] | None = None,
@@ -83,6 +85,7 @@ class SegmentationModule(L.LightningModule):
             context,
             aux_channels if aux_weight > 0 else 0,
             dropout,
+            encoder_depth,
         )
         self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept)
         self.aux_weight = aux_weight

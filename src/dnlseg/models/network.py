@@ -33,6 +33,8 @@ class SegmentationNetwork(nn.Module):
         context: builds the context block from ``head_channels``; None for the baseline head.
         aux_channels: width of the auxiliary FCN head on stage 3; 0 turns the aux head off.
         dropout: Dropout2d before each classifier.
+        encoder_depth: 5 (the paper); 3 or 4 end a ResNet early (see ``build_encoder``). The context head
+            reads the last stage, the aux head the one before.
     """
 
     def __init__(
@@ -45,11 +47,12 @@ class SegmentationNetwork(nn.Module):
         context: Callable[[int], nn.Module] | None = None,
         aux_channels: int = 256,
         dropout: float = 0.1,
+        encoder_depth: int = 5,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be >= 1")
-        self.encoder = build_encoder(encoder_name, output_stride, encoder_weights)
+        self.encoder = build_encoder(encoder_name, output_stride, encoder_weights, encoder_depth)
         stage3_channels, stage4_channels = self.encoder.out_channels[-2:]
         self.decode_head = ContextHead(stage4_channels, head_channels, num_classes, context, dropout)
         self.aux_head = FCNHead(stage3_channels, aux_channels, num_classes, dropout) if aux_channels > 0 else None
@@ -57,7 +60,7 @@ class SegmentationNetwork(nn.Module):
     def forward(self, images: Tensor) -> SegmentationOutput:
         """images (N, 3, H, W) -> logits (N, classes, H, W) and, in training, aux logits."""
         size = images.shape[-2:]
-        features = self.encoder(images)  # [input, stage0 .. stage4]; stages 3-4 at the output stride
+        features = self.encoder(images)  # [input, stage 1 .. depth]; the last two feed the aux and context heads
         logits = F.interpolate(self.decode_head(features[-1]), size=size, mode="bilinear", align_corners=False)
         aux = None
         if self.aux_head is not None and self.training:
