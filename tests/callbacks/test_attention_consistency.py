@@ -52,12 +52,12 @@ class Oracle(L.LightningModule):
         self.block(batch["image"])
 
 
-def validate_oracle(tmp_path, pairwise, unary, num_queries=16):
+def validate_oracle(tmp_path, pairwise, unary, num_queries=16, **kwargs):
     images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
     batches = [{"image": images, "mask": torch.stack([LABELS, LABELS])}]
     trainer = L.Trainer(
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="oracle"),
-        callbacks=[AttentionConsistency(num_queries=num_queries, radius=0)],
+        callbacks=[AttentionConsistency(num_queries=num_queries, radius=0, **kwargs)],
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
@@ -83,6 +83,13 @@ def test_uniform_attention_scores_one(tmp_path):
 def test_missing_terms_are_not_logged(tmp_path):
     assert set(validate_oracle(tmp_path, None, "uniform")) == {UNARY, f"{UNARY}/block"}
     assert set(validate_oracle(tmp_path, "uniform", None)) == {PAIRWISE, f"{PAIRWISE}/block"}
+
+
+def test_block_calls_over_the_memory_budget_are_skipped_with_a_warning(tmp_path):
+    # 3 maps of (2, 16, 16) fp32 = 6 KiB
+    with pytest.warns(UserWarning, match="max_attention_mb"):
+        assert validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.005) == {}
+    assert PAIRWISE in validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.007)
 
 
 CONTEXTS = {

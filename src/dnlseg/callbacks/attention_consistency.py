@@ -50,10 +50,20 @@ class AttentionConsistency(L.Callback):
         num_queries: labelled query cells sampled per image for the pairwise metric (fewer if fewer exist).
         radius: boundary band half-width in key cells for the unary metric.
         max_batches: measure on at most this many validation batches per epoch (null: all).
+        max_attention_mb: skip (and warn once) a block call whose materialised maps would exceed this many MiB,
+            estimated as 3 fp32 (N, P, Pk) tensors: a whole 1024x2048 Cityscapes image at output stride 8 has
+            P = Pk = 32768, ~12 GiB.
         seed: seed of the query sampling; the same queries are drawn for the same batch every epoch.
     """
 
-    def __init__(self, num_queries: int = 64, radius: int = 1, max_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_queries: int = 64,
+        radius: int = 1,
+        max_batches: int | None = None,
+        max_attention_mb: float = 4096,
+        seed: int = 0,
+    ) -> None:
         if num_queries < 1:
             raise ValueError(f"num_queries={num_queries} must be >= 1")
         if radius < 0:
@@ -63,7 +73,9 @@ class AttentionConsistency(L.Callback):
         self.num_queries = num_queries
         self.radius = radius
         self.max_batches = max_batches
+        self.max_attention_mb = max_attention_mb
         self.seed = seed
+        self._warned_size = False
         self._handles: list = []
         self._blocks: dict[str, ContextBlock] = {}
         self._sums: dict[str, Tensor] = {}  # "<metric>/<block>" -> (2,) [sum of ratios, count]
@@ -122,9 +134,22 @@ class AttentionConsistency(L.Callback):
 
     # -- hooks on the context blocks ---------------------------------------------------------------------------
     def _pre_hook(self, name: str):
-        def hook(block: nn.Module, args) -> None:
-            if name in self._armed:
-                block.keep_attention = True
+        def hook(block: ContextBlock, args) -> None:
+            if name not in self._armed:
+                return
+            N, _, H, W = args[0].shape
+            Pk = -(-H // 2) * -(-W // 2) if block.downsample else H * W
+            megabytes = 3 * N * H * W * Pk * 4 / 2**20  # weights, p and a softmax of (N, P, Pk) fp32
+            if megabytes > self.max_attention_mb:
+                self._armed.discard(name)
+                if not self._warned_size:
+                    self._warned_size = True
+                    rank_zero_warn(
+                        f"AttentionConsistency: skipping {name} on inputs of {H}x{W} cells: its materialised "
+                        f"attention needs ~{megabytes:.0f} MiB > max_attention_mb={self.max_attention_mb}"
+                    )
+                return
+            block.keep_attention = True
 
         return hook
 
