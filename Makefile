@@ -46,7 +46,7 @@ bench: $(STAMP) ## benchmarks -> benchmarks/context_blocks.md, benchmarks/data_p
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
 
-experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~80 min, 2 CPU cores)
+experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~70 min, 2 idle CPU cores)
 	$(BIN)/python experiments/ablation/run.py $(ABLATION_ARGS) $(if $(ARGS),--args "$(ARGS)")
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)

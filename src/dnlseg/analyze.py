@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 
 from dnlseg.callbacks import AttentionConsistency, AttentionMapLogger
@@ -67,6 +68,7 @@ def analyze(args: list[str]) -> dict[str, float]:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cli = run_cli(["-c", str(Path(tmp) / "config.yaml"), *overrides], run=False)
     figures = AttentionMapLogger(num_images=opts.num_images, scale=opts.image_scale, output_dir=output)
+    figures.step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0))
     trainer = L.Trainer(
         accelerator=opts.accelerator or cli.config.trainer.accelerator,
         devices=1,  # exact numbers: no DDP padding of the validation set

@@ -59,6 +59,7 @@ class AttentionMapLogger(L.Callback):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._validations = 0
         self.written: list[Path] = []  # PNG files written by the last draw
+        self.step: int | None = None  # the step figures are labelled with; None: the trainer's global step
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -79,7 +80,7 @@ class AttentionMapLogger(L.Callback):
         ignore_index = int(pl_module.hparams.get("ignore_index", 255))
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         self.written = []
-        step = trainer.global_step
+        step = trainer.global_step if self.step is None else self.step
         for i in range(min(self.num_images, len(dataset))):
             sample = dataset[i]
             image, mask = sample["image"][None].to(pl_module.device), sample["mask"][None]  # (1, 3, H, W), (1, h, w)
