@@ -13,8 +13,9 @@ base config says. Seeds 0 .. N-1 are passed as ``--seed_everything`` (the data s
 sees the same images). The consistency metrics are the ``AttentionConsistency`` values of that final validation
 (the config must list the callback, as the shipped ones do); figures come from ``dnlseg analyze`` on seed 0.
 
-Writes under ``--out`` (default this folder): ``runs/`` (TensorBoard logs; checkpoints kept for seed 0 only unless
-``--keep-checkpoints``), ``figures/<variant>/*.png``, ``ablation.png``, ``results.json`` and ``report.md``.
+Writes under ``--out`` (default this folder): ``runs/`` (TensorBoard logs; of the checkpoints, ~100 MB each, only
+seed 0's ``last.ckpt`` is kept unless ``--keep-checkpoints``), ``figures/<variant>/*.png``, ``ablation.png``,
+``results.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -307,9 +308,14 @@ def main() -> None:
         for name in opts.variants:
             log_dir = opts.out / "runs" / name / f"seed{seed}"
             if not opts.report_only:
+                shutil.rmtree(log_dir, ignore_errors=True)  # a rerun must not mix its events with an old run's
                 log_dir, walls[f"{name}/seed{seed}"] = train(
                     opts.config, name, blocks[name], seed, opts.steps, opts.out, extra
                 )
+                if not opts.keep_checkpoints:  # ~100 MB each: only seed 0's last.ckpt is needed (figures)
+                    for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
+                        if seed > 0 or ckpt.name != "last.ckpt":
+                            ckpt.unlink()
             scalars = read_scalars(log_dir)
             per_run.setdefault(name, {})[seed] = {key: final(scalars, key) for key in (MIOU, PAIRWISE, UNARY)}
 
@@ -325,10 +331,6 @@ def main() -> None:
         figures[name] = analyze(log_dir, target, [f"--accelerator={a.split('=', 1)[1]}" for a in device])
         for extra_file in ("metrics.json", "metrics.md"):
             (target / extra_file).unlink(missing_ok=True)  # the report's numbers are the training runs' own
-    if not opts.keep_checkpoints and not opts.report_only:
-        for name in opts.variants:
-            for seed in range(1, opts.seeds):
-                shutil.rmtree(opts.out / "runs" / name / f"seed{seed}" / "checkpoints", ignore_errors=True)
 
     rows = summarize(per_run)
     (opts.out / "results.json").write_text(
