@@ -266,7 +266,8 @@ def write_report(out: Path, rows: dict, opts, figures: dict[str, list[str]], wal
         "",
         "Left: image, ground truth and query cells (1-3: the most interior cell of the largest classes, 4: a "
         "boundary cell). Then the pairwise map softmax_j(p_ij) of each query and the unary map softmax_j(u_j), "
-        "upsampled from the feature grid and overlaid (each panel scaled to its own maximum).",
+        "upsampled from the feature grid and overlaid (each panel scaled to its own maximum; its title gives that "
+        "maximum over the uniform weight 1 / Pk).",
         "",
     ]
     for name in ("nl", "dnl"):

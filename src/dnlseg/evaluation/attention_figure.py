@@ -100,6 +100,8 @@ def attention_figure(
 ) -> Figure:
     """One row: image + ground truth + queries, the pairwise map of each query, the unary map.
 
+    Each map panel is scaled to its own maximum; its title gives that maximum over the uniform weight 1 / Pk.
+
     Args:
         image: (H, W, 3) display RGB in [0, 1] (``unnormalize``).
         mask: (H, W) ground truth at the image size.
@@ -139,13 +141,14 @@ def attention_figure(
             ax.imshow(image)
             ax.imshow(_upsample(pairwise[k], (H, W)), cmap="jet", alpha=0.55, vmin=0, vmax=1)
             ax.plot(x, y, markers[k % len(markers)], ms=8, mfc="white", mec="black", mew=1.5)
-            ax.set_title(f"pairwise, query {k + 1} ({names(q.label)}, {q.kind})", fontsize=8)
+            peak = pairwise[k].max().item() * pairwise[k].numel()  # max weight over the uniform 1 / Pk
+            ax.set_title(f"pairwise, query {k + 1} ({names(q.label)}, {q.kind}), peak {peak:.1f}x", fontsize=8)
             col += 1
     if unary is not None:
         ax = axes[col]
         ax.imshow(image)
         ax.imshow(_upsample(unary, (H, W)), cmap="jet", alpha=0.55, vmin=0, vmax=1)
-        ax.set_title("unary", fontsize=8)
+        ax.set_title(f"unary, peak {unary.max().item() * unary.numel():.1f}x uniform", fontsize=8)
     for ax in axes:
         ax.set_axis_off()
     if title:
