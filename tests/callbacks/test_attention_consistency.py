@@ -157,3 +157,45 @@ def test_validation_miou_is_unchanged_and_blocks_are_restored(tmp_path):
     block = with_callback.lightning_module.network.decode_head.context
     assert block.keep_attention is False and block.last_attention is None
     assert not block._forward_hooks and not block._forward_pre_hooks
+
+
+class MixedOracleBlock(OracleBlock):
+    """Own-class pairwise attention for images whose channel 1 is 0, uniform where it is 1."""
+
+    def forward(self, x):
+        self.pairwise_kind = "uniform" if x[:, 1].mean() > 0.5 else "own_class"
+        return super().forward(x)
+
+
+class MixedOracle(Oracle):
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__("own_class", None, ignore_index)
+        self.block = MixedOracleBlock("own_class", None)
+
+
+class Batches(torch.utils.data.Dataset):
+    """Batch 0: two own-class images (32 queries scoring 2 on average); batch 1: one uniform image (16 scoring 1)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        n = 2 if index == 0 else 1
+        images = torch.stack([LABELS.float(), torch.full((4, 4), float(index))])[None].expand(n, -1, -1, -1)
+        return {"image": images, "mask": LABELS[None].expand(n, -1, -1)}
+
+
+@pytest.mark.slow
+def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        devices=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[AttentionConsistency(num_queries=16, radius=0)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (metrics,) = trainer.validate(MixedOracle(), DataLoader(Batches(), batch_size=None))
+    # one batch per rank: (32 * 2 + 16 * 1) / 48, not the mean of the rank means (2 + 1) / 2
+    assert metrics[PAIRWISE] == pytest.approx(80 / 48, rel=1e-6)

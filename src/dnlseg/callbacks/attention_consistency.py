@@ -124,10 +124,11 @@ class AttentionConsistency(L.Callback):
             if count == 0:
                 continue  # the block has no such term, or no labelled query / boundary was seen
             metric, name = key.split("/", 1)
-            value = torch.tensor(total / count, dtype=torch.float32)
-            pl_module.log(f"val/{metric}/{name}", value)
+            value = torch.tensor(total / count, dtype=torch.float32, device=pl_module.device)
+            # The same value on every rank already; sync_dist only keeps Lightning's epoch-level DDP check quiet.
+            pl_module.log(f"val/{metric}/{name}", value, sync_dist=True)
             if name == first:
-                pl_module.log(f"val/{metric}", value)
+                pl_module.log(f"val/{metric}", value, sync_dist=True)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._remove_hooks()
