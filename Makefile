@@ -8,9 +8,10 @@ CONFIG ?= configs/synthetic/dnl.yaml
 ARGS ?=
 LOGDIR ?= runs
 PYTEST_ARGS ?=
+ABLATION_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format bench experiment-separation tensorboard clean
+.PHONY: help install train test lint format bench experiment-separation experiment-ablation tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ bench: $(STAMP) ## benchmarks -> benchmarks/context_blocks.md, benchmarks/data_p
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
+
+experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~70 min, 2 idle CPU cores)
+	$(BIN)/python experiments/ablation/run.py $(ABLATION_ARGS) $(if $(ARGS),--args "$(ARGS)")
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)
 	$(BIN)/tensorboard --logdir $(LOGDIR)

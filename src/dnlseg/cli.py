@@ -4,6 +4,7 @@ dnlseg fit -c configs/synthetic/dnl.yaml --model.context.init_args.temperature=0
 dnlseg fit -c configs/synthetic/dnl.yaml --print_config
 dnlseg predict -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path last.ckpt   # PNGs via PredictionWriter
 dnlseg prepare cityscapes --root /data/cityscapes   # optional: write gtFine *_labelTrainIds.png once
+dnlseg analyze -c config.yaml --ckpt_path last.ckpt   # attention consistency metrics + figures (dnlseg.analyze)
 """
 
 from __future__ import annotations
@@ -81,5 +82,11 @@ def main() -> None:
     if sys.argv[1:2] == ["prepare"]:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         prepare(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["analyze"]:
+        from dnlseg.analyze import analyze
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        analyze(sys.argv[2:])
         return
     run_cli()

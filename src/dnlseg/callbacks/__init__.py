@@ -1,8 +1,17 @@
 """Lightning callbacks of dnlseg."""
 
+from dnlseg.callbacks.attention_consistency import AttentionConsistency
+from dnlseg.callbacks.attention_map_logger import AttentionMapLogger
 from dnlseg.callbacks.branch_gradients import BranchGradientMonitor
 from dnlseg.callbacks.fit_summary import FitSummary
 from dnlseg.callbacks.prediction_writer import PredictionWriter
 from dnlseg.callbacks.separation_probe import SeparationProbe
 
-__all__ = ["BranchGradientMonitor", "FitSummary", "PredictionWriter", "SeparationProbe"]
+__all__ = [
+    "AttentionConsistency",
+    "AttentionMapLogger",
+    "BranchGradientMonitor",
+    "FitSummary",
+    "PredictionWriter",
+    "SeparationProbe",
+]

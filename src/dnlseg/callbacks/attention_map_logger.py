@@ -1,0 +1,119 @@
+"""After validation, draw what each context block's pairwise and unary terms attend to, on a few fixed images.
+
+For the first ``num_images`` images of the validation set and a few query cells per image chosen from the labels
+(``dnlseg.evaluation.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
+a boundary), one forward per image with every context block on its materialised path gives the maps. One figure
+per image and block goes to TensorBoard as ``attention/<block>/image<i>`` (tab *Images*) and, with
+``output_dir``, to ``<output_dir>/step<step>_<block>_image<i>.png``. Training is unchanged: the model is in eval
+mode, no gradient is taken, and the blocks are put back on their own path afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from dnlseg.context import find_context_blocks
+from dnlseg.evaluation.attention_consistency import labels_on_grid
+from dnlseg.evaluation.attention_figure import attention_figure, select_queries, unnormalize
+
+log = logging.getLogger(__name__)
+
+
+class AttentionMapLogger(L.Callback):
+    """Logs one attention figure per (image, context block) at the end of every ``every_n_validations``-th validation.
+
+    Args:
+        num_images: the first this many validation images.
+        max_classes: interior queries on at most this many classes per image (plus one boundary query).
+        every_n_validations: draw at every n-th validation run (sanity check excluded).
+        scale: resize factor of the images before the forward (e.g. 0.5 for 1024x2048 Cityscapes images: the
+            materialised P x P attention of a whole one is ~4 GB per map).
+        output_dir: also write the figures as PNG files here (null: TensorBoard only).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 2,
+        max_classes: int = 3,
+        every_n_validations: int = 1,
+        scale: float = 1.0,
+        output_dir: str | Path | None = None,
+    ) -> None:
+        if num_images < 1 or max_classes < 1 or every_n_validations < 1:
+            raise ValueError(
+                f"num_images={num_images}, max_classes={max_classes} and every_n_validations={every_n_validations} "
+                "must all be >= 1"
+            )
+        if not scale > 0:
+            raise ValueError(f"scale={scale} must be > 0")
+        self.num_images = num_images
+        self.max_classes = max_classes
+        self.every_n_validations = every_n_validations
+        self.scale = scale
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._validations = 0
+        self.written: list[Path] = []  # PNG files written by the last draw
+        self.step: int | None = None  # the step figures are labelled with; None: the trainer's global step
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+            return
+        self.draw(trainer, pl_module)
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        blocks = {name.removeprefix("network."): b for name, b in find_context_blocks(pl_module).items()}
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if not blocks or loader is None:
+            return
+        dataset = loader.dataset
+        class_names = getattr(pl_module, "class_names", None)
+        ignore_index = int(pl_module.hparams.get("ignore_index", 255))
+        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        self.written = []
+        step = trainer.global_step if self.step is None else self.step
+        for i in range(min(self.num_images, len(dataset))):
+            sample = dataset[i]
+            image, mask = sample["image"][None].to(pl_module.device), sample["mask"][None]  # (1, 3, H, W), (1, h, w)
+            if self.scale != 1.0:
+                image = F.interpolate(image, scale_factor=self.scale, mode="bilinear", align_corners=False)
+            mask = labels_on_grid(mask, tuple(image.shape[-2:]))  # (1, H, W) at the image size
+            maps = self.materialized_maps(trainer, pl_module, blocks, image)
+            display = unnormalize(image[0])
+            for name, m in maps.items():
+                queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
+                fig = attention_figure(
+                    display, mask[0], m, 0, queries, class_names, ignore_index, f"{name}, step {step}, image {i}"
+                )
+                if self.output_dir is not None:
+                    self.output_dir.mkdir(parents=True, exist_ok=True)
+                    path = self.output_dir / f"step{step:06d}_{name}_image{i}.png"
+                    fig.savefig(path, dpi=100)
+                    self.written.append(path)
+                for logger in tensorboards:
+                    logger.experiment.add_figure(f"attention/{name}/image{i}", fig, global_step=step, close=False)
+
+    @staticmethod
+    def materialized_maps(trainer: L.Trainer, pl_module: L.LightningModule, blocks: dict, image) -> dict:
+        """One eval-mode forward of ``image`` (1, 3, H, W) with every block materialised: {block: AttentionMaps}."""
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            for block in blocks.values():
+                block.keep_attention = True
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                pl_module(image)
+            return {name: block.last_attention for name, block in blocks.items() if block.last_attention is not None}
+        finally:
+            for block in blocks.values():
+                block.keep_attention, block.last_attention = False, None
+            pl_module.train(was_training)

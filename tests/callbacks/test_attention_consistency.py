@@ -1,0 +1,201 @@
+"""AttentionConsistency: known answers on hand-built attention, and what each block variant logs in a tiny fit."""
+
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dnlseg.callbacks import AttentionConsistency
+from dnlseg.context import AttentionMaps, ContextBlock, DisentangledNonLocal2d, NonLocal2d
+from dnlseg.data import SyntheticDataModule
+from dnlseg.evaluation import boundary_band
+from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.models import SegmentationModule
+
+PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"
+# 4 x 4 labels: class 0 on the left column (4 cells), class 1 elsewhere (12 cells); boundary: columns 0-1.
+LABELS = torch.tensor([[0, 1, 1, 1]] * 4)
+
+
+class OracleBlock(ContextBlock):
+    """Identity block whose materialised maps are hand-built from the labels it is fed as its input."""
+
+    def __init__(self, pairwise: str | None, unary: str | None) -> None:
+        super().__init__(in_channels=2, reduction=1)
+        self.pairwise_kind, self.unary_kind = pairwise, unary
+
+    def forward(self, x):
+        labels = x[:, 0].round().long()  # (N, H, W)
+        flat = labels.flatten(1)  # (N, P)
+        p = u = None
+        if self.pairwise_kind is not None:
+            same = flat[:, :, None] == flat[:, None, :]  # (N, P, P)
+            p = torch.where(same, 0.0, -1e4) if self.pairwise_kind == "own_class" else torch.zeros(same.shape)
+        if self.unary_kind is not None:
+            band = boundary_band(labels, radius=0).flatten(1)[:, None]  # (N, 1, P)
+            u = torch.where(band, 0.0, -1e4) if self.unary_kind == "boundary" else torch.zeros(band.shape)
+        weights = torch.zeros(flat.shape[0], flat.shape[1], flat.shape[1])
+        self.record(AttentionMaps(weights, p, u, tuple(labels.shape[-2:]), tuple(labels.shape[-2:])))
+        return x
+
+
+class Oracle(L.LightningModule):
+    def __init__(self, pairwise: str | None, unary: str | None, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.block = OracleBlock(pairwise, unary)
+
+    def validation_step(self, batch, batch_idx):
+        self.block(batch["image"])
+
+
+def validate_oracle(tmp_path, pairwise, unary, num_queries=16, **kwargs):
+    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
+    batches = [{"image": images, "mask": torch.stack([LABELS, LABELS])}]
+    trainer = L.Trainer(
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="oracle"),
+        callbacks=[AttentionConsistency(num_queries=num_queries, radius=0, **kwargs)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    (metrics,) = trainer.validate(Oracle(pairwise, unary), DataLoader(batches, batch_size=None))
+    return metrics
+
+
+def test_all_pairwise_mass_on_own_class_scores_the_mean_inverse_area_fraction(tmp_path):
+    # 4 queries of class 0 score 16/4, 12 of class 1 score 16/12: mean (4 * 4 + 12 * 4/3) / 16 = 2.
+    metrics = validate_oracle(tmp_path, "own_class", "boundary")
+    assert metrics[PAIRWISE] == pytest.approx(2.0, rel=1e-6)
+    assert metrics[f"{PAIRWISE}/block"] == pytest.approx(2.0, rel=1e-6)
+    assert metrics[UNARY] == pytest.approx(16 / 8, rel=1e-6)  # all unary mass on the 8 band cells
+
+
+def test_uniform_attention_scores_one(tmp_path):
+    metrics = validate_oracle(tmp_path, "uniform", "uniform", num_queries=5)
+    assert metrics[PAIRWISE] == pytest.approx(1.0, rel=1e-6)
+    assert metrics[UNARY] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_missing_terms_are_not_logged(tmp_path):
+    assert set(validate_oracle(tmp_path, None, "uniform")) == {UNARY, f"{UNARY}/block"}
+    assert set(validate_oracle(tmp_path, "uniform", None)) == {PAIRWISE, f"{PAIRWISE}/block"}
+
+
+def test_block_calls_over_the_memory_budget_are_skipped_with_a_warning(tmp_path):
+    # 3 maps of (2, 16, 16) fp32 = 6 KiB
+    with pytest.warns(UserWarning, match="max_attention_mb"):
+        assert validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.005) == {}
+    assert PAIRWISE in validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.007)
+
+
+CONTEXTS = {
+    "nl": NonLocal2d,
+    "dnl": DisentangledNonLocal2d,
+    "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),
+    "unary_nl": partial(DisentangledNonLocal2d, pairwise=False),
+    "baseline": None,
+}
+EXPECTED = {
+    "nl": {PAIRWISE, UNARY},
+    "dnl": {PAIRWISE, UNARY},
+    "pairwise_nl": {PAIRWISE},
+    "unary_nl": {UNARY},
+    "baseline": set(),
+}
+
+
+def fit_with_validation(tmp_path, context, callbacks):
+    L.seed_everything(0, workers=True)
+    data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
+    model = SegmentationModule(
+        num_classes=data.num_classes,
+        encoder_name="resnet18",
+        head_channels=16,
+        aux_channels=8,
+        context=CONTEXTS[context],
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        val_check_interval=2,
+        num_sanity_val_steps=1,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        accelerator="cpu",
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", list(CONTEXTS))
+def test_each_variant_logs_the_metrics_of_the_terms_it_has(tmp_path, context):
+    trainer = fit_with_validation(tmp_path, context, [AttentionConsistency(num_queries=8)])
+    scalars = read_scalars(trainer.logger.log_dir)
+    logged = {tag for tag in scalars if tag.startswith(("val/pairwise_category", "val/unary_boundary"))}
+    expected = EXPECTED[context]
+    assert logged == expected | {f"{tag}/decode_head.context" for tag in expected}
+    for tag in logged:
+        steps, values = scalars[tag]
+        assert steps.tolist() == scalars["val/mIoU"][0].tolist()  # once per validation, not in the sanity check
+        assert np.isfinite(values).all() and (values > 0).all()
+
+
+@pytest.mark.slow
+def test_validation_miou_is_unchanged_and_blocks_are_restored(tmp_path):
+    with_callback = fit_with_validation(tmp_path / "a", "dnl", [AttentionConsistency()])
+    without = fit_with_validation(tmp_path / "b", "dnl", [])
+    a, b = with_callback.callback_metrics, without.callback_metrics
+    assert a["val/mIoU"].item() == pytest.approx(b["val/mIoU"].item(), abs=1e-6)
+    block = with_callback.lightning_module.network.decode_head.context
+    assert block.keep_attention is False and block.last_attention is None
+    assert not block._forward_hooks and not block._forward_pre_hooks
+
+
+class MixedOracleBlock(OracleBlock):
+    """Own-class pairwise attention for images whose channel 1 is 0, uniform where it is 1."""
+
+    def forward(self, x):
+        self.pairwise_kind = "uniform" if x[:, 1].mean() > 0.5 else "own_class"
+        return super().forward(x)
+
+
+class MixedOracle(Oracle):
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__("own_class", None, ignore_index)
+        self.block = MixedOracleBlock("own_class", None)
+
+
+class Batches(torch.utils.data.Dataset):
+    """Batch 0: two own-class images (32 queries scoring 2 on average); batch 1: one uniform image (16 scoring 1)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        n = 2 if index == 0 else 1
+        images = torch.stack([LABELS.float(), torch.full((4, 4), float(index))])[None].expand(n, -1, -1, -1)
+        return {"image": images, "mask": LABELS[None].expand(n, -1, -1)}
+
+
+@pytest.mark.slow
+def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        devices=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[AttentionConsistency(num_queries=16, radius=0)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (metrics,) = trainer.validate(MixedOracle(), DataLoader(Batches(), batch_size=None))
+    # one batch per rank: (32 * 2 + 16 * 1) / 48, not the mean of the rank means (2 + 1) / 2
+    assert metrics[PAIRWISE] == pytest.approx(80 / 48, rel=1e-6)

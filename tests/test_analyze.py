@@ -1,0 +1,67 @@
+"""``dnlseg analyze``: consistency metrics and attention figures of a checkpoint, without training."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnlseg.analyze import analyze
+from dnlseg.cli import run_cli
+from tests.test_cli import ROOT, TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A 2-step NL fit on 64 px synthetic images: (its saved config, last.ckpt)."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    overrides = [arg for arg in TINY if not arg.startswith("--trainer.max_steps")]
+    run_cli(
+        [
+            "fit",
+            "-c",
+            str(ROOT / "configs/synthetic/nl.yaml"),
+            *overrides,
+            "--trainer.max_steps=2",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={save_dir}",
+        ]
+    )
+    (run_dir,) = save_dir.glob("nl/version_*")
+    return run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_analyze_writes_metrics_and_figures_for_a_checkpoint(tiny_checkpoint, tmp_path):
+    config, ckpt = tiny_checkpoint
+    out = tmp_path / "analysis"
+    cmd = [sys.executable, "-m", "dnlseg", "analyze", "-c", str(config), "--ckpt_path", str(ckpt)]
+    cmd += ["--output", str(out), "--num_images", "2", "--limit_batches", "1", "--accelerator", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((out / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert {"val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"} <= metrics.keys()
+    assert metrics["val/pairwise_category_consistency"] > 0 and metrics["val/unary_boundary_consistency"] > 0
+    # labelled with the checkpoint's step
+    assert sorted(record["figures"]) == [f"step000002_decode_head.context_image{i}.png" for i in (0, 1)]
+    assert all((out / name).stat().st_size > 0 for name in record["figures"])
+    assert "val/pairwise_category_consistency" in (out / "metrics.md").read_text()
+    assert "val/unary_boundary_consistency" in result.stderr  # logged summary
+
+
+def test_analyze_names_a_missing_checkpoint(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        analyze(["-c", str(ROOT / "configs/synthetic/nl.yaml"), "--ckpt_path", str(missing)])
+
+
+def test_default_output_is_next_to_the_checkpoint(tiny_checkpoint):
+    config, ckpt = tiny_checkpoint
+    metrics = analyze(["-c", str(config), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1"])
+    out = Path(ckpt).parent / "last_analysis"
+    written = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert written.keys() == metrics.keys()
+    assert written == pytest.approx({k: v if v == v else None for k, v in metrics.items()})  # NaN -> null
