@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -79,8 +81,21 @@ def contexts(base_config: Path) -> dict[str, dict | None]:
     return out
 
 
-def train(config: Path, name: str, context: dict | None, seed: int, steps: int, out: Path, extra: list[str]):
-    """One fit through the dnlseg CLI in a fresh process; returns its log dir and wall time."""
+def train(
+    config: Path,
+    name: str,
+    context: dict | None,
+    seed: int,
+    steps: int,
+    out: Path,
+    extra: list[str],
+    threads: int = 0,
+    quiet: bool = False,
+):
+    """One fit through the dnlseg CLI in a fresh process; returns its log dir and wall time.
+
+    ``threads`` > 0 sets OMP_NUM_THREADS; ``quiet`` drops its stdout (parallel fits would interleave it).
+    """
     cmd = [
         sys.executable, "-m", "dnlseg", "fit", "-c", str(config), f"--model.context={json.dumps(context)}",
         f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
@@ -90,7 +105,8 @@ def train(config: Path, name: str, context: dict | None, seed: int, steps: int, 
     ]  # fmt: skip
     print("$", shlex.join(cmd), flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads > 0 else None
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL if quiet else None)
     return out / "runs" / name / f"seed{seed}", time.perf_counter() - start
 
 
@@ -208,7 +224,8 @@ def shown(path: Path) -> str:
 
 
 def write_report(out: Path, rows: dict, opts, figures: dict[str, list[str]], walls: dict, bars: str) -> Path:
-    total = sum(walls.values())
+    per_run = {k: v for k, v in walls.items() if k != "total"}
+    total = walls.get("total", sum(per_run.values()))
     lines = [
         "# Ablation: what the terms learn (SCIENCE.md sections 2-3)",
         "",
@@ -219,10 +236,11 @@ def write_report(out: Path, rows: dict, opts, figures: dict[str, list[str]], wal
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {date.today().isoformat()}.  ",
     ]
-    if walls:
+    if per_run:
+        mean = sum(per_run.values()) / len(per_run)
         lines.append(
-            f"Wall time: {total / 60:.1f} min for {len(walls)} runs ({total / len(walls):.0f} s per run, "
-            f"{total / len(walls) / opts.steps:.2f} s per step including start-up and the final validation)."
+            f"Wall time: {total / 60:.1f} min for {len(per_run)} runs, {opts.jobs} at a time ({mean:.0f} s per run, "
+            f"{mean / opts.steps:.2f} s per step including start-up and the final validation)."
         )
     lines += [
         "",
@@ -287,14 +305,17 @@ def write_report(out: Path, rows: dict, opts, figures: dict[str, list[str]], wal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs/synthetic/dnl.yaml", help="base config")
-    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per run")
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--args", default="", help="extra LightningCLI overrides for every run, one string")
     parser.add_argument("--report-only", action="store_true", help="re-read existing runs, do not train")
+    parser.add_argument("--jobs", type=int, default=2, help="fits at a time, each on cpu_count/jobs threads")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of every seed")
     opts = parser.parse_args()
+    if opts.jobs < 1:
+        parser.error(f"--jobs={opts.jobs} must be >= 1")
     opts.out.mkdir(parents=True, exist_ok=True)
     opts.command = "make experiment-ablation" if len(sys.argv) == 1 else shlex.join(["python", *sys.argv])
     extra = shlex.split(opts.args)
@@ -305,20 +326,32 @@ def main() -> None:
     previous = opts.out / "results.json"
     if opts.report_only and previous.is_file():  # keep the wall times of the run that trained
         walls = json.loads(previous.read_text()).get("walls_s", {})
-    for seed in range(opts.seeds):  # seed-major: a stopped run still has every variant at the first seeds
-        for name in opts.variants:
-            log_dir = opts.out / "runs" / name / f"seed{seed}"
-            if not opts.report_only:
-                shutil.rmtree(log_dir, ignore_errors=True)  # a rerun must not mix its events with an old run's
-                log_dir, walls[f"{name}/seed{seed}"] = train(
-                    opts.config, name, blocks[name], seed, opts.steps, opts.out, extra
-                )
-                if not opts.keep_checkpoints:  # ~100 MB each: only seed 0's last.ckpt is needed (figures)
-                    for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
-                        if seed > 0 or ckpt.name != "last.ckpt":
-                            ckpt.unlink()
-            scalars = read_scalars(log_dir)
-            per_run.setdefault(name, {})[seed] = {key: final(scalars, key) for key in (MIOU, PAIRWISE, UNARY)}
+    runs = [(seed, name) for seed in range(opts.seeds) for name in opts.variants]  # seed-major: a stopped
+    # experiment still has every variant at the first seeds
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else 0
+
+    def fit(seed: int, name: str) -> Path:
+        log_dir = opts.out / "runs" / name / f"seed{seed}"
+        if opts.report_only:
+            return log_dir
+        shutil.rmtree(log_dir, ignore_errors=True)  # a rerun must not mix its events with an old run's
+        log_dir, walls[f"{name}/seed{seed}"] = train(
+            opts.config, name, blocks[name], seed, opts.steps, opts.out, extra, threads, opts.jobs > 1
+        )
+        if not opts.keep_checkpoints:  # ~100 MB each: only seed 0's last.ckpt is needed (figures)
+            for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
+                if seed > 0 or ckpt.name != "last.ckpt":
+                    ckpt.unlink()
+        return log_dir
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:  # each worker waits on one dnlseg process
+        log_dirs = list(pool.map(lambda run: fit(*run), runs))
+    if not opts.report_only:
+        walls["total"] = time.perf_counter() - start
+    for (seed, name), log_dir in zip(runs, log_dirs, strict=True):
+        scalars = read_scalars(log_dir)
+        per_run.setdefault(name, {})[seed] = {key: final(scalars, key) for key in (MIOU, PAIRWISE, UNARY)}
 
     figures: dict[str, list[str]] = {}
     device = [a for a in extra if a.startswith("--trainer.accelerator")]
