@@ -4,5 +4,14 @@ from dnlseg.callbacks.branch_gradients import BranchGradientMonitor
 from dnlseg.callbacks.fit_summary import FitSummary
 from dnlseg.callbacks.prediction_writer import PredictionWriter
 from dnlseg.callbacks.separation_probe import SeparationProbe
+from dnlseg.callbacks.sigterm_checkpoint import CheckpointOnSigterm
+from dnlseg.callbacks.step_seed import StepSeed
 
-__all__ = ["BranchGradientMonitor", "FitSummary", "PredictionWriter", "SeparationProbe"]
+__all__ = [
+    "BranchGradientMonitor",
+    "CheckpointOnSigterm",
+    "FitSummary",
+    "PredictionWriter",
+    "SeparationProbe",
+    "StepSeed",
+]
