@@ -53,14 +53,15 @@ def tiny_config(
 
 
 def env() -> dict[str, str]:
-    """This process's environment (PYTHONPATH included), one thread, quiet warnings."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def dnlseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m dnlseg ARGS`` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env()
+        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT
     )
 
 
@@ -87,7 +88,12 @@ def saved_step(path: Path) -> int | None:
 def interrupt_at(args: list[str], directory: Path, step: int, sig: int, timeout: float = 300) -> tuple[int, str]:
     """Start a fit, send ``sig`` once ``last.ckpt`` holds ``step`` or more, return (exit status, output)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dnlseg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+        [sys.executable, "-m", "dnlseg", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+        cwd=ROOT,
     )
     deadline = time.monotonic() + timeout
     try:

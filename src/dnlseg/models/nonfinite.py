@@ -24,8 +24,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def describe_terms(losses: dict[str, Tensor]) -> str:
-    """ "loss=nan, main_loss=nan, aux_loss=1.234" from the loss terms."""
-    return ", ".join(f"{name}={value.detach().float().item():.6g}" for name, value in losses.items())
+    """The terms as ``loss=nan, main_loss=nan, aux_loss=1.234`` (the total first)."""
+    names = sorted(losses, key=lambda name: name != "loss")
+    return ", ".join(f"{name}={losses[name].detach().float().item():.6g}" for name in names)
 
 
 def skip_nonfinite_loss(losses: dict[str, Tensor], step: int, action: NonFiniteAction, strategy=None) -> bool:
