@@ -1,9 +1,10 @@
 """SyncBatchNorm that also runs on CPU processes (gloo), for multi-process CPU runs and their tests.
 
 PyTorch's ``nn.SyncBatchNorm`` has kernels for GPUs only, refuses CPU tensors, and DDP refuses to wrap a CPU
-model holding one. ``SyncBatchNorm`` here has its parameters, buffers and state-dict keys, is not a subclass
-(so DDP accepts it), runs ``nn.SyncBatchNorm``'s forward on GPUs, and on CPU computes the batch statistics over all processes by two differentiable all-reduces (``torch.distributed
-.nn``), first the sum and count for the mean, then the squared deviations for the variance:
+model holding one. ``SyncBatchNorm`` here has its parameters, buffers and state-dict keys but is not a
+subclass (so DDP accepts it); on GPUs it runs ``nn.SyncBatchNorm``'s forward, on CPU it computes the batch
+statistics over all processes with two differentiable all-reduces (``torch.distributed.nn``): the sum and
+count for the mean, then the squared deviations for the variance:
 
     mean = sum_ranks sum(x) / n,    var = sum_ranks sum((x - mean)^2) / n,    n = sum_ranks N * H * W
     y = (x - mean) / sqrt(var + eps) * weight + bias
@@ -23,8 +24,8 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.distributed.nn.functional import all_reduce
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class SyncBatchNorm(_BatchNorm):
