@@ -10,7 +10,7 @@ LOGDIR ?= runs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format bench experiment-separation tensorboard clean
+.PHONY: help install train test lint format bench experiment-separation experiment-reliability tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench: $(STAMP) ## benchmarks -> benchmarks/context_blocks.md, benchmarks/data_p
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
+
+experiment-reliability: $(STAMP) ## steps lost to SIGTERM/SIGKILL, DDP parity -> experiments/reliability/results.md
+	$(BIN)/python experiments/reliability/measure.py
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)
 	$(BIN)/tensorboard --logdir $(LOGDIR)

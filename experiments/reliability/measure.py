@@ -100,6 +100,7 @@ def signal_trial(sig: int, at_step: int) -> dict:
 
 
 def ddp_run(directory: Path, processes: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     config = shrunk_config(
         directory,
         max_steps=4,
