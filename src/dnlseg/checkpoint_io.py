@@ -6,7 +6,8 @@ file (``os.replace``, atomic on POSIX within one filesystem), then fsyncs the di
 at any moment leaves either the previous ``last.ckpt`` or the new one, both complete. Lightning's own
 ``_atomic_save`` stages the file in the system temp directory and moves it with ``shutil.move``, which
 falls back to a non-atomic copy when that directory is on another filesystem (the usual case on clusters:
-local ``/tmp``, shared checkpoint storage), and never fsyncs. Remote URLs (``s3://`` ...) are left to Lightning.
+local ``/tmp``, shared checkpoint storage), and never fsyncs. A temporary file left by a killed write is
+removed by the next successful save of the same checkpoint. Remote URLs (``s3://`` ...) are left to Lightning.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             Path(tmp).unlink(missing_ok=True)
             raise
         fsync_directory(path.parent)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
 
     def write(self, f, data: memoryview) -> None:
         """Write the serialised checkpoint to the open temporary file (a seam for fault-injection tests)."""

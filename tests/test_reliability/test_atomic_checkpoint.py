@@ -77,3 +77,4 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loadabl
     result = dnlseg("fit", "-c", str(tiny_config(tmp_path, name="resume.yaml")), "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert load(last_ckpt(tmp_path))["global_step"] == 8
+    assert not [p for p in checkpoint_dir.iterdir() if p.name.startswith(".last.ckpt.")]  # cleaned up
