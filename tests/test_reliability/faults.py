@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from dnlseg.checkpoint_io import AtomicCheckpointIO
@@ -60,3 +61,17 @@ class NaNSyntheticDataModule(SyntheticDataModule):
                 batch["image"] = torch.full_like(batch["image"], float("nan"))
             self.drawn += 1
         return batch
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after every training step, so that a test's signal lands mid-run on any machine.
+
+    Args:
+        seconds: the pause.
+    """
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        time.sleep(self.seconds)

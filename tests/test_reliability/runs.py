@@ -45,6 +45,8 @@ def tiny_config(
     last["init_args"]["every_n_train_steps"] = every_n_train_steps
     # The probe (an extra forward/backward) costs time here; its bitwise neutrality is tested elsewhere.
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("SeparationProbe")]
+    # 0.1 s after each step: a signal sent once a checkpoint appears lands mid-run even on a fast machine.
+    trainer["callbacks"].append({"class_path": "tests.test_reliability.faults.SlowSteps"})
     config["model"].update(head_channels=8, aux_channels=8, **model)
     config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32, batch_size=batch_size)
     path = directory / name
@@ -102,7 +104,7 @@ def interrupt_at(args: list[str], directory: Path, step: int, sig: int, timeout:
             if found is not None and found >= step:
                 process.send_signal(sig)
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if process.poll() is None:
