@@ -127,8 +127,23 @@ def check_hardware(config: Any) -> None:
         )
 
 
+def check_nonfinite_action(config: Any) -> None:
+    """``skip`` needs one process: Lightning refuses a skipped ``training_step`` in distributed training."""
+    if _get(config, "model.on_nonfinite_loss") != "skip":
+        return
+    strategy = str(_get(config, "trainer.strategy", "auto"))
+    devices, nodes = _get(config, "trainer.devices", 1), _get(config, "trainer.num_nodes", 1)
+    if "ddp" in strategy or "fsdp" in strategy or (isinstance(devices, int) and devices > 1) or nodes > 1:
+        raise ConfigError(
+            f"model.on_nonfinite_loss=skip needs a single process (trainer.strategy={strategy}, "
+            f"trainer.devices={devices}, trainer.num_nodes={nodes}): Lightning cannot skip a step under DDP; "
+            "use model.on_nonfinite_loss=stop"
+        )
+
+
 def check_config(config: Any) -> None:
     """All checks above on the config of one subcommand; raise ``ConfigError`` naming the key."""
     check_context(config)
     check_data(config)
     check_hardware(config)
+    check_nonfinite_action(config)

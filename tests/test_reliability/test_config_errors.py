@@ -39,6 +39,10 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
             ["-c", SYNTHETIC, "--trainer.accelerator=cpu", "--trainer.precision=16-mixed"],
             "trainer.precision=16-mixed cannot run on the CPU",
         ),
+        (
+            ["-c", SYNTHETIC, "--model.on_nonfinite_loss=skip", "--trainer.strategy=ddp", "--trainer.devices=2"],
+            "model.on_nonfinite_loss=skip needs a single process",
+        ),
     ],
     ids=[
         "reduction",
@@ -48,6 +52,7 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
         "root-missing",
         "root-unset",
         "fp16-cpu",
+        "skip-under-ddp",
     ],
 )
 def test_config_error_names_the_key_before_anything_is_built(args, message, monkeypatch):

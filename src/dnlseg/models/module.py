@@ -50,7 +50,7 @@ class SegmentationModule(L.LightningModule):
             slide (``crop_size``, ``stride``), ``scales`` and ``flip`` for multi-scale + flip, ``base_size``;
             null: the whole image at its own size. Scores are compared at the label's resolution.
         on_nonfinite_loss: a NaN/inf training loss "stop"s the fit (an error naming the step and the loss
-            terms; no checkpoint of that state) or "skip"s the batch (no optimiser step).
+            terms; no checkpoint of that state) or "skip"s the batch (no optimiser step; one process only).
     """
 
     def __init__(
