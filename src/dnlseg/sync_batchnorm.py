@@ -20,12 +20,18 @@ PyTorch's own path unchanged.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
+
+# torch 2.14 marks torch.distributed.nn's all_reduce deprecated in favour of _functional_collectives, a private
+# module; the documented differentiable all-reduce stays here until there is a public successor.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
 
 
 class SyncBatchNorm(_BatchNorm):
