@@ -57,13 +57,13 @@ def check_context(config: Any) -> None:
         )
 
 
-def check_stride(name: str, sizes: Sequence[int], output_stride: int) -> None:
+def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> None:
     """Each side a multiple of the output stride, or a multiple plus one (DeepLab's 513, mmseg's 769)."""
-    for size in sizes:
+    for size in [value] if isinstance(value, int) else value:
         if size % output_stride not in (0, 1):
             down, up = size - size % output_stride, size - size % output_stride + output_stride
             raise ConfigError(
-                f"{name}={list(sizes)} does not fit model.output_stride={output_stride}: each side must be a multiple "
+                f"{name}={value} does not fit model.output_stride={output_stride}: each side must be a multiple "
                 f"of {output_stride} or a multiple plus one (e.g. {down} or {up}, {down + 1} or {up + 1})"
             )
 
@@ -78,7 +78,7 @@ def check_data(config: Any) -> None:
         check_stride("data.init_args.augmentation.crop_size", list(crop), output_stride)
     image_size = _get(args, "image_size")
     if output_stride and isinstance(image_size, int):
-        check_stride("data.init_args.image_size", [image_size], output_stride)
+        check_stride("data.init_args.image_size", image_size, output_stride)
     num_workers = _get(args, "num_workers")
     if num_workers is not None and num_workers < 0:
         raise ConfigError(f"data.init_args.num_workers={num_workers} must be >= 0 (0: load in the main process)")

@@ -23,7 +23,7 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
         ),
         (
             ["-c", SYNTHETIC, "--model.output_stride=16", "--data.init_args.image_size=40"],
-            "data.init_args.image_size=[40] does not fit model.output_stride=16",
+            "data.init_args.image_size=40 does not fit model.output_stride=16: each side must be a multiple of 16",
         ),
         (
             ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.augmentation.crop_size=[500, 500]"],
