@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 ABLATION_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format bench experiment-separation experiment-ablation tensorboard clean
+.PHONY: help install train test lint format bench experiment-separation experiment-ablation experiment-reliability tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gr
 
 experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~70 min, 2 idle CPU cores)
 	$(BIN)/python experiments/ablation/run.py $(ABLATION_ARGS) $(if $(ARGS),--args "$(ARGS)")
+
+experiment-reliability: $(STAMP) ## steps lost to SIGTERM/SIGKILL, DDP parity -> experiments/reliability/results.md
+	$(BIN)/python experiments/reliability/measure.py
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs under LOGDIR (default runs/)
 	$(BIN)/tensorboard --logdir $(LOGDIR)

@@ -19,8 +19,14 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 from lightning.pytorch import LightningDataModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
+from dnlseg.checkpoint_io import CheckpointMismatchError  # noqa: E402
 from dnlseg.models import SegmentationModule  # noqa: E402
+from dnlseg.models.nonfinite import NonFiniteLossError  # noqa: E402
+from dnlseg.preflight import ConfigError, check_config  # noqa: E402
+
+EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,10 @@ class DnlsegCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Config errors fail here, before anything is built (``dnlseg.preflight``)."""
+        check_config(self.config[self.subcommand] if self.subcommand else self.config)
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
@@ -89,4 +99,9 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         analyze(sys.argv[2:])
         return
-    run_cli()
+    try:
+        run_cli()
+    except SIGTERMException:
+        sys.exit(EXIT_SIGTERM)  # the checkpoint was saved (CheckpointOnSigterm); non-zero: the run is not done
+    except (ConfigError, CheckpointMismatchError, NonFiniteLossError) as error:
+        sys.exit(f"dnlseg: {type(error).__name__}: {error}")

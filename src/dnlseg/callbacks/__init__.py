@@ -6,12 +6,16 @@ from dnlseg.callbacks.branch_gradients import BranchGradientMonitor
 from dnlseg.callbacks.fit_summary import FitSummary
 from dnlseg.callbacks.prediction_writer import PredictionWriter
 from dnlseg.callbacks.separation_probe import SeparationProbe
+from dnlseg.callbacks.sigterm_checkpoint import CheckpointOnSigterm
+from dnlseg.callbacks.step_seed import StepSeed
 
 __all__ = [
     "AttentionConsistency",
     "AttentionMapLogger",
     "BranchGradientMonitor",
+    "CheckpointOnSigterm",
     "FitSummary",
     "PredictionWriter",
     "SeparationProbe",
+    "StepSeed",
 ]

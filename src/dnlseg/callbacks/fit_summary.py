@@ -13,8 +13,10 @@ class FitSummary(L.Callback):
         miou = trainer.callback_metrics.get("val/mIoU")
         lines = [f"final val/mIoU: {miou.item():.4f}" if miou is not None else "final val/mIoU: not computed"]
         lines.append(f"logs: {trainer.log_dir}")
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None:
-            lines.append(f"checkpoints: {ckpt.dirpath}")
-            lines.append(f"  last: {ckpt.last_model_path or '-'}\n  best: {ckpt.best_model_path or '-'}")
+        callbacks = trainer.checkpoint_callbacks  # e.g. one keeping last.ckpt, one the best val/mIoU
+        if callbacks:
+            last = next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), "-")
+            best = next((cb.best_model_path for cb in callbacks if getattr(cb, "best_model_path", "")), "-")
+            lines.append(f"checkpoints: {getattr(callbacks[0], 'dirpath', '-')}")
+            lines.append(f"  last: {last}\n  best: {best}")
         rank_zero_info("\n".join(lines))

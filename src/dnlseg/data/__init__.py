@@ -13,6 +13,7 @@ from dnlseg.data.folder import (  # noqa: E402
     FolderDataModule,
     SegmentationFiles,
 )
+from dnlseg.data.resumable import ResumableDataLoader  # noqa: E402
 from dnlseg.data.synthetic import (  # noqa: E402
     SyntheticDataModule,
     SyntheticSample,
@@ -38,6 +39,7 @@ __all__ = [
     "DatasetLayoutError",
     "FilePair",
     "FolderDataModule",
+    "ResumableDataLoader",
     "SegmentationFiles",
     "SyntheticDataModule",
     "SyntheticSample",

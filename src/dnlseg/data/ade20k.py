@@ -152,6 +152,8 @@ class ADE20KDataModule(FolderDataModule):
         check_threads: threads for the setup checks.
     """
 
+    env_var = ENV_VAR
+
     def __init__(
         self,
         root: str | None = None,

@@ -167,6 +167,8 @@ class CityscapesDataModule(FolderDataModule):
         check_threads: threads for the setup checks.
     """
 
+    env_var = ENV_VAR
+
     def __init__(
         self,
         root: str | None = None,

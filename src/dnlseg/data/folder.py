@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnlseg.data.resumable import ResumableDataLoader, train_sampler
 from dnlseg.data.transforms import (
     TrainAugmentation,
     eval_transform,
@@ -322,6 +323,9 @@ class FolderDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _loader(self, role: str) -> DataLoader:
         if role not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(role, role))
@@ -332,10 +336,12 @@ class FolderDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(seed) if train else None
         if train:  # the main-process stream (num_workers=0); workers reseed their copies in init_worker
             seed_transform(dataset.transform, worker_seed(seed, rank))
-        return DataLoader(
+        # Training: resumable mid-epoch, order a function of (seed, epoch) whatever the device count.
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
+            sampler=train_sampler(dataset, seed, rank, self._world_size()) if train else None,
             drop_last=train,
             generator=generator,
             num_workers=self.num_workers,

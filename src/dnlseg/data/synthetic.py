@@ -77,6 +77,7 @@ from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnlseg.data.resumable import ResumableDataLoader, train_sampler, trainer_rank_and_world_size
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -451,11 +452,21 @@ class SyntheticDataModule(L.LightningDataModule):
             self.val_set = SyntheticSegmentation(self.num_val, "val", *args)
 
     def _loader(self, dataset: SyntheticSegmentation, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        if not shuffle:
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+        # Resumable mid-epoch; the order is a function of (seed, epoch), the same global batches on any device count.
+        rank, world_size = trainer_rank_and_world_size(self)
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=train_sampler(dataset, self.seed, rank, world_size),
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

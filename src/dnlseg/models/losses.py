@@ -3,13 +3,31 @@
 OHEM as in the official Cityscapes runs and mmseg's ``OHEMPixelSampler``: keep the labelled pixels whose
 predicted probability of their true class is below ``threshold`` (0.7), but at least ``min_kept`` pixels per
 image (the threshold is raised to the min_kept-th smallest probability when too few are below it).
+
+Under DDP (training) the loss is the sum over this process's kept pixels divided by the *mean* number of
+kept pixels per process: DDP averages the gradients over the W processes, so the update is that of the
+mean over all kept pixels of the global batch, as on one device (a plain per-process mean would weight
+each process's pixels by 1 / its own count). OHEM still chooses its hard pixels per process.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def distributed_training() -> bool:
+    """True in a training forward (gradients on) of a multi-process run."""
+    return torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_processes(count: Tensor) -> Tensor:
+    """The mean of ``count`` over all processes (no gradient)."""
+    count = count.detach().float().clone()
+    dist.all_reduce(count)
+    return count / dist.get_world_size()
 
 
 class SegmentationLoss(nn.Module):
@@ -33,11 +51,18 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """logits (N, K, H, W), target (N, H, W) -> scalar loss."""
-        if self.ohem_threshold is None:
+        distributed = distributed_training()
+        if self.ohem_threshold is None and not distributed:
             return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")  # (N, H, W)
-        keep = self.hard_pixels(logits.detach(), target)
-        return (pixel_loss * keep).sum() / keep.sum().clamp(min=1)
+        if self.ohem_threshold is None:
+            keep = target != self.ignore_index
+        else:
+            keep = self.hard_pixels(logits.detach(), target)
+        count = keep.sum()
+        if distributed:
+            count = mean_over_processes(count)
+        return (pixel_loss * keep).sum() / count.clamp(min=1)
 
     def hard_pixels(self, logits: Tensor, target: Tensor) -> Tensor:
         """Boolean (N, H, W) mask of the pixels OHEM keeps."""

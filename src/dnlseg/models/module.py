@@ -6,15 +6,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import PolynomialLR
 
+from dnlseg.checkpoint_io import check_state_dict_fits
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.losses import SegmentationLoss
 from dnlseg.models.network import SegmentationNetwork
+from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
 
 
 def default_optimizer(params) -> Optimizer:
@@ -47,6 +50,8 @@ class SegmentationModule(L.LightningModule):
         inference: how validation, test and predict run the network on a full image: ``mode`` whole or
             slide (``crop_size``, ``stride``), ``scales`` and ``flip`` for multi-scale + flip, ``base_size``;
             null: the whole image at its own size. Scores are compared at the label's resolution.
+        on_nonfinite_loss: a NaN/inf training loss "stop"s the fit (an error naming the step and the loss
+            terms; no checkpoint of that state) or "skip"s the batch (no optimiser step; one process only).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         inference: Inference | None = None,
+        on_nonfinite_loss: NonFiniteAction = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["context", "optimizer", "lr_scheduler"])
@@ -75,6 +81,9 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
         if aux_weight < 0:
             raise ValueError(f"aux_weight={aux_weight} must be >= 0")
+        if on_nonfinite_loss not in NONFINITE_ACTIONS:
+            raise ValueError(f"on_nonfinite_loss={on_nonfinite_loss!r} must be one of {NONFINITE_ACTIONS}")
+        self.on_nonfinite_loss = on_nonfinite_loss
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.network = SegmentationNetwork(
             num_classes,
@@ -109,11 +118,18 @@ class SegmentationModule(L.LightningModule):
             losses["loss"] = losses["main_loss"] + self.aux_weight * losses["aux_loss"]
         return losses
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        # A skipped batch must not leave its NaN in the BatchNorm running statistics either.
+        buffers = [(b, b.clone()) for b in self.buffers()] if self.on_nonfinite_loss == "skip" else []
         losses = self.losses(batch)
+        if skip_nonfinite_loss(losses, self.trainer.global_step, self.on_nonfinite_loss, self.trainer.strategy):
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            return None  # Lightning makes no optimiser step
         batch_size = batch["image"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        for name, value in losses.items():  # sync_dist: under DDP the loss of the global batch
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -144,6 +160,9 @@ class SegmentationModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """{"name": the batch's names, "prediction": (N, H, W) class ids at the input images' size}."""
         return {"name": batch.get("name"), "prediction": self.inference(self, batch["image"]).argmax(dim=1)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_state_dict_fits(self, checkpoint["state_dict"])  # names every differing shape, before loading
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

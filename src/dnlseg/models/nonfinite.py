@@ -1,0 +1,53 @@
+"""What a training step does with a loss that is NaN or infinite: stop the fit, or skip the batch.
+
+Checked before the backward pass, so the weights and optimiser state stay those of the last good step and
+no checkpoint is written from a poisoned state. Under DDP the ranks decide together (one all-reduce of a
+flag): every rank stops, or every rank skips, so no rank waits for the others' gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+NonFiniteAction = Literal["stop", "skip"]
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss is NaN or infinite (the message names the step and every loss term)."""
+
+
+def describe_terms(losses: dict[str, Tensor]) -> str:
+    """The terms as ``loss=nan, main_loss=nan, aux_loss=1.234`` (the total first)."""
+    names = sorted(losses, key=lambda name: name != "loss")
+    return ", ".join(f"{name}={losses[name].detach().float().item():.6g}" for name in names)
+
+
+def skip_nonfinite_loss(losses: dict[str, Tensor], step: int, action: NonFiniteAction, strategy=None) -> bool:
+    """True when this batch is to be skipped; raises ``NonFiniteLossError`` for ``action="stop"``.
+
+    Args:
+        losses: the loss terms, ``"loss"`` the total that is back-propagated.
+        step: the optimiser step this batch would make (the trainer's ``global_step``).
+        action: "stop" (raise) or "skip" (leave the weights unchanged and go on with the next batch).
+        strategy: the Lightning strategy, to agree across processes; None: this process alone.
+    """
+    finite = bool(torch.isfinite(losses["loss"]).all())
+    if strategy is not None:
+        finite = bool(strategy.reduce_boolean_decision(finite, all=True))
+    if finite:
+        return False
+    message = f"non-finite training loss at step {step}: {describe_terms(losses)}"
+    if action == "skip":
+        log.warning("%s; batch skipped (on_nonfinite_loss=skip)", message)
+        return True
+    raise NonFiniteLossError(
+        f"{message}. Training stopped; the last checkpoint written before this step is kept. "
+        "Set model.on_nonfinite_loss=skip to skip such batches instead."
+    )

@@ -1,0 +1,149 @@
+"""Checks of a parsed ``dnlseg`` config that fail before anything is built, naming the YAML key.
+
+``check_config`` runs in the CLI after parsing and before any model, data or trainer is instantiated.
+What the parser itself rejects (an unknown ``class_path``, a value outside a ``Literal``, a wrong type)
+never gets here; what the typed ``__init__``s check is checked there again. Here: what needs more than one
+key, the environment, or the hardware.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CPU_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
+
+
+def _get(namespace: Any, dotted: str, default: Any = None) -> Any:
+    for part in dotted.split("."):
+        if namespace is None:
+            return default
+        namespace = namespace.get(part) if isinstance(namespace, dict) else getattr(namespace, part, None)
+    return default if namespace is None else namespace
+
+
+def _import(class_path: str) -> type | None:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def check_context(config: Any) -> None:
+    """Temperature > 0, and ``model.head_channels`` divisible by the block's ``reduction``."""
+    context = _get(config, "model.context")
+    if context is None:
+        return
+    args = _get(context, "init_args", {})
+    temperature = _get(args, "temperature")
+    if temperature is not None and not temperature > 0:
+        raise ConfigError(f"model.context.init_args.temperature={temperature} must be > 0 (the paper uses 0.05)")
+    channels = _get(config, "model.head_channels")
+    reduction = _get(args, "reduction")
+    if reduction is not None and (reduction < 1 or (channels is not None and channels % reduction)):
+        raise ConfigError(
+            f"model.context.init_args.reduction={reduction} must be >= 1 and divide model.head_channels={channels} "
+            "(the block's query/key/value width is head_channels / reduction)"
+        )
+
+
+def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> None:
+    """Each side a multiple of the output stride, or a multiple plus one (DeepLab's 513, mmseg's 769)."""
+    for size in [value] if isinstance(value, int) else value:
+        if size % output_stride not in (0, 1):
+            down, up = size - size % output_stride, size - size % output_stride + output_stride
+            raise ConfigError(
+                f"{name}={value} does not fit model.output_stride={output_stride}: each side must be a multiple "
+                f"of {output_stride} or a multiple plus one (e.g. {down} or {up}, {down + 1} or {up + 1})"
+            )
+
+
+def check_data(config: Any) -> None:
+    """Crop or image size against the output stride, ``num_workers`` >= 0, the dataset root exists."""
+    data = _get(config, "data")
+    args = _get(data, "init_args", {})
+    output_stride = _get(config, "model.output_stride")
+    crop = _get(args, "augmentation.crop_size")
+    if output_stride and crop is not None:
+        check_stride("data.init_args.augmentation.crop_size", list(crop), output_stride)
+    image_size = _get(args, "image_size")
+    if output_stride and isinstance(image_size, int):
+        check_stride("data.init_args.image_size", image_size, output_stride)
+    num_workers = _get(args, "num_workers")
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"data.init_args.num_workers={num_workers} must be >= 0 (0: load in the main process)")
+    cls = _import(_get(data, "class_path", ""))
+    env_var = getattr(cls, "env_var", "") if cls is not None else ""
+    if env_var or "root" in (vars(args) if hasattr(args, "__dict__") else args or {}):
+        root = _get(args, "root")
+        if root is None:
+            if not env_var or not os.environ.get(env_var):
+                raise ConfigError(
+                    "data.init_args.root is not set"
+                    + (f" and neither is ${env_var}" if env_var else "")
+                    + ": give the dataset folder with --data.init_args.root=PATH"
+                    + (f" or export {env_var}=PATH" if env_var else "")
+                )
+            key, root = f"${env_var}", os.environ[env_var]
+        else:
+            key = "data.init_args.root"
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"{key}={root} does not exist or is not a directory")
+
+
+def check_hardware(config: Any) -> None:
+    """The accelerator is present, and it can run ``trainer.precision``."""
+    accelerator = _get(config, "trainer.accelerator", "auto")
+    precision = str(_get(config, "trainer.precision", "32-true"))
+    if not isinstance(accelerator, str):
+        return  # an Accelerator object: Lightning checks it
+    cuda = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible on this machine "
+            "(torch.cuda.is_available() is False): use --trainer.accelerator=cpu (and --trainer.strategy=auto "
+            "--trainer.devices=1 or --trainer.sync_batchnorm=false for a recipe config)"
+        )
+    devices = _get(config, "trainer.devices")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices={devices} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda)
+    if on_cpu and precision not in CPU_PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision} cannot run on the CPU: use 32-true or bf16-mixed")
+    if not on_cpu and cuda and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"trainer.precision={precision} needs a GPU with bfloat16 support (Ampere or newer); "
+            f"{torch.cuda.get_device_name()} has none: use 16-mixed or 32-true"
+        )
+
+
+def check_nonfinite_action(config: Any) -> None:
+    """``skip`` needs one process: Lightning refuses a skipped ``training_step`` in distributed training."""
+    if _get(config, "model.on_nonfinite_loss") != "skip":
+        return
+    strategy = str(_get(config, "trainer.strategy", "auto"))
+    devices, nodes = _get(config, "trainer.devices", 1), _get(config, "trainer.num_nodes", 1)
+    if "ddp" in strategy or "fsdp" in strategy or (isinstance(devices, int) and devices > 1) or nodes > 1:
+        raise ConfigError(
+            f"model.on_nonfinite_loss=skip needs a single process (trainer.strategy={strategy}, "
+            f"trainer.devices={devices}, trainer.num_nodes={nodes}): Lightning cannot skip a step under DDP; "
+            "use model.on_nonfinite_loss=stop"
+        )
+
+
+def check_config(config: Any) -> None:
+    """All checks above on the config of one subcommand; raise ``ConfigError`` naming the key."""
+    check_context(config)
+    check_data(config)
+    check_hardware(config)
+    check_nonfinite_action(config)

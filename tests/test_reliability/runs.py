@@ -1,0 +1,126 @@
+"""Run the ``dnlseg`` command in a subprocess as a user would, on tiny configs derived from the shipped one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "configs/synthetic/dnl.yaml"
+
+
+def tiny_config(
+    directory: Path,
+    max_steps: int = 8,
+    every_n_train_steps: int = 2,
+    val_check_interval: int = 4,
+    num_train: int = 12,
+    batch_size: int = 2,
+    name: str = "config.yaml",
+    **model: object,
+) -> Path:
+    """The shipped synthetic DNL config, shrunk: 32 px images, 8-channel head, runs under ``directory``.
+
+    12 images in batches of 2: an epoch is 6 steps, so 8 steps cross an epoch boundary.
+    """
+    config = yaml.safe_load(SHIPPED.read_text())
+    trainer = config["trainer"]
+    trainer.update(
+        max_steps=max_steps,
+        val_check_interval=val_check_interval,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer["logger"]["init_args"]["save_dir"] = str(directory / "runs")
+    last, best = trainer["callbacks"][0], trainer["callbacks"][1]
+    assert last["init_args"]["save_last"] and best["init_args"]["monitor"] == "val/mIoU"
+    last["init_args"]["every_n_train_steps"] = every_n_train_steps
+    # The probe (an extra forward/backward) costs time here; its bitwise neutrality is tested elsewhere.
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("SeparationProbe")]
+    # 0.1 s after each step: a signal sent once a checkpoint appears lands mid-run even on a fast machine.
+    trainer["callbacks"].append({"class_path": "tests.test_reliability.faults.SlowSteps"})
+    config["model"].update(head_channels=8, aux_channels=8, **model)
+    config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32, batch_size=batch_size)
+    path = directory / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def env() -> dict[str, str]:
+    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def dnlseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m dnlseg ARGS`` to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT
+    )
+
+
+def run_dir(directory: Path) -> Path:
+    return directory / "runs" / "dnl" / "version_0"
+
+
+def last_ckpt(directory: Path) -> Path:
+    return run_dir(directory) / "checkpoints" / "last.ckpt"
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def saved_step(path: Path) -> int | None:
+    """``global_step`` in the checkpoint at ``path``; None when there is none or it cannot be read."""
+    try:
+        return load(path)["global_step"]
+    except Exception:
+        return None
+
+
+def interrupt_at(args: list[str], directory: Path, step: int, sig: int, timeout: float = 300) -> tuple[int, str]:
+    """Start a fit, send ``sig`` once ``last.ckpt`` holds ``step`` or more, return (exit status, output)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dnlseg", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            found = saved_step(last_ckpt(directory)) if last_ckpt(directory).exists() else None
+            if found is not None and found >= step:
+                process.send_signal(sig)
+                break
+            time.sleep(0.01)
+        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, output
+
+
+def training_state(path: Path) -> dict[str, object]:
+    """What must match between an interrupted-and-resumed run and an uninterrupted one."""
+    ckpt = load(path)
+    loops = ckpt["loops"]["fit_loop"]
+    return {
+        "global_step": ckpt["global_step"],
+        "epoch": ckpt["epoch"],
+        "state_dict": ckpt["state_dict"],
+        "optimizer": ckpt["optimizer_states"],
+        "lr_schedulers": ckpt["lr_schedulers"],
+        "batches_that_stepped": loops["epoch_loop.state_dict"]["_batches_that_stepped"],
+    }

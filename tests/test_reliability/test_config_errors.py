@@ -1,0 +1,104 @@
+"""Config mistakes fail before anything is built, with a message that names the YAML key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dnlseg.cli import run_cli
+from dnlseg.preflight import ConfigError
+from tests.test_reliability.runs import ROOT, dnlseg, last_ckpt, tiny_config
+
+SYNTHETIC = str(ROOT / "configs/synthetic/dnl.yaml")
+CITYSCAPES = str(ROOT / "configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml")
+ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-c", SYNTHETIC, "--model.head_channels=16", "--model.context.init_args.reduction=3"],
+            "model.context.init_args.reduction=3 must be >= 1 and divide model.head_channels=16",
+        ),
+        (
+            ["-c", SYNTHETIC, "--model.output_stride=16", "--data.init_args.image_size=40"],
+            "data.init_args.image_size=40 does not fit model.output_stride=16: each side must be a multiple of 16",
+        ),
+        (
+            ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.augmentation.crop_size=[500, 500]"],
+            "data.init_args.augmentation.crop_size=[500, 500] does not fit model.output_stride=8",
+        ),
+        (["-c", SYNTHETIC, "--data.init_args.num_workers=-1"], "data.init_args.num_workers=-1 must be >= 0"),
+        (
+            ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.root=/no/such/cityscapes"],
+            "data.init_args.root=/no/such/cityscapes does not exist",
+        ),
+        (["-c", CITYSCAPES, *ON_CPU], "data.init_args.root is not set and neither is $CITYSCAPES_ROOT"),
+        (
+            ["-c", SYNTHETIC, "--trainer.accelerator=cpu", "--trainer.precision=16-mixed"],
+            "trainer.precision=16-mixed cannot run on the CPU",
+        ),
+        (
+            ["-c", SYNTHETIC, "--model.on_nonfinite_loss=skip", "--trainer.strategy=ddp", "--trainer.devices=2"],
+            "model.on_nonfinite_loss=skip needs a single process",
+        ),
+    ],
+    ids=[
+        "reduction",
+        "image-size-vs-stride",
+        "crop-vs-stride",
+        "num-workers",
+        "root-missing",
+        "root-unset",
+        "fp16-cpu",
+        "skip-under-ddp",
+    ],
+)
+def test_config_error_names_the_key_before_anything_is_built(args, message, monkeypatch):
+    monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
+    built = []
+    monkeypatch.setattr("dnlseg.cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
+    with pytest.raises(ConfigError) as error:
+        run_cli(args, run=False)
+    assert message in str(error.value)
+    assert built == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu but no CUDA GPU is visible"):
+        run_cli(["-c", CITYSCAPES, "--data.init_args.root=/tmp"], run=False)
+
+
+def test_unknown_context_variant_is_rejected_by_the_parser_naming_the_key(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(["-c", SYNTHETIC, "--model.context.init_args.unary=conv3x3"], run=False)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.context" in err and "conv3x3" in err
+
+
+@pytest.mark.slow
+def test_the_command_exits_with_the_message_and_no_traceback(tmp_path):
+    config = tiny_config(tmp_path)
+    result = dnlseg("fit", "-c", str(config), "--model.context.init_args.temperature=0")
+    assert result.returncode == 1
+    assert "model.context.init_args.temperature=0.0 must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+    unknown = dnlseg("fit", "-c", str(config), "--model.context.class_path=dnlseg.context.Foo")
+    assert unknown.returncode == 2 and 'key "model.context"' in unknown.stderr and "Foo" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_resuming_with_an_incompatible_model_config_lists_the_differing_shapes(tmp_path):
+    config = tiny_config(tmp_path, max_steps=2)
+    assert dnlseg("fit", "-c", str(config)).returncode == 0
+    assert last_ckpt(tmp_path).exists()
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last", "--model.head_channels=16")
+    assert result.returncode == 1
+    assert "CheckpointMismatchError: the checkpoint does not fit the model built from this config" in result.stderr
+    assert "network.decode_head.context.query.weight: checkpoint (4, 8, 1, 1) vs model (8, 16, 1, 1)" in result.stderr
+    assert "Traceback" not in result.stderr
