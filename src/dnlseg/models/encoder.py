@@ -21,9 +21,7 @@ TRUNCATABLE_PREFIXES = ("resnet", "resnext")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def build_encoder(
-    name: str, output_stride: int = 8, weights: str | Path | None = None, depth: int = 5
-) -> nn.Module:
+def build_encoder(name: str, output_stride: int = 8, weights: str | Path | None = None, depth: int = 5) -> nn.Module:
     """An smp encoder; ``encoder.out_channels[-2]`` feeds the aux head, ``[-1]`` the context head.
 
     Args:
