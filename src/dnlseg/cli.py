@@ -25,6 +25,7 @@ from dnlseg.checkpoint_io import CheckpointMismatchError  # noqa: E402
 from dnlseg.models import SegmentationModule  # noqa: E402
 from dnlseg.models.nonfinite import NonFiniteLossError  # noqa: E402
 from dnlseg.preflight import ConfigError, check_config  # noqa: E402
+from dnlseg.run_dirs import resolve_logger_version  # noqa: E402
 
 EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
 
@@ -39,8 +40,11 @@ class DnlsegCLI(LightningCLI):
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """Config errors fail here, before anything is built (``dnlseg.preflight``)."""
-        check_config(self.config[self.subcommand] if self.subcommand else self.config)
+        """Config errors fail here, before anything is built (``dnlseg.preflight``); a fit picks its run folder."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config(config)
+        if self.subcommand == "fit":
+            resolve_logger_version(config)
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
