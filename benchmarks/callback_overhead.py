@@ -11,8 +11,8 @@ variant alike), each with a TensorBoard logger in a temporary folder and nothing
 - ``monitor``: ``BranchGradientMonitor(every_n_steps=1)`` -- the issue's target is <= 5% of step time;
 - ``monitor + probe``: plus ``SeparationProbe`` at the config's interval (default 50 steps).
 
-A step's time is from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward, callbacks,
-optimiser step, logging). The first ``--warmup`` steps of each fit are dropped; the table reports the median
+A step's wall and CPU time are from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward,
+callbacks, optimiser step, logging). The first ``--warmup`` steps of each fit are dropped; the table reports the median
 over the remaining steps of all rounds, and the overhead as the ratio of medians.
 """
 
@@ -40,20 +40,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class StepTimer(L.Callback):
-    """Wall time of each training step (batch start -> batch end)."""
+    """Wall and CPU (process) time of each training step (batch start -> batch end)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._start = (0.0, 0.0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self.wall.append(time.perf_counter() - self._start[0])
+        self.cpu.append(time.process_time() - self._start[1])
 
 
-def fit_steps(module, datamodule, callbacks: list[L.Callback], steps: int, logdir: str) -> list[float]:
+def fit_steps(module, datamodule, callbacks: list[L.Callback], steps: int, logdir: str) -> StepTimer:
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -70,7 +72,7 @@ def fit_steps(module, datamodule, callbacks: list[L.Callback], steps: int, logdi
         deterministic=True,
     )
     trainer.fit(module, datamodule=datamodule)
-    return timer.times
+    return timer
 
 
 def main() -> None:
@@ -93,17 +95,19 @@ def main() -> None:
             SeparationProbe(every_n_steps=args.probe_every),
         ],
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as logdir:
         for round_ in range(args.rounds):
             for name, callbacks in variants.items():
                 cli.model.load_state_dict(initial)
                 L.seed_everything(round_, verbose=False)
-                step_times = fit_steps(cli.model, cli.datamodule, callbacks(), args.steps, logdir)
-                times[name].extend(step_times[args.warmup :])
-                print(f"round {round_} {name:16s} median {statistics.median(step_times[args.warmup :]):.3f} s")
+                timer = fit_steps(cli.model, cli.datamodule, callbacks(), args.steps, logdir)
+                wall[name].extend(timer.wall[args.warmup :])
+                cpu[name].extend(timer.cpu[args.warmup :])
+                print(f"round {round_} {name:16s} median {statistics.median(timer.wall[args.warmup :]):.3f} s wall")
 
-    base = statistics.median(times["none"])
+    base_wall, base_cpu = statistics.median(wall["none"]), statistics.median(cpu["none"])
     lines = [
         "# Gradient-callback overhead",
         "",
@@ -112,14 +116,18 @@ def main() -> None:
         f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads.",
         "",
         f"Config `{args.config}`; {args.rounds} interleaved rounds x {args.steps} steps per variant, "
-        f"first {args.warmup} steps of each fit left out; median step time over {len(times['none'])} steps.",
+        f"first {args.warmup} steps of each fit left out; medians over {len(wall['none'])} steps per variant. "
+        "CPU time is the process's (all its threads); on a machine shared with other jobs it is the steadier "
+        "of the two.",
         "",
-        "| callbacks | median step (s) | overhead vs none |",
-        "|---|---:|---:|",
+        "| callbacks | median step wall (s) | wall overhead | median step CPU (s) | CPU overhead |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, values in times.items():
-        median = statistics.median(values)
-        lines.append(f"| {name} | {median:.3f} | {100 * (median / base - 1):+.1f}% |")
+    for name in variants:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        lines.append(
+            f"| {name} | {w:.3f} | {100 * (w / base_wall - 1):+.1f}% | {c:.3f} | {100 * (c / base_cpu - 1):+.1f}% |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     Path(args.output).write_text(report)
