@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -46,6 +47,11 @@ class SegmentationModule(L.LightningModule):
         inference: how validation, test and predict run the network on a full image: ``mode`` whole or
             slide (``crop_size``, ``stride``), ``scales`` and ``flip`` for multi-scale + flip, ``base_size``;
             null: the whole image at its own size. Scores are compared at the label's resolution.
+        channels_last: keep the network's weights and its input images in the channels-last (NHWC) memory
+            format, which tensor-core convolutions (CUDA, with ``trainer.precision: bf16-mixed`` or ``16-mixed``)
+            run without transposes. Outputs are the same as with the default layout, to rounding.
+        compile: ``torch.compile`` the network's forward (``nn.Module.compile``: parameters and checkpoint keys
+            are unchanged). The first steps are slow while it compiles, and each new input size compiles again.
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         inference: Inference | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["context", "optimizer", "lr_scheduler"])
@@ -84,6 +92,11 @@ class SegmentationModule(L.LightningModule):
             aux_channels if aux_weight > 0 else 0,
             dropout,
         )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            self.network.compile()  # compiles the forward in place: state_dict keys stay ``network.*``
         self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept)
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer
@@ -93,12 +106,12 @@ class SegmentationModule(L.LightningModule):
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.network(images).logits
+        return self.network(images.contiguous(memory_format=self.memory_format)).logits
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
         masks = batch["mask"]
-        out = self.network(batch["image"])
+        out = self.network(batch["image"].contiguous(memory_format=self.memory_format))
         losses = {"main_loss": self.criterion(resize_to(out.logits, masks), masks)}
         losses["loss"] = losses["main_loss"]
         if out.aux_logits is not None:
