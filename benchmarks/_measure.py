@@ -247,3 +247,18 @@ def shared_machine_line() -> str:
         "- the machine is shared with other jobs: absolute times are noisy, the ratios are fairer because the "
         "compared variants run interleaved (one of each per round, median over rounds)"
     )
+
+
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's names
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast Lightning's ``precision`` runs the forward under (disabled for 32-true)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def fast_path_label(args: argparse.Namespace) -> str:
+    """``32-true``, ``bf16-mixed, channels-last, compile`` ...: the fast-path options of a run."""
+    flags = [name for name in ("channels_last", "compile") if getattr(args, name, False)]
+    return ", ".join([args.precision] + [f.replace("_", "-") for f in flags])
