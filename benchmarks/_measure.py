@@ -214,10 +214,12 @@ class RunClock:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, output: Path) -> None:
-    """``--device``, ``--output`` (the markdown report; the PNG goes beside it) and ``--repeats``."""
+    """``--device``, ``--output`` (the markdown report, the PNG beside it; on CUDA the default gets a ``_cuda``
+    suffix so a GPU run does not overwrite the CPU tables) and ``--repeats``."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--output", type=Path, default=output, help="markdown report; the PNG gets its stem")
+    parser.add_argument("--output", type=Path, default=None, help=f"markdown report (default {output}); PNG beside it")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median), after one warmup")
+    parser.set_defaults(default_output=output)
 
 
 def finish_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
@@ -225,6 +227,9 @@ def finish_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+    if args.output is None:
+        suffix = "_cuda" if args.device.type == "cuda" else ""
+        args.output = args.default_output.with_name(f"{args.default_output.stem}{suffix}.md")
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
     script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "benchmarks/<script>.py"
     args.command = " ".join([python, script, *argv])

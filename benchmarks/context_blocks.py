@@ -543,6 +543,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per training config (default 3)")
     parser.add_argument("--whole-repeats", type=int, default=None, help="timed rounds, whole image (default 1)")
     parser.add_argument("--quick", action="store_true", help="1 round, no materialised whole image")
+    parser.add_argument(
+        "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".md"), help="markdown report")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)

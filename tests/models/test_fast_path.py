@@ -150,3 +150,50 @@ def test_compile_matches_eager_and_keeps_state_dict_keys():
     data = batch()
     with torch.no_grad():
         torch.testing.assert_close(compiled.eval()(data["image"]), eager.eval()(data["image"]), rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_trainer_turns_cudnn_benchmark_off(monkeypatch):
+    """The fast path's ``trainer.benchmark: true`` is for non-deterministic runs; a deterministic config (synthetic/*)
+    gets cuDNN autotuning off even when the session had it on."""
+    from lightning import Trainer
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    Trainer(accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False)
+    assert torch.backends.cudnn.benchmark is False
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.slow
+def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
+    """``trainer.precision: bf16-mixed`` and ``model.channels_last: true`` as a user sets them, on a synthetic fit."""
+    from pathlib import Path
+
+    from dnlseg.cli import run_cli
+
+    config = Path(__file__).resolve().parents[2] / "configs/synthetic/dnl.yaml"
+    cli = run_cli(
+        [
+            "fit",
+            "-c",
+            str(config),
+            "--trainer.precision=bf16-mixed",
+            "--model.channels_last=true",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.val_check_interval=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--model.head_channels=16",
+            "--model.aux_channels=8",
+            "--data.init_args.num_train=4",
+            "--data.init_args.num_val=1",
+            "--data.init_args.image_size=64",
+            "--data.init_args.batch_size=2",
+        ]
+    )
+    assert cli.trainer.global_step == 2 and cli.trainer.precision == "bf16-mixed"
+    assert cli.model.hparams.channels_last and not cli.model.hparams.compile
+    assert cli.model.network.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
