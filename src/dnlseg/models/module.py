@@ -92,7 +92,7 @@ class SegmentationModule(L.LightningModule):
             aux_channels if aux_weight > 0 else 0,
             dropout,
         )
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
         if compile:
@@ -106,12 +106,16 @@ class SegmentationModule(L.LightningModule):
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.network(images.contiguous(memory_format=self.memory_format)).logits
+        return self.network(self.to_memory_format(images)).logits
+
+    def to_memory_format(self, images: Tensor) -> Tensor:
+        """Images (N, 3, H, W) in the network's memory format: channels-last with ``channels_last``, else as given."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
         masks = batch["mask"]
-        out = self.network(batch["image"].contiguous(memory_format=self.memory_format))
+        out = self.network(self.to_memory_format(batch["image"]))
         losses = {"main_loss": self.criterion(resize_to(out.logits, masks), masks)}
         losses["loss"] = losses["main_loss"]
         if out.aux_logits is not None:
