@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 ABLATION_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format bench experiment-separation experiment-ablation experiment-reliability tensorboard clean
+.PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
+	bench-callbacks experiment-separation experiment-ablation experiment-reliability tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,9 +40,29 @@ format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests benchmarks experiments
 	$(BIN)/ruff format src tests benchmarks experiments
 
-bench: $(STAMP) ## benchmarks -> benchmarks/context_blocks.md, benchmarks/data_pipeline.md
+# The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
+# 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
+# SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
+# --channels-last --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline.
+bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks ## the benchmark suite -> benchmarks/*.md + PNGs
+
+bench-blocks: $(STAMP) ## context blocks alone, fused vs materialised -> benchmarks/context_blocks.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
+
+bench-scaling: $(STAMP) ## block fwd+bwd time/memory for P = 1024 ... 32768 -> benchmarks/resolution_scaling.md
+	$(BIN)/python benchmarks/resolution_scaling.py $(ARGS) $(SCALING_ARGS)
+
+bench-training: $(STAMP) ## full training step, baseline vs NL vs DNL head -> benchmarks/training_step.md
+	$(BIN)/python benchmarks/training_step.py $(ARGS) $(TRAINING_ARGS)
+
+bench-inference: $(STAMP) ## whole / slide / multi-scale+flip inference -> benchmarks/inference_modes.md
+	$(BIN)/python benchmarks/inference_modes.py $(ARGS) $(INFERENCE_ARGS)
+
+bench-data: $(STAMP) ## decode + augmentation throughput -> benchmarks/data_pipeline.md
 	$(BIN)/python benchmarks/data_pipeline.py $(DATA_BENCH_ARGS)
+
+bench-callbacks: $(STAMP) ## step-time overhead of the gradient callbacks -> benchmarks/callback_overhead.md
+	$(BIN)/python benchmarks/callback_overhead.py $(CALLBACK_ARGS)
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")

@@ -29,21 +29,29 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _measure import (
+    GiB,
+    Memory,
+    MiB,
+    RunClock,
+    SdpaSpy,
+    Timing,
+    available_bytes,
+    machine_lines,
+    markdown_table,
+    measure_memory,
+    mib,
+    time_round_robin,
+)
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend
-from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 
@@ -66,134 +74,6 @@ TARGET_TIME_RATIO = 0.7  # fused / materialised fwd+bwd time at P = 9409
 TARGET_MEMORY_RATIO = 0.2  # fused / materialised extra peak memory at P = 9409
 TARGET_MATMUL_FRACTION = 0.7  # fused fwd+bwd achieved rate / measured matmul rate
 TARGET_WHOLE_IMAGE_BYTES = 1.5e9  # fused whole-image forward, above the input
-
-MiB = 2**20
-GiB = 2**30
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Measuring: wall time, peak memory, SDPA kernel
-# ----------------------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class Timing:
-    """Medians over the timed rounds, in seconds."""
-
-    wall: float
-    cpu: float  # process CPU time (user + system, all threads): barely moved by other processes on the CPUs
-
-
-def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, Timing]:
-    """Median wall and CPU time of each call. One call of each per round, so load that drifts over the run
-    (the machine may be shared) hits every configuration alike and the ratios stay fair."""
-    walls: dict[str, list[float]] = {name: [] for name in calls}
-    cpus: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            synchronize(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            call()
-            synchronize(device)
-            walls[name].append(time.perf_counter() - wall)
-            cpus[name].append(time.process_time() - cpu)
-    return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name])) for name in calls}
-
-
-@dataclass
-class Memory:
-    """Peak memory of one call above what was allocated before it.
-
-    Attributes:
-        extra_peak: bytes, from the tensor allocator: CUDA's max_memory_allocated, or on CPU the running sum
-            of the allocation/free events that torch.profiler(profile_memory=True) records from c10's CPU allocator.
-        rss_peak: bytes, process resident-set high-water mark above the resident set before the call (Linux,
-            CPU only, else None): an independent check that also sees memory outside PyTorch's allocator.
-    """
-
-    extra_peak: int
-    rss_peak: int | None
-
-
-def measure_memory(call: Callable[[], object], device: torch.device, rss: bool = False) -> Memory:
-    """Peak memory of ``call()``; ``rss`` adds the resident-set check (CPU, Linux)."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        call()
-        synchronize(device)
-        return Memory(torch.cuda.max_memory_allocated(device) - before, None)
-    rss_before = reset_rss_high_water() if rss else None
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    rss_peak = read_proc_status_kib("VmHWM") * 1024 - rss_before if rss_before is not None else None
-    return Memory(allocator_peak(prof), rss_peak)
-
-
-def allocator_peak(prof: profile) -> int:
-    """Peak of the running sum of the profiler's [memory] events (+bytes on allocation, -bytes on free).
-
-    Only blocks allocated while profiling are counted, so what existed before the call (inputs, parameters)
-    is the zero line; a free of such an older block is not reported (the profiler does not know its size), so
-    the figure can only err high.
-    """
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def read_proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def reset_rss_high_water() -> int | None:
-    """Reset VmHWM to the current resident set (``echo 5 > /proc/self/clear_refs``); return it in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return read_proc_status_kib("VmRSS") * 1024
-    except OSError:
-        return None
-
-
-class SdpaSpy(TorchDispatchMode):
-    """Records the SDPA aten kernels that run, and ``torch._fused_sdp_choice`` for the q/k/v they receive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.kernels: list[str] = []
-        self.choice: str | None = None
-        self.layout: str | None = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
-            self.kernels.append(name)
-            if self.choice is None and not name.endswith("backward"):
-                q, k, v = args[:3]  # (N, 1, P, C') each
-                self.choice = SDPBackend(torch._fused_sdp_choice(q, k, v)).name
-                contiguous = all(t.is_contiguous() for t in (q, k, v))
-                self.layout = f"{tuple(q.shape)} {'contiguous' if contiguous else f'strides {q.stride()}'}"
-        return func(*args, **(kwargs or {}))
-
-    def summary(self) -> str:
-        if self.choice is None:
-            return "no fused SDPA kernel ran (MATH fallback, decomposed into matmuls)"
-        kernels = " + ".join(dict.fromkeys(self.kernels))
-        return f"{self.choice}: {kernels}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -399,16 +279,6 @@ class InferenceResult:
         return flops / self.seconds / 1e9
 
 
-def available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def materialized_inference_bytes(positions: int) -> int:
     """Three (P, P) fp32 maps are live at once in either materialised forward, 12 GiB at P = 32768.
     DNL: logits p, softmax(p), softmax(p) + softmax(u);  NL: scaled logits p, p + u, softmax(p + u)."""
@@ -457,31 +327,6 @@ def bench_whole_image(args: argparse.Namespace) -> list[InferenceResult]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine_lines(args: argparse.Namespace) -> list[str]:
-    device = args.device
-    if device.type == "cuda":
-        hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    else:
-        hardware = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
-    return [
-        f"- command: `{args.command}`",
-        f"- date: {args.started:%Y-%m-%d %H:%M %Z}",
-        f"- machine: {hardware}; device `{device}`",
-        f"- torch {torch.__version__}, Python {platform.python_version()}, seed {SEED}",
-    ]
-
-
 def method_lines(args: argparse.Namespace) -> list[str]:
     memory = (
         "`torch.cuda.max_memory_allocated` minus `torch.cuda.memory_allocated` before the call"
@@ -516,15 +361,6 @@ def method_lines(args: argparse.Namespace) -> list[str]:
         "- SDPA kernel: the aten kernels that ran, and `torch._fused_sdp_choice(q, k, v)` "
         "(as `torch.nn.attention.SDPBackend`) on the q/k/v the block passed to them.",
     ]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def mib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MiB:,.0f}"
 
 
 def training_table(results: list[TrainResult]) -> list[str]:
@@ -654,29 +490,10 @@ def kernel_summary(train: list[TrainResult]) -> str:
     return "; ".join(f"{r.kind} P={r.positions}: {r.kernel}; q/k/v {r.layout}" for r in train)
 
 
-@dataclass
-class RunClock:
-    """Wall time of the run and the share of the CPUs this process got: on a shared machine other processes
-    slow every absolute time down; the fused/materialised ratios much less, as the rounds interleave."""
-
-    wall: float = field(default_factory=time.perf_counter)
-    cpu: float = field(default_factory=time.process_time)  # user + system, all threads
-    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-min load average before the run
-
-    def line(self) -> str:
-        wall = time.perf_counter() - self.wall
-        share = (time.process_time() - self.cpu) / (wall * torch.get_num_threads())
-        return (
-            f"- run took {wall:.0f} s; the process was on the CPUs {share:.0%} of wall time x "
-            f"{torch.get_num_threads()} threads (1-min load average before it started: {self.load:.2f}); "
-            "a low share means other processes competed for the CPUs"
-        )
-
-
 def report(args, rates, train, core, whole, clock: RunClock) -> str:
     hw = WHOLE_IMAGE_GRID
     lines = ["# Context blocks: NL vs DNL, fused vs materialised attention", ""]
-    lines += machine_lines(args)
+    lines += machine_lines(args, SEED)
     lines += [
         clock.line(),
         "",
@@ -726,6 +543,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per training config (default 3)")
     parser.add_argument("--whole-repeats", type=int, default=None, help="timed rounds, whole image (default 1)")
     parser.add_argument("--quick", action="store_true", help="1 round, no materialised whole image")
+    parser.add_argument(
+        "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".md"), help="markdown report")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)

@@ -89,3 +89,13 @@ def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root,
     assert "val/mIoU" in trainer.callback_metrics  # one validation batch in the config's inference mode
     after = model.network.decode_head.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_configs_that_ask_for_determinism_leave_cudnn_benchmark_off():
+    """cuDNN autotuning picks kernels by timing, so results vary run to run: never on with ``deterministic``."""
+    import yaml
+
+    for config in ROOT.glob("configs/**/*.yaml"):
+        trainer = yaml.safe_load(config.read_text()).get("trainer") or {}
+        if trainer.get("deterministic"):
+            assert not trainer.get("benchmark"), f"{config}: trainer.benchmark with trainer.deterministic"

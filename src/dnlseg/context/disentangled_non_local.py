@@ -22,10 +22,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, tokens
+from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, fused_attention, tokens
 
 UnarySource = Literal["conv", "shared_key"]
 UNARY_SOURCES = ("conv", "shared_key")
@@ -115,7 +114,7 @@ class DisentangledNonLocal2d(ContextBlock):
             y = 0
             if q is not None:
                 # sum_j softmax_j(p_ij) v_j without the (P, Pk) matrix: (N, 1, P, C'), one head.
-                y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
+                y = fused_attention(q, k, v, scale=1.0)
             if unary is not None:
                 y = y + torch.softmax(unary, dim=-1) @ v  # (N, 1, Pk) @ (N, Pk, C') -> (N, 1, C')
         return self.residual(x, y.expand(N, H * W, self.channels))  # unary part broadcast over the P queries

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, tokens
+from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, fused_attention, tokens
 
 NonLocalMode = Literal["embedded_gaussian", "dot_product", "gaussian"]
 NON_LOCAL_MODES = ("embedded_gaussian", "dot_product", "gaussian")
@@ -86,7 +85,7 @@ class NonLocal2d(ContextBlock):
             y = q @ (k.transpose(1, 2) @ v) / k.shape[1]  # (N, P, C') @ (N, C', C') -> (N, P, C')
         else:
             # softmax_j(q_i . k_j * s) v_j, never building (P, Pk): (N, 1, P, C') heads of one.
-            y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=self.scale)[:, 0]
+            y = fused_attention(q, k, v, scale=self.scale)
         return self.residual(x, y)
 
     def attention_maps(self, q: Tensor, k: Tensor, query_size, key_size) -> AttentionMaps:

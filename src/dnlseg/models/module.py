@@ -52,6 +52,11 @@ class SegmentationModule(L.LightningModule):
             null: the whole image at its own size. Scores are compared at the label's resolution.
         on_nonfinite_loss: a NaN/inf training loss "stop"s the fit (an error naming the step and the loss
             terms; no checkpoint of that state) or "skip"s the batch (no optimiser step; one process only).
+        channels_last: keep the network's weights and its input images in the channels-last (NHWC) memory
+            format, which tensor-core convolutions (CUDA, with ``trainer.precision: bf16-mixed`` or ``16-mixed``)
+            run without transposes. Outputs are the same as with the default layout, to rounding.
+        compile: ``torch.compile`` the network's forward (``nn.Module.compile``: parameters and checkpoint keys
+            are unchanged). The first steps are slow while it compiles, and each new input size compiles again.
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class SegmentationModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         inference: Inference | None = None,
         on_nonfinite_loss: NonFiniteAction = "stop",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["context", "optimizer", "lr_scheduler"])
@@ -96,6 +103,11 @@ class SegmentationModule(L.LightningModule):
             dropout,
             encoder_depth,
         )
+        self.channels_last = channels_last
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            self.network.compile()  # compiles the forward in place: state_dict keys stay ``network.*``
         self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept)
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer
@@ -105,12 +117,16 @@ class SegmentationModule(L.LightningModule):
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.network(images).logits
+        return self.network(self.to_memory_format(images)).logits
+
+    def to_memory_format(self, images: Tensor) -> Tensor:
+        """Images (N, 3, H, W) in the network's memory format: channels-last with ``channels_last``, else as given."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
         masks = batch["mask"]
-        out = self.network(batch["image"])
+        out = self.network(self.to_memory_format(batch["image"]))
         losses = {"main_loss": self.criterion(resize_to(out.logits, masks), masks)}
         losses["loss"] = losses["main_loss"]
         if out.aux_logits is not None:

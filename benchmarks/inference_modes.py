@@ -1,0 +1,277 @@
+"""Inference throughput and peak memory of the three evaluation modes: whole image, sliding window, and
+multi-scale + flip, for one network (DNL head by default).
+
+Run from the repository root:
+
+    make bench                                             # the whole suite, CPU-sized defaults
+    .venv/bin/python benchmarks/inference_modes.py         # R50-D8 DNL, 256x512 image, 192x192 windows (CPU)
+    .venv/bin/python benchmarks/inference_modes.py --paper # a 1024x2048 Cityscapes image, 769x769 windows, stride 513
+    .venv/bin/python benchmarks/inference_modes.py --paper --device cuda --precision bf16-mixed --channels-last \\
+        --output benchmarks/inference_modes_cuda.md
+
+The CPU default is the Cityscapes setting at a quarter of the side (image 256x512, windows 192 every 128), so the
+run takes minutes; ``--paper`` is the recipe's. Each mode is ``dnlseg.evaluation.Inference`` as validation runs
+it (``SegmentationModule.evaluation_step``) on one random image: ``whole``; ``slide`` (``--window``,
+``--stride``); ``ms+flip`` (scales 0.5-1.75 and their flips, whole image per view). One run per mode under the
+memory probe (the warmup), then ``--repeats`` interleaved rounds. Writes ``--output`` and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+import torch
+from _measure import (
+    PRECISIONS,
+    Memory,
+    MiB,
+    RunClock,
+    Timing,
+    add_common_arguments,
+    autocast,
+    fast_path_label,
+    figure_path,
+    finish_arguments,
+    machine_lines,
+    markdown_table,
+    measure_memory,
+    mib,
+    shared_machine_line,
+    time_round_robin,
+    write_report,
+)
+
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.evaluation import Inference
+from dnlseg.models import SegmentationModule
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SEED = 0
+NUM_CLASSES = 19
+HEADS = {
+    "baseline": None,
+    "NL": partial(NonLocal2d, reduction=2),
+    "DNL": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
+}
+SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+TARGET_WHOLE_BYTES = 4e9  # GPU: whole 1024x2048 DNL R50-D8 in bf16, total peak, from the project's issue
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    inference: Inference
+    timing: Timing
+    memory: Memory
+    views: int
+
+    def images_per_second(self, batch: int) -> float:
+        return batch / self.timing.wall
+
+
+def build(args: argparse.Namespace) -> SegmentationModule:
+    torch.manual_seed(SEED)
+    module = SegmentationModule(
+        NUM_CLASSES,
+        encoder_name=args.encoder,
+        output_stride=args.output_stride,
+        head_channels=args.head_channels,
+        context=HEADS[args.head],
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    return module.to(args.device).eval()
+
+
+def modes(args: argparse.Namespace) -> dict[str, Inference]:
+    return {
+        "whole": Inference(),
+        "slide": Inference(mode="slide", crop_size=tuple(args.window), stride=tuple(args.stride)),
+        "ms+flip": Inference(scales=SCALES, flip=True),
+    }
+
+
+def bench(module: SegmentationModule, args: argparse.Namespace) -> dict[str, ModeResult]:
+    images = torch.randn(args.batch, 3, *args.image, generator=torch.Generator().manual_seed(SEED)).to(args.device)
+    calls, memory = {}, {}
+    for name, inference in modes(args).items():
+
+        def call(inference=inference) -> None:
+            with torch.no_grad(), autocast(args.device, args.precision):
+                inference(module, images)  # (N, K, H, W) scores, dropped
+
+        print(f"{name}: memory run ...", flush=True)
+        memory[name] = measure_memory(call, args.device)
+        calls[name] = call
+    print(f"timing {args.repeats} round(s) ...", flush=True)
+    timings = time_round_robin(calls, args.repeats, args.device)
+    return {
+        name: ModeResult(name, inference, timings[name], memory[name], inference.views if name != "slide" else 0)
+        for name, inference in modes(args).items()
+    }
+
+
+def resident_bytes(module: SegmentationModule) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def setting(args: argparse.Namespace) -> str:
+    return (
+        f"{args.head} head, {args.encoder}-D{args.output_stride}, image {args.image[0]}x{args.image[1]}, "
+        f"batch {args.batch}, {fast_path_label(args)}"
+    )
+
+
+def describe(name: str, args: argparse.Namespace) -> str:
+    if name == "whole":
+        return "the whole image at once"
+    if name == "slide":
+        return f"{args.window[0]}x{args.window[1]} windows every {args.stride[0]}x{args.stride[1]}"
+    return f"scales {', '.join(f'{s:g}' for s in SCALES)} x (image, flipped): {2 * len(SCALES)} views"
+
+
+def results_table(results: dict[str, ModeResult], args: argparse.Namespace, resident: int) -> list[str]:
+    whole = results["whole"].timing.wall
+    header = ["mode", "views", "s / batch", "images/s", "time / whole", "extra peak MiB", "total peak MiB"]
+    rows = [
+        [
+            r.mode,
+            describe(r.mode, args),
+            f"{r.timing.wall:.2f}",
+            f"{r.images_per_second(args.batch):.3f}",
+            f"{r.timing.wall / whole:.2f}",
+            mib(r.memory.extra_peak),
+            mib(r.memory.extra_peak + resident),
+        ]
+        for r in results.values()
+    ]
+    return markdown_table(header, rows)
+
+
+def target_lines(results: dict[str, ModeResult], args: argparse.Namespace, resident: int) -> list[str]:
+    total = results["whole"].memory.extra_peak + resident
+    paper = tuple(args.image) == (1024, 2048) and args.head == "DNL" and args.encoder == "resnet50"
+    if args.device.type != "cuda" or not paper or args.precision != "bf16-mixed":
+        return [
+            f"- whole-image total peak {total / 1e9:.2f} GB; the issue's target (< 4 GB) is for CUDA, "
+            "1024x2048, DNL R50-D8, bf16-mixed (`--paper --device cuda --precision bf16-mixed`): not this run"
+        ]
+    verdict = "PASS" if total < TARGET_WHOLE_BYTES else "FAIL"
+    return [f"- {verdict} whole-image 1024x2048 DNL R50-D8 bf16 total peak {total / 1e9:.2f} GB < 4 GB"]
+
+
+def plot(results: dict[str, ModeResult], args: argparse.Namespace, resident: int, path: Path) -> None:
+    names = list(results)
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3.5))
+    speed.bar(names, [results[n].images_per_second(args.batch) for n in names], color="tab:blue")
+    speed.set_ylabel("images / s")
+    speed.set_title("inference throughput")
+    memory.bar(names, [(results[n].memory.extra_peak + resident) / MiB for n in names], color="tab:orange")
+    memory.set_ylabel("total peak MiB")
+    memory.set_title("inference peak memory")
+    fig.suptitle(setting(args), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: dict[str, ModeResult], args: argparse.Namespace, resident: int, clock: RunClock) -> str:
+    return "\n".join(
+        [
+            "# Inference modes: whole image, sliding window, multi-scale + flip",
+            "",
+            *machine_lines(args, SEED),
+            clock.line(),
+            shared_machine_line() if args.device.type == "cpu" else "- device not shared with other jobs",
+            f"- setting: {setting(args)}; {args.repeats} timed round(s) after the memory run",
+            "",
+            "## Target",
+            "",
+            *target_lines(results, args, resident),
+            "",
+            "## Results",
+            "",
+            *results_table(results, args, resident),
+            "",
+            f"![inference modes]({figure_path(args.output).name})",
+            "",
+            f"Total peak = extra peak during the call + parameters and buffers ({mib(resident)} MiB). Extra peak: "
+            "CUDA's `max_memory_allocated` above the memory allocated before the call, or on CPU the running sum "
+            "of the allocator events `torch.profiler(profile_memory=True)` records (see `context_blocks.md`).",
+            "",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, Path(__file__).with_suffix(".md"))
+    parser.add_argument("--head", default="DNL", choices=list(HEADS))
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--output-stride", type=int, default=8)
+    parser.add_argument("--head-channels", type=int, default=512)
+    parser.add_argument("--image", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 256 512")
+    parser.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 192 192")
+    parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 128 128")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--paper", action="store_true", help="1024x2048 image, 769x769 windows every 513")
+    parser.add_argument("--quick", action="store_true", help="1 timed round (the default)")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: resnet18, 64x128 image, head width 32")
+    args = parser.parse_args(argv)
+    finish_arguments(parser, args, argv)
+    if args.tiny:
+        args.encoder, args.head_channels = "resnet18", 32
+        args.image, args.window, args.stride = (
+            args.image or [64, 128],
+            args.window or [48, 48],
+            args.stride or [32, 32],
+        )
+    if args.paper:
+        args.image, args.window, args.stride = (
+            args.image or [1024, 2048],
+            args.window or [769, 769],
+            args.stride or [513, 513],
+        )
+    args.image = tuple(args.image or (256, 512))
+    args.window = tuple(args.window or (192, 192))
+    args.stride = tuple(args.stride or (128, 128))
+    args.repeats = args.repeats or 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, ModeResult]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    random.seed(SEED)
+    clock = RunClock()
+    module = build(args)
+    results = bench(module, args)
+    resident = resident_bytes(module)
+    plot(results, args, resident, figure_path(args.output))
+    write_report(report(results, args, resident, clock), args.output)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Each benchmark script of the suite runs end to end at its ``--tiny`` size and writes its table and plot."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
+    yield lambda name: importlib.import_module(name)
+    for name in ("_measure", "context_blocks", "resolution_scaling", "training_step", "inference_modes"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.slow
+def test_resolution_scaling_writes_table_and_plot(scripts, tmp_path):
+    output = tmp_path / "scaling.md"
+    results = scripts("resolution_scaling").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    assert {(c.kind, c.attention) for c in results.train} == {
+        (k, a) for k in ("DNL", "NL") for a in ("fused", "materialized")
+    }
+    assert all(c.memory.extra_peak > 0 and c.timing.wall > 0 for c in results.train)
+    text = output.read_text()
+    assert "| 256 (16 x 16) |" in text and "memory ~ P^" in text
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_training_step_compares_heads_with_the_fast_path_options(scripts, tmp_path):
+    output = tmp_path / "training.md"
+    argv = ["--tiny", "--device", "cpu", "--precision", "bf16-mixed", "--channels-last", "--output", str(output)]
+    results = scripts("training_step").main(argv)
+    assert list(results) == ["baseline", "NL", "DNL"]
+    assert all(r.images_per_second > 0 and r.memory.extra_peak > 0 for r in results.values())
+    text = output.read_text()
+    assert "DNL step time / baseline step time" in text and "bf16-mixed, channels-last" in text
+    assert output.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_inference_modes_times_whole_slide_and_multiscale_flip(scripts, tmp_path):
+    output = tmp_path / "inference.md"
+    results = scripts("inference_modes").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    assert list(results) == ["whole", "slide", "ms+flip"]
+    assert results["ms+flip"].views == 12
+    assert "| ms+flip |" in output.read_text()
+    assert output.with_suffix(".png").stat().st_size > 0
