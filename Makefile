@@ -67,7 +67,7 @@ bench-callbacks: $(STAMP) ## step-time overhead of the gradient callbacks -> ben
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
 
-experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~70 min, 2 idle CPU cores)
+experiment-ablation: $(STAMP) ## 6 variants x 3 seeds on synthetic data -> experiments/ablation/report.md (~60 min on 2 CPU cores)
 	$(BIN)/python experiments/ablation/run.py $(ABLATION_ARGS) $(if $(ARGS),--args "$(ARGS)")
 
 experiment-reliability: $(STAMP) ## steps lost to SIGTERM/SIGKILL, DDP parity -> experiments/reliability/results.md
