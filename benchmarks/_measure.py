@@ -1,5 +1,6 @@
 """Measuring helpers shared by the benchmark scripts: interleaved timing, peak memory, the SDPA kernel that ran,
-the machine description and markdown/PNG output. Not a library module: the scripts import it as ``_measure``
+the machine description, markdown/PNG output, and the segmentation model of the training and inference
+benchmarks. Not a library module: the scripts import it as ``_measure``
 (``python benchmarks/<script>.py`` puts ``benchmarks/`` on ``sys.path``).
 """
 
@@ -14,12 +15,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.models import SegmentationModule
 
 MiB = 2**20
 GiB = 2**30
@@ -267,3 +272,41 @@ def fast_path_label(args: argparse.Namespace) -> str:
     """``32-true``, ``bf16-mixed, channels-last, compile`` ...: the fast-path options of a run."""
     flags = [name for name in ("channels_last", "compile") if getattr(args, name, False)]
     return ", ".join([args.precision] + [f.replace("_", "-") for f in flags])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The segmentation model of training_step.py and inference_modes.py
+# ----------------------------------------------------------------------------------------------------------
+
+MODEL_SEED = 0
+NUM_CLASSES = 19  # Cityscapes
+HEADS: dict[str, Callable[[int], torch.nn.Module] | None] = {
+    "baseline": None,
+    "NL": partial(NonLocal2d, reduction=2),
+    "DNL": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--encoder --output-stride --head-channels --precision --channels-last --compile``."""
+    parser.add_argument("--encoder", default="resnet50", help="smp encoder name (resnet50, resnet101, ...)")
+    parser.add_argument("--output-stride", type=int, default=8)
+    parser.add_argument("--head-channels", type=int, default=512)
+    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (warmup compiles)")
+
+
+def build_module(head: str, args: argparse.Namespace) -> SegmentationModule:
+    """A ``SegmentationModule`` with ``head`` (a key of ``HEADS``), weights drawn from ``MODEL_SEED``, on the device."""
+    torch.manual_seed(MODEL_SEED)
+    module = SegmentationModule(
+        NUM_CLASSES,
+        encoder_name=args.encoder,
+        output_stride=args.output_stride,
+        head_channels=args.head_channels,
+        context=HEADS[head],
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    return module.to(args.device)

@@ -22,19 +22,20 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import matplotlib
 import torch
 from _measure import (
-    PRECISIONS,
+    HEADS,
     Memory,
     MiB,
     RunClock,
     Timing,
     add_common_arguments,
+    add_model_arguments,
     autocast,
+    build_module,
     fast_path_label,
     figure_path,
     finish_arguments,
@@ -47,7 +48,6 @@ from _measure import (
     write_report,
 )
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.evaluation import Inference
 from dnlseg.models import SegmentationModule
 
@@ -55,12 +55,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SEED = 0
-NUM_CLASSES = 19
-HEADS = {
-    "baseline": None,
-    "NL": partial(NonLocal2d, reduction=2),
-    "DNL": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
-}
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 TARGET_WHOLE_BYTES = 4e9  # GPU: whole 1024x2048 DNL R50-D8 in bf16, total peak, from the project's issue
 
@@ -78,17 +72,7 @@ class ModeResult:
 
 
 def build(args: argparse.Namespace) -> SegmentationModule:
-    torch.manual_seed(SEED)
-    module = SegmentationModule(
-        NUM_CLASSES,
-        encoder_name=args.encoder,
-        output_stride=args.output_stride,
-        head_channels=args.head_channels,
-        context=HEADS[args.head],
-        channels_last=args.channels_last,
-        compile=args.compile,
-    )
-    return module.to(args.device).eval()
+    return build_module(args.head, args).eval()
 
 
 def modes(args: argparse.Namespace) -> dict[str, Inference]:
@@ -224,17 +208,12 @@ def report(results: dict[str, ModeResult], args: argparse.Namespace, resident: i
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, Path(__file__).with_suffix(".md"))
+    add_model_arguments(parser)
     parser.add_argument("--head", default="DNL", choices=list(HEADS))
-    parser.add_argument("--encoder", default="resnet50")
-    parser.add_argument("--output-stride", type=int, default=8)
-    parser.add_argument("--head-channels", type=int, default=512)
     parser.add_argument("--image", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 256 512")
     parser.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 192 192")
     parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 128 128")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--paper", action="store_true", help="1024x2048 image, 769x769 windows every 513")
     parser.add_argument("--quick", action="store_true", help="1 timed round (the default)")
     parser.add_argument("--tiny", action="store_true", help="smoke test: resnet18, 64x128 image, head width 32")

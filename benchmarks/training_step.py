@@ -22,21 +22,22 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import matplotlib
 import torch
 from _measure import (
-    PRECISIONS,
+    HEADS,
+    NUM_CLASSES,
     Memory,
     MiB,
     RunClock,
     Timing,
     add_common_arguments,
+    add_model_arguments,
     autocast,
+    build_module,
     fast_path_label,
     figure_path,
     finish_arguments,
@@ -48,22 +49,13 @@ from _measure import (
     time_round_robin,
     write_report,
 )
-from torch import nn
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
-from dnlseg.models import SegmentationModule
 from dnlseg.models.module import default_optimizer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SEED = 0
-NUM_CLASSES = 19  # Cityscapes
-HEADS: dict[str, Callable[[int], nn.Module] | None] = {
-    "baseline": None,
-    "NL": partial(NonLocal2d, reduction=2),
-    "DNL": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
-}
 TARGET_RATIO = {"cpu": 1.15, "cuda": 1.1}  # DNL step time / baseline step time, from the project's issue
 
 
@@ -72,17 +64,7 @@ class TrainingStep:
     runs it: zero_grad, forward (under autocast for mixed precision), backward (loss-scaled for fp16), step."""
 
     def __init__(self, head: str, args: argparse.Namespace) -> None:
-        torch.manual_seed(SEED)
-        module = SegmentationModule(
-            NUM_CLASSES,
-            encoder_name=args.encoder,
-            output_stride=args.output_stride,
-            head_channels=args.head_channels,
-            context=HEADS[head],
-            channels_last=args.channels_last,
-            compile=args.compile,
-        )
-        self.module = module.to(args.device).train()
+        self.module = build_module(head, args).train()
         self.optimizer = default_optimizer(self.module.parameters())
         self.device, self.precision = args.device, args.precision
         self.scaler = torch.amp.GradScaler(args.device.type, enabled=args.precision == "16-mixed")
@@ -252,15 +234,10 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace, clock: RunC
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, Path(__file__).with_suffix(".md"))
-    parser.add_argument("--encoder", default="resnet50", help="smp encoder name (resnet50, resnet101, ...)")
-    parser.add_argument("--output-stride", type=int, default=8)
+    add_model_arguments(parser)
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 512 512")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 1; --paper: 2)")
-    parser.add_argument("--head-channels", type=int, default=512)
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network (warmup compiles)")
     parser.add_argument("--paper", action="store_true", help="the recipe's 512x1024 crop, batch 2 per device")
     parser.add_argument("--quick", action="store_true", help="1 timed round")
     parser.add_argument("--tiny", action="store_true", help="smoke test: resnet18, 64x64, head width 32")
