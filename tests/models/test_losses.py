@@ -1,10 +1,11 @@
-"""Cross-entropy with ignore label and OHEM."""
+"""Cross-entropy with ignore label and OHEM; the loss terms of the global batch under DDP."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dnlseg.models.losses import SegmentationLoss
+from dnlseg.models.losses import SegmentationLoss, mean_loss_terms
+from dnlseg.models.nonfinite import skip_nonfinite_loss
 
 
 def test_plain_loss_is_cross_entropy_ignoring_255():
@@ -46,3 +47,37 @@ def test_ohem_never_keeps_ignored_pixels():
 def test_bad_ohem_threshold_raises():
     with pytest.raises(ValueError, match="ohem_threshold=1.5"):
         SegmentationLoss(ohem_threshold=1.5)
+
+
+class TwoRankStrategy:
+    """Stands in for DDP: ``reduce`` averages this process's tensor with another rank's, and counts the calls."""
+
+    def __init__(self, other: torch.Tensor):
+        self.other, self.calls = other, 0
+
+    def reduce(self, tensor, reduce_op):
+        assert reduce_op == "mean"
+        self.calls += 1
+        return (tensor + self.other) / 2
+
+
+def test_loss_terms_are_averaged_over_processes_in_one_collective():
+    losses = {
+        "main_loss": torch.tensor(1.0, requires_grad=True),
+        "loss": torch.tensor(2.0),
+        "aux_loss": torch.tensor(3.0),
+    }
+    strategy = TwoRankStrategy(other=torch.tensor([3.0, 4.0, 5.0]))
+    terms = mean_loss_terms(losses, strategy)
+    assert strategy.calls == 1
+    assert list(terms) == ["main_loss", "loss", "aux_loss"]
+    assert [t.item() for t in terms.values()] == [2.0, 3.0, 4.0]
+    assert not any(t.requires_grad for t in terms.values())
+    assert losses["main_loss"].item() == 1.0  # the process's own terms are untouched
+
+
+def test_a_nan_on_another_process_makes_every_process_see_a_nonfinite_loss():
+    losses = {"loss": torch.tensor(2.0), "main_loss": torch.tensor(2.0)}
+    terms = mean_loss_terms(losses, TwoRankStrategy(other=torch.tensor([float("nan"), 1.0])))
+    assert skip_nonfinite_loss(terms, 3, "skip") is True
+    assert skip_nonfinite_loss(mean_loss_terms(losses), 3, "stop") is False  # this process alone: finite

@@ -30,6 +30,21 @@ def mean_over_processes(count: Tensor) -> Tensor:
     return count / dist.get_world_size()
 
 
+def mean_loss_terms(losses: dict[str, Tensor], strategy=None) -> dict[str, Tensor]:
+    """The loss terms (detached) averaged over all processes with one all-reduce, for logging and for the
+    non-finite check: a NaN or inf on any process makes the mean non-finite on every process.
+
+    Args:
+        losses: this process's terms, scalars, e.g. ``{"loss", "main_loss", "aux_loss"}``.
+        strategy: the Lightning strategy (its ``reduce``); None: this process alone.
+    """
+    names = list(losses)
+    terms = torch.stack([losses[name].detach().float() for name in names])  # (T,), a fresh tensor
+    if strategy is not None:
+        terms = strategy.reduce(terms, reduce_op="mean")  # one collective for all T terms
+    return dict(zip(names, terms.unbind(), strict=True))
+
+
 class SegmentationLoss(nn.Module):
     """Pixel-wise cross-entropy, mean over the kept (non-ignored, OHEM-selected) pixels.
 

@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import PolynomialLR
 
 from dnlseg.checkpoint_io import check_state_dict_fits
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
-from dnlseg.models.losses import SegmentationLoss
+from dnlseg.models.losses import SegmentationLoss, mean_loss_terms
 from dnlseg.models.network import SegmentationNetwork
 from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
 
@@ -138,14 +138,16 @@ class SegmentationModule(L.LightningModule):
         # A skipped batch must not leave its NaN in the BatchNorm running statistics either.
         buffers = [(b, b.clone()) for b in self.buffers()] if self.on_nonfinite_loss == "skip" else []
         losses = self.losses(batch)
-        if skip_nonfinite_loss(losses, self.trainer.global_step, self.on_nonfinite_loss, self.trainer.strategy):
+        # The terms of the global batch: one all-reduce per step under DDP for the check and the logs alike.
+        global_terms = mean_loss_terms(losses, self.trainer.strategy)
+        if skip_nonfinite_loss(global_terms, self.trainer.global_step, self.on_nonfinite_loss):
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
             return None  # Lightning makes no optimiser step
         batch_size = batch["image"].shape[0]
-        for name, value in losses.items():  # sync_dist: under DDP the loss of the global batch
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True)
+        for name, value in global_terms.items():  # already averaged over the processes: no sync_dist
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,8 +1,9 @@
 """What a training step does with a loss that is NaN or infinite: stop the fit, or skip the batch.
 
 Checked before the backward pass, so the weights and optimiser state stay those of the last good step and
-no checkpoint is written from a poisoned state. Under DDP the ranks decide together (one all-reduce of a
-flag): every rank stops, or every rank skips, so no rank waits for the others' gradients.
+no checkpoint is written from a poisoned state. Under DDP the ranks decide together: the training step checks
+the terms averaged over the processes (``losses.mean_loss_terms``, the all-reduce that also feeds the logs), so
+a NaN on one rank makes every rank stop or every rank skip, and no rank waits for the others' gradients.
 """
 
 from __future__ import annotations
@@ -29,19 +30,16 @@ def describe_terms(losses: dict[str, Tensor]) -> str:
     return ", ".join(f"{name}={losses[name].detach().float().item():.6g}" for name in names)
 
 
-def skip_nonfinite_loss(losses: dict[str, Tensor], step: int, action: NonFiniteAction, strategy=None) -> bool:
+def skip_nonfinite_loss(losses: dict[str, Tensor], step: int, action: NonFiniteAction) -> bool:
     """True when this batch is to be skipped; raises ``NonFiniteLossError`` for ``action="stop"``.
 
     Args:
-        losses: the loss terms, ``"loss"`` the total that is back-propagated.
+        losses: the loss terms, ``"loss"`` the total that is back-propagated; under DDP their mean over the
+            processes, so that every process decides alike.
         step: the optimiser step this batch would make (the trainer's ``global_step``).
         action: "stop" (raise) or "skip" (leave the weights unchanged and go on with the next batch).
-        strategy: the Lightning strategy, to agree across processes; None: this process alone.
     """
-    finite = bool(torch.isfinite(losses["loss"]).all())
-    if strategy is not None:
-        finite = bool(strategy.reduce_boolean_decision(finite, all=True))
-    if finite:
+    if bool(torch.isfinite(losses["loss"]).all()):
         return False
     message = f"non-finite training loss at step {step}: {describe_terms(losses)}"
     if action == "skip":
