@@ -6,8 +6,8 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, find_context_blocks
 from dnlseg.models import SegmentationModule
@@ -104,25 +104,28 @@ def test_bf16_autocast_matches_fp32_forward_and_backward(name):
     assert relative_error(bf16_logits, logits) < 0.05
 
 
-class SdpaInputs(TorchDispatchMode):
-    """Records the dtypes of the q, k, v that reach a scaled-dot-product-attention kernel."""
+@pytest.fixture
+def sdpa_input_dtypes(monkeypatch) -> list[tuple[torch.dtype, ...]]:
+    """The dtypes of the q, k, v the blocks pass to ``F.scaled_dot_product_attention``: recorded at the Python
+    call, before autocast's own cast of SDPA's inputs (which would hide a promotion from the kernel's view)."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dtypes: list[tuple[torch.dtype, ...]] = []
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, *args, **kwargs)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if "scaled_dot_product" in name and not name.endswith("backward"):
-            self.dtypes.append(tuple(t.dtype for t in args[:3]))
-        return func(*args, **(kwargs or {}))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    return seen
 
 
 @pytest.mark.parametrize(
     ("name", "learn_temperature"),
     [(name, False) for name in CONTEXTS] + [(name, True) for name in CONTEXTS if name != "nl"],  # NL: no tau
 )
-def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(name, learn_temperature):
+def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(
+    name, learn_temperature, sdpa_input_dtypes
+):
     """Flash and memory-efficient SDPA kernels need q, k and v of one dtype (fp16/bf16 on CUDA): the fp32
     temperature (a buffer or a learned parameter) must not promote the whitened query back to fp32."""
     kwargs = {"learn_temperature": True} if learn_temperature else {}
@@ -132,11 +135,11 @@ def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(na
     grad_out = torch.randn(2, 32, 8, 8)
     block(x).backward(grad_out)
     grad, x.grad = x.grad.clone(), None
-    spy = SdpaInputs()
-    with spy, torch.autocast("cpu", dtype=torch.bfloat16):
+    sdpa_input_dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     out.backward(grad_out)
-    assert spy.dtypes == [(torch.bfloat16,) * 3]
+    assert sdpa_input_dtypes == [(torch.bfloat16,) * 3]
     assert relative_error(x.grad, grad) < 0.05
 
 
@@ -145,6 +148,7 @@ def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(na
 def test_compile_matches_eager_and_keeps_state_dict_keys():
     eager = tiny_module(CONTEXTS["dnl"])
     compiled = tiny_module(CONTEXTS["dnl"], compile=True)
+    assert compiled.network._compiled_call_impl is not None  # nn.Module.compile took effect
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())  # a checkpoint of the eager model loads as it is
     data = batch()
