@@ -43,7 +43,7 @@ format: $(STAMP) ## ruff format + autofix
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
 # SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
-# --channels-last --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline.
+# --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline.
 bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks ## the benchmark suite -> benchmarks/*.md + PNGs
 
 bench-blocks: $(STAMP) ## context blocks alone, fused vs materialised -> benchmarks/context_blocks.md

@@ -150,6 +150,17 @@ class SdpaSpy(TorchDispatchMode):
         return f"{self.choice}: {kernels}"
 
 
+def run_recording_sdpa_kernel(call: Callable[[], object], compiled: bool) -> str:
+    """Run ``call()`` once (a warmup) and say which SDPA kernel it ran (``SdpaSpy``). Under ``torch.compile``
+    the call runs unobserved: a dispatch mode would change what the compiler traces."""
+    if compiled:
+        call()
+        return "not recorded under --compile"
+    with SdpaSpy() as spy:
+        call()
+    return spy.summary()
+
+
 def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -252,10 +263,11 @@ def figure_path(output: Path) -> Path:
     return output.with_suffix(".png")
 
 
-def shared_machine_line() -> str:
+def interleaving_line() -> str:
     return (
-        "- the machine is shared with other jobs: absolute times are noisy, the ratios are fairer because the "
-        "compared variants run interleaved (one of each per round, median over rounds)"
+        "- the compared variants run interleaved (one of each per round, median over rounds), so load that drifts "
+        "over the run hits them alike: the ratios stay fair when other jobs share the machine, the absolute times "
+        "do not (the CPU share above says how much they competed)"
     )
 
 
@@ -270,7 +282,7 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 def fast_path_label(args: argparse.Namespace) -> str:
     """``32-true``, ``bf16-mixed, channels-last, compile`` ...: the fast-path options of a run."""
-    flags = [name for name in ("channels_last", "compile") if getattr(args, name, False)]
+    flags = [name for name in ("channels_last", "compile", "cudnn_benchmark") if getattr(args, name, False)]
     return ", ".join([args.precision] + [f.replace("_", "-") for f in flags])
 
 
@@ -288,18 +300,22 @@ HEADS: dict[str, Callable[[int], torch.nn.Module] | None] = {
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--encoder --output-stride --head-channels --precision --channels-last --compile``."""
+    """``--encoder --output-stride --head-channels --precision --channels-last --compile --cudnn-benchmark``."""
     parser.add_argument("--encoder", default="resnet50", help="smp encoder name (resnet50, resnet101, ...)")
     parser.add_argument("--output-stride", type=int, default=8)
     parser.add_argument("--head-channels", type=int, default=512)
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (warmup compiles)")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="cuDNN autotuning, as `trainer.benchmark: true` (warmup tunes)"
+    )
 
 
 def build_module(head: str, args: argparse.Namespace) -> SegmentationModule:
     """A ``SegmentationModule`` with ``head`` (a key of ``HEADS``), weights drawn from ``MODEL_SEED``, on the device."""
     torch.manual_seed(MODEL_SEED)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark  # what Lightning's Trainer(benchmark=...) sets
     module = SegmentationModule(
         NUM_CLASSES,
         encoder_name=args.encoder,

@@ -546,11 +546,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
     )
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".md"), help="markdown report")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="markdown report (default context_blocks.md, on CUDA _cuda.md)"
+    )
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+    if args.output is None:  # a GPU run must not overwrite the committed CPU table
+        suffix = "_cuda" if args.device.type == "cuda" else ""
+        args.output = Path(__file__).with_name(f"context_blocks{suffix}.md")
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.whole_repeats = args.whole_repeats or 1
     args.square = 2048 if args.quick else 4096

@@ -39,16 +39,18 @@ from _measure import (
     fast_path_label,
     figure_path,
     finish_arguments,
+    interleaving_line,
     machine_lines,
     markdown_table,
     measure_memory,
     mib,
-    shared_machine_line,
+    run_recording_sdpa_kernel,
     time_round_robin,
     write_report,
 )
 
 from dnlseg.evaluation import Inference
+from dnlseg.evaluation.inference import slide_windows
 from dnlseg.models import SegmentationModule
 
 matplotlib.use("Agg")
@@ -65,7 +67,7 @@ class ModeResult:
     inference: Inference
     timing: Timing
     memory: Memory
-    views: int
+    forward_passes: int  # network forwards per image: 1, one per window, one per scale and flip
 
     def images_per_second(self, batch: int) -> float:
         return batch / self.timing.wall
@@ -83,7 +85,8 @@ def modes(args: argparse.Namespace) -> dict[str, Inference]:
     }
 
 
-def bench(module: SegmentationModule, args: argparse.Namespace) -> dict[str, ModeResult]:
+def bench(module: SegmentationModule, args: argparse.Namespace) -> tuple[dict[str, ModeResult], str]:
+    """The modes' results, and the SDPA kernel the whole-image warmup ran."""
     images = torch.randn(args.batch, 3, *args.image, generator=torch.Generator().manual_seed(SEED)).to(args.device)
     calls, memory = {}, {}
     for name, inference in modes(args).items():
@@ -92,15 +95,26 @@ def bench(module: SegmentationModule, args: argparse.Namespace) -> dict[str, Mod
             with torch.no_grad(), autocast(args.device, args.precision):
                 inference(module, images)  # (N, K, H, W) scores, dropped
 
-        print(f"{name}: memory run ...", flush=True)
+        print(f"{name}: warmup, then the memory run ...", flush=True)
+        if name == "whole":
+            kernel = run_recording_sdpa_kernel(call, args.compile)
+        else:
+            call()  # compiles the new shapes, with --compile, outside the memory run
         memory[name] = measure_memory(call, args.device)
         calls[name] = call
     print(f"timing {args.repeats} round(s) ...", flush=True)
     timings = time_round_robin(calls, args.repeats, args.device)
-    return {
-        name: ModeResult(name, inference, timings[name], memory[name], inference.views if name != "slide" else 0)
+    results = {
+        name: ModeResult(name, inference, timings[name], memory[name], forward_passes(inference, args))
         for name, inference in modes(args).items()
     }
+    return results, kernel
+
+
+def forward_passes(inference: Inference, args: argparse.Namespace) -> int:
+    if inference.mode == "slide":
+        return len(slide_windows(*args.image, tuple(args.window), tuple(args.stride)))
+    return inference.views
 
 
 def resident_bytes(module: SegmentationModule) -> int:
@@ -123,7 +137,8 @@ def describe(name: str, args: argparse.Namespace) -> str:
     if name == "whole":
         return "the whole image at once"
     if name == "slide":
-        return f"{args.window[0]}x{args.window[1]} windows every {args.stride[0]}x{args.stride[1]}"
+        windows = len(slide_windows(*args.image, tuple(args.window), tuple(args.stride)))
+        return f"{windows} windows of {args.window[0]}x{args.window[1]} every {args.stride[0]}x{args.stride[1]}"
     return f"scales {', '.join(f'{s:g}' for s in SCALES)} x (image, flipped): {2 * len(SCALES)} views"
 
 
@@ -172,15 +187,17 @@ def plot(results: dict[str, ModeResult], args: argparse.Namespace, resident: int
     plt.close(fig)
 
 
-def report(results: dict[str, ModeResult], args: argparse.Namespace, resident: int, clock: RunClock) -> str:
+def report(
+    results: dict[str, ModeResult], args: argparse.Namespace, resident: int, kernel: str, clock: RunClock
+) -> str:
     return "\n".join(
         [
             "# Inference modes: whole image, sliding window, multi-scale + flip",
             "",
             *machine_lines(args, SEED),
             clock.line(),
-            shared_machine_line() if args.device.type == "cpu" else "- device not shared with other jobs",
-            f"- setting: {setting(args)}; {args.repeats} timed round(s) after the memory run",
+            interleaving_line(),
+            f"- setting: {setting(args)}; {args.repeats} timed round(s) after a warmup and the memory run",
             "",
             "## Target",
             "",
@@ -189,6 +206,8 @@ def report(results: dict[str, ModeResult], args: argparse.Namespace, resident: i
             "## Results",
             "",
             *results_table(results, args, resident),
+            "",
+            f"- SDPA kernel of the context block (whole-image warmup): {kernel}",
             "",
             f"![inference modes]({figure_path(args.output).name})",
             "",
@@ -215,7 +234,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 128 128")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--paper", action="store_true", help="1024x2048 image, 769x769 windows every 513")
-    parser.add_argument("--quick", action="store_true", help="1 timed round (the default)")
+    parser.add_argument("--quick", action="store_true", help="1 timed round (default 3)")
     parser.add_argument("--tiny", action="store_true", help="smoke test: resnet18, 64x128 image, head width 32")
     args = parser.parse_args(argv)
     finish_arguments(parser, args, argv)
@@ -235,7 +254,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.image = tuple(args.image or (256, 512))
     args.window = tuple(args.window or (192, 192))
     args.stride = tuple(args.stride or (128, 128))
-    args.repeats = args.repeats or 1
+    args.repeats = args.repeats or (1 if args.quick or args.tiny else 3)
     return args
 
 
@@ -245,10 +264,10 @@ def main(argv: list[str] | None = None) -> dict[str, ModeResult]:
     random.seed(SEED)
     clock = RunClock()
     module = build(args)
-    results = bench(module, args)
+    results, kernel = bench(module, args)
     resident = resident_bytes(module)
     plot(results, args, resident, figure_path(args.output))
-    write_report(report(results, args, resident, clock), args.output)
+    write_report(report(results, args, resident, kernel, clock), args.output)
     return results
 
 

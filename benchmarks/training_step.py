@@ -41,11 +41,12 @@ from _measure import (
     fast_path_label,
     figure_path,
     finish_arguments,
+    interleaving_line,
     machine_lines,
     markdown_table,
     measure_memory,
     mib,
-    shared_machine_line,
+    run_recording_sdpa_kernel,
     time_round_robin,
     write_report,
 )
@@ -96,6 +97,7 @@ class HeadResult:
     memory: Memory
     resident: int
     batch: int
+    sdpa_kernel: str  # of the context block's attention ("" for the baseline head)
 
     @property
     def images_per_second(self) -> float:
@@ -104,15 +106,26 @@ class HeadResult:
 
 def bench(args: argparse.Namespace) -> dict[str, HeadResult]:
     steps = {head: TrainingStep(head, args) for head in args.heads}
-    memory = {}
+    memory, kernels = {}, {}
     for head, step in steps.items():
         print(f"{head}: warmup step, then the memory step ...", flush=True)
-        step()  # builds the momentum buffers (and compiles, with --compile)
+        # The warmup builds the momentum buffers (and compiles, with --compile).
+        if head == "baseline":
+            step()
+        else:
+            kernels[head] = run_recording_sdpa_kernel(step, args.compile)
+        # No gradients before the measured step, on either device: the step's peak then counts the new gradients
+        # (CUDA's allocator would otherwise net them against the old ones that zero_grad frees; CPU's profiler
+        # never sees frees of blocks allocated before it started).
+        step.optimizer.zero_grad(set_to_none=True)
         memory[head] = measure_memory(step, args.device)
     print(f"timing {args.repeats} rounds of {', '.join(steps)} ...", flush=True)
     timings = time_round_robin(steps, args.repeats, args.device)
     return {
-        head: HeadResult(head, timings[head], memory[head], steps[head].resident_bytes(), args.batch) for head in steps
+        head: HeadResult(
+            head, timings[head], memory[head], steps[head].resident_bytes(), args.batch, kernels.get(head, "")
+        )
+        for head in steps
     }
 
 
@@ -190,7 +203,7 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace, clock: RunC
         "`torch.cuda.max_memory_allocated` during the step minus the memory allocated before it"
         if args.device.type == "cuda"
         else "the running sum of allocations and frees that `torch.profiler` (profile_memory) records from "
-        "c10's CPU allocator during the step (activations, gradients, workspace; MKL-private buffers unseen)"
+        "c10's CPU allocator during the step (MKL-private buffers unseen)"
     )
     return "\n".join(
         [
@@ -198,7 +211,7 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace, clock: RunC
             "",
             *machine_lines(args, SEED),
             clock.line(),
-            shared_machine_line() if args.device.type == "cpu" else "- device not shared with other jobs",
+            interleaving_line(),
             f"- setting: {setting(args)}",
             "",
             "## Target",
@@ -209,6 +222,12 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace, clock: RunC
             "",
             *results_table(results),
             "",
+            *[
+                f"- SDPA kernel of the {r.head} head (warmup step): {r.sdpa_kernel}"
+                for r in results.values()
+                if r.sdpa_kernel
+            ],
+            "",
             f"![training step]({figure_path(args.output).name})",
             "",
             "## Method",
@@ -216,8 +235,8 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace, clock: RunC
             f"- time: wall clock of zero_grad + forward + backward + SGD step, median of {args.repeats} rounds; "
             "each round runs one step of every head in turn. CPU time: the process's user + system time of the "
             "same calls, steadier than wall time when other jobs share the CPUs.",
-            f"- step peak: {memory_method}; parameters, buffers and momentum are the resident part, added "
-            "to give the total.",
+            f"- step peak: {memory_method}, of a step that starts with no gradients allocated (activations, "
+            "gradients, workspace); parameters, buffers and momentum are the resident part, added to give the total.",
             "- model: `SegmentationModule` with random weights (speed and memory do not depend on them), aux FCN "
             "head on, dropout 0.1; the context block is `DisentangledNonLocal2d`/`NonLocal2d` with the fused "
             "attention (`F.scaled_dot_product_attention`), C = head width, C' = C / 2.",
@@ -250,7 +269,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.crop, args.batch = args.crop or [512, 1024], args.batch or 2
     args.crop = tuple(args.crop or (512, 512))
     args.batch = args.batch or 1
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 7)
     return args
 
 

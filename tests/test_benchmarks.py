@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -37,6 +38,9 @@ def test_training_step_compares_heads_with_the_fast_path_options(scripts, tmp_pa
     results = scripts("training_step").main(argv)
     assert list(results) == ["baseline", "NL", "DNL"]
     assert all(r.images_per_second > 0 and r.memory.extra_peak > 0 for r in results.values())
+    # The fused path's bf16 q/k/v reach PyTorch's flash kernel, not the MATH fallback.
+    assert results["baseline"].sdpa_kernel == ""
+    assert all(results[head].sdpa_kernel.startswith("FLASH_ATTENTION") for head in ("NL", "DNL"))
     text = output.read_text()
     assert "DNL step time / baseline step time" in text and "bf16-mixed, channels-last" in text
     assert output.with_suffix(".png").stat().st_size > 0
@@ -47,6 +51,16 @@ def test_inference_modes_times_whole_slide_and_multiscale_flip(scripts, tmp_path
     output = tmp_path / "inference.md"
     results = scripts("inference_modes").main(["--tiny", "--device", "cpu", "--output", str(output)])
     assert list(results) == ["whole", "slide", "ms+flip"]
-    assert results["ms+flip"].views == 12
+    assert results["ms+flip"].forward_passes == 12 and results["whole"].forward_passes == 1
+    assert results["slide"].forward_passes > 1
     assert "| ms+flip |" in output.read_text()
     assert output.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["context_blocks", "resolution_scaling", "training_step", "inference_modes"])
+def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypatch, name):
+    """``make bench ARGS="--device cuda"`` must not overwrite the committed CPU tables ``benchmarks/<name>.md``."""
+    script = scripts(name)
+    assert script.parse_args([]).output == BENCHMARKS / f"{name}.md"  # no GPU here: the CPU default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only argument parsing runs
+    assert script.parse_args(["--device", "cuda"]).output == BENCHMARKS / f"{name}_cuda.md"
