@@ -27,8 +27,6 @@ It prints a markdown report and writes the same text to ``--output`` (default be
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import random
 import sys
 from collections.abc import Callable
@@ -44,7 +42,9 @@ from _measure import (
     RunClock,
     SdpaSpy,
     Timing,
+    add_common_arguments,
     available_bytes,
+    finish_arguments,
     machine_lines,
     markdown_table,
     measure_memory,
@@ -539,30 +539,18 @@ def report(args, rates, train, core, whole, clock: RunClock) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per training config (default 3)")
+    add_common_arguments(parser, Path(__file__).with_suffix(".md"))
     parser.add_argument("--whole-repeats", type=int, default=None, help="timed rounds, whole image (default 1)")
     parser.add_argument("--quick", action="store_true", help="1 round, no materialised whole image")
     parser.add_argument(
         "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
     )
-    parser.add_argument(
-        "--output", type=Path, default=None, help="markdown report (default context_blocks.md, on CUDA _cuda.md)"
-    )
     args = parser.parse_args(argv)
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
-    if args.output is None:  # a GPU run must not overwrite the committed CPU table
-        suffix = "_cuda" if args.device.type == "cuda" else ""
-        args.output = Path(__file__).with_name(f"context_blocks{suffix}.md")
+    finish_arguments(parser, args, argv)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.whole_repeats = args.whole_repeats or 1
     args.square = 2048 if args.quick else 4096
     args.reference_flops = matmul_flops(args.square, args.square, args.square)
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    args.command = " ".join([python, *sys.argv])
-    args.started = datetime.datetime.now().astimezone()
     return args
 
 

@@ -133,13 +133,13 @@ def setting(args: argparse.Namespace) -> str:
     )
 
 
-def describe(name: str, args: argparse.Namespace) -> str:
-    if name == "whole":
+def describe(result: ModeResult, args: argparse.Namespace) -> str:
+    if result.mode == "whole":
         return "the whole image at once"
-    if name == "slide":
-        windows = len(slide_windows(*args.image, tuple(args.window), tuple(args.stride)))
-        return f"{windows} windows of {args.window[0]}x{args.window[1]} every {args.stride[0]}x{args.stride[1]}"
-    return f"scales {', '.join(f'{s:g}' for s in SCALES)} x (image, flipped): {2 * len(SCALES)} views"
+    if result.mode == "slide":
+        window, stride = "x".join(map(str, args.window)), "x".join(map(str, args.stride))
+        return f"{result.forward_passes} windows of {window} every {stride}"
+    return f"scales {', '.join(f'{s:g}' for s in SCALES)} x (image, flipped): {result.forward_passes} views"
 
 
 def results_table(results: dict[str, ModeResult], args: argparse.Namespace, resident: int) -> list[str]:
@@ -148,7 +148,7 @@ def results_table(results: dict[str, ModeResult], args: argparse.Namespace, resi
     rows = [
         [
             r.mode,
-            describe(r.mode, args),
+            describe(r, args),
             f"{r.timing.wall:.2f}",
             f"{r.images_per_second(args.batch):.3f}",
             f"{r.timing.wall / whole:.2f}",
