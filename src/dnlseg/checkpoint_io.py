@@ -22,6 +22,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from dnlseg.errors import UserError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to ``<dir>/.<name>.<random>.tmp``, fsync, ``os.replace`` onto ``<dir>/<name>``, fsync dir."""
@@ -69,7 +71,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint's parameters do not have the shapes of the model built from the config."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
+from dnlseg.errors import UserError
+
 CPU_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
 
 

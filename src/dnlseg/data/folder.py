@@ -41,6 +41,7 @@ from dnlseg.data.transforms import (
     train_transform,
     worker_seed,
 )
+from dnlseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,11 @@ IGNORE_INDEX = 255
 MAX_REPORTED = 10  # problems listed in one error message
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UserError, ValueError):
     """The files on disk are not the dataset's expected layout or content."""
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(UserError, RuntimeError):
     """An image or label file could not be decoded."""
 
 

@@ -14,13 +14,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dnlseg.errors import UserError
+
 log = logging.getLogger(__name__)
 
 NonFiniteAction = Literal["stop", "skip"]
 NONFINITE_ACTIONS = ("stop", "skip")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss is NaN or infinite (the message names the step and every loss term)."""
 
 
