@@ -1,52 +1,82 @@
-"""The contract every context block keeps, run for every variant."""
+"""The contract every context block keeps (``dnlseg.context.base``), run for every variant of ``VARIANTS`` and
+for the block options that change its computation."""
+
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
-from tests.context.variants import VARIANTS
+from dnlseg.context import BRANCHES, VARIANTS, NonLocalBase, capture_attention
 
 C = 8
+# Options that change what a block computes, beyond the variants of the table.
+OPTIONS = {
+    "nl": {
+        "dot_product": dict(mode="dot_product"),
+        "gaussian": dict(mode="gaussian"),
+        "downsample": dict(downsample=True),
+    },
+    "dnl": {
+        "downsample": dict(downsample=True),
+        "learned_temperature": dict(learn_temperature=True, temperature=0.5),
+        "groupnorm": dict(norm_layer=partial(nn.GroupNorm, 2)),
+        "no_norm": dict(norm_layer=None),
+    },
+}
+CASES = {name: (name, {}) for name, v in VARIANTS.items() if v.block is not None}
+CASES |= {f"{name}-{option}": (name, kwargs) for name, options in OPTIONS.items() for option, kwargs in options.items()}
 
 
-def make(name: str, attention: str = "fused", dtype=torch.float32) -> nn.Module:
+def make(case: str, attention: str = "fused", dtype=torch.float32) -> nn.Module:
+    name, kwargs = CASES[case]
     torch.manual_seed(0)
-    block = VARIANTS[name](C, attention=attention).to(dtype)
-    return block
+    variant = VARIANTS[name]
+    if issubclass(variant.block, NonLocalBase):
+        kwargs = {**kwargs, "attention": attention}
+    return variant.build(C, **kwargs).to(dtype)
+
+
+def paths(case: str) -> tuple[str, ...]:
+    """The attention paths a block has: non-local blocks fused and materialised, others one."""
+    return ("fused", "materialized") if issubclass(VARIANTS[CASES[case][0]].block, NonLocalBase) else ("fused",)
 
 
 def randomise_output(block: nn.Module) -> None:
-    """Undo the zero init of the output norm (or conv) so gradients reach every branch."""
-    target = block.out_norm if isinstance(block.out_norm, (nn.BatchNorm2d, nn.GroupNorm)) else block.out
+    """Undo the zero init of the output (norm, conv or transform) so gradients reach every branch."""
+    if isinstance(block, NonLocalBase):
+        target = block.out_norm if isinstance(block.out_norm, (nn.BatchNorm2d, nn.GroupNorm)) else block.out
+    else:
+        target = block.out[-1]
     with torch.no_grad():
         target.weight.normal_(0, 1.0)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("size", [(5, 7), (6, 6), (1, 9), (3, 1)])
-def test_block_keeps_shape_for_odd_and_non_square_inputs(name, size):
+def test_block_keeps_shape_for_odd_and_non_square_inputs(case, size):
     x = torch.randn(2, C, *size)
-    for attention in ("fused", "materialized"):
-        assert make(name, attention)(x).shape == x.shape
+    for attention in paths(case):
+        assert make(case, attention)(x).shape == x.shape
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_block_is_identity_at_init(name):
+@pytest.mark.parametrize("case", CASES)
+def test_block_is_identity_at_init(case):
     x = torch.randn(2, C, 5, 6)
-    for attention in ("fused", "materialized"):
-        block = make(name, attention)
+    for attention in paths(case):
+        block = make(case, attention)
         torch.testing.assert_close(block.train()(x), x, rtol=0, atol=0)
         torch.testing.assert_close(block.eval()(x), x, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_fused_equals_materialized_outputs_and_gradients(name):
+@pytest.mark.parametrize("case", [c for c in CASES if len(paths(c)) == 2])
+def test_fused_equals_materialized_outputs_and_gradients(case):
     torch.manual_seed(1)
     x = torch.randn(2, C, 5, 7)
     results = []
     for attention in ("fused", "materialized"):
         # eval: train-mode BN after ``out`` cancels the value bias, leaving its gradient as rounding noise.
-        block = make(name, attention).eval()
+        block = make(case, attention).eval()
         randomise_output(block)
         xi = x.clone().requires_grad_(True)
         out = block(xi)
@@ -63,19 +93,19 @@ def test_fused_equals_materialized_outputs_and_gradients(name):
         torch.testing.assert_close(gp_f[key], gp_m[key], rtol=1e-5, atol=atol, msg=key)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("attention", ["fused", "materialized"])
-def test_block_passes_float64_gradcheck(name, attention):
-    block = make(name, attention, torch.float64).eval()
-    randomise_output(block)
-    x = torch.randn(1, C, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+@pytest.mark.parametrize("case", CASES)
+def test_block_passes_float64_gradcheck(case):
+    for attention in paths(case):
+        block = make(case, attention, torch.float64).eval()
+        randomise_output(block)
+        x = torch.randn(1, C, 3, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_backward_raises_no_autograd_error_under_anomaly_detection(name):
-    for attention in ("fused", "materialized"):
-        block = make(name, attention)
+@pytest.mark.parametrize("case", CASES)
+def test_backward_raises_no_autograd_error_under_anomaly_detection(case):
+    for attention in paths(case):
+        block = make(case, attention)
         randomise_output(block)
         x = torch.randn(2, C, 4, 5, requires_grad=True)
         with torch.autograd.set_detect_anomaly(True):
@@ -83,15 +113,82 @@ def test_backward_raises_no_autograd_error_under_anomaly_detection(name):
         assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_bf16_autocast_is_finite_and_close_to_fp32(name):
+@pytest.mark.parametrize("case", CASES)
+def test_bf16_autocast_is_finite_and_close_to_fp32(case):
     torch.manual_seed(2)
     x = torch.randn(2, C, 6, 6)
-    for attention in ("fused", "materialized"):
-        block = make(name, attention).eval()
+    for attention in paths(case):
+        block = make(case, attention).eval()
         randomise_output(block)
         reference = block(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = block(x)
         assert torch.isfinite(low).all()
         torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+# -- the analysis contract -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_trainable_parameter_is_in_exactly_one_named_branch(case):
+    block = make(case)
+    branches = block.branches()
+    assert set(branches) <= set(BRANCHES) and branches
+    listed = [id(p) for params in branches.values() for p in params]
+    assert len(listed) == len(set(listed))
+    # The learned temperature scales the pairwise logits but is no branch of the paper's.
+    own = {id(p) for n, p in block.named_parameters() if n != "log_temperature"}
+    assert set(listed) == own
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_capture_leaves_outputs_bitwise_unchanged_and_records_each_call(case):
+    torch.manual_seed(3)
+    for attention in paths(case):
+        block = make(case, attention).eval()
+        randomise_output(block)
+        x = torch.randn(2, C, 5, 6)
+        plain, plain_one = block(x), block(x[:1])
+        with capture_attention(block) as captured:
+            first, second = block(x), block(x[:1])
+        assert torch.equal(first, plain) and torch.equal(second, plain_one)
+        (records,) = captured.values()
+        assert [r.output.shape[0] for r in records] == [2, 1]
+        block(x)  # after the capture closed: nothing more is recorded
+        assert len(records) == 2
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_captured_factors_give_the_output_the_block_computed(case):
+    """y = combine(p, u) @ v from the factors alone, for every block whose weights are a function of (p, u)."""
+    torch.manual_seed(4)
+    block = make(case, "fused", torch.float64).eval()
+    x = torch.randn(2, C, 5, 6, dtype=torch.float64)
+    with capture_attention(block) as captured:
+        block(x)
+    ((record,),) = captured.values()
+    if record.combine is None:
+        return  # dot-product NL: w = q.k / Pk is no function of (p, u); test_non_local.py checks its factors
+    weights = record.weights()  # (N, P or 1, Pk)
+    torch.testing.assert_close(weights @ record.values, record.output, rtol=1e-10, atol=1e-10)
+    H, W = record.query_size
+    if record.pairwise_query is not None:  # rows: the same as the corresponding rows of the whole map
+        rows = torch.tensor([[0, 7, 29], [3, 3, 11]])
+        torch.testing.assert_close(
+            record.weights(rows), torch.gather(weights, 1, rows[..., None].expand(-1, -1, weights.shape[-1]))
+        )
+        assert record.pairwise_query.shape[1] == H * W
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if VARIANTS[CASES[c][0]].pairwise != "-"])
+def test_pairwise_mass_with_the_fused_kernel_equals_the_materialised_sum(case):
+    torch.manual_seed(5)
+    block = make(case).eval()
+    with capture_attention(block) as captured:
+        block(torch.randn(2, C, 6, 7))
+    ((record,),) = captured.values()
+    Pk = record.pairwise_key.shape[1]
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (2, Pk)), 3).float()  # (N, Pk, K)
+    expected = record.pairwise_attention() @ onehot  # (N, P, Pk) @ (N, Pk, K)
+    torch.testing.assert_close(record.pairwise_mass(onehot), expected, rtol=1e-5, atol=1e-6)

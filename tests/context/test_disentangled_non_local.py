@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.context import DisentangledNonLocal2d, capture_attention
 from tests.context.test_non_local import conv1x1
 
 
@@ -47,13 +47,14 @@ def test_dnl_matches_formula(variant, attention):
 
 def test_dnl_weights_are_the_sum_of_two_softmaxes():
     block = DisentangledNonLocal2d(8, attention="materialized")
-    block.keep_attention = True
-    block(torch.randn(2, 8, 3, 4))
-    maps = block.last_attention
+    with capture_attention(block) as captured:
+        block(torch.randn(2, 8, 3, 4))
+    ((record,),) = captured.values()
+    weights = record.weights()
     # Each softmax sums to one over keys, so each row of w sums to two.
-    torch.testing.assert_close(maps.weights.sum(-1), torch.full((2, 12), 2.0))
+    torch.testing.assert_close(weights.sum(-1), torch.full((2, 12), 2.0))
     torch.testing.assert_close(
-        maps.weights, torch.softmax(maps.pairwise_logits, -1) + torch.softmax(maps.unary_logits, -1)
+        weights, torch.softmax(record.pairwise_logits(), -1) + torch.softmax(record.unary_logits, -1)
     )
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dnlseg.context.base import fused_attention
+from dnlseg.context import fused_attention
 
 
 @pytest.mark.parametrize("positions", [63, 64])  # odd P: one zero query row is padded and dropped

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnlseg.context import NonLocal2d
+from dnlseg.context import NonLocal2d, capture_attention
 
 
 def conv1x1(conv, x):
@@ -47,38 +47,62 @@ def test_softmax_of_query_key_equals_softmax_of_pairwise_plus_unary_in_float64()
     torch.manual_seed(0)
     q = torch.randn(3, 20, 4, dtype=torch.float64) * 3 + 1
     k = torch.randn(3, 15, 4, dtype=torch.float64) * 3 - 2
+    v = torch.randn(3, 15, 2, dtype=torch.float64)
     block = NonLocal2d(8).double()
-    maps = block.attention_maps(q, k, (4, 5), (3, 5))
+    record = block.decompose(q, k, v, None, (4, 5), (3, 5))
     direct = torch.softmax(q @ k.transpose(1, 2) * block.scale, dim=-1)
-    torch.testing.assert_close(
-        NonLocal2d.combine(maps.pairwise_logits, maps.unary_logits), direct, rtol=1e-12, atol=1e-14
-    )
-    torch.testing.assert_close(maps.weights, direct, rtol=1e-12, atol=1e-14)
-    # p is whitened: it sums to zero over queries for every key, and u does not depend on the query.
-    torch.testing.assert_close(
-        maps.pairwise_logits.sum(dim=1), torch.zeros(3, 15, dtype=torch.float64), atol=1e-10, rtol=0
-    )
-    assert maps.unary_logits.shape == (3, 1, 15)
+    torch.testing.assert_close(record.weights(), direct, rtol=1e-12, atol=1e-14)
+    p = record.pairwise_logits()
+    # p is the whitened logit (q_i - mu_q).(k_j - mu_k) s; it sums to zero over queries for every key.
+    expected_p = (q - q.mean(1, keepdim=True)) @ (k - k.mean(1, keepdim=True)).transpose(1, 2) * block.scale
+    torch.testing.assert_close(p, expected_p, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p.sum(dim=1), torch.zeros(3, 15, dtype=torch.float64), atol=1e-10, rtol=0)
+    # u_j = mu_q . k_j s, one row shared by every query.
+    torch.testing.assert_close(record.unary_logits, q.mean(1, keepdim=True) @ k.transpose(1, 2) * block.scale)
 
 
-def test_keep_attention_records_maps_in_the_graph():
-    block = NonLocal2d(8, attention="fused")
-    torch.nn.init.ones_(block.out_norm.weight)
-    block.keep_attention = True
-    x = torch.randn(2, 8, 3, 4)
-    out = block(x)
-    maps = block.last_attention
-    assert maps.weights.shape == (2, 12, 12) and maps.query_size == (3, 4) and maps.key_size == (3, 4)
-    grad_p, grad_u = torch.autograd.grad(out.square().sum(), [maps.pairwise_logits, maps.unary_logits])
-    assert grad_p.shape == (2, 12, 12) and grad_u.abs().sum() > 0
+def test_captured_output_gives_the_attention_weight_gradient_of_a_materialised_reference():
+    """dL/dw_ij = dL/dy_i . v_j from the captured y and v equals autograd through an explicit (P, Pk) matrix."""
+    torch.manual_seed(0)
+    block = NonLocal2d(8, attention="fused").double()
+    torch.nn.init.normal_(block.out_norm.weight)
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
+    with capture_attention(block) as captured:
+        out = block(x)
+    ((record,),) = captured.values()
+    assert record.query_size == (3, 4) and record.key_size == (3, 4)
+    (grad_y,) = torch.autograd.grad(out.square().sum(), record.output)
+    grad_w = grad_y @ record.values.transpose(1, 2)  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
+
+    q, k, v = (t.detach() for t in block.embed(x, x))
+    w = torch.softmax(q @ k.transpose(1, 2) * block.scale, dim=-1).requires_grad_(True)
+    reference = block.residual(x, w @ v)
+    (expected,) = torch.autograd.grad(reference.square().sum(), w)
+    torch.testing.assert_close(grad_w, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_dot_product_factors_are_the_decomposition_and_have_no_combine():
+    block = NonLocal2d(8, mode="dot_product").double()
+    x = torch.randn(1, 8, 3, 4, dtype=torch.float64)
+    with capture_attention(block) as captured:
+        block(x)
+    ((record,),) = captured.values()
+    assert record.combine is None
+    with pytest.raises(ValueError, match="not a function of its pairwise and unary logits"):
+        record.weights()
+    q, k, _ = block.embed(x, x)
+    # q.k s = p + u + (terms constant in j): the decomposition still holds
+    diff = q @ k.transpose(1, 2) * block.scale - record.pairwise_logits() - record.unary_logits
+    torch.testing.assert_close(diff - diff[..., :1], torch.zeros_like(diff), atol=1e-12, rtol=0)
 
 
 def test_downsample_pools_keys_to_a_quarter():
     block = NonLocal2d(8, downsample=True, attention="materialized")
-    block.keep_attention = True
-    block(torch.randn(1, 8, 7, 9))
-    assert block.last_attention.key_size == (4, 5)
-    assert block.last_attention.weights.shape == (1, 63, 20)
+    with capture_attention(block) as captured:
+        block(torch.randn(1, 8, 7, 9))
+    ((record,),) = captured.values()
+    assert record.key_size == (4, 5)
+    assert record.weights().shape == (1, 63, 20)
 
 
 def test_fused_path_never_builds_the_position_by_position_matrix():

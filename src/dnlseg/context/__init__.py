@@ -1,7 +1,26 @@
-"""Context blocks: the plain Non-Local block and the Disentangled Non-Local block with its ablations."""
+"""Context blocks (NL, DNL and its ablations, GCNet's global context), the table of variants, and the one contract
+through which analyses see a block's attention (``capture_attention``, ``ContextBlock``: ``dnlseg.context.base``)."""
 
-from dnlseg.context.base import AttentionMaps, ContextBlock, find_context_blocks
+from dnlseg.context.attention import fused_attention, tokens
+from dnlseg.context.base import BRANCHES, CapturedAttention, ContextBlock, capture_attention, find_context_blocks
 from dnlseg.context.disentangled_non_local import DisentangledNonLocal2d
+from dnlseg.context.global_context import GlobalContext2d
 from dnlseg.context.non_local import NonLocal2d
+from dnlseg.context.non_local_base import NonLocalBase
+from dnlseg.context.variants import VARIANTS, Variant
 
-__all__ = ["AttentionMaps", "ContextBlock", "find_context_blocks", "DisentangledNonLocal2d", "NonLocal2d"]
+__all__ = [
+    "BRANCHES",
+    "VARIANTS",
+    "CapturedAttention",
+    "ContextBlock",
+    "DisentangledNonLocal2d",
+    "GlobalContext2d",
+    "NonLocal2d",
+    "NonLocalBase",
+    "Variant",
+    "capture_attention",
+    "find_context_blocks",
+    "fused_attention",
+    "tokens",
+]

@@ -1,69 +1,180 @@
-"""What every context block shares: the value and output branches, the zero-initialised output norm,
-the optional 2x2 pooling of keys/values, and the record of a materialised attention.
+"""The one contract between context blocks and everything that analyses them.
 
 Shape legend used throughout ``dnlseg.context``:
     N  batch size
-    C  input channels,  C' = C // reduction  embedding channels
+    C  input channels,  C' = C // reduction  embedding channels,  Cq  query/key channels (C', or C for Gaussian NL)
     H, W   query grid,  P  = H * W  query positions
     Hk, Wk key grid,    Pk = Hk * Wk key/value positions (P, or about P / 4 with ``downsample``)
+
+A context block (``ContextBlock``) maps (N, C, H, W) -> (N, C, H, W) and is the identity at initialisation. Its
+attention is written as SCIENCE's decomposition (docs/science.md section 2):
+
+    p_ij = pairwise_query_i . pairwise_key_j          pairwise logits  (N, P, Pk)  -- never built by the contract
+    u_j                                               unary logits     (N, 1, Pk)
+    w_ij = block.combine(p, u)                        the weights applied to the values, row by row
+    y_i  = sum_j w_ij v_j                             the attention output
+
+What analyses may rely on, and nothing else:
+
+1. ``block.branches()``: its parameters by the paper's branch names (``query``, ``key``, ``value``, ``unary``,
+   ``out``), for per-branch gradient norms.
+2. ``block.combine(p, u)``: w as a function of the logits (None for a block whose weights are not one, e.g.
+   dot-product NL). It is row-wise: the rows of w for some queries need only those rows of p.
+3. ``capture_attention(model)``: while it is open, every forward call of every block in ``model`` appends a
+   ``CapturedAttention`` -- the factors of that call, O(P) memory -- to ``captured[<block name>]``. Blocks build
+   the factors only when a capture is open; outputs are unchanged. Everything an analysis needs (rows of p and w,
+   the unary map, the attention mass on a set of keys, gradients through y) is computed from the factors, so
+   analyses run at whole-image size (P = 32768) without the P x Pk matrix.
+
+No analysis sets a block attribute or reads a private one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
-AttentionPath = Literal["fused", "materialized"]
-ATTENTION_PATHS = ("fused", "materialized")
+from dnlseg.context.attention import fused_attention
+
+Combine = Callable[[Tensor | None, Tensor | None], Tensor]
+BRANCHES = ("query", "key", "value", "unary", "out")  # the paper's names, in display order
 
 
 @dataclass
-class AttentionMaps:
-    """The materialised attention of one forward pass, for analysis and probes.
+class CapturedAttention:
+    """The attention of one block call, as factors: O(P) memory, enough for every analysis.
 
-    The tensors are part of the autograd graph of that pass, so ``torch.autograd.grad(loss, maps.pairwise_logits)``
-    gives dL/dp.
+    The tensors are those of the forward pass (in its autograd graph when it had one), so e.g.
+    ``torch.autograd.grad(loss, captured.output)`` gives dL/dy, and dL/dw_ij = dL/dy_i . v_j.
 
     Attributes:
-        weights: w_ij, (N, P, Pk): the attention actually applied to the values.
-        pairwise_logits: p_ij, (N, P, Pk), or None for a block without a pairwise term.
-        unary_logits: u_j, (N, 1, Pk), or None for a block without a unary term.
-        query_size: (H, W) of the query grid.
-        key_size: (Hk, Wk) of the key grid.
+        pairwise_query: (N, P, Cq) with the logit scale folded in, so p_ij = pairwise_query_i . pairwise_key_j;
+            None for a block without a pairwise term.
+        pairwise_key: (N, Pk, Cq), or None.
+        unary_logits: u, (N, 1, Pk), or None for a block without a unary term.
+        values: v, (N, Pk, Cv).
+        output: y_i = sum_j w_ij v_j, (N, P, Cv) -- (N, 1, Cv) when every query gets the same vector
+            (unary-only blocks).
+        query_size: (H, W).
+        key_size: (Hk, Wk).
+        combine: the block's ``combine`` (None when w is not a function of p and u).
     """
 
-    weights: Tensor
-    pairwise_logits: Tensor | None
+    pairwise_query: Tensor | None
+    pairwise_key: Tensor | None
     unary_logits: Tensor | None
+    values: Tensor
+    output: Tensor
     query_size: tuple[int, int]
     key_size: tuple[int, int]
+    combine: Combine | None
+
+    def pairwise_logits(self, rows: Tensor | None = None) -> Tensor | None:
+        """p for the query rows ``rows`` (N, Q) -> (N, Q, Pk); all rows when None (materialises (N, P, Pk))."""
+        if self.pairwise_query is None:
+            return None
+        q = self.pairwise_query if rows is None else select_rows(self.pairwise_query, rows)  # (N, Q, Cq)
+        return q @ self.pairwise_key.transpose(1, 2)  # (N, Q, Cq) @ (N, Cq, Pk) -> (N, Q, Pk)
+
+    def pairwise_attention(self, rows: Tensor | None = None) -> Tensor | None:
+        """a_ij = softmax_j(p_ij) for the rows ``rows`` (N, Q) -> (N, Q, Pk), float32 or wider."""
+        logits = self.pairwise_logits(rows)
+        return None if logits is None else torch.softmax(logits.float(), dim=-1)
+
+    def unary_attention(self) -> Tensor | None:
+        """s_j = softmax_j(u_j), (N, Pk), float32 or wider."""
+        return None if self.unary_logits is None else torch.softmax(self.unary_logits[:, 0].float(), dim=-1)
+
+    def weights(self, rows: Tensor | None = None) -> Tensor:
+        """w for the rows ``rows`` (N, Q) -> (N, Q, Pk) (all rows when None), from ``combine``."""
+        if self.combine is None:
+            raise ValueError("this block's weights are not a function of its pairwise and unary logits")
+        return self.combine(self.pairwise_logits(rows), self.unary_logits)
+
+    def pairwise_mass(self, key_values: Tensor) -> Tensor | None:
+        """sum_j softmax_j(p_ij) V_jk for every query i, with the fused kernel: V (N, Pk, K) -> (N, P, K).
+
+        With V the one-hot labels of the keys this is the pairwise attention mass of every query on every class,
+        in O(P K) memory.
+        """
+        if self.pairwise_query is None:
+            return None
+        dtype = torch.promote_types(self.pairwise_query.dtype, torch.float32)
+        q, k = self.pairwise_query.to(dtype), self.pairwise_key.to(dtype)
+        return fused_attention(q, k, key_values.to(dtype), scale=1.0)
 
 
-def tokens(t: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, P, C), contiguous: the layout SDPA's fused CPU/GPU kernels need (last-dim stride 1)."""
-    return t.flatten(2).transpose(1, 2).contiguous()
+def select_rows(t: Tensor, rows: Tensor) -> Tensor:
+    """t (N, P, C), rows (N, Q) indices -> (N, Q, C)."""
+    return torch.gather(t, 1, rows[..., None].expand(-1, -1, t.shape[-1]))
 
 
-def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """y_i = sum_j softmax_j(q_i . k_j * scale) v_j without the (P, Pk) matrix: q (N, P, Cq), k (N, Pk, Cq),
-    v (N, Pk, C') -> (N, P, C').
+class ContextBlock(nn.Module):
+    """Base of every context block: the analysis contract of the module docstring.
 
-    One head of ``F.scaled_dot_product_attention``. PyTorch's CPU flash-attention backward is several times slower
-    per unit of work when batch x heads is 1 (measured 7.5 s against 0.8 s at P=4096, C'=256); query rows are
-    independent, so on CPU with N=1 the queries are split into two heads sharing k and v (``expand``, no copy),
-    which gives the same result. CUDA kernels parallelise over query blocks and take the plain call.
+    Subclasses implement ``forward`` and ``combine``, name their branch submodules as in the paper (``BRANCHES``;
+    ``branch_modules`` maps a branch to further submodules, e.g. ``out`` to ``("out", "out_norm")``) and call
+    ``self.publish(make)`` once per forward with a function building the call's ``CapturedAttention``.
     """
-    N, P, Cq = q.shape
-    if q.device.type != "cpu" or N > 1:
-        return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
-    half = (P + 1) // 2
-    q2 = F.pad(q, (0, 0, 0, 2 * half - P)).reshape(N, 2, half, Cq)  # an odd P gets one zero query row
-    k2, v2 = k[:, None].expand(N, 2, *k.shape[1:]), v[:, None].expand(N, 2, *v.shape[1:])  # (N, 2, Pk, C')
-    return F.scaled_dot_product_attention(q2, k2, v2, scale=scale).reshape(N, 2 * half, v.shape[-1])[:, :P]
+
+    branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sinks: list[Callable[[CapturedAttention], None]] = []  # open captures; only capture_attention edits it
+
+    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor | None:
+        """w_ij from p (N, Q, Pk) and u (N, 1, Pk), row-wise; None if this block's weights are not such a function."""
+        raise NotImplementedError
+
+    def branches(self) -> dict[str, list[nn.Parameter]]:
+        """{"query": [...], "key": [...], ...}: the trainable parameters of each branch the block has."""
+        found: dict[str, list[nn.Parameter]] = {}
+        for branch in BRANCHES:
+            for attribute in self.branch_modules.get(branch, (branch,)):
+                module = getattr(self, attribute, None)
+                if isinstance(module, nn.Module):
+                    found.setdefault(branch, []).extend(p for p in module.parameters() if p.requires_grad)
+        return {branch: params for branch, params in found.items() if params}
+
+    def publish(self, make: Callable[[], CapturedAttention]) -> None:
+        """Hand this call's factors to the open captures; ``make`` runs only when one is open."""
+        if self._sinks:
+            captured = make()
+            for sink in self._sinks:
+                sink(captured)
+
+
+def find_context_blocks(module: nn.Module) -> dict[str, ContextBlock]:
+    """Every context block inside ``module`` by its name relative to the network (``decode_head.context``).
+
+    A LightningModule's ``network.`` prefix is dropped, so names are the same for the module and its network.
+    """
+    return {name.removeprefix("network."): m for name, m in module.named_modules() if isinstance(m, ContextBlock)}
+
+
+@contextmanager
+def capture_attention(module: nn.Module) -> Iterator[dict[str, list[CapturedAttention]]]:
+    """``with capture_attention(model) as captured: model(x)`` -> ``captured[block name]``: one entry per call.
+
+    Captures nest (each gets every call). The captured tensors are those of the forward: under ``no_grad`` they
+    hold no graph; with gradients on they keep the graph alive until the dict is dropped.
+    """
+    blocks = find_context_blocks(module)
+    captured: dict[str, list[CapturedAttention]] = {name: [] for name in blocks}
+    sinks = {name: captured[name].append for name in blocks}
+    for name, block in blocks.items():
+        block._sinks.append(sinks[name])
+    try:
+        yield captured
+    finally:
+        for name, block in blocks.items():
+            block._sinks.remove(sinks[name])
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -71,73 +182,12 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
-class ContextBlock(nn.Module):
-    """Base of the non-local blocks: ``out = x + out_norm(out(y))`` with y computed by the subclass.
-
-    Args:
-        in_channels: C, channels of the input feature map.
-        reduction: C' = C // reduction channels for query, key and value.
-        attention: "fused" computes sum_j w_ij v_j without building the (P, Pk) matrix;
-            "materialized" builds it (and can hand it out, see ``keep_attention``).
-        downsample: 2x2 max-pool of the input of keys/values (and unary), Pk ~ P / 4.
-        norm_layer: norm after ``out``, built as ``norm_layer(C)``; its weight is zero-initialised so the block
-            starts as the identity. None: no norm, ``out`` itself is zero-initialised instead.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        reduction: int = 2,
-        attention: AttentionPath = "fused",
-        downsample: bool = False,
-        norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
-    ) -> None:
-        super().__init__()
-        if in_channels <= 0 or reduction <= 0:
-            raise ValueError(f"in_channels={in_channels} and reduction={reduction} must be positive")
-        if in_channels % reduction != 0:
-            raise ValueError(
-                f"in_channels={in_channels} is not divisible by reduction={reduction}: "
-                f"choose a reduction that divides the channel count (e.g. 1, 2, 4)"
-            )
-        check_choice("attention", attention, ATTENTION_PATHS)
-        self.in_channels = in_channels
-        self.channels = in_channels // reduction  # C'
-        self.attention = attention
-        self.downsample = downsample
-        # When True, the next forward takes the materialised path and stores its AttentionMaps here.
-        self.keep_attention = False
-        self.last_attention: AttentionMaps | None = None
-
-        self.value = nn.Conv2d(in_channels, self.channels, 1)  # W_v: C -> C'
-        self.out = nn.Conv2d(self.channels, in_channels, 1)  # W_out: C' -> C
-        self.out_norm = norm_layer(in_channels) if norm_layer is not None else nn.Identity()
-        zero_target = self.out_norm if norm_layer is not None else self.out
-        if not isinstance(getattr(zero_target, "weight", None), Tensor):
-            raise ValueError(f"norm_layer {norm_layer!r} has no affine weight to zero-initialise")
-        nn.init.zeros_(zero_target.weight)
-        if getattr(zero_target, "bias", None) is not None:
-            nn.init.zeros_(zero_target.bias)
-
-    @property
-    def materialize(self) -> bool:
-        return self.attention == "materialized" or self.keep_attention
-
-    def key_input(self, x: Tensor) -> Tensor:
-        """The feature map keys, values and unary logits are computed from: x, or x max-pooled 2x2."""
-        return F.max_pool2d(x, 2, ceil_mode=True) if self.downsample else x
-
-    def residual(self, x: Tensor, y: Tensor) -> Tensor:
-        """out = x + Norm(W_out y);  y: (N, P, C') -> (N, C', H, W) -> (N, C, H, W)."""
-        N, C, H, W = x.shape
-        y = y.transpose(1, 2).reshape(N, self.channels, H, W)
-        return x + self.out_norm(self.out(y))
-
-    def record(self, maps: AttentionMaps) -> None:
-        if self.keep_attention:
-            self.last_attention = maps
-
-
-def find_context_blocks(module: nn.Module) -> dict[str, ContextBlock]:
-    """Every context block inside ``module`` by its qualified name (e.g. ``network.decode_head.context``)."""
-    return {name: m for name, m in module.named_modules() if isinstance(m, ContextBlock)}
+__all__ = [
+    "BRANCHES",
+    "CapturedAttention",
+    "ContextBlock",
+    "capture_attention",
+    "check_choice",
+    "find_context_blocks",
+    "select_rows",
+]

@@ -24,13 +24,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, fused_attention, tokens
+from dnlseg.context.attention import fused_attention, tokens
+from dnlseg.context.base import CapturedAttention, check_choice
+from dnlseg.context.non_local_base import AttentionPath, NonLocalBase
 
 UnarySource = Literal["conv", "shared_key"]
 UNARY_SOURCES = ("conv", "shared_key")
 
 
-class DisentangledNonLocal2d(ContextBlock):
+class DisentangledNonLocal2d(NonLocalBase):
     """Disentangled non-local block, (N, C, H, W) -> (N, C, H, W); the identity at initialisation.
 
     Args:
@@ -85,8 +87,7 @@ class DisentangledNonLocal2d(ContextBlock):
     def temperature(self) -> Tensor:
         return self.log_temperature.exp()
 
-    @staticmethod
-    def combine(pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
         """w_ij = softmax_j(p_ij) + softmax_j(u_j) -- each term normalised on its own, then ADDED."""
         terms = [torch.softmax(t, dim=-1) for t in (pairwise_logits, unary_logits) if t is not None]
         return terms[0] + terms[1] if len(terms) == 2 else terms[0]
@@ -107,9 +108,7 @@ class DisentangledNonLocal2d(ContextBlock):
 
         if self.materialize:
             pairwise = q @ k.transpose(1, 2) if q is not None else None  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
-            maps = AttentionMaps(self.combine(pairwise, unary), pairwise, unary, (H, W), tuple(xk.shape[-2:]))
-            self.record(maps)
-            y = maps.weights @ v  # (N, P or 1, Pk) @ (N, Pk, C') -> (N, P or 1, C')
+            y = self.combine(pairwise, unary) @ v  # (N, P or 1, Pk) @ (N, Pk, C') -> (N, P or 1, C')
         else:
             y = 0
             if q is not None:
@@ -117,6 +116,8 @@ class DisentangledNonLocal2d(ContextBlock):
                 y = fused_attention(q, k, v, scale=1.0)
             if unary is not None:
                 y = y + torch.softmax(unary, dim=-1) @ v  # (N, 1, Pk) @ (N, Pk, C') -> (N, 1, C')
+        key_size = tuple(xk.shape[-2:])
+        self.publish(lambda: CapturedAttention(q, k, unary, v, y, (H, W), key_size, self.combine))
         return self.residual(x, y.expand(N, H * W, self.channels))  # unary part broadcast over the P queries
 
     def unary_logits(self, xk: Tensor, mean_query: Tensor | None, raw_key: Tensor | None) -> Tensor | None:

@@ -7,7 +7,7 @@
     y_i  = sum_j w_ij v_j
     out  = x + Norm(W_out y)
 
-Its implicit decomposition (SCIENCE.md section 2), handed out by the materialised path:
+Its implicit decomposition (SCIENCE.md section 2), what ``capture_attention`` hands out:
 
     p_ij = (q_i - mu_q) . (k_j - mu_k) * s        whitened pairwise logit
     u_j  = mu_q . k_j * s                         unary logit
@@ -23,13 +23,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dnlseg.context.base import AttentionMaps, AttentionPath, ContextBlock, check_choice, fused_attention, tokens
+from dnlseg.context.attention import fused_attention, tokens
+from dnlseg.context.base import CapturedAttention, check_choice
+from dnlseg.context.non_local_base import AttentionPath, NonLocalBase
 
 NonLocalMode = Literal["embedded_gaussian", "dot_product", "gaussian"]
 NON_LOCAL_MODES = ("embedded_gaussian", "dot_product", "gaussian")
 
 
-class NonLocal2d(ContextBlock):
+class NonLocal2d(NonLocalBase):
     """Non-local block, (N, C, H, W) -> (N, C, H, W); the identity at initialisation.
 
     Args:
@@ -62,9 +64,9 @@ class NonLocal2d(ContextBlock):
             self.key = nn.Conv2d(in_channels, self.channels, 1)  # W_k: C -> C'
             self.scale = 1.0 / math.sqrt(self.channels)
 
-    @staticmethod
-    def combine(pairwise_logits: Tensor, unary_logits: Tensor) -> Tensor:
-        """Softmax-mode weights from the decomposition: w = softmax_j(p_ij + u_j) -- the terms MULTIPLY."""
+    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+        """w = softmax_j(p_ij + u_j) -- the terms MULTIPLY (embedded Gaussian and Gaussian modes; in dot-product
+        mode w = q.k / Pk is not a function of p and u, and its ``CapturedAttention.combine`` is None)."""
         return torch.softmax(pairwise_logits + unary_logits, dim=-1)
 
     def embed(self, x: Tensor, xk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -76,27 +78,25 @@ class NonLocal2d(ContextBlock):
     def forward(self, x: Tensor) -> Tensor:
         xk = self.key_input(x)
         q, k, v = self.embed(x, xk)
-        if self.materialize:
-            maps = self.attention_maps(q, k, x.shape[-2:], xk.shape[-2:])
-            self.record(maps)
-            y = maps.weights @ v  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
+        if self.mode == "dot_product" and self.materialize:
+            y = (q @ k.transpose(1, 2) / k.shape[1]) @ v  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
         elif self.mode == "dot_product":
             # Associativity: (q k^T) v / Pk == q (k^T v) / Pk, O(P C'^2) instead of O(P^2 C').
             y = q @ (k.transpose(1, 2) @ v) / k.shape[1]  # (N, P, C') @ (N, C', C') -> (N, P, C')
+        elif self.materialize:
+            w = torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1)  # (N, P, Cq) @ (N, Cq, Pk) -> (N, P, Pk)
+            y = w @ v  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
         else:
             # softmax_j(q_i . k_j * s) v_j, never building (P, Pk): (N, 1, P, C') heads of one.
             y = fused_attention(q, k, v, scale=self.scale)
+        self.publish(lambda: self.decompose(q, k, v, y, tuple(x.shape[-2:]), tuple(xk.shape[-2:])))
         return self.residual(x, y)
 
-    def attention_maps(self, q: Tensor, k: Tensor, query_size, key_size) -> AttentionMaps:
-        """Build w, p, u explicitly from q (N, P, Cq) and k (N, Pk, Cq)."""
+    def decompose(self, q: Tensor, k: Tensor, v: Tensor, y: Tensor, query_size, key_size) -> CapturedAttention:
+        """The factors of p_ij = (q_i - mu_q).(k_j - mu_k) s and u_j = mu_q . k_j s from q (N, P, Cq), k (N, Pk, Cq)."""
         mu_q = q.mean(dim=1, keepdim=True)  # (N, 1, Cq)
         mu_k = k.mean(dim=1, keepdim=True)  # (N, 1, Cq)
         # Out of place: mmseg's in-place ``-=`` here breaks autograd on newer PyTorch.
-        pairwise = (q - mu_q) @ (k - mu_k).transpose(1, 2) * self.scale  # (N, P, Cq) @ (N, Cq, Pk) -> (N, P, Pk)
         unary = mu_q @ k.transpose(1, 2) * self.scale  # (N, 1, Cq) @ (N, Cq, Pk) -> (N, 1, Pk)
-        if self.mode == "dot_product":
-            weights = q @ k.transpose(1, 2) / k.shape[1]  # (N, P, Pk), no softmax
-        else:
-            weights = self.combine(pairwise, unary)
-        return AttentionMaps(weights, pairwise, unary, tuple(query_size), tuple(key_size))
+        combine = None if self.mode == "dot_product" else self.combine
+        return CapturedAttention((q - mu_q) * self.scale, k - mu_k, unary, v, y, query_size, key_size, combine)

@@ -1,0 +1,78 @@
+"""What the non-local blocks (NL, DNL) share: the value and output branches, the zero-initialised output norm,
+the optional 2x2 pooling of keys/values, and the choice of attention path. Shape legend: ``dnlseg.context.base``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dnlseg.context.base import ContextBlock, check_choice
+
+AttentionPath = Literal["fused", "materialized"]
+ATTENTION_PATHS = ("fused", "materialized")
+
+
+class NonLocalBase(ContextBlock):
+    """Base of the non-local blocks: ``out = x + out_norm(out(y))`` with y computed by the subclass.
+
+    Args:
+        in_channels: C, channels of the input feature map.
+        reduction: C' = C // reduction channels for query, key and value.
+        attention: "fused" computes sum_j w_ij v_j without building the (P, Pk) matrix;
+            "materialized" builds it (a reference for tests and benchmarks).
+        downsample: 2x2 max-pool of the input of keys/values (and unary), Pk ~ P / 4.
+        norm_layer: norm after ``out``, built as ``norm_layer(C)``; its weight is zero-initialised so the block
+            starts as the identity. None: no norm, ``out`` itself is zero-initialised instead.
+    """
+
+    branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"out": ("out", "out_norm")}
+
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 2,
+        attention: AttentionPath = "fused",
+        downsample: bool = False,
+        norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if in_channels <= 0 or reduction <= 0:
+            raise ValueError(f"in_channels={in_channels} and reduction={reduction} must be positive")
+        if in_channels % reduction != 0:
+            raise ValueError(
+                f"in_channels={in_channels} is not divisible by reduction={reduction}: "
+                f"choose a reduction that divides the channel count (e.g. 1, 2, 4)"
+            )
+        check_choice("attention", attention, ATTENTION_PATHS)
+        self.in_channels = in_channels
+        self.channels = in_channels // reduction  # C'
+        self.attention = attention
+        self.downsample = downsample
+
+        self.value = nn.Conv2d(in_channels, self.channels, 1)  # W_v: C -> C'
+        self.out = nn.Conv2d(self.channels, in_channels, 1)  # W_out: C' -> C
+        self.out_norm = norm_layer(in_channels) if norm_layer is not None else nn.Identity()
+        zero_target = self.out_norm if norm_layer is not None else self.out
+        if not isinstance(getattr(zero_target, "weight", None), Tensor):
+            raise ValueError(f"norm_layer {norm_layer!r} has no affine weight to zero-initialise")
+        nn.init.zeros_(zero_target.weight)
+        if getattr(zero_target, "bias", None) is not None:
+            nn.init.zeros_(zero_target.bias)
+
+    @property
+    def materialize(self) -> bool:
+        return self.attention == "materialized"
+
+    def key_input(self, x: Tensor) -> Tensor:
+        """The feature map keys, values and unary logits are computed from: x, or x max-pooled 2x2."""
+        return F.max_pool2d(x, 2, ceil_mode=True) if self.downsample else x
+
+    def residual(self, x: Tensor, y: Tensor) -> Tensor:
+        """out = x + Norm(W_out y);  y: (N, P, C') -> (N, C', H, W) -> (N, C, H, W)."""
+        N, C, H, W = x.shape
+        y = y.transpose(1, 2).reshape(N, self.channels, H, W)
+        return x + self.out_norm(self.out(y))
