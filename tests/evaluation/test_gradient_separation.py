@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
 from dnlseg.evaluation import cross_sensitivity, unary_logit_gradient
+
+NL_COMBINE, DNL_COMBINE = NonLocal2d(8).combine, DisentangledNonLocal2d(8).combine
 
 
 def random_logits(seed, n=2, p=30, pk=24):
@@ -18,16 +20,13 @@ def random_logits(seed, n=2, p=30, pk=24):
 @pytest.mark.parametrize("seed", range(5))
 def test_nl_unary_gradient_depends_on_pairwise_logits(seed):
     p, u, g = random_logits(seed)
-    assert cross_sensitivity(NonLocal2d.combine, p, u, g, generator=torch.Generator().manual_seed(seed)) > 1e-3
+    assert cross_sensitivity(NL_COMBINE, p, u, g, generator=torch.Generator().manual_seed(seed)) > 1e-3
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_dnl_unary_gradient_independent_of_pairwise(seed):
     p, u, g = random_logits(seed)
-    assert (
-        cross_sensitivity(DisentangledNonLocal2d.combine, p, u, g, generator=torch.Generator().manual_seed(seed))
-        < 1e-10
-    )
+    assert cross_sensitivity(DNL_COMBINE, p, u, g, generator=torch.Generator().manual_seed(seed)) < 1e-10
 
 
 def test_unary_logit_gradient_matches_the_closed_form_of_science_md():
@@ -35,22 +34,23 @@ def test_unary_logit_gradient_matches_the_closed_form_of_science_md():
     # DNL: dL/dm_t = s_t sum_i (g_it - sum_j s_j g_ij), s = softmax(m)
     s = torch.softmax(u, dim=-1)
     expected = s * (g - (s * g).sum(-1, keepdim=True)).sum(1, keepdim=True)
-    torch.testing.assert_close(unary_logit_gradient(DisentangledNonLocal2d.combine, p, u, g), expected)
+    torch.testing.assert_close(unary_logit_gradient(DNL_COMBINE, p, u, g), expected)
     # NL: dL/du_t = sum_i w_it (g_it - sum_j w_ij g_ij), w = softmax(p + u)
     w = torch.softmax(p + u, dim=-1)
     expected = (w * (g - (w * g).sum(-1, keepdim=True))).sum(1, keepdim=True)
-    torch.testing.assert_close(unary_logit_gradient(NonLocal2d.combine, p, u, g), expected)
+    torch.testing.assert_close(unary_logit_gradient(NL_COMBINE, p, u, g), expected)
 
 
-def test_blocks_materialised_logits_show_the_same_separation():
-    """Through the real blocks' maps: NL coupled, DNL separated."""
+def test_blocks_captured_logits_show_the_same_separation():
+    """Through the real blocks' captured factors: NL coupled, DNL separated."""
     torch.manual_seed(0)
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
     for cls, coupled in ((NonLocal2d, True), (DisentangledNonLocal2d, False)):
         block = cls(8).double()
-        block.keep_attention = True
-        block(x)
-        m = block.last_attention
-        g = torch.randn_like(m.weights)
-        value = cross_sensitivity(cls.combine, m.pairwise_logits, m.unary_logits, g)
+        with capture_attention(block) as captured:
+            block(x)
+        ((record,),) = captured.values()
+        p = record.pairwise_logits()
+        g = torch.randn_like(p)
+        value = cross_sensitivity(record.combine, p, record.unary_logits, g)
         assert (value > 1e-3) if coupled else (value < 1e-10)

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, find_context_blocks
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention, find_context_blocks
 from dnlseg.models import SegmentationNetwork
 
 CONTEXTS = {
@@ -33,10 +33,9 @@ def test_network_returns_logits_at_input_size(name, output_stride):
 
 def test_context_block_runs_at_the_output_stride():
     net = tiny(CONTEXTS["dnl"], output_stride=8)
-    block = net.decode_head.context
-    block.keep_attention = True
-    net.eval()(torch.randn(1, 3, 64, 96))
-    assert block.last_attention.query_size == (8, 12)
+    with capture_attention(net) as captured:
+        net.eval()(torch.randn(1, 3, 64, 96))
+    assert captured["decode_head.context"][0].query_size == (8, 12)
     assert list(find_context_blocks(net)) == ["decode_head.context"]
     assert find_context_blocks(tiny(None)) == {}
 

@@ -2,10 +2,11 @@
 
 For the first ``num_images`` images of the validation set and a few query cells per image chosen from the labels
 (``dnlseg.evaluation.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
-a boundary), one forward per image with every context block on its materialised path gives the maps. One figure
+a boundary), one forward per image inside ``capture_attention`` gives each block's factors, from which only the
+queries' rows are computed (O(P) memory: whole images need no ``scale``). One figure
 per image and block goes to TensorBoard as ``attention/<block>/image<i>`` (tab *Images*) and, with
 ``output_dir``, to ``<output_dir>/step<step>_<block>_image<i>.png``. Training is unchanged: the model is in eval
-mode, no gradient is taken, and the blocks are put back on their own path afterwards.
+mode and no gradient is taken.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dnlseg.context import find_context_blocks
+from dnlseg.context import capture_attention, find_context_blocks
 from dnlseg.evaluation.attention_consistency import labels_on_grid
 from dnlseg.evaluation.attention_figure import attention_figure, select_queries, unnormalize
 
@@ -32,8 +33,8 @@ class AttentionMapLogger(L.Callback):
         num_images: the first this many validation images.
         max_classes: interior queries on at most this many classes per image (plus one boundary query).
         every_n_validations: draw at every n-th validation run (sanity check excluded).
-        scale: resize factor of the images before the forward (e.g. 0.5 for 1024x2048 Cityscapes images: the
-            materialised P x P attention of a whole one is ~4 GB per map).
+        scale: resize factor of the images before the forward (e.g. 0.5 to draw 1024x2048 Cityscapes images at half
+            size; the maps themselves need O(P) memory at any size).
         output_dir: also write the figures as PNG files here (null: TensorBoard only).
     """
 
@@ -70,7 +71,7 @@ class AttentionMapLogger(L.Callback):
         self.draw(trainer, pl_module)
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        blocks = {name.removeprefix("network."): b for name, b in find_context_blocks(pl_module).items()}
+        blocks = find_context_blocks(pl_module)
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         if not blocks or loader is None:
@@ -87,7 +88,7 @@ class AttentionMapLogger(L.Callback):
             if self.scale != 1.0:
                 image = F.interpolate(image, scale_factor=self.scale, mode="bilinear", align_corners=False)
             mask = labels_on_grid(mask, tuple(image.shape[-2:]))  # (1, H, W) at the image size
-            maps = self.materialized_maps(trainer, pl_module, blocks, image)
+            maps = self.captured_attention(trainer, pl_module, image)
             display = unnormalize(image[0])
             for name, m in maps.items():
                 queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
@@ -103,17 +104,13 @@ class AttentionMapLogger(L.Callback):
                     logger.experiment.add_figure(f"attention/{name}/image{i}", fig, global_step=step, close=False)
 
     @staticmethod
-    def materialized_maps(trainer: L.Trainer, pl_module: L.LightningModule, blocks: dict, image) -> dict:
-        """One eval-mode forward of ``image`` (1, 3, H, W) with every block materialised: {block: AttentionMaps}."""
+    def captured_attention(trainer: L.Trainer, pl_module: L.LightningModule, image) -> dict:
+        """One eval-mode forward of ``image`` (1, 3, H, W): {block: its ``CapturedAttention``} (O(P) factors)."""
         was_training = pl_module.training
         pl_module.eval()
         try:
-            for block in blocks.values():
-                block.keep_attention = True
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
+            with torch.no_grad(), trainer.precision_plugin.forward_context(), capture_attention(pl_module) as captured:
                 pl_module(image)
-            return {name: block.last_attention for name, block in blocks.items() if block.last_attention is not None}
+            return {name: calls[0] for name, calls in captured.items() if calls}
         finally:
-            for block in blocks.values():
-                block.keep_attention, block.last_attention = False, None
             pl_module.train(was_training)

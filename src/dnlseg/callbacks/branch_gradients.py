@@ -1,7 +1,7 @@
 """Per-branch gradient norms of every context block, logged each optimiser step.
 
 For each block (e.g. ``decode_head.context``) and each of its branches present -- ``query``, ``key``,
-``value``, ``unary``, ``out`` (with ``out_norm``) -- the L2 norm of the gradient of the branch's parameters,
+``value``, ``unary``, ``out`` (``ContextBlock.branches``) -- the L2 norm of the gradient of the branch's parameters,
 plus ``pairwise`` = ||(grad W_q, grad W_k)|| and the ratio ``unary_over_pairwise``:
 
     branch_grad/<block>/<branch>
@@ -16,28 +16,15 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor, nn
+from torch import Tensor
 
-from dnlseg.context import ContextBlock, find_context_blocks
-
-BRANCHES = ("query", "key", "value", "unary", "out", "out_norm")
-
-
-def branch_parameters(block: ContextBlock) -> dict[str, list[nn.Parameter]]:
-    """{"query": [...], "key": [...], ...} for the branches this block has (``out`` includes ``out_norm``)."""
-    branches: dict[str, list[nn.Parameter]] = {}
-    for name in BRANCHES:
-        sub = getattr(block, name, None)
-        params = [p for p in sub.parameters() if p.requires_grad] if isinstance(sub, nn.Module) else []
-        if params:
-            branches.setdefault("out" if name == "out_norm" else name, []).extend(params)
-    return branches
+from dnlseg.context import BRANCHES, ContextBlock, find_context_blocks
 
 
 def branch_gradient_norms(block: ContextBlock) -> dict[str, Tensor]:
     """L2 gradient norm per branch, plus ``pairwise`` (query and key together) and ``unary_over_pairwise``."""
     norms: dict[str, Tensor] = {}
-    for branch, params in branch_parameters(block).items():
+    for branch, params in block.branches().items():
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             norms[branch] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -58,7 +45,7 @@ def separation_layout(block_names: list[str]) -> dict:
                 [f"branch_grad/{b}/pairwise", f"branch_grad/{b}/unary"],
             ],
             "unary / pairwise gradient ratio": ["Multiline", [f"branch_grad/{b}/unary_over_pairwise"]],
-            "every branch": ["Multiline", [f"branch_grad/{b}/(query|key|value|unary|out)$"]],
+            "every branch": ["Multiline", [f"branch_grad/{b}/({'|'.join(BRANCHES)})$"]],
             "pairwise vs unary logit gradient": [
                 "Multiline",
                 [f"separation/{b}/pairwise_logit_grad", f"separation/{b}/unary_logit_grad"],
@@ -84,7 +71,7 @@ class BranchGradientMonitor(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.tensorboard_layout and trainer.is_global_zero):
             return
-        names = [name.removeprefix("network.") for name in find_context_blocks(pl_module)]
+        names = list(find_context_blocks(pl_module))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and names:
                 logger.experiment.add_custom_scalars(separation_layout(names))
@@ -94,7 +81,6 @@ class BranchGradientMonitor(L.Callback):
             return
         metrics: dict[str, Tensor] = {}
         for block_name, block in find_context_blocks(pl_module).items():
-            block_name = block_name.removeprefix("network.")
             for branch, norm in branch_gradient_norms(block).items():
                 metrics[f"branch_grad/{block_name}/{branch}"] = norm
         if not metrics:

@@ -1,16 +1,27 @@
 """Every N steps, measure on the current batch how the loss gradient splits between pairwise and unary logits.
 
-Runs one extra forward/backward of the training loss with every context block on its materialised path,
-takes dL/dp, dL/du and dL/dw from autograd (never touching parameter ``.grad``), and logs per block:
+Runs one extra forward of the training loss inside ``capture_attention`` and takes the gradient dL/dy at each
+context block's attention output from autograd (never touching parameter ``.grad``). For ``num_queries`` query rows
+i sampled per image (all rows when the grid has no more), the upstream gradient of the attention weights follows
+from y_i = sum_j w_ij v_j as
 
-    separation/<block>/pairwise_logit_grad     ||dL/dp||
-    separation/<block>/unary_logit_grad        ||dL/du||
-    separation/<block>/cross_sensitivity       see ``dnlseg.evaluation.gradient_separation``
+    G_ij = dL/dw_ij = dL/dy_i . v_j                        (N, Q, Pk), never the whole (P, Pk)
 
-For NL, p and u are its implicit decomposition p_ij + u_j. Training is unchanged: parameters and optimiser
-state are not touched, BatchNorm running statistics are restored, and the probe runs inside
-``torch.random.fork_rng`` with its own generator, so the global RNG stream continues as without it.
-Under DDP every rank probes its own batch (SyncBatchNorm needs all ranks in the forward) and rank zero logs.
+and, holding G fixed, the gradients of the block's ``combine`` restricted to those rows give per block:
+
+    separation/<block>/pairwise_logit_grad     ||dL/dp|| over the sampled rows
+    separation/<block>/unary_logit_grad        ||dL/du|| from the sampled rows' weights
+    separation/<block>/cross_sensitivity       ``dnlseg.evaluation.gradient_separation`` on the sampled rows
+
+With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
+rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
+cross-sensitivity of DNL stays exactly 0 on any set of rows. For NL, p and u are its implicit decomposition; a block
+whose weights are no function of (p, u) (dot-product NL) logs nothing.
+
+Training is unchanged: parameters and optimiser state are not touched, BatchNorm running statistics are restored,
+and the probe runs inside ``torch.random.fork_rng`` with its own generator, so the global RNG stream continues as
+without it. Under DDP every rank probes its own batch (SyncBatchNorm needs all ranks in the forward) and rank zero
+logs.
 """
 
 from __future__ import annotations
@@ -19,8 +30,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from dnlseg.context import find_context_blocks
+from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks, select_rows
 from dnlseg.evaluation import cross_sensitivity
+from dnlseg.models.buffers import BufferSnapshot
 
 
 class SeparationProbe(L.Callback):
@@ -29,16 +41,22 @@ class SeparationProbe(L.Callback):
     Args:
         every_n_steps: probe after optimiser steps divisible by this.
         relative_step: size of the pairwise-logit perturbation, ||dp|| / ||p||.
-        seed: seed of the probe's own generator for the perturbation direction.
+        num_queries: query rows per image the gradients are taken on (all rows of a smaller grid).
+        seed: seed of the probe's own generator (row sampling, perturbation direction).
     """
 
-    def __init__(self, every_n_steps: int = 50, relative_step: float = 1e-2, seed: int = 0) -> None:
+    def __init__(
+        self, every_n_steps: int = 50, relative_step: float = 1e-2, num_queries: int = 256, seed: int = 0
+    ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1")
         if not relative_step > 0:
             raise ValueError(f"relative_step={relative_step} must be > 0")
+        if num_queries < 1:
+            raise ValueError(f"num_queries={num_queries} must be >= 1")
         self.every_n_steps = every_n_steps
         self.relative_step = relative_step
+        self.num_queries = num_queries
         self.seed = seed
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -51,47 +69,58 @@ class SeparationProbe(L.Callback):
                 logger.log_metrics(dict(zip(metrics, values, strict=True)), step=trainer.global_step)
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict) -> dict[str, Tensor]:
-        blocks = {name.removeprefix("network."): b for name, b in find_context_blocks(pl_module).items()}
-        saved_buffers = [(buf, buf.clone()) for buf in pl_module.buffers()]
+        snapshot = BufferSnapshot(pl_module)
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         try:
-            for block in blocks.values():
-                block.keep_attention = True
             with (
                 torch.random.fork_rng(devices=devices),
                 torch.enable_grad(),
                 trainer.precision_plugin.forward_context(),
+                capture_attention(pl_module, max_calls=1) as captured,
             ):
                 loss = pl_module.losses(batch)["loss"]
-            maps = {name: block.last_attention for name, block in blocks.items()}
-            wanted = [t for m in maps.values() for t in (m.weights, m.pairwise_logits, m.unary_logits) if t is not None]
-            grads = dict(zip(map(id, wanted), torch.autograd.grad(loss, wanted, allow_unused=True), strict=True))
+            calls = {name: c[0] for name, c in captured.items() if c and c[0].combine is not None}
+            outputs = [c.output for c in calls.values()]
+            grads = torch.autograd.grad(loss, outputs, allow_unused=True) if outputs else []
         finally:
-            for block in blocks.values():
-                block.keep_attention = False
-                block.last_attention = None
-            with torch.no_grad():
-                for buf, saved in saved_buffers:
-                    buf.copy_(saved)
+            snapshot.restore()
 
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_step)
         metrics: dict[str, Tensor] = {}
-        for name, m in maps.items():
-            grad_p = grads.get(id(m.pairwise_logits)) if m.pairwise_logits is not None else None
-            grad_u = grads.get(id(m.unary_logits)) if m.unary_logits is not None else None
-            if grad_p is not None:
-                metrics[f"separation/{name}/pairwise_logit_grad"] = grad_p.norm()
-            if grad_u is not None:
-                metrics[f"separation/{name}/unary_logit_grad"] = grad_u.norm()
-            upstream = grads.get(id(m.weights))
-            if grad_p is not None and grad_u is not None and upstream is not None:
-                combine = type(blocks[name]).combine
-                metrics[f"separation/{name}/cross_sensitivity"] = cross_sensitivity(
-                    combine,
-                    m.pairwise_logits.float(),
-                    m.unary_logits.float(),
-                    upstream.float(),
-                    self.relative_step,
-                    generator,
-                )
+        for (name, call), grad_y in zip(calls.items(), grads, strict=True):
+            if grad_y is not None:
+                metrics |= self.block_metrics(name, call, grad_y, generator)
+        return metrics
+
+    def sample_rows(self, count: int, batch: int, generator: torch.Generator) -> Tensor:
+        """(N, Q) sorted query rows per image: all ``count`` rows in order when ``count <= num_queries``."""
+        if count <= self.num_queries:
+            return torch.arange(count, device=generator.device).expand(batch, count)
+        scores = torch.rand(batch, count, generator=generator, device=generator.device)
+        return scores.topk(self.num_queries, dim=1).indices.sort(dim=1).values
+
+    def block_metrics(
+        self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv)."""
+        N = grad_y.shape[0]
+        rows = self.sample_rows(grad_y.shape[1], N, generator)  # (N, Q)
+        upstream = select_rows(grad_y.float(), rows) @ call.values.detach().float().transpose(1, 2)  # (N, Q, Pk)
+        pairwise = call.pairwise_logits(rows)
+        pairwise = pairwise.detach().float().requires_grad_(True) if pairwise is not None else None
+        unary = call.unary_logits.detach().float().requires_grad_(True) if call.unary_logits is not None else None
+        inputs = [t for t in (pairwise, unary) if t is not None]
+        with torch.enable_grad():
+            weights = call.combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
+            grads = dict(zip(map(id, inputs), torch.autograd.grad(weights, inputs, upstream), strict=True))
+        prefix = f"separation/{name}"
+        metrics: dict[str, Tensor] = {}
+        if pairwise is not None:
+            metrics[f"{prefix}/pairwise_logit_grad"] = grads[id(pairwise)].norm()
+        if unary is not None:
+            metrics[f"{prefix}/unary_logit_grad"] = grads[id(unary)].norm()
+        if pairwise is not None and unary is not None:
+            metrics[f"{prefix}/cross_sensitivity"] = cross_sensitivity(
+                call.combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
+            )
         return metrics

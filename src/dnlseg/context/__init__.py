@@ -2,7 +2,14 @@
 through which analyses see a block's attention (``capture_attention``, ``ContextBlock``: ``dnlseg.context.base``)."""
 
 from dnlseg.context.attention import fused_attention, tokens
-from dnlseg.context.base import BRANCHES, CapturedAttention, ContextBlock, capture_attention, find_context_blocks
+from dnlseg.context.base import (
+    BRANCHES,
+    CapturedAttention,
+    ContextBlock,
+    capture_attention,
+    find_context_blocks,
+    select_rows,
+)
 from dnlseg.context.disentangled_non_local import DisentangledNonLocal2d
 from dnlseg.context.global_context import GlobalContext2d
 from dnlseg.context.non_local import NonLocal2d
@@ -22,5 +29,6 @@ __all__ = [
     "capture_attention",
     "find_context_blocks",
     "fused_attention",
+    "select_rows",
     "tokens",
 ]

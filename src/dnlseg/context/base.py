@@ -159,15 +159,28 @@ def find_context_blocks(module: nn.Module) -> dict[str, ContextBlock]:
 
 
 @contextmanager
-def capture_attention(module: nn.Module) -> Iterator[dict[str, list[CapturedAttention]]]:
+def capture_attention(module: nn.Module, max_calls: int | None = None) -> Iterator[dict[str, list[CapturedAttention]]]:
     """``with capture_attention(model) as captured: model(x)`` -> ``captured[block name]``: one entry per call.
+
+    Args:
+        module: a block, a network or a LightningModule; every ``ContextBlock`` inside it is captured.
+        max_calls: keep only the first this many calls of each block (e.g. 1: the first scale of a multi-scale
+            inference); None: all.
 
     Captures nest (each gets every call). The captured tensors are those of the forward: under ``no_grad`` they
     hold no graph; with gradients on they keep the graph alive until the dict is dropped.
     """
     blocks = find_context_blocks(module)
     captured: dict[str, list[CapturedAttention]] = {name: [] for name in blocks}
-    sinks = {name: captured[name].append for name in blocks}
+
+    def sink_of(calls: list[CapturedAttention]) -> Callable[[CapturedAttention], None]:
+        def sink(record: CapturedAttention) -> None:
+            if max_calls is None or len(calls) < max_calls:
+                calls.append(record)
+
+        return sink
+
+    sinks = {name: sink_of(captured[name]) for name in blocks}
     for name, block in blocks.items():
         block._sinks.append(sinks[name])
     try:

@@ -14,7 +14,10 @@ unary-boundary consistency, per image:
     differs from a 4-neighbour's.
 
 Labels live on the key grid (Hk, Wk): the ground truth is resized there by nearest neighbour. For NL,
-p and u are its implicit decomposition (``NonLocal2d.attention_maps``).
+p and u are its implicit decomposition. Both are computed from a block call's captured factors
+(``dnlseg.context.CapturedAttention``) in O(P) memory: the sampled query rows of p (``sampled_category_consistency``)
+or, for every query at once, the attention with the keys' one-hot labels as values (``category_consistency``);
+the unary mass is s @ band.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dnlseg.context import CapturedAttention
 
 
 def labels_on_grid(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -78,3 +83,44 @@ def unary_boundary_consistency(unary_attention: Tensor, band: Tensor) -> Tensor:
     mass = (unary_attention * band).sum(-1)  # (N,)
     keep = area > 0
     return mass[keep] / area[keep]
+
+
+def sampled_category_consistency(
+    captured: CapturedAttention, query_labels: Tensor, key_labels: Tensor, rows: Tensor, ignore_index: int = 255
+) -> Tensor:
+    """``pairwise_category_consistency`` of the query rows ``rows`` (N, Q), from the factors: O(Q Pk) memory.
+
+    Args:
+        captured: one block call with a pairwise term.
+        query_labels: (N, P) labels on the query grid.
+        key_labels: (N, Pk) labels on the key grid.
+        rows: (N, Q) query indices.
+        ignore_index: queries with this label are skipped.
+    """
+    attention = captured.pairwise_attention(rows)  # (N, Q, Pk)
+    return pairwise_category_consistency(attention, torch.gather(query_labels, 1, rows), key_labels, ignore_index)
+
+
+def category_consistency(
+    captured: CapturedAttention, query_labels: Tensor, key_labels: Tensor, ignore_index: int = 255
+) -> Tensor:
+    """``pairwise_category_consistency`` of every labelled query, with the fused kernel: O(P K) memory.
+
+    The own-class mass of query i is row i of softmax_j(p_ij) @ onehot(key labels): an attention whose values are
+    the keys' one-hot labels (ignored keys: a zero row, so they take mass but belong to no class).
+    """
+    labelled = key_labels != ignore_index
+    num_classes = int(torch.cat([key_labels[labelled], query_labels[query_labels != ignore_index]]).max(0).values + 1)
+    onehot = F.one_hot(key_labels.masked_fill(~labelled, 0), num_classes) * labelled[..., None]  # (N, Pk, K)
+    mass = captured.pairwise_mass(onehot)  # (N, P, K): sum_j a_ij [label_j = k]
+    area = onehot.float().mean(1)  # (N, K): each class's area fraction on the key grid
+    safe = query_labels.masked_fill(query_labels == ignore_index, 0)[..., None]  # (N, P, 1)
+    own_mass, own_area = mass.gather(2, safe)[..., 0], area[:, None].expand_as(mass).gather(2, safe)[..., 0]
+    keep = (query_labels != ignore_index) & (own_area > 0)
+    return own_mass[keep] / own_area[keep]
+
+
+def boundary_consistency(captured: CapturedAttention, key_labels: Tensor, radius: int = 1) -> Tensor:
+    """``unary_boundary_consistency`` of one block call: key_labels (N, Hk, Wk) -> one value per image."""
+    band = boundary_band(key_labels, radius).flatten(1)  # (N, Pk)
+    return unary_boundary_consistency(captured.unary_attention(), band)

@@ -3,7 +3,8 @@
 A figure shows, for one image: the image with its ground truth and the query points; for each query the
 pairwise map a_i. = softmax_j(p_ij) (N x Pk row of the materialised attention); and the unary map
 s = softmax_j(u_j). Maps live on the key grid (Hk, Wk) and are upsampled bilinearly to the image and
-overlaid. For NL, p and u are its implicit decomposition (``NonLocal2d.attention_maps``).
+overlaid. For NL, p and u are its implicit decomposition. Maps come from a block call's captured factors
+(``dnlseg.context.capture_attention``): only the query rows are computed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from dnlseg.context import AttentionMaps
+from dnlseg.context import CapturedAttention
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dnlseg.evaluation.attention_consistency import boundary_band
 
@@ -68,16 +69,20 @@ def unnormalize(
     return (image * s + m).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
 
 
-def term_maps(maps: AttentionMaps, index: int, queries: Sequence[Query]) -> tuple[Tensor | None, Tensor | None]:
-    """Image ``index`` of ``maps``: pairwise maps (Q, Hk, Wk) of the queries and the unary map (Hk, Wk), or None."""
-    W, (Hk, Wk) = maps.query_size[1], maps.key_size
+def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query]) -> tuple[Tensor | None, Tensor | None]:
+    """Image ``index`` of a captured block call: pairwise maps (Q, Hk, Wk) of the queries and the unary map (Hk, Wk).
+
+    Only the queries' rows of p are computed (O(Q Pk)), never the whole (P, Pk) matrix.
+    """
+    W, (Hk, Wk) = captured.query_size[1], captured.key_size
     pairwise = unary = None
-    if maps.pairwise_logits is not None and queries:
-        rows = torch.tensor([q.row * W + q.col for q in queries], device=maps.pairwise_logits.device)
-        logits = maps.pairwise_logits[index, rows].float()  # (Q, Pk)
-        pairwise = logits.softmax(-1).reshape(len(queries), Hk, Wk)
-    if maps.unary_logits is not None:
-        unary = maps.unary_logits[index, 0].float().softmax(-1).reshape(Hk, Wk)  # (Pk,) -> (Hk, Wk)
+    if captured.pairwise_query is not None and queries:
+        N = captured.pairwise_query.shape[0]
+        rows = torch.tensor([q.row * W + q.col for q in queries], device=captured.pairwise_query.device)
+        attention = captured.pairwise_attention(rows.expand(N, -1))[index]  # (Q, Pk), the queries' rows only
+        pairwise = attention.reshape(len(queries), Hk, Wk)
+    if captured.unary_logits is not None:
+        unary = captured.unary_attention()[index].reshape(Hk, Wk)  # (Pk,) -> (Hk, Wk)
     return pairwise, unary
 
 
@@ -91,7 +96,7 @@ def _upsample(grid: Tensor, size: tuple[int, int]) -> np.ndarray:
 def attention_figure(
     image: np.ndarray,
     mask: Tensor,
-    maps: AttentionMaps,
+    maps: CapturedAttention,
     index: int,
     queries: Sequence[Query],
     class_names: Sequence[str] | None = None,
@@ -105,7 +110,7 @@ def attention_figure(
     Args:
         image: (H, W, 3) display RGB in [0, 1] (``unnormalize``).
         mask: (H, W) ground truth at the image size.
-        maps: materialised attention of a forward over a batch containing the image.
+        maps: the captured attention of a forward over a batch containing the image.
         index: position of the image in that batch.
         queries: cells on ``maps.query_size`` (``select_queries``).
         class_names: names for the panel titles (default: class ids).

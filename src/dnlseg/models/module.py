@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import PolynomialLR
 
 from dnlseg.checkpoint_io import check_state_dict_fits
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
+from dnlseg.models.buffers import BufferSnapshot
 from dnlseg.models.losses import SegmentationLoss, mean_loss_terms
 from dnlseg.models.network import SegmentationNetwork
 from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
@@ -136,14 +137,12 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         # A skipped batch must not leave its NaN in the BatchNorm running statistics either.
-        buffers = [(b, b.clone()) for b in self.buffers()] if self.on_nonfinite_loss == "skip" else []
+        buffers = BufferSnapshot(self) if self.on_nonfinite_loss == "skip" else None
         losses = self.losses(batch)
         # The terms of the global batch: one all-reduce per step under DDP for the check and the logs alike.
         global_terms = mean_loss_terms(losses, self.trainer.strategy)
         if skip_nonfinite_loss(global_terms, self.trainer.global_step, self.on_nonfinite_loss):
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    buffer.copy_(saved)
+            buffers.restore()
             return None  # Lightning makes no optimiser step
         batch_size = batch["image"].shape[0]
         for name, value in global_terms.items():  # already averaged over the processes: no sync_dist
