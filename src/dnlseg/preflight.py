@@ -79,8 +79,10 @@ def check_data(config: Any) -> None:
     if output_stride and crop is not None:
         check_stride("data.init_args.augmentation.crop_size", list(crop), output_stride)
     image_size = _get(args, "image_size")
-    if output_stride and isinstance(image_size, int):
-        check_stride("data.init_args.image_size", image_size, output_stride)
+    if output_stride and image_size is not None:
+        check_stride(
+            "data.init_args.image_size", image_size if isinstance(image_size, int) else list(image_size), output_stride
+        )
     num_workers = _get(args, "num_workers")
     if num_workers is not None and num_workers < 0:
         raise ConfigError(f"data.init_args.num_workers={num_workers} must be >= 0 (0: load in the main process)")

@@ -142,6 +142,14 @@ def check_groups(groups: int) -> None:
         raise ValueError(f"groups={groups} must be an int in [1, {NUM_FOREGROUND}] (legend entries per image)")
 
 
+def image_shape(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) from one side (square) or a (height, width) pair."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
 def check_image_size(name: str, size: int) -> None:
     if size < 32 or size % 8 != 0:
         raise ValueError(f"{name}={size} must be a multiple of 8 and >= 32 (the network works at output stride 8)")
@@ -289,13 +297,15 @@ class SyntheticSegmentation(Dataset):
     Args:
         length: number of images.
         split: "train" or "val".
-        image_size: side of the square images.
+        image_size: (height, width), or the side of square images.
         difficulty: in [0, 1].
         seed: dataset seed.
         groups: legend entries per image, 1 to 4.
     """
 
-    def __init__(self, length: int, split: str, image_size: int, difficulty: float, seed: int, groups: int = 1) -> None:
+    def __init__(
+        self, length: int, split: str, image_size: int | tuple[int, int], difficulty: float, seed: int, groups: int = 1
+    ) -> None:
         self.length = length
         self.split = split
         self.image_size = image_size
@@ -309,8 +319,8 @@ class SyntheticSegmentation(Dataset):
     def sample(self, index: int) -> SyntheticSample:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a {self.split} set of {self.length} images")
-        s = self.image_size
-        return generate_sample(self.seed, index, self.split, s, s, self.difficulty, self.groups)
+        height, width = image_shape(self.image_size)
+        return generate_sample(self.seed, index, self.split, height, width, self.difficulty, self.groups)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         sample = self.sample(index)
@@ -348,7 +358,7 @@ def write_cityscapes_layout(
         difficulty: in [0, 1].
         groups: legend entries per image, 1 to 4.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = image_shape(image_size)
     check_image_size("image_size", height)
     check_image_size("image_size", width)
     check_difficulty(difficulty)
@@ -398,7 +408,8 @@ class SyntheticDataModule(L.LightningDataModule):
     Args:
         num_train: training images per epoch (generated on the fly, the same every epoch).
         num_val: validation images (also the test and predict set).
-        image_size: side of the square images; a multiple of 8, >= 32.
+        image_size: side of the square images, or (height, width); each a multiple of 8, >= 32 (e.g. [1024, 2048]
+            for whole-Cityscapes-size images).
         difficulty: in [0, 1]: lower stripe contrast and ink saturation, stripe-angle jitter, more noise.
         seed: the dataset seed; images, masks and the train shuffling order follow from it.
         batch_size: images per batch.
@@ -412,7 +423,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self,
         num_train: int = 512,
         num_val: int = 64,
-        image_size: int = 128,
+        image_size: int | tuple[int, int] = 128,
         difficulty: float = 0.5,
         seed: int = 0,
         batch_size: int = 8,
@@ -424,7 +435,8 @@ class SyntheticDataModule(L.LightningDataModule):
         for name, value in (("num_train", num_train), ("num_val", num_val), ("batch_size", batch_size)):
             if value <= 0:
                 raise ValueError(f"{name}={value} must be > 0")
-        check_image_size("image_size", image_size)
+        for side in image_shape(image_size):
+            check_image_size("image_size", side)
         check_difficulty(difficulty)
         check_groups(groups)
         if seed < 0:
