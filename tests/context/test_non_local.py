@@ -7,11 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dnlseg.context import NonLocal2d, capture_attention
-
-
-def conv1x1(conv, x):
-    """The 1x1 conv written as a matrix product: (N, C, P) -> (N, C_out, P)."""
-    return torch.einsum("oc,ncp->nop", conv.weight[:, :, 0, 0], x) + conv.bias[None, :, None]
+from tests.context.reference import conv1x1
 
 
 def reference_non_local(block: NonLocal2d, x):
@@ -49,16 +45,18 @@ def test_softmax_of_query_key_equals_softmax_of_pairwise_plus_unary_in_float64()
     k = torch.randn(3, 15, 4, dtype=torch.float64) * 3 - 2
     v = torch.randn(3, 15, 2, dtype=torch.float64)
     block = NonLocal2d(8).double()
-    record = block.decompose(q, k, v, None, (4, 5), (3, 5))
-    direct = torch.softmax(q @ k.transpose(1, 2) * block.scale, dim=-1)
+    s = block.logit_scale()  # 1 / sqrt(C'), the scale forward folds into q
+    assert s.item() == pytest.approx(0.5)
+    record = block.decompose(q * s, k, v, None, (4, 5), (3, 5))
+    direct = torch.softmax(q @ k.transpose(1, 2) * s, dim=-1)
     torch.testing.assert_close(record.weights(), direct, rtol=1e-12, atol=1e-14)
     p = record.pairwise_logits()
     # p is the whitened logit (q_i - mu_q).(k_j - mu_k) s; it sums to zero over queries for every key.
-    expected_p = (q - q.mean(1, keepdim=True)) @ (k - k.mean(1, keepdim=True)).transpose(1, 2) * block.scale
+    expected_p = (q - q.mean(1, keepdim=True)) @ (k - k.mean(1, keepdim=True)).transpose(1, 2) * s
     torch.testing.assert_close(p, expected_p, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(p.sum(dim=1), torch.zeros(3, 15, dtype=torch.float64), atol=1e-10, rtol=0)
     # u_j = mu_q . k_j s, one row shared by every query.
-    torch.testing.assert_close(record.unary_logits, q.mean(1, keepdim=True) @ k.transpose(1, 2) * block.scale)
+    torch.testing.assert_close(record.unary_logits, q.mean(1, keepdim=True) @ k.transpose(1, 2) * s)
 
 
 def test_captured_output_gives_the_attention_weight_gradient_of_a_materialised_reference():
@@ -75,7 +73,7 @@ def test_captured_output_gives_the_attention_weight_gradient_of_a_materialised_r
     grad_w = grad_y @ record.values.transpose(1, 2)  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
 
     q, k, v = (t.detach() for t in block.embed(x, x))
-    w = torch.softmax(q @ k.transpose(1, 2) * block.scale, dim=-1).requires_grad_(True)
+    w = torch.softmax(q @ k.transpose(1, 2) * block.logit_scale(), dim=-1).requires_grad_(True)
     reference = block.residual(x, w @ v)
     (expected,) = torch.autograd.grad(reference.square().sum(), w)
     torch.testing.assert_close(grad_w, expected, rtol=1e-10, atol=1e-12)
@@ -92,7 +90,7 @@ def test_dot_product_factors_are_the_decomposition_and_have_no_combine():
         record.weights()
     q, k, _ = block.embed(x, x)
     # q.k s = p + u + (terms constant in j): the decomposition still holds
-    diff = q @ k.transpose(1, 2) * block.scale - record.pairwise_logits() - record.unary_logits
+    diff = q @ k.transpose(1, 2) - record.pairwise_logits() - record.unary_logits  # no softmax, no scale
     torch.testing.assert_close(diff - diff[..., :1], torch.zeros_like(diff), atol=1e-12, rtol=0)
 
 

@@ -118,7 +118,7 @@ class ContextBlock(nn.Module):
     """Base of every context block: the analysis contract of the module docstring.
 
     Subclasses implement ``forward`` and ``combine``, name their branch submodules as in the paper (``BRANCHES``;
-    ``branch_modules`` maps a branch to further submodules, e.g. ``out`` to ``("out", "out_norm")``) and call
+    ``branch_modules`` maps a branch to its submodules or parameters, e.g. ``out`` to ``("out", "out_norm")``) and call
     ``self.publish(make)`` once per forward with a function building the call's ``CapturedAttention``.
     """
 
@@ -137,9 +137,9 @@ class ContextBlock(nn.Module):
         found: dict[str, list[nn.Parameter]] = {}
         for branch in BRANCHES:
             for attribute in self.branch_modules.get(branch, (branch,)):
-                module = getattr(self, attribute, None)
-                if isinstance(module, nn.Module):
-                    found.setdefault(branch, []).extend(p for p in module.parameters() if p.requires_grad)
+                part = getattr(self, attribute, None)  # a submodule, or a parameter of the block itself
+                params = [part] if isinstance(part, nn.Parameter) else part.parameters() if part is not None else []
+                found.setdefault(branch, []).extend(p for p in params if p.requires_grad)
         return {branch: params for branch, params in found.items() if params}
 
     def publish(self, make: Callable[[], CapturedAttention]) -> None:

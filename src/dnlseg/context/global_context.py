@@ -55,9 +55,13 @@ class GlobalContext2d(ContextBlock):
         return torch.softmax(unary_logits, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return x + self.transform(x)  # (N, C, 1, 1) broadcast over H, W
+
+    def transform(self, x: Tensor) -> Tensor:
+        """t = W_2 ReLU(LN(W_1 c)), (N, C, 1, 1), from x (N, C, H, W)."""
         N, C, H, W = x.shape
         u = self.unary(x).flatten(2)  # (N, 1, H, W) -> (N, 1, P)
         v = tokens(x)  # (N, P, C): the values are the input itself
         y = torch.softmax(u, dim=-1) @ v  # (N, 1, P) @ (N, P, C) -> (N, 1, C)
         self.publish(lambda: CapturedAttention(None, None, u, v, y, (H, W), (H, W), self.combine))
-        return x + self.out(y.transpose(1, 2)[..., None])  # (N, C, 1, 1), broadcast over H, W
+        return self.out(y.transpose(1, 2)[..., None])  # (N, C, 1) -> (N, C, 1, 1)

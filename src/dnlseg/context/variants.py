@@ -59,4 +59,18 @@ VARIANTS: dict[str, Variant] = {
         "DNL, shared key", DisentangledNonLocal2d, {"unary": "shared_key"}, "whitened q.k, tau", "softmax(mu_q . k_j)"
     ),
     "gc": Variant("GC (GCNet)", GlobalContext2d, {}, "-", "softmax(W_k x), bottleneck transform"),
+    "dnl_official": Variant(
+        "DNL, official output",
+        DisentangledNonLocal2d,
+        {"output": "gamma"},
+        "gamma * whitened q.k, tau",
+        "softmax(W_m x)",
+    ),
+    "nl_fork": Variant(
+        "NL + GC (mmdet fork)",
+        NonLocal2d,
+        {"whitening": "bn_like", "learn_temperature": True, "temperature_form": "softplus", "global_context": True},
+        "q.k, bn-like whitened, softplus(t)",
+        "implicit + a GC block beside",
+    ),
 }
