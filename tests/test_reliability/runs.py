@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -124,3 +125,47 @@ def training_state(path: Path) -> dict[str, object]:
         "lr_schedulers": ckpt["lr_schedulers"],
         "batches_that_stepped": loops["epoch_loop.state_dict"]["_batches_that_stepped"],
     }
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """{path below ``run_dir``: sha256} of the run's own files (its config, checkpoints, events), not ``eval/``."""
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.relative_to(run_dir).parts[0] != "eval"
+    }
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The last line of stderr: where ``dnlseg: <message>`` stands (multi-line messages: their first line)."""
+    lines = result.stderr.strip().splitlines()
+    return next((line for line in lines if line.startswith("dnlseg: ")), lines[-1] if lines else "")
+
+
+def signal_when(args: list[str], marker: Path, sig: int, timeout: float = 300) -> tuple[int, str]:
+    """Start ``dnlseg ARGS``, send ``sig`` once ``marker`` exists, return (exit status, output)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dnlseg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env(), cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(sig)
+        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, output
+
+
+def printed_checkpoints(output: str) -> dict[str, str]:
+    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``)."""
+    found = {}
+    for line in output.splitlines():
+        for kind in ("last", "best"):
+            if line.strip().startswith(f"{kind}: "):
+                found[kind] = line.strip().split(": ", 1)[1]
+    return found
