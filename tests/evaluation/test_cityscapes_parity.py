@@ -93,15 +93,15 @@ def test_dnlseg_validate_miou_equals_the_evaluator_on_dnlseg_predict_pngs(citysc
     checkpoint = tmp_path / "model.ckpt"
     validate.trainer.save_checkpoint(checkpoint)
 
-    out = tmp_path / "predictions"
     predict = run_cli(
         [
             "predict",
             *tiny_overrides(cityscapes_root, tmp_path / "runs"),
             f"--ckpt_path={checkpoint}",
-            f"--trainer.callbacks.init_args.output_dir={out}",  # the last callback: PredictionWriter
+            f"--output_dir={tmp_path / 'predict'}",  # everything predict writes; PNGs under predictions/
         ]
     )
+    out = tmp_path / "predict" / "predictions"
     assert any(isinstance(cb, PredictionWriter) and cb.written == 2 for cb in predict.trainer.callbacks)
     assert predict.trainer.predict_loop.return_predictions is False  # the maps went to files, not into memory
     label_values = set(np.unique(np.asarray(Image.open(next((out / "labels").glob("*.png"))))).tolist())
