@@ -28,7 +28,7 @@ def test_a_user_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
         raise ConfigError("data.init_args.root=/x does not exist or is not a directory")
 
     monkeypatch.setattr(command, "run", fail)
-    monkeypatch.delenv(command.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "-c", "x.yaml"])
     assert exit_.value.code == "dnlseg: data.init_args.root=/x does not exist or is not a directory"  # status 1
@@ -40,7 +40,7 @@ def test_debug_lets_the_user_error_through_with_its_traceback(monkeypatch):
         raise ConfigError("bad")
 
     monkeypatch.setattr(command, "run", fail)
-    monkeypatch.delenv(command.DEBUG_ENV, raising=False)
+    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
     with pytest.raises(ConfigError):
         main(["--debug", "fit"])
     monkeypatch.setenv(command.DEBUG_ENV, "1")

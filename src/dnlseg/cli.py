@@ -92,7 +92,10 @@ class DnlsegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_config(config, self.subcommand)
         if self.subcommand == "fit":
-            self.claim_output_folder(run_dirs.resolve_logger_version(config))
+            run_dir = run_dirs.resolve_logger_version(config)
+            if config.ckpt_path == "last" and run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                check_checkpoint_file(str(run_dir / "checkpoints" / "last.ckpt"), "ckpt_path (last)")
+            self.claim_output_folder(run_dir)
         elif self.subcommand in EVALUATIONS:
             self.choose_evaluation_folder(config)
 
@@ -100,6 +103,7 @@ class DnlsegCLI(LightningCLI):
         """Send this evaluation's outputs to its own folder (``run_dirs.evaluation_dir``), never into the run."""
         if config.ckpt_path == "last":
             config.ckpt_path = self.latest_last_checkpoint(config)
+            check_checkpoint_file(config.ckpt_path, "ckpt_path (last)")
         elif config.ckpt_path in ("best", "hpc", "registry"):
             raise ConfigError(
                 f"ckpt_path={config.ckpt_path}: give the checkpoint file to evaluate "
@@ -122,8 +126,8 @@ class DnlsegCLI(LightningCLI):
         root = run_dirs.logger_root(config)
         version = getattr(run_dirs.logger_args(config), "version", None)
         if version is None and root is not None:
-            version = run_dirs.choose_version(root, resume_last=True)
-        if root is not None:
+            version = run_dirs.latest_with_last(root)
+        if root is not None and version is not None:
             path = root / (version if isinstance(version, str) else f"version_{version}") / "checkpoints" / "last.ckpt"
             if path.is_file():
                 return str(path)

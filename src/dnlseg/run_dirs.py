@@ -57,14 +57,22 @@ def existing_versions(run_root: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in run_root.iterdir() if p.is_dir() and (m := VERSION_DIR.fullmatch(p.name)))
 
 
+def latest_with_last(run_root: Path) -> int | None:
+    """The highest ``n`` of a ``version_<n>`` under ``run_root`` that holds ``checkpoints/last.ckpt``, or None."""
+    for version in reversed(existing_versions(run_root)):
+        if (run_root / f"version_{version}" / "checkpoints" / "last.ckpt").is_file():
+            return version
+    return None
+
+
 def choose_version(run_root: Path, resume_last: bool) -> int:
     """The version a fit should use under ``run_root`` (= ``<save_dir>/<name>``)."""
-    versions = existing_versions(run_root)
     if resume_last:
-        for version in reversed(versions):
-            if (run_root / f"version_{version}" / "checkpoints" / "last.ckpt").is_file():
-                return version
+        latest = latest_with_last(run_root)
+        if latest is not None:
+            return latest
         log.warning("--ckpt_path last: no checkpoints/last.ckpt under %s; starting a new run", run_root)
+    versions = existing_versions(run_root)
     return versions[-1] + 1 if versions else 0
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,19 +91,24 @@ def saved_step(path: Path) -> int | None:
 
 def interrupt_at(args: list[str], directory: Path, step: int, sig: int, timeout: float = 300) -> tuple[int, str]:
     """Start a fit, send ``sig`` once ``last.ckpt`` holds ``step`` or more, return (exit status, output)."""
+
+    def saved_enough() -> bool:
+        found = saved_step(last_ckpt(directory)) if last_ckpt(directory).exists() else None
+        return found is not None and found >= step
+
+    return signal_when(args, saved_enough, sig, timeout)
+
+
+def signal_when(args: list[str], ready: Callable[[], bool], sig: int, timeout: float = 300) -> tuple[int, str]:
+    """Start ``dnlseg ARGS``, send ``sig`` once ``ready()`` is true, return (exit status, output)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dnlseg", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env(),
-        cwd=ROOT,
-    )
+        [sys.executable, "-m", "dnlseg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env(), cwd=ROOT,
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            found = saved_step(last_ckpt(directory)) if last_ckpt(directory).exists() else None
-            if found is not None and found >= step:
+            if ready():
                 process.send_signal(sig)
                 break
             time.sleep(0.01)
@@ -140,25 +146,6 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     """The last line of stderr: where ``dnlseg: <message>`` stands (multi-line messages: their first line)."""
     lines = result.stderr.strip().splitlines()
     return next((line for line in lines if line.startswith("dnlseg: ")), lines[-1] if lines else "")
-
-
-def signal_when(args: list[str], marker: Path, sig: int, timeout: float = 300) -> tuple[int, str]:
-    """Start ``dnlseg ARGS``, send ``sig`` once ``marker`` exists, return (exit status, output)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dnlseg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env(), cwd=ROOT,
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout
-    try:
-        while process.poll() is None and time.monotonic() < deadline and not marker.exists():
-            time.sleep(0.01)
-        if process.poll() is None:
-            process.send_signal(sig)
-        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return process.returncode, output
 
 
 def printed_checkpoints(output: str) -> dict[str, str]:

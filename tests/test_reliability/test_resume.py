@@ -94,7 +94,7 @@ def test_sigterm_before_the_first_periodic_save_resumes_into_the_same_last_ckpt(
         {"class_path": "tests.test_reliability.faults.MarkStep", "init_args": {"step": 3, "marker": str(marker)}}
     )
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    status, output = signal_when(["fit", "-c", str(config)], marker, signal.SIGTERM)
+    status, output = signal_when(["fit", "-c", str(config)], marker.exists, signal.SIGTERM)
     assert status == 143, output[-3000:]
     assert 3 <= saved_step(last_ckpt(tmp_path)) < 8
 
