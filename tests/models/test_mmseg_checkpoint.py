@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dnlseg.checkpoint_io import AtomicCheckpointIO, CheckpointMismatchError, WeightFileError
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
 from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, is_mmseg_checkpoint
 from tests.mmseg_helpers import mmseg_model, recipe, recipe_model, save_mmseg_checkpoint
