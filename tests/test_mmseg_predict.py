@@ -14,8 +14,8 @@ RECIPE = recipe("cityscapes/dnl_r50_d8_512x1024_80k")
 
 
 def mmseg_predictions(checkpoint, images: list, size: tuple[int, int]) -> list:
-    """(train ids, logits) from mmseg's own inference API; its test ``Resize(scale=(2048, 1024))`` is set to the fixture's
-    (width, height), which leaves these images as they are, as the real one leaves 2048x1024 Cityscapes images."""
+    """(train ids, logits) from mmseg's own inference API; its test ``Resize(scale=(2048, 1024))`` is set to the
+    fixture's (width, height), which leaves these images as they are, as the real one leaves 2048x1024 images."""
     from mmseg.apis import inference_model, init_model
 
     from mmseg_reference import import_mmseg, load_config
