@@ -126,3 +126,17 @@ def randomize(model: nn.Module, seed: int = 0, size: tuple[int, int] = (64, 64))
     for hook in hooks:
         hook.remove()
     return model.train(was_training)
+
+
+def context_block(kind: str, channels: int, reduction: int = 2) -> nn.Module:
+    """mmseg's block as its NLHead / DNLHead build it (materialised P x P attention), BatchNorm after ``conv_out``:
+    ``kind`` "NL" (mmcv's ``NonLocal2d``) or "DNL" (mmseg's ``DisentangledNonLocal2d``, temperature 0.05)."""
+    import_mmseg()
+    from mmcv.cnn import NonLocal2d
+    from mmseg.models.decode_heads.dnl_head import DisentangledNonLocal2d
+
+    args = {"in_channels": channels, "reduction": reduction, "use_scale": True, "mode": "embedded_gaussian"}
+    norm = {"norm_cfg": {"type": "BN", "requires_grad": True}}
+    if kind == "NL":
+        return NonLocal2d(**args, **norm)
+    return DisentangledNonLocal2d(**args, **norm, temperature=0.05)
