@@ -3,22 +3,13 @@ same random weights, and mmseg-format checkpoint files as the model zoo writes t
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dnlseg.cli import run_cli
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(ROOT.glob("configs/cityscapes/*.yaml")) + sorted(ROOT.glob("configs/ade20k/*.yaml"))
-MIRRORS = re.compile(r"^# Mirrors mmsegmentation 1\.2\.2 configs/(\S+\.py)", re.M)
-
-
-def recipe(name: str) -> Path:
-    """``cityscapes/dnl_r50_d8_512x1024_80k`` -> its YAML file."""
-    return ROOT / "configs" / f"{name}.yaml"
+from tests.recipes import MIRRORS, recipe_cpu_args
 
 
 def mirrored_config(recipe_file: Path) -> str:
@@ -26,22 +17,6 @@ def mirrored_config(recipe_file: Path) -> str:
     match = MIRRORS.search(recipe_file.read_text())
     assert match, f"{recipe_file} names no mmseg config it mirrors"
     return match.group(1)
-
-
-def recipe_cpu_args(recipe_file: Path, data_root: Path, save_dir: Path) -> list[str]:
-    """Run a 4-GPU recipe as one CPU process on a tiny fixture dataset."""
-    return [
-        "-c",
-        str(recipe_file),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.strategy=auto",
-        "--trainer.sync_batchnorm=false",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
-        f"--data.init_args.root={data_root}",
-        "--data.init_args.num_workers=0",
-    ]
 
 
 def recipe_model(recipe_file: Path, data_root: Path, save_dir: Path, *overrides: str):

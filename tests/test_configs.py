@@ -13,9 +13,10 @@ from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data import ADE20KDataModule, CityscapesDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.mmseg_helpers import mirrored_config
+from tests.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(ROOT.glob("configs/cityscapes/*.yaml")) + sorted(ROOT.glob("configs/ade20k/*.yaml"))
+CONFIGS = RECIPES
 NAME = re.compile(r"(?P<variant>baseline|nl|dnl)_r(?P<depth>50|101)_d8_(?P<h>\d+)x(?P<w>\d+)_(?P<k>\d+)k")
 
 

@@ -5,7 +5,8 @@ import torch
 
 from dnlseg.checkpoint_io import CheckpointMismatchError, WeightFileError
 from dnlseg.convert import convert
-from tests.mmseg_helpers import mmseg_model, recipe, recipe_model, save_mmseg_checkpoint
+from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
+from tests.recipes import recipe
 
 RECIPE = recipe("cityscapes/nl_r50_d8_512x1024_80k")
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from dnlseg.cli import run_cli
 from dnlseg.data.cityscapes import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
-from tests.mmseg_helpers import mirrored_config, mmseg_model, recipe, recipe_cpu_args, save_mmseg_checkpoint
+from tests.mmseg_helpers import mirrored_config, mmseg_model, save_mmseg_checkpoint
+from tests.recipes import recipe, recipe_cpu_args
 
 RECIPE = recipe("cityscapes/dnl_r50_d8_512x1024_80k")
 

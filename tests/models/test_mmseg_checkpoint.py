@@ -11,7 +11,8 @@ from dnlseg.checkpoint_io import AtomicCheckpointIO, CheckpointMismatchError, We
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
 from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, is_mmseg_checkpoint
-from tests.mmseg_helpers import mmseg_model, recipe, recipe_model, save_mmseg_checkpoint
+from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
+from tests.recipes import recipe
 
 CITYSCAPES_CLASSES = [str(i) for i in range(19)]
 

@@ -11,7 +11,8 @@ import torch
 from mmengine.structures import PixelData
 
 from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, mmseg_state_dict_for, rename
-from tests.mmseg_helpers import mmseg_model, recipe, recipe_model
+from tests.mmseg_helpers import mmseg_model, recipe_model
+from tests.recipes import recipe
 
 # Gradients that are 0 in exact arithmetic, so a relative error means nothing for them: a constant added to all
 # positions is removed by what follows -- the value bias by the train-mode BatchNorm after the block's output conv,

@@ -10,7 +10,8 @@ from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
 from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, rename
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
-from tests.mmseg_helpers import mirrored_config, recipe, recipe_model
+from tests.mmseg_helpers import mirrored_config, recipe_model
+from tests.recipes import recipe
 
 
 def mmengine_settings(mmseg_model, optim_wrapper: dict) -> dict[str, tuple[float, float]]:
