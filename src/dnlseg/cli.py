@@ -5,6 +5,7 @@ dnlseg fit -c configs/synthetic/dnl.yaml --print_config
 dnlseg predict -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path last.ckpt   # PNGs via PredictionWriter
 dnlseg prepare cityscapes --root /data/cityscapes   # optional: write gtFine *_labelTrainIds.png once
 dnlseg analyze -c config.yaml --ckpt_path last.ckpt   # attention consistency metrics + figures (dnlseg.analyze)
+dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt   # optional: mmseg checkpoints also load directly
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def main() -> None:
     if sys.argv[1:2] == ["prepare"]:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         prepare(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["convert"]:
+        from dnlseg.convert import convert
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        convert(sys.argv[2:])
         return
     if sys.argv[1:2] == ["analyze"]:
         from dnlseg.analyze import analyze
