@@ -9,6 +9,7 @@ ARGS ?=
 LOGDIR ?= runs
 PYTEST_ARGS ?=
 ABLATION_ARGS ?=
+MMSEG_PACKAGES := mmsegmentation==1.2.2 mmcv-lite==2.1.0 mmengine==0.10.7
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
@@ -21,10 +22,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch/torchvision at the versions on this machine's disk; any other version would download gigabytes.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,parity]'
+	# mmseg itself, the parity tests' reference (pyproject.toml, extra "parity": why --no-deps)
+	$(BIN)/pip install --quiet --no-deps $(MMSEG_PACKAGES)
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install dnlseg editable with its dev extras
+install: $(STAMP) ## create .venv and install dnlseg editable with its dev and parity (mmseg reference) extras
 
 train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trainer.max_steps=50" overrides
 	$(BIN)/dnlseg fit -c $(CONFIG) $(ARGS)

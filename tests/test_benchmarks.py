@@ -58,6 +58,16 @@ def test_inference_modes_times_whole_slide_and_multiscale_flip(scripts, tmp_path
     assert output.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_context_blocks_compares_ours_with_mmsegs_blocks(scripts, tmp_path):
+    output = tmp_path / "blocks.md"
+    train, whole = scripts("context_blocks").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    assert all(r.seconds["mmseg"].wall > 0 and r.memory["mmseg"].extra_peak > 0 for r in train)
+    assert {(r.kind, r.attention) for r in whole if not r.skipped} >= {("DNL", "mmseg"), ("NL", "mmseg")}
+    text = output.read_text()
+    assert "## Against mmsegmentation 1.2.2's blocks" in text and "| DNL | 144 (12 x 12) |" in text
+
+
 @pytest.mark.parametrize("name", ["context_blocks", "resolution_scaling", "training_step", "inference_modes"])
 def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypatch, name):
     """``make bench ARGS="--device cuda"`` must not overwrite the committed CPU tables ``benchmarks/<name>.md``."""

@@ -2,7 +2,8 @@
 
     dnlseg analyze -c runs/synthetic/dnl/version_0/config.yaml \
         --ckpt_path runs/synthetic/dnl/version_0/checkpoints/last.ckpt
-    dnlseg analyze -c configs/synthetic/nl.yaml --ckpt_path nl.ckpt --output out/nl --num_images 8 --limit_batches 10
+    dnlseg analyze -c configs/synthetic/nl.yaml --ckpt_path nl.ckpt --output_dir out/nl --num_images 8
+    dnlseg analyze -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path <mmseg zoo .pth> --output_dir out
 
 Builds model and data from the config (any LightningCLI override, e.g. ``--data.init_args.root=...``, is passed
 on), loads the checkpoint, runs one validation pass on one device with ``AttentionConsistency`` and
@@ -27,6 +28,7 @@ import yaml
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import AttentionConsistency, AttentionMapLogger
+from dnlseg.checkpoint_io import AtomicCheckpointIO
 from dnlseg.preflight import ConfigError, check_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ def analyze(args: list[str]) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=opts.limit_batches if opts.limit_batches is not None else 1.0,
+        plugins=[AtomicCheckpointIO()],  # reads dnlseg and mmsegmentation checkpoints alike
     )
     (metrics,) = trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)
     metrics = {k: float(v) for k, v in sorted(metrics.items())}

@@ -5,6 +5,7 @@ dnlseg fit -c configs/synthetic/dnl.yaml --print_config
 dnlseg validate -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last   # or the checkpoint file
 dnlseg predict -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last --data.init_args.predict_dir=my_images
 dnlseg prepare cityscapes --root /data/cityscapes   # optional: write gtFine *_labelTrainIds.png once
+dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt   # optional: mmseg checkpoints also load directly
 
 The console script itself (``dnlseg.command``) dispatches here and reports user errors in one line. Where
 each subcommand writes is ``dnlseg.run_dirs``: a fit writes its run folder, an evaluation a new folder of its

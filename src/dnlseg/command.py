@@ -4,6 +4,7 @@
     dnlseg fit -c configs/synthetic/dnl.yaml        # LightningCLI subcommands: fit, validate, test, predict
     dnlseg analyze -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
     dnlseg prepare cityscapes --root /data/cityscapes
+    dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt
     dnlseg --debug fit ...                          # or DNLSEG_DEBUG=1: full tracebacks for user errors too
 
 A mistake the user can fix (a ``dnlseg.errors.UserError``: config value, file, checkpoint, dataset layout)
@@ -31,6 +32,7 @@ SUBCOMMANDS = {
     "predict": "label, colour and overlay PNGs of a checkpoint's predictions (a folder: --data.init_args.predict_dir)",
     "analyze": "attention consistency metrics and attention-map figures of a checkpoint (no training)",
     "prepare": "one-off dataset preparation (prepare cityscapes: labelTrainIds PNGs)",
+    "convert": "write an mmsegmentation model-zoo checkpoint once as a dnlseg checkpoint (optional)",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -92,6 +94,10 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
         from dnlseg.analyze import analyze
 
         analyze(argv[1:])
+    elif argv[0] == "convert":
+        from dnlseg.convert import convert
+
+        convert(argv[1:])
     else:
         from dnlseg.cli import run_cli
 

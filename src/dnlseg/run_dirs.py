@@ -192,12 +192,16 @@ def remove_unfinished(folder: Path, created_root: Path | None = None) -> bool:
 
 
 def checkpoint_step(ckpt_path: str | None) -> int | None:
-    """The ``global_step`` a Lightning checkpoint was saved at (None without a checkpoint or for other files)."""
+    """The ``global_step`` a Lightning checkpoint was saved at (None without a checkpoint, for an mmseg model-zoo
+    file or any file that is not read this way: the record then says so, the command goes on)."""
     if ckpt_path is None:
         return None
     import torch
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
     step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
     return int(step) if step is not None else None
 

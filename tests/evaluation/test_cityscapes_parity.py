@@ -19,6 +19,7 @@ from dnlseg.cli import run_cli
 from dnlseg.data import CityscapesDataModule
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from dnlseg.evaluation import SegmentationIoU, confusion_summary
+from tests.recipes import recipe, recipe_cpu_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,19 +70,10 @@ def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, t
 
 def tiny_overrides(cityscapes_root, save_dir):
     return [
-        "-c",
-        os.path.join(ROOT, "configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml"),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.strategy=auto",
-        "--trainer.sync_batchnorm=false",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
+        *recipe_cpu_args(recipe("cityscapes/dnl_r50_d8_512x1024_80k"), cityscapes_root, save_dir),
         "--model.encoder_name=resnet18",
         "--model.head_channels=16",
         "--model.aux_channels=8",
-        f"--data.init_args.root={cityscapes_root}",
-        "--data.init_args.num_workers=0",
     ]
 
 

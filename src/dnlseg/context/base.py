@@ -110,7 +110,8 @@ class ContextBlock(nn.Module):
         self.last_attention: AttentionMaps | None = None
 
         self.value = nn.Conv2d(in_channels, self.channels, 1)  # W_v: C -> C'
-        self.out = nn.Conv2d(self.channels, in_channels, 1)  # W_out: C' -> C
+        # W_out: C' -> C; a bias before the norm would be cancelled by it (mmseg's ConvModule leaves it out too)
+        self.out = nn.Conv2d(self.channels, in_channels, 1, bias=norm_layer is None)
         self.out_norm = norm_layer(in_channels) if norm_layer is not None else nn.Identity()
         zero_target = self.out_norm if norm_layer is not None else self.out
         if not isinstance(getattr(zero_target, "weight", None), Tensor):

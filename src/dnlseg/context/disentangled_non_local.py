@@ -74,8 +74,8 @@ class DisentangledNonLocal2d(ContextBlock):
         log_tau = torch.tensor(math.log(temperature))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_tau)
-        else:
-            self.register_buffer("log_temperature", log_tau)
+        else:  # a fixed tau is configuration, not state: not in checkpoints (mmseg's hold none either)
+            self.register_buffer("log_temperature", log_tau, persistent=False)
 
         self.query = nn.Conv2d(in_channels, self.channels, 1) if pairwise else None  # W_q: C -> C'
         self.key = nn.Conv2d(in_channels, self.channels, 1) if pairwise else None  # W_k: C -> C'
