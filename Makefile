@@ -9,10 +9,11 @@ ARGS ?=
 LOGDIR ?= runs
 PYTEST_ARGS ?=
 ABLATION_ARGS ?=
+MMSEG_PACKAGES := mmsegmentation==1.2.2 mmcv-lite==2.1.0 mmengine==0.10.7
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks experiment-separation experiment-ablation experiment-reliability tensorboard clean
+	bench-callbacks bench-startup experiment-separation experiment-ablation experiment-reliability tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,10 +22,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch/torchvision at the versions on this machine's disk; any other version would download gigabytes.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,parity]'
+	# mmseg itself, the parity tests' reference (pyproject.toml, extra "parity": why --no-deps)
+	$(BIN)/pip install --quiet --no-deps $(MMSEG_PACKAGES)
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install dnlseg editable with its dev extras
+install: $(STAMP) ## create .venv and install dnlseg editable with its dev and parity (mmseg reference) extras
 
 train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trainer.max_steps=50" overrides
 	$(BIN)/dnlseg fit -c $(CONFIG) $(ARGS)
@@ -44,7 +47,7 @@ format: $(STAMP) ## ruff format + autofix
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
 # SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
 # --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline.
-bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks ## the benchmark suite -> benchmarks/*.md + PNGs
+bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup ## the benchmark suite -> benchmarks/*.md + PNGs
 
 bench-blocks: $(STAMP) ## context blocks alone, fused vs materialised -> benchmarks/context_blocks.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
@@ -63,6 +66,9 @@ bench-data: $(STAMP) ## decode + augmentation throughput -> benchmarks/data_pipe
 
 bench-callbacks: $(STAMP) ## step-time overhead of the gradient callbacks -> benchmarks/callback_overhead.md
 	$(BIN)/python benchmarks/callback_overhead.py $(CALLBACK_ARGS)
+
+bench-startup: $(STAMP) ## start-up time of `dnlseg --help` and `fit --print_config` -> benchmarks/startup_time.md
+	$(BIN)/python benchmarks/startup_time.py $(STARTUP_ARGS)
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")

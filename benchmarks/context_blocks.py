@@ -20,6 +20,9 @@ run on one machine:
    ``torch.no_grad()``: time and peak memory above the input, fused, and materialised when it fits in memory.
 3. The machine's fp32 matmul rate, and the fused blocks' achieved rate as a fraction of it.
 4. The SDPA kernel that actually ran, for the (N, 1, P, C') contiguous q/k/v the blocks build.
+5. When mmsegmentation is installed (the ``parity`` extra, ``mmseg_reference``): mmseg 1.2.2's own blocks
+   (mmcv ``NonLocal2d``, mmseg ``DisentangledNonLocal2d``; materialised), measured in the same interleaved rounds
+   as 1. and 2., against our fused blocks. ``--no-mmseg`` leaves them out.
 
 It prints a markdown report and writes the same text to ``--output`` (default benchmarks/context_blocks.md).
 """
@@ -67,6 +70,7 @@ TRAIN_GRIDS = {  # P = H * W at output stride 8
 WHOLE_IMAGE_GRID = (128, 256)  # 1024x2048 at stride 8, P = 32768
 BLOCKS = {"DNL": DisentangledNonLocal2d, "NL": NonLocal2d}
 ATTENTIONS = ("fused", "materialized")
+MMSEG = "mmseg"  # the third "attention" of a block kind: mmseg's own block (materialised)
 
 # Targets from the project's issue.
 TARGET_GRID = (97, 97)
@@ -133,11 +137,28 @@ def measure_matmul_rates(square: int, repeats: int, device: torch.device) -> lis
 
 def make_block(kind: str, attention: str, device: torch.device) -> nn.Module:
     """The block with default arguments (BatchNorm output norm), seeded so fused and materialised share
-    weights; the norm weight is set to ones so the loss reaches query, key, value and unary."""
+    weights; the norm weight is set to ones so the loss reaches query, key, value and unary. ``attention``
+    "mmseg": mmseg's block of that kind (its own weights), its zero-initialised norm set to ones the same way."""
     torch.manual_seed(SEED)
+    if attention == MMSEG:
+        from mmseg_reference import context_block
+
+        block = context_block(kind, CHANNELS, REDUCTION).to(device)
+        nn.init.ones_(block.conv_out.bn.weight)
+        return block
     block = BLOCKS[kind](CHANNELS, reduction=REDUCTION, attention=attention).to(device)
     nn.init.ones_(block.out_norm.weight)
     return block
+
+
+def mmseg_available() -> bool:
+    try:
+        import mmseg_reference
+
+        mmseg_reference.import_mmseg()
+    except ImportError:
+        return False
+    return True
 
 
 class TrainStep:
@@ -199,7 +220,7 @@ def bench_training(grid: tuple[int, int], args: argparse.Namespace, reference: C
     grad_out = torch.randn_like(x)
     results = {kind: TrainResult(kind, grid) for kind in BLOCKS}
     steps = {
-        (kind, att): TrainStep(make_block(kind, att, device), x, grad_out) for kind in BLOCKS for att in ATTENTIONS
+        (kind, att): TrainStep(make_block(kind, att, device), x, grad_out) for kind in BLOCKS for att in args.attentions
     }
 
     for (kind, attention), step in steps.items():
@@ -210,7 +231,7 @@ def bench_training(grid: tuple[int, int], args: argparse.Namespace, reference: C
         if attention == "fused":
             results[kind].kernel, results[kind].layout = spy.summary(), spy.layout
             fused_grad = x.grad.clone()
-        else:
+        elif attention == "materialized":
             results[kind].grad_difference = ((fused_grad - x.grad).abs().max() / x.grad.abs().max()).item()
         step.clear_grads()
 
@@ -267,6 +288,7 @@ def bench_attention_core(grid: tuple[int, int], args: argparse.Namespace, refere
 class InferenceResult:
     kind: str
     attention: str
+    grid: tuple[int, int] = WHOLE_IMAGE_GRID
     seconds: float | None = None
     memory: Memory | None = None
     skipped: str = ""
@@ -274,31 +296,32 @@ class InferenceResult:
 
     @property
     def rate(self) -> float:
-        p, cp = WHOLE_IMAGE_GRID[0] * WHOLE_IMAGE_GRID[1], CHANNELS // REDUCTION
+        p, cp = self.grid[0] * self.grid[1], CHANNELS // REDUCTION
         flops = attention_flops(1, p, cp, backward=False, recompute=False) + conv_flops(1, p, self.kind, False)
         return flops / self.seconds / 1e9
 
 
-def materialized_inference_bytes(positions: int) -> int:
+def materialized_inference_bytes(positions: int, attention: str = "materialized") -> int:
     """Three (P, P) fp32 maps are live at once in either materialised forward, 12 GiB at P = 32768.
-    DNL: logits p, softmax(p), softmax(p) + softmax(u);  NL: scaled logits p, p + u, softmax(p + u)."""
-    return 3 * positions**2 * 4
+    DNL: logits p, softmax(p), softmax(p) + softmax(u);  NL: scaled logits p, p + u, softmax(p + u).
+    mmseg's blocks keep two (the logits and their softmax), 8 GiB."""
+    return (2 if attention == MMSEG else 3) * positions**2 * 4
 
 
 def bench_whole_image(args: argparse.Namespace) -> list[InferenceResult]:
     device = args.device
-    positions = WHOLE_IMAGE_GRID[0] * WHOLE_IMAGE_GRID[1]
+    positions = args.whole_grid[0] * args.whole_grid[1]
     torch.manual_seed(SEED)
-    x = torch.randn(1, CHANNELS, *WHOLE_IMAGE_GRID, device=device)  # (1, C, 128, 256)
+    x = torch.randn(1, CHANNELS, *args.whole_grid, device=device)  # (1, C, 128, 256)
     results, calls = [], {}
     for kind in BLOCKS:
-        for attention in ATTENTIONS:
-            result = InferenceResult(kind, attention)
+        for attention in args.attentions:
+            result = InferenceResult(kind, attention, args.whole_grid)
             results.append(result)
-            need, free = materialized_inference_bytes(positions), available_bytes(device)
-            if attention == "materialized" and args.quick:
+            need, free = materialized_inference_bytes(positions, attention), available_bytes(device)
+            if attention != "fused" and args.quick:
                 result.skipped = "skipped by --quick"
-            elif attention == "materialized" and free < need + 2 * GiB:
+            elif attention != "fused" and free < need + 2 * GiB:
                 result.skipped = f"skipped: needs ~{need / GiB:.0f} GiB + 2 GiB headroom, {free / GiB:.1f} GiB free"
             if result.skipped:
                 continue
@@ -443,6 +466,81 @@ def inference_table(results: list[InferenceResult]) -> list[str]:
     return markdown_table(header, rows)
 
 
+def mmseg_tables(train: list[TrainResult], whole: list[InferenceResult]) -> list[str]:
+    """Our fused blocks against mmseg 1.2.2's (materialised) blocks, from the same interleaved rounds."""
+    if not any(MMSEG in r.seconds for r in train):
+        return ["mmsegmentation is not installed (the `parity` extra): no comparison with its blocks."]
+    header = [
+        "block",
+        "P (H x W)",
+        "mmseg s",
+        "ours fused s",
+        "time ours/mmseg",
+        "CPU time ours/mmseg",
+        "mmseg extra peak MiB",
+        "ours extra peak MiB",
+        "memory ours/mmseg",
+    ]
+    rows = []
+    for r in (r for r in train if MMSEG in r.seconds):
+        ours, theirs = r.seconds["fused"], r.seconds[MMSEG]
+        rows.append(
+            [
+                r.kind,
+                f"{r.positions} ({r.grid[0]} x {r.grid[1]})",
+                f"{theirs.wall:.2f}",
+                f"{ours.wall:.2f}",
+                f"{ours.wall / theirs.wall:.2f}",
+                f"{ours.cpu / theirs.cpu:.2f}",
+                mib(r.memory[MMSEG].extra_peak),
+                mib(r.memory["fused"].extra_peak),
+                f"{r.memory['fused'].extra_peak / r.memory[MMSEG].extra_peak:.3f}",
+            ]
+        )
+    lines = [
+        f"Training step, forward + backward, N={TRAIN_BATCH}, C={CHANNELS}, C'={CHANNELS // REDUCTION}:",
+        "",
+        *markdown_table(header, rows),
+        "",
+    ]
+    by_key = {(r.kind, r.attention): r for r in whole}
+    rows = []
+    for kind in BLOCKS:
+        ours, theirs = by_key.get((kind, "fused")), by_key.get((kind, MMSEG))
+        if ours is None or theirs is None or ours.skipped:
+            continue
+        if theirs.skipped:
+            rows.append([kind, "-", f"{ours.seconds:.2f}", "-", "-", mib(ours.memory.extra_peak), theirs.skipped])
+            continue
+        rows.append(
+            [
+                kind,
+                f"{theirs.seconds:.2f}",
+                f"{ours.seconds:.2f}",
+                f"{ours.seconds / theirs.seconds:.2f}",
+                mib(theirs.memory.extra_peak),
+                mib(ours.memory.extra_peak),
+                f"{ours.memory.extra_peak / theirs.memory.extra_peak:.3f}",
+            ]
+        )
+    hw = whole[0].grid if whole else WHOLE_IMAGE_GRID
+    header = [
+        "block",
+        "mmseg s",
+        "ours fused s",
+        "time ours/mmseg",
+        "mmseg extra peak MiB",
+        "ours extra peak MiB",
+        "memory ours/mmseg",
+    ]
+    lines += [
+        f"Whole-image inference, forward, eval, no_grad, N=1, P={hw[0] * hw[1]}:",
+        "",
+        *markdown_table(header, rows),
+    ]
+    return lines
+
+
 def target_lines(train: list[TrainResult], whole: list[InferenceResult]) -> list[str]:
     def line(ok: bool, text: str) -> str:
         return f"- {'PASS' if ok else 'FAIL'} {text}"
@@ -470,13 +568,12 @@ def target_lines(train: list[TrainResult], whole: list[InferenceResult]) -> list
                 f"{r.matmul_rate:.0f} GFLOP/s) >= {TARGET_MATMUL_FRACTION:.0%}",
             )
         )
-    positions = WHOLE_IMAGE_GRID[0] * WHOLE_IMAGE_GRID[1]
     for r in (r for r in whole if r.attention == "fused" and r.memory is not None):
         extra = r.memory.extra_peak
         lines.append(
             line(
                 extra < TARGET_WHOLE_IMAGE_BYTES,
-                f"{r.kind} whole image P={positions} fused forward {extra / 1e9:.2f} GB above the input "
+                f"{r.kind} whole image P={r.grid[0] * r.grid[1]} fused forward {extra / 1e9:.2f} GB above the input "
                 f"< {TARGET_WHOLE_IMAGE_BYTES / 1e9} GB",
             )
         )
@@ -491,7 +588,7 @@ def kernel_summary(train: list[TrainResult]) -> str:
 
 
 def report(args, rates, train, core, whole, clock: RunClock) -> str:
-    hw = WHOLE_IMAGE_GRID
+    hw = args.whole_grid
     lines = ["# Context blocks: NL vs DNL, fused vs materialised attention", ""]
     lines += machine_lines(args, SEED)
     lines += [
@@ -528,6 +625,10 @@ def report(args, rates, train, core, whole, clock: RunClock) -> str:
         "",
         *inference_table(whole),
         "",
+        "## Against mmsegmentation 1.2.2's blocks (mmcv NonLocal2d, mmseg DisentangledNonLocal2d)",
+        "",
+        *mmseg_tables(train, whole),
+        "",
     ]
     return "\n".join(lines)
 
@@ -542,19 +643,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_common_arguments(parser, Path(__file__).with_suffix(".md"))
     parser.add_argument("--whole-repeats", type=int, default=None, help="timed rounds, whole image (default 1)")
     parser.add_argument("--quick", action="store_true", help="1 round, no materialised whole image")
+    parser.add_argument("--tiny", action="store_true", help="12x12 and 16x32 grids, 1 round: checks the script runs")
+    parser.add_argument("--no-mmseg", action="store_true", help="leave mmseg's blocks out even where installed")
     parser.add_argument(
         "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
     )
     args = parser.parse_args(argv)
     finish_arguments(parser, args, argv)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.attentions = ATTENTIONS + ((MMSEG,) if not args.no_mmseg and mmseg_available() else ())
+    args.train_grids = {"tiny": (12, 12)} if args.tiny else TRAIN_GRIDS
+    args.core_grid = (12, 12) if args.tiny else TARGET_GRID
+    args.whole_grid = (16, 32) if args.tiny else WHOLE_IMAGE_GRID
+    args.repeats = args.repeats or (1 if args.quick or args.tiny else 3)
     args.whole_repeats = args.whole_repeats or 1
-    args.square = 2048 if args.quick else 4096
+    args.square = 256 if args.tiny else 2048 if args.quick else 4096
     args.reference_flops = matmul_flops(args.square, args.square, args.square)
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     random.seed(SEED)
     torch.manual_seed(SEED)
@@ -565,11 +672,11 @@ def main(argv: list[str] | None = None) -> None:
     reference = matmul_call(args.square, args.square, args.square, args.device)
 
     train = []
-    for name, grid in TRAIN_GRIDS.items():
+    for name, grid in args.train_grids.items():
         print(f"training step at {grid[0]} x {grid[1]} ({name}) ...", flush=True)
         train += bench_training(grid, args, reference)
     print("attention core alone ...", flush=True)
-    core = bench_attention_core(TARGET_GRID, args, reference)
+    core = bench_attention_core(args.core_grid, args, reference)
     print("whole-image inference ...", flush=True)
     whole = bench_whole_image(args)
 
@@ -578,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(f"written to {args.output}")
+    return train, whole
 
 
 if __name__ == "__main__":

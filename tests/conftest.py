@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.datasets import write_ade20k, write_cityscapes
+from tests.datasets import write_ade20k, write_cityscapes, write_image_mask
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +15,9 @@ def cityscapes_root(tmp_path_factory):
 def ade20k_root(tmp_path_factory):
     """4 training + 2 validation JPEGs of different sizes with 0..150 annotations. Read-only."""
     return write_ade20k(tmp_path_factory.mktemp("ade20k"))
+
+
+@pytest.fixture(scope="session")
+def image_mask_root(tmp_path_factory):
+    """An own dataset (ImageMaskDataModule layout): 4 train + 2 val images, masks, classes.yaml. Read-only."""
+    return write_image_mask(tmp_path_factory.mktemp("own_data"))

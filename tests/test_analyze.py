@@ -9,6 +9,7 @@ import pytest
 
 from dnlseg.analyze import analyze
 from dnlseg.cli import run_cli
+from dnlseg.preflight import ConfigError
 from tests.test_cli import ROOT, TINY
 
 
@@ -54,14 +55,17 @@ def test_analyze_writes_metrics_and_figures_for_a_checkpoint(tiny_checkpoint, tm
 
 def test_analyze_names_a_missing_checkpoint(tmp_path):
     missing = tmp_path / "nope.ckpt"
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(ConfigError, match="nope.ckpt: no such checkpoint file"):
         analyze(["-c", str(ROOT / "configs/synthetic/nl.yaml"), "--ckpt_path", str(missing)])
 
 
-def test_default_output_is_next_to_the_checkpoint(tiny_checkpoint):
+def test_default_output_is_a_new_folder_in_the_runs_eval_folder_of_the_checkpoint(tiny_checkpoint):
     config, ckpt = tiny_checkpoint
-    metrics = analyze(["-c", str(config), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1"])
-    out = Path(ckpt).parent / "last_analysis"
+    args = ["-c", str(config), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1"]
+    metrics = analyze(args)
+    out = Path(ckpt).parent.parent / "eval" / "last" / "analyze-0"  # <run>/eval/<checkpoint name>/analyze-<n>
     written = json.loads((out / "metrics.json").read_text())["metrics"]
     assert written.keys() == metrics.keys()
     assert written == pytest.approx({k: v if v == v else None for k, v in metrics.items()})  # NaN -> null
+    analyze(args)
+    assert (out.parent / "analyze-1" / "metrics.json").is_file()  # a second analysis does not overwrite the first

@@ -14,7 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
     yield lambda name: importlib.import_module(name)
-    for name in ("_measure", "context_blocks", "resolution_scaling", "training_step", "inference_modes"):
+    scripts = ("context_blocks", "resolution_scaling", "training_step", "inference_modes", "startup_time")
+    for name in ("_measure", *scripts):
         sys.modules.pop(name, None)
 
 
@@ -57,6 +58,16 @@ def test_inference_modes_times_whole_slide_and_multiscale_flip(scripts, tmp_path
     assert output.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_context_blocks_compares_ours_with_mmsegs_blocks(scripts, tmp_path):
+    output = tmp_path / "blocks.md"
+    train, whole = scripts("context_blocks").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    assert all(r.seconds["mmseg"].wall > 0 and r.memory["mmseg"].extra_peak > 0 for r in train)
+    assert {(r.kind, r.attention) for r in whole if not r.skipped} >= {("DNL", "mmseg"), ("NL", "mmseg")}
+    text = output.read_text()
+    assert "## Against mmsegmentation 1.2.2's blocks" in text and "| DNL | 144 (12 x 12) |" in text
+
+
 @pytest.mark.parametrize("name", ["context_blocks", "resolution_scaling", "training_step", "inference_modes"])
 def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypatch, name):
     """``make bench ARGS="--device cuda"`` must not overwrite the committed CPU tables ``benchmarks/<name>.md``."""
@@ -64,3 +75,14 @@ def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypa
     assert script.parse_args([]).output == BENCHMARKS / f"{name}.md"  # no GPU here: the CPU default
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only argument parsing runs
     assert script.parse_args(["--device", "cuda"]).output == BENCHMARKS / f"{name}_cuda.md"
+
+
+def test_startup_time_compares_checkouts_and_writes_its_table(scripts, monkeypatch, tmp_path):
+    script = scripts("startup_time")
+    monkeypatch.setattr(script, "COMMANDS", {"dnlseg --help": ["-m", "dnlseg", "--help"]})  # the fast one only
+    output = tmp_path / "startup.md"
+    src = Path(script.ROOT) / "src"
+    results = script.main(["--repeats", "1", "--baseline-src", str(src), "--output", str(output)])
+    assert set(results) == {("dnlseg --help", f"baseline ({src})"), ("dnlseg --help", "this checkout")}
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in results.values())
+    assert "| `dnlseg --help` | this checkout |" in output.read_text()

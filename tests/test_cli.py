@@ -98,3 +98,17 @@ def test_print_config_shows_the_resolved_model_and_data():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class_path: dnlseg.context.DisentangledNonLocal2d" in result.stdout
     assert "temperature: 0.05" in result.stdout and "class_path: dnlseg.data.SyntheticDataModule" in result.stdout
+
+
+def test_fit_help_offers_only_the_concrete_datamodules(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    entry = text[text.index("for any subclass of SegmentationDataModule") :]  # the help of --data
+    known = entry.split("known subclasses: ", 1)[1].split(")", 1)[0]
+    assert [name.strip() for name in known.split(",")] == [
+        "dnlseg.data.ADE20KDataModule",
+        "dnlseg.data.CityscapesDataModule",
+        "dnlseg.data.ImageMaskDataModule",
+        "dnlseg.data.SyntheticDataModule",
+    ]  # not the abstract FolderDataModule / SegmentationDataModule, nor Lightning's base class

@@ -1,4 +1,4 @@
-from dnlseg.cli import main
+from dnlseg.command import main
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write the serialised checkpoint to the open temporary file (a seam for fault-injection tests)."""
         f.write(data)
 
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loading, plus mmsegmentation model-zoo files (``dnlseg.models.mmseg_checkpoint``): they come
+        back as a Lightning checkpoint of their weights, which ``SegmentationModule.on_load_checkpoint`` maps.
+        A file that is not a checkpoint raises ``WeightFileError`` naming it."""
+        from dnlseg.models.mmseg_checkpoint import as_lightning_checkpoint, is_mmseg_checkpoint  # models import us
+
+        try:
+            checkpoint = super().load_checkpoint(path, map_location or "cpu", weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            raise WeightFileError(unreadable(f"--ckpt_path {path}", error, "--weights_only=false")) from error
+        if is_mmseg_checkpoint(checkpoint):
+            return as_lightning_checkpoint(checkpoint, path)
+        return checkpoint
+
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable (no-op where directories cannot be opened, e.g. Windows)."""
@@ -69,6 +87,45 @@ def fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class WeightFileError(UserError, ValueError):
+    """A weight or checkpoint file that cannot be read, or that does not hold what it should."""
+
+
+class WeightFileNotFoundError(UserError, FileNotFoundError):
+    """A weight or checkpoint file that does not exist."""
+
+
+def unreadable(what: str, error: Exception, trusted_option: str) -> str:
+    """The message for a file ``torch.load`` failed on: why, and for a file with pickled objects how to trust it."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if isinstance(error, pickle.UnpicklingError) and found:
+        return (
+            f"{what} holds Python objects besides tensors ({found.group(1)}), which loading with weights_only "
+            f"refuses; if you trust the file, {trusted_option}"
+        )
+    if isinstance(error, pickle.UnpicklingError):  # torch's weights_only text would only confuse here
+        return f"{what} is not a file torch.load (or safetensors) can read (not a PyTorch pickle)"
+    return f"{what} is not a file torch.load (or safetensors) can read ({type(error).__name__}: {error})"
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """The object in ``path`` (``torch.load`` with ``weights_only``, or a ``.safetensors`` file), on the CPU.
+
+    Raises ``WeightFileNotFoundError`` / ``WeightFileError`` naming ``what`` (the config key) and the file."""
+    if not path.is_file():
+        raise WeightFileNotFoundError(f"{what}: no file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, a text file, pickled objects, ...: all "not a weight file"
+        raise WeightFileError(
+            unreadable(f"{what}: {path}", error, "load it into a state dict and save that")
+        ) from error
 
 
 class CheckpointMismatchError(UserError, ValueError):

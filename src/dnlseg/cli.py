@@ -1,50 +1,165 @@
-"""The ``dnlseg`` command: LightningCLI with fit / validate / test / predict, and ``prepare`` for datasets.
+"""The ``dnlseg`` LightningCLI (fit / validate / test / predict) and ``dnlseg prepare``.
 
 dnlseg fit -c configs/synthetic/dnl.yaml --model.context.init_args.temperature=0.1
 dnlseg fit -c configs/synthetic/dnl.yaml --print_config
-dnlseg predict -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path last.ckpt   # PNGs via PredictionWriter
+dnlseg validate -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last   # or the checkpoint file
+dnlseg predict -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last --data.init_args.predict_dir=my_images
 dnlseg prepare cityscapes --root /data/cityscapes   # optional: write gtFine *_labelTrainIds.png once
-dnlseg analyze -c config.yaml --ckpt_path last.ckpt   # attention consistency metrics + figures (dnlseg.analyze)
+dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt   # optional: mmseg checkpoints also load directly
+
+The console script itself (``dnlseg.command``) dispatches here and reports user errors in one line. Where
+each subcommand writes is ``dnlseg.run_dirs``: a fit writes its run folder, an evaluation a new folder of its
+own beside the checkpoint, printed at the end; no evaluation touches a run's files.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from pathlib import Path
+from types import TracebackType
 
-# jsonargparse's deprecation notices are about Lightning's own calls into it, not about anything a user can fix.
-os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import Logger
 
-from lightning.pytorch import LightningDataModule  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
-from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
-
-from dnlseg.checkpoint_io import CheckpointMismatchError  # noqa: E402
-from dnlseg.models import SegmentationModule  # noqa: E402
-from dnlseg.models.nonfinite import NonFiniteLossError  # noqa: E402
-from dnlseg.preflight import ConfigError, check_config  # noqa: E402
-from dnlseg.run_dirs import resolve_logger_version  # noqa: E402
-
-EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
+from dnlseg import run_dirs
+from dnlseg.callbacks import PredictionWriter
+from dnlseg.command import silence_third_party
+from dnlseg.data import SegmentationDataModule
+from dnlseg.models import SegmentationModule
+from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
 
 log = logging.getLogger(__name__)
 
+EVALUATIONS = ("validate", "test", "predict")
+
 
 class DnlsegCLI(LightningCLI):
+    """LightningCLI with dnlseg's output folders, checks and summaries (module docstring)."""
+
+    def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
+        # The parser of one subcommand is built in a fraction of the time of all four (most of the start-up
+        # that is not importing Lightning): with the subcommand known from the command line, only that one.
+        self.only_subcommand = only_subcommand
+        self.output_folder: Path | None = None  # the run or evaluation folder this command writes
+        self.output_folder_existed = True
+        self.created_root: Path | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self.remove_unfinished_output()
+            raise
+
+    def subcommands(self) -> dict[str, set[str]]:
+        everything = LightningCLI.subcommands()
+        if getattr(self, "only_subcommand", None) in everything:
+            return {self.only_subcommand: everything[self.only_subcommand]}
+        return everything
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in EVALUATIONS:
+            parser.add_argument(
+                "--output_dir",
+                type=str | None,
+                default=None,
+                help="Folder for everything this command writes (its config.yaml, events, metrics.json, "
+                "predictions/). Default: <run>/eval/<checkpoint name>/<subcommand>-<n> beside the checkpoint.",
+            )
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         # What the data knows is not typed twice: the model gets it from the DataModule.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built; the model config stays what ``-c`` and the overrides say.
+
+        Lightning's own version of this hook loads the whole checkpoint here and replaces the model options of the
+        config *and of the command line* (e.g. ``--model.inference.flip=true``) by the hyperparameters stored in
+        the checkpoint. dnlseg keeps the user's options; a checkpoint that does not fit them is reported by
+        ``CheckpointMismatchError`` when it loads.
+        """
+        if self.config.get("subcommand"):
+            check_checkpoint_file(self.config[self.config.subcommand].get("ckpt_path"))
+
     def before_instantiate_classes(self) -> None:
-        """Config errors fail here, before anything is built (``dnlseg.preflight``); a fit picks its run folder."""
+        """Config errors fail here, before anything is built (``dnlseg.preflight``); then the output folder."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_config(config)
+        check_config(config, self.subcommand)
         if self.subcommand == "fit":
-            resolve_logger_version(config)
+            run_dir = run_dirs.resolve_logger_version(config)
+            if config.ckpt_path == "last" and run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                check_checkpoint_file(str(run_dir / "checkpoints" / "last.ckpt"), "ckpt_path (last)")
+            self.claim_output_folder(run_dir)
+        elif self.subcommand in EVALUATIONS:
+            self.choose_evaluation_folder(config)
+
+    def choose_evaluation_folder(self, config) -> None:
+        """Send this evaluation's outputs to its own folder (``run_dirs.evaluation_dir``), never into the run."""
+        if config.ckpt_path == "last":
+            config.ckpt_path = self.latest_last_checkpoint(config)
+            check_checkpoint_file(config.ckpt_path, "ckpt_path (last)")
+        elif config.ckpt_path in ("best", "hpc", "registry"):
+            raise ConfigError(
+                f"ckpt_path={config.ckpt_path}: give the checkpoint file to evaluate "
+                "(e.g. runs/<dataset>/<name>/version_<n>/checkpoints/step...-miou....ckpt) or `last`"
+            )
+        if config.ckpt_path is None:
+            log.warning(
+                "%s without --ckpt_path: the model keeps its initial, untrained weights; "
+                "give --ckpt_path <file> to evaluate a trained model",
+                self.subcommand,
+            )
+        untrained_root = run_dirs.logger_root(config) or Path(config.trainer.default_root_dir or ".")
+        folder = run_dirs.evaluation_dir(self.subcommand, config.ckpt_path, config.output_dir, untrained_root)
+        run_dirs.redirect_outputs(config, folder)
+        self.claim_output_folder(folder)
+
+    @staticmethod
+    def latest_last_checkpoint(config) -> str:
+        """``--ckpt_path last`` of an evaluation: ``checkpoints/last.ckpt`` of the run the config's logger names."""
+        root = run_dirs.logger_root(config)
+        version = getattr(run_dirs.logger_args(config), "version", None)
+        if version is None and root is not None:
+            version = run_dirs.latest_with_last(root)
+        if root is not None and version is not None:
+            path = root / (version if isinstance(version, str) else f"version_{version}") / "checkpoints" / "last.ckpt"
+            if path.is_file():
+                return str(path)
+        raise ConfigError(
+            f"ckpt_path=last: no checkpoints/last.ckpt in the run folders under {root} "
+            "(trainer.logger.init_args.save_dir / name): give the checkpoint file"
+        )
+
+    def claim_output_folder(self, folder: Path | None) -> None:
+        """Remember ``folder`` and the first of its ancestors this command will create (removed if it fails)."""
+        self.output_folder = folder
+        self.output_folder_existed = folder is None or folder.exists()
+        self.created_root = folder
+        while folder is not None and not folder.parent.exists() and folder.parent != folder:
+            folder = self.created_root = folder.parent
+
+    def remove_unfinished_output(self) -> None:
+        """After a failure: remove the folder this command created if it did not get to write a result."""
+        if self.output_folder is None or self.output_folder_existed:
+            return
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and (trainer.global_step > 0 or not trainer.is_global_zero):
+            return  # a fit that trained keeps its events; other processes leave the folder to rank zero
+        run_dirs.remove_unfinished(self.output_folder, self.created_root)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
@@ -52,7 +167,68 @@ class DnlsegCLI(LightningCLI):
         Lightning would otherwise keep every full-resolution map until the end (500 Cityscapes val images:
         8 GB of int64); ``--return_predictions true`` asks for them anyway.
         """
+        if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+            raise ConfigError(
+                "trainer.callbacks has no dnlseg.callbacks.PredictionWriter: dnlseg predict would write nothing; "
+                "add `- class_path: dnlseg.callbacks.PredictionWriter` to trainer.callbacks (as the shipped configs do)"
+            )
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+    def after_predict(self) -> None:
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)]
+        if self.trainer.is_global_zero and not any(writer.written for writer in writers):
+            raise ConfigError("dnlseg predict wrote nothing: the predict set is empty")
+        self.report("predictions", [writer.resolve_dir(self.trainer) for writer in writers])
+
+    def after_validate(self) -> None:
+        self.write_metrics("validate")
+
+    def after_test(self) -> None:
+        self.write_metrics("test")
+
+    def write_metrics(self, subcommand: str) -> None:
+        """``metrics.json`` / ``metrics.md`` of a validate or test run in its evaluation folder."""
+        if not self.trainer.is_global_zero or self.output_folder is None:
+            return
+        config = self.config[subcommand]
+        record = {
+            "subcommand": subcommand,
+            "config": [str(path) for path in config.get("config") or []],
+            "ckpt_path": config.ckpt_path,
+            "step": run_dirs.checkpoint_step(config.ckpt_path),
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
+        }
+        self.report("metrics", [run_dirs.write_metrics(self.output_folder, record)])
+
+    def report(self, what: str, paths: list[Path]) -> None:
+        if self.trainer.is_global_zero:
+            log.info("%s: %s written to %s", self.subcommand, what, ", ".join(str(p) for p in paths))
+
+
+def config_section(error: BaseException) -> str:
+    """The config section whose class raised ``error`` in its ``__init__``: model, data, trainer.callbacks, ..."""
+    sections = ((LightningModule, "model"), (LightningDataModule, "data"), (Callback, "trainer.callbacks"))
+    sections += ((Logger, "trainer.logger"),)
+    tb: TracebackType | None = root_exception(error).__traceback__
+    section = "config"
+    while tb is not None:  # outermost first: the config's own class, not the module it builds inside
+        owner = tb.tb_frame.f_locals.get("self") if tb.tb_frame.f_code.co_name == "__init__" else None
+        for cls, name in sections:
+            if isinstance(owner, cls):
+                return f"{name} ({type(owner).__name__})"
+        tb = tb.tb_next
+    return section
+
+
+def root_exception(error: BaseException) -> BaseException:
+    """The first exception of a chain (jsonargparse wraps the one an ``__init__`` raised)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def root_cause(error: BaseException) -> str:
+    return str(root_exception(error))
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
@@ -60,20 +236,23 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
 
     With ``run=False`` ``args`` has no subcommand: the config is parsed and everything instantiated, nothing run.
     """
+    silence_third_party()
+    first = (sys.argv[1:] if args is None else list(args))[:1]
     return DnlsegCLI(
         SegmentationModule,
-        LightningDataModule,
+        SegmentationDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # the model's typed ``optimizer``/``lr_scheduler`` arguments rule
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True},  # a fit's own folder (resumed: the same run); an evaluation's new one
         args=args,
         run=run,
+        only_subcommand=first[0] if run and first else None,
     )
 
 
 def prepare(args: list[str]) -> None:
     """``dnlseg prepare cityscapes [--root PATH] [--splits train val] [--overwrite]``."""
-    from dnlseg.data import DatasetLayoutError, prepare_cityscapes
+    from dnlseg.data import prepare_cityscapes
 
     parser = argparse.ArgumentParser(prog="dnlseg prepare", description="One-off dataset preparation.")
     sub = parser.add_subparsers(dest="dataset", required=True)
@@ -84,28 +263,5 @@ def prepare(args: list[str]) -> None:
     cityscapes.add_argument("--splits", nargs="+", default=["train", "val"], help="gtFine splits (train val)")
     cityscapes.add_argument("--overwrite", action="store_true", help="rewrite existing labelTrainIds files")
     parsed = parser.parse_args(args)
-    try:
-        written = prepare_cityscapes(parsed.root, tuple(parsed.splits), parsed.overwrite)
-    except DatasetLayoutError as error:
-        parser.exit(2, f"dnlseg prepare cityscapes: {error}\n")
+    written = prepare_cityscapes(parsed.root, tuple(parsed.splits), parsed.overwrite)  # DatasetLayoutError: one line
     log.info("wrote %d labelTrainIds files", written)
-
-
-def main() -> None:
-    """The ``dnlseg`` console script."""
-    if sys.argv[1:2] == ["prepare"]:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        prepare(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["analyze"]:
-        from dnlseg.analyze import analyze
-
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        analyze(sys.argv[2:])
-        return
-    try:
-        run_cli()
-    except SIGTERMException:
-        sys.exit(EXIT_SIGTERM)  # the checkpoint was saved (CheckpointOnSigterm); non-zero: the run is not done
-    except (ConfigError, CheckpointMismatchError, NonFiniteLossError) as error:
-        sys.exit(f"dnlseg: {type(error).__name__}: {error}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,11 @@ def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> N
             )
 
 
-def check_data(config: Any) -> None:
-    """Crop or image size against the output stride, ``num_workers`` >= 0, the dataset root exists."""
+def check_data(config: Any, subcommand: str | None = None) -> None:
+    """Crop or image size against the output stride, ``num_workers`` >= 0, the dataset root exists.
+
+    ``predict`` with ``data.init_args.predict_dir`` reads only that folder: no dataset root is needed then.
+    """
     data = _get(config, "data")
     args = _get(data, "init_args", {})
     output_stride = _get(config, "model.output_stride")
@@ -86,6 +90,11 @@ def check_data(config: Any) -> None:
     num_workers = _get(args, "num_workers")
     if num_workers is not None and num_workers < 0:
         raise ConfigError(f"data.init_args.num_workers={num_workers} must be >= 0 (0: load in the main process)")
+    predict_dir = _get(args, "predict_dir")
+    if predict_dir is not None and subcommand == "predict":
+        if not Path(predict_dir).expanduser().is_dir():
+            raise ConfigError(f"data.init_args.predict_dir={predict_dir} does not exist or is not a directory")
+        return
     cls = _import(_get(data, "class_path", ""))
     env_var = getattr(cls, "env_var", "") if cls is not None else ""
     if env_var or "root" in (vars(args) if hasattr(args, "__dict__") else args or {}):
@@ -145,9 +154,39 @@ def check_nonfinite_action(config: Any) -> None:
         )
 
 
-def check_config(config: Any) -> None:
+CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's names for a checkpoint it finds itself
+PICKLE_PROTOCOL_2 = b"\x80\x02"  # how a checkpoint in torch's legacy (pre-1.6, non-zip) format starts
+
+
+def check_checkpoint_file(ckpt_path: str | None, key: str = "ckpt_path") -> None:
+    """A checkpoint path that is a file: it exists and is a complete ``torch.save`` file.
+
+    A zip-format checkpoint (``torch.save`` since PyTorch 1.6) cut short loses its central directory, which is at
+    the end of the file: that is read here, not the weights. Files in the legacy pickle format pass as they are.
+    """
+    if ckpt_path is None or ckpt_path in CHECKPOINT_KEYWORDS or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}={ckpt_path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(len(PICKLE_PROTOCOL_2))
+    if head == PICKLE_PROTOCOL_2:
+        return
+    try:
+        with zipfile.ZipFile(path):
+            return
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConfigError(
+            f"{key}={ckpt_path}: not a complete PyTorch checkpoint ({path.stat().st_size} bytes, {error}); the file "
+            "is truncated (an interrupted copy or download?) or of another format: expected a file written by "
+            "torch.save / Lightning"
+        ) from error
+
+
+def check_config(config: Any, subcommand: str | None = None) -> None:
     """All checks above on the config of one subcommand; raise ``ConfigError`` naming the key."""
     check_context(config)
-    check_data(config)
+    check_data(config, subcommand)
     check_hardware(config)
     check_nonfinite_action(config)

@@ -1,4 +1,4 @@
-"""PredictionWriter: one label PNG per image in the benchmark's encoding, at the image's size, and a colour PNG."""
+"""PredictionWriter: per image a label PNG in the dataset's encoding at the image's size, a colour PNG, an overlay."""
 
 import lightning as L
 import numpy as np
@@ -8,8 +8,9 @@ from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
 from dnlseg.data import ADE20KDataModule, SyntheticDataModule
+from dnlseg.data.folder import read_image
 from dnlseg.models import SegmentationModule
-from tests.datasets import ADE_SIZES
+from tests.datasets import ADE_SIZES, write_image_folder
 
 
 def predict(datamodule, out, color=True):
@@ -53,3 +54,20 @@ def test_predict_step_output_of_another_shape_is_refused(tmp_path):
     writer = PredictionWriter(str(tmp_path))
     with pytest.raises(TypeError, match="expects predict_step to return"):
         writer.write_on_batch_end(None, None, torch.zeros(1, 4, 4), None, None, 0)
+
+
+def test_a_folder_of_images_gives_labels_colours_and_overlays_at_each_image_size(tmp_path):
+    sizes = write_image_folder(tmp_path / "images")
+    dm = SyntheticDataModule(num_train=2, num_val=2, image_size=32, predict_dir=str(tmp_path / "images"))
+    _, returned = predict(dm, tmp_path / "out")
+    assert sorted(name for batch in returned for name in batch["name"]) == sorted(sizes)
+    palette = np.asarray(dm.palette, dtype=np.uint8)
+    for name, (h, w) in sizes.items():
+        labels = np.asarray(Image.open(tmp_path / "out" / "labels" / f"{name}.png"))
+        assert labels.shape == (h, w) and labels.max() < dm.num_classes
+        colour = np.asarray(Image.open(tmp_path / "out" / "color" / f"{name}.png"))
+        np.testing.assert_array_equal(colour, palette[labels])
+        overlay = np.asarray(Image.open(tmp_path / "out" / "overlay" / f"{name}.png")).astype(float)
+        (path,) = (tmp_path / "images").glob(f"{name}.*")
+        rgb = read_image(path).astype(float)  # grey and RGBA as RGB, as the model saw them
+        np.testing.assert_allclose(overlay, 0.5 * rgb + 0.5 * colour, atol=1.01)

@@ -151,8 +151,10 @@ def test_image_label_size_mismatch_fails_at_setup_naming_both_files(cityscapes_r
         datamodule(root).setup("validate")
 
 
-@pytest.mark.parametrize("kind, value", [("labelTrainIds", 19), ("labelIds", 40)])
-def test_label_values_outside_the_classes_fail_at_setup_naming_the_file(cityscapes_root, tmp_path, kind, value):
+@pytest.mark.parametrize("kind, value, valid", [("labelTrainIds", 19, "0..18, 255"), ("labelIds", 40, "0..33")])
+def test_label_values_outside_the_classes_fail_at_setup_naming_the_file_and_the_valid_values(
+    cityscapes_root, tmp_path, kind, value, valid
+):
     root = copy_of(cityscapes_root, tmp_path)
     if kind == "labelIds":
         for p in root.glob("gtFine/*/*/*_labelTrainIds.png"):
@@ -162,7 +164,8 @@ def test_label_values_outside_the_classes_fail_at_setup_naming_the_file(cityscap
     array[0, :3] = value
     Image.fromarray(array).save(label)
     with pytest.raises(
-        DatasetLayoutError, match=rf"frankfurt_000000_000019_gtFine_{kind}.png holds values \[{value}\]"
+        DatasetLayoutError,
+        match=rf"frankfurt_000000_000019_gtFine_{kind}.png holds values \[{value}\] outside .*\({valid}, see",
     ):
         datamodule(root).setup("validate")
 

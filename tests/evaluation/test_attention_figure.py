@@ -1,10 +1,13 @@
-"""Query selection from labels and the attention figure."""
+"""Query selection from labels and the attention figure: a grid that reads at TensorBoard's card size."""
 
 import numpy as np
+import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dnlseg.context import AttentionMaps
 from dnlseg.evaluation import Query, attention_figure, select_queries, unnormalize
+from dnlseg.evaluation.attention_figure import CAPTION, grid_shape
 
 # 6 x 8 grid: class 2 on the left half, class 5 on the right half, class 7 in a 2 x 2 corner, void top row.
 LABELS = torch.tensor([[255] * 8] + [[2, 2, 2, 2, 5, 5, 5, 5]] * 3 + [[2, 2, 2, 2, 5, 5, 7, 7]] * 2)
@@ -32,13 +35,85 @@ def test_unnormalize_inverts_imagenet_normalisation():
     np.testing.assert_allclose(unnormalize((rgb - mean) / std), rgb.permute(1, 2, 0).numpy(), atol=1e-6)
 
 
+def figure(labels=LABELS, unary=True, palette=None, class_names=None, scale=4):
+    P = labels.numel()
+    h, w = labels.shape
+    maps = AttentionMaps(torch.zeros(1, P, P), torch.randn(1, P, P), torch.randn(1, 1, P) if unary else None,
+                         (h, w), (h, w))  # fmt: skip
+    queries = select_queries(labels)
+    mask = labels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    image = np.zeros((*mask.shape, 3))
+    return attention_figure(image, mask, maps, 0, queries, class_names, 255, "block, step 1, image 0", palette), queries
+
+
+def drawn_texts(fig):
+    """{text: its window extent} of every non-empty title, legend entry and caption, after drawing."""
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in (ax.title,)] + list(fig.texts)
+    texts += [
+        t for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()] for t in legend.texts
+    ]
+    return {t.get_text(): t.get_window_extent(renderer) for t in texts if t.get_text()}
+
+
 def test_figure_has_an_image_panel_a_panel_per_query_and_a_unary_panel():
-    P = LABELS.numel()
-    maps = AttentionMaps(torch.zeros(1, P, P), torch.randn(1, P, P), torch.randn(1, 1, P), (6, 8), (6, 8))
-    queries = select_queries(LABELS)
-    fig = attention_figure(
-        np.zeros((24, 32, 3)), LABELS.repeat_interleave(4, 0).repeat_interleave(4, 1), maps, 0, queries
-    )
-    assert len(fig.axes) == 1 + len(queries) + 1
-    no_unary = AttentionMaps(maps.weights, maps.pairwise_logits, None, (6, 8), (6, 8))
-    assert len(attention_figure(np.zeros((24, 32, 3)), torch.zeros(24, 32), no_unary, 0, queries).axes) == 5
+    fig, queries = figure()
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 1 + len(queries) + 1
+    no_unary, _ = figure(unary=False)
+    assert len([ax for ax in no_unary.axes if ax.images]) == 1 + len(queries)
+
+
+def test_panels_form_a_grid_not_a_strip_so_the_figure_reads_at_tensorboard_card_width():
+    assert grid_shape(5, aspect=1.0) == (3, 2) and grid_shape(6, aspect=2.0) == (3, 2)
+    fig, _ = figure()
+    width, height = fig.get_size_inches()
+    assert width * 100 <= 480 and height > width  # 460 px wide at 100 dpi: TensorBoard shrinks it only ~0.7x
+    rows = {round(ax.get_position().y0, 2) for ax in fig.axes if ax.images}
+    assert len(rows) >= 2
+
+
+def test_titles_legend_and_caption_do_not_overlap():
+    fig, _ = figure(class_names=["c0", "c1", "a long class name", "c3", "c4", "c5", "c6", "c7"])
+    extents = drawn_texts(fig)
+    names = list(extents)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not extents[a].overlaps(extents[b]), (a, b)
+
+
+def test_legend_names_every_ground_truth_class_in_its_palette_colour_and_one_caption_explains_peak():
+    palette = [(i * 20, 0, 0) for i in range(8)]
+    names = [f"class{i}" for i in range(8)]
+    fig, _ = figure(palette=palette, class_names=names)
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+    assert [t.get_text() for t in legend.texts] == ["class2", "class5", "class7"]  # the classes in LABELS
+    colours = [tuple(np.round(np.asarray(h.get_facecolor()[:3]) * 255).astype(int)) for h in legend.legend_handles]
+    assert colours == [palette[2], palette[5], palette[7]]
+    texts = list(drawn_texts(fig))
+    assert sum("uniform" in t for t in texts) == 1  # "peak Nx uniform" explained once, in the caption
+    assert any(t.replace("\n", " ") == CAPTION for t in texts)
+    assert all("uniform" not in ax.title.get_text() for ax in fig.axes)
+
+
+def test_query_markers_differ_in_shape_and_colour():
+    fig, queries = figure()
+    image_panel = next(ax for ax in fig.axes if ax.images)
+    markers = [(line.get_marker(), line.get_markerfacecolor()) for line in image_panel.lines]
+    assert len(markers) == len(queries) and len(set(m for m, _ in markers)) == len(queries)
+    assert len({c for _, c in markers}) == len(queries)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_the_boundary_query_keeps_clear_of_the_interior_queries(shift):
+    # a class-2 square whose interior cell sits right next to the boundary nearest the centre
+    labels = torch.zeros(7, 7, dtype=torch.long)
+    labels[2 + shift : 5 + shift, 2:5] = 2
+    queries = select_queries(labels)
+    boundary = [q for q in queries if q.kind == "boundary"]
+    assert boundary
+    for q in queries:
+        if q.kind == "interior":
+            gap = max(abs(q.row - boundary[0].row), abs(q.col - boundary[0].col))
+            assert gap >= 2  # cells: the markers (9 pt) do not overlap at 4 px per cell and more

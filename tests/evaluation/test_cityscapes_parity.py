@@ -19,6 +19,7 @@ from dnlseg.cli import run_cli
 from dnlseg.data import CityscapesDataModule
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from dnlseg.evaluation import SegmentationIoU, confusion_summary
+from tests.recipes import recipe, recipe_cpu_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,19 +70,10 @@ def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, t
 
 def tiny_overrides(cityscapes_root, save_dir):
     return [
-        "-c",
-        os.path.join(ROOT, "configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml"),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.strategy=auto",
-        "--trainer.sync_batchnorm=false",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.save_dir={save_dir}",
+        *recipe_cpu_args(recipe("cityscapes/dnl_r50_d8_512x1024_80k"), cityscapes_root, save_dir),
         "--model.encoder_name=resnet18",
         "--model.head_channels=16",
         "--model.aux_channels=8",
-        f"--data.init_args.root={cityscapes_root}",
-        "--data.init_args.num_workers=0",
     ]
 
 
@@ -93,15 +85,15 @@ def test_dnlseg_validate_miou_equals_the_evaluator_on_dnlseg_predict_pngs(citysc
     checkpoint = tmp_path / "model.ckpt"
     validate.trainer.save_checkpoint(checkpoint)
 
-    out = tmp_path / "predictions"
     predict = run_cli(
         [
             "predict",
             *tiny_overrides(cityscapes_root, tmp_path / "runs"),
             f"--ckpt_path={checkpoint}",
-            f"--trainer.callbacks.init_args.output_dir={out}",  # the last callback: PredictionWriter
+            f"--output_dir={tmp_path / 'predict'}",  # everything predict writes; PNGs under predictions/
         ]
     )
+    out = tmp_path / "predict" / "predictions"
     assert any(isinstance(cb, PredictionWriter) and cb.written == 2 for cb in predict.trainer.callbacks)
     assert predict.trainer.predict_loop.return_predictions is False  # the maps went to files, not into memory
     label_values = set(np.unique(np.asarray(Image.open(next((out / "labels").glob("*.png"))))).tolist())

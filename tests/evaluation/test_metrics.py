@@ -46,3 +46,34 @@ def test_matches_torchmetrics_own_update():
 def test_labels_outside_the_class_range_raise():
     with pytest.raises(ValueError, match=r"label values must be in \[0, 3\) or 255"):
         SegmentationIoU(3).update(torch.tensor([0, 1]), torch.tensor([0, 7]))
+
+
+def test_miou_equals_mmsegs_iou_metric_on_the_same_predictions():
+    """mmseg's ``IoUMetric``: dataset-level intersections/unions per class, mean over the classes with a defined IoU
+    (never labelled nor predicted -> NaN, left out); images of different sizes, ignored pixels, an absent class."""
+    from mmseg.evaluation import IoUMetric
+
+    from mmseg_reference import import_mmseg
+
+    import_mmseg()
+    classes = [f"c{i}" for i in range(6)]
+    reference = IoUMetric(iou_metrics=["mIoU"])
+    reference.dataset_meta = {"classes": classes}
+    ours = SegmentationIoU(6)
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(17, 23), (31, 12), (8, 40)]:
+        label = torch.randint(0, 5, (height, width), generator=generator)  # class 5 never labelled ...
+        label[torch.rand(height, width, generator=generator) < 0.2] = 255
+        prediction = torch.where(torch.rand(height, width, generator=generator) < 0.6, label, 1).clamp(max=4)
+        prediction[0, 0] = 4  # ... nor predicted: NaN; class 4 is predicted where 255 too
+        reference.process([], [{"pred_sem_seg": {"data": prediction[None]}, "gt_sem_seg": {"data": label[None]}}])
+        ours.update(prediction[None], label[None])
+    totals = [sum(r[i] for r in reference.results) for i in range(4)]  # intersect, union, pred, label areas
+    per_class = torch.as_tensor(IoUMetric.total_area_to_metrics(*totals, metrics=["mIoU"])["IoU"], dtype=torch.float64)
+    summary = confusion_summary(ours.confmat, classes)
+    torch.testing.assert_close(torch.stack([summary[f"IoU/{c}"] for c in classes]), per_class, equal_nan=True)
+    assert math.isnan(summary["IoU/c5"])
+    assert summary["mIoU"].item() == pytest.approx(per_class[:5].mean().item(), rel=1e-6)  # mmseg counts in float32
+    assert reference.compute_metrics(reference.results)["mIoU"] == pytest.approx(
+        100 * summary["mIoU"].item(), abs=0.005
+    )

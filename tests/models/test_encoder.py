@@ -4,6 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from dnlseg.checkpoint_io import WeightFileError
+from dnlseg.errors import UserError
 from dnlseg.models.encoder import build_encoder
 
 
@@ -49,3 +51,68 @@ def test_full_resnet_weights_load_into_a_shallow_encoder(tmp_path):
     loaded = build_encoder("resnet18", 8, tmp_path / "resnet18.pth", depth=3)
     assert not any(k.startswith(("layer3.", "layer4.")) for k in loaded.state_dict())
     torch.testing.assert_close(loaded.layer2[1].conv2.weight, source.layer2[1].conv2.weight, rtol=0, atol=0)
+
+
+def test_mmseg_imagenet_v1c_file_loads_into_tu_resnet50c_and_gives_mmsegs_features(tmp_path):
+    """mmseg's ``resnet50_v1c`` key layout (stem.0 ... stem.7, layer*, fc) into timm's ResNet-C: same features as
+    mmseg's ``ResNetV1c`` (deep stem, contracted dilation, output stride 8) with that file."""
+    from mmseg_reference import import_mmseg
+
+    backbone = import_mmseg().backbones.ResNetV1c(
+        depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True, out_indices=(0, 1, 2, 3)
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in backbone.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(
+                    torch.rand_like(tensor) + 0.5 if "running_var" in name else torch.randn_like(tensor) * 0.05
+                )
+    state = {**backbone.state_dict(), "fc.weight": torch.randn(1000, 2048), "fc.bias": torch.randn(1000)}
+    torch.save(state, tmp_path / "resnet50_v1c-2cccc1ad.pth")
+    encoder = build_encoder("tu-resnet50c", 8, tmp_path / "resnet50_v1c-2cccc1ad.pth").eval()
+    images = torch.randn(1, 3, 64, 64)
+    backbone.eval()  # mmseg's ResNet.train() returns None
+    with torch.no_grad():
+        for ours, reference in zip(encoder(images)[2:], backbone(images), strict=True):
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_state_dict_loads_into_a_tu_encoder(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    source = timm.create_model("resnet18", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "timm_resnet18.pth")
+    encoder = build_encoder("tu-resnet18", 8, tmp_path / "timm_resnet18.pth")
+    torch.testing.assert_close(encoder.model.layer2[0].conv1.weight, source.layer2[0].conv1.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"these are not weights\n", r"is not a file torch.load \(or safetensors\) can read"),
+        (b"PK\x03\x04truncated zip", r"is not a file torch.load \(or safetensors\) can read"),
+        ([1, 2, 3], r"holds a list, expected a state dict"),
+        ({"epoch": 3, "note": "x"}, r"holds a dict without tensors \(epoch, note\), expected a state dict"),
+    ],
+    ids=["text", "corrupt", "list", "no tensors"],
+)
+def test_a_file_that_is_no_state_dict_is_a_user_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "weights.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(WeightFileError, match=rf"encoder_weights: .*weights.pth {message}") as error:
+        build_encoder("resnet18", 8, path)
+    assert isinstance(error.value, UserError)
+
+
+def test_a_state_dict_of_another_network_names_the_layouts_it_expected(tmp_path):
+    torch.save(build_encoder("resnet50", 32).state_dict(), tmp_path / "torchvision_resnet50.pth")
+    with pytest.raises(WeightFileError) as error:
+        build_encoder("tu-resnet50c", 8, tmp_path / "torchvision_resnet50.pth")
+    message = str(error.value)
+    assert "smp/torchvision: model.conv1.0.weight" in message and "timm: conv1.0.weight" in message
+    assert "mmseg ImageNet: stem.0.weight" in message and "conv1.weight" in message  # what the file has

@@ -81,3 +81,32 @@ def test_a_nan_on_another_process_makes_every_process_see_a_nonfinite_loss():
     terms = mean_loss_terms(losses, TwoRankStrategy(other=torch.tensor([float("nan"), 1.0])))
     assert skip_nonfinite_loss(terms, 3, "skip") is True
     assert skip_nonfinite_loss(mean_loss_terms(losses), 3, "stop") is False  # this process alone: finite
+
+
+def test_all_pixels_normalisation_is_mmsegs_cross_entropy_loss():
+    """``normalization="all"`` = mmseg's ``CrossEntropyLoss()`` (``avg_non_ignore=False``): the pixel losses
+    summed over the labelled pixels and divided by all N * H * W, ignored ones included."""
+    from mmseg_reference import import_mmseg
+
+    reference = import_mmseg().losses.CrossEntropyLoss(loss_weight=1.0)
+    logits = torch.randn(2, 5, 6, 7)
+    target = torch.randint(0, 5, (2, 6, 7))
+    target[0, :3] = 255
+    loss = SegmentationLoss(normalization="all")(logits, target)
+    torch.testing.assert_close(loss, reference(logits, target, ignore_index=255), rtol=0, atol=0)
+    labelled = target != 255
+    per_pixel = F.cross_entropy(logits.permute(0, 2, 3, 1)[labelled], target[labelled], reduction="sum")
+    torch.testing.assert_close(loss, per_pixel / target.numel())
+    assert loss < SegmentationLoss()(logits, target)  # the labelled-pixel mean divides by fewer pixels
+
+
+def test_all_pixels_normalisation_with_ohem_counts_all_pixels():
+    logits = torch.zeros(1, 2, 1, 4)
+    target = torch.tensor([[[0, 0, 255, 255]]])
+    loss = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=1, normalization="all")(logits, target)
+    torch.testing.assert_close(loss, torch.tensor(2 * 0.6931472 / 4))
+
+
+def test_unknown_normalisation_is_refused():
+    with pytest.raises(ValueError, match="normalization='pixels' must be one of"):
+        SegmentationLoss(normalization="pixels")

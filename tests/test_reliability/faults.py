@@ -75,3 +75,20 @@ class SlowSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         time.sleep(self.seconds)
+
+
+class MarkStep(L.Callback):
+    """Creates ``marker`` once training step ``step`` is done, so a test can signal the process at that point.
+
+    Args:
+        step: the global step after which the marker appears.
+        marker: the file to create.
+    """
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            Path(self.marker).touch()

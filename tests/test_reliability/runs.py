@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,19 +91,24 @@ def saved_step(path: Path) -> int | None:
 
 def interrupt_at(args: list[str], directory: Path, step: int, sig: int, timeout: float = 300) -> tuple[int, str]:
     """Start a fit, send ``sig`` once ``last.ckpt`` holds ``step`` or more, return (exit status, output)."""
+
+    def saved_enough() -> bool:
+        found = saved_step(last_ckpt(directory)) if last_ckpt(directory).exists() else None
+        return found is not None and found >= step
+
+    return signal_when(args, saved_enough, sig, timeout)
+
+
+def signal_when(args: list[str], ready: Callable[[], bool], sig: int, timeout: float = 300) -> tuple[int, str]:
+    """Start ``dnlseg ARGS``, send ``sig`` once ``ready()`` is true, return (exit status, output)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dnlseg", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env(),
-        cwd=ROOT,
-    )
+        [sys.executable, "-m", "dnlseg", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env(), cwd=ROOT,
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            found = saved_step(last_ckpt(directory)) if last_ckpt(directory).exists() else None
-            if found is not None and found >= step:
+            if ready():
                 process.send_signal(sig)
                 break
             time.sleep(0.01)
@@ -124,3 +131,28 @@ def training_state(path: Path) -> dict[str, object]:
         "lr_schedulers": ckpt["lr_schedulers"],
         "batches_that_stepped": loops["epoch_loop.state_dict"]["_batches_that_stepped"],
     }
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """{path below ``run_dir``: sha256} of the run's own files (its config, checkpoints, events), not ``eval/``."""
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.relative_to(run_dir).parts[0] != "eval"
+    }
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The last line of stderr: where ``dnlseg: <message>`` stands (multi-line messages: their first line)."""
+    lines = result.stderr.strip().splitlines()
+    return next((line for line in lines if line.startswith("dnlseg: ")), lines[-1] if lines else "")
+
+
+def printed_checkpoints(output: str) -> dict[str, str]:
+    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``)."""
+    found = {}
+    for line in output.splitlines():
+        for kind in ("last", "best"):
+            if line.strip().startswith(f"{kind}: "):
+                found[kind] = line.strip().split(": ", 1)[1]
+    return found

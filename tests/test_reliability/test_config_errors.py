@@ -99,6 +99,6 @@ def test_resuming_with_an_incompatible_model_config_lists_the_differing_shapes(t
     assert last_ckpt(tmp_path).exists()
     result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last", "--model.head_channels=16")
     assert result.returncode == 1
-    assert "CheckpointMismatchError: the checkpoint does not fit the model built from this config" in result.stderr
+    assert "dnlseg: the checkpoint does not fit the model built from this config" in result.stderr
     assert "network.decode_head.context.query.weight: checkpoint (4, 8, 1, 1) vs model (8, 16, 1, 1)" in result.stderr
     assert "Traceback" not in result.stderr

@@ -8,18 +8,22 @@ validation every 4, dropout on (the shipped default 0.1).
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.test_reliability.runs import (
     dnlseg,
     interrupt_at,
     last_ckpt,
+    printed_checkpoints,
     run_dir,
     saved_step,
+    signal_when,
     tiny_config,
     training_state,
 )
@@ -35,10 +39,12 @@ def uninterrupted(tmp_path_factory):
     return directory
 
 
-def assert_same_training_state(resumed, reference) -> None:
+def assert_same_training_state(resumed, reference, loops: bool = True) -> None:
+    """Same step, weights, optimiser and schedule; ``loops``: also the loop counters (same save point)."""
     a, b = training_state(last_ckpt(resumed)), training_state(last_ckpt(reference))
     assert a["global_step"] == b["global_step"] == 8
-    assert a["epoch"] == b["epoch"] and a["batches_that_stepped"] == b["batches_that_stepped"]
+    if loops:
+        assert a["epoch"] == b["epoch"] and a["batches_that_stepped"] == b["batches_that_stepped"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     differ = [name for name in a["state_dict"] if not torch.equal(a["state_dict"][name], b["state_dict"][name])]
     assert differ == [], f"weights differ bitwise: {differ[:5]}"
@@ -77,3 +83,40 @@ def test_sigkill_after_a_checkpoint_resumes_bitwise_exact(uninterrupted, tmp_pat
     result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training_state(tmp_path, uninterrupted)
+
+
+def test_sigterm_before_the_first_periodic_save_resumes_into_the_same_last_ckpt(uninterrupted, tmp_path):
+    """No periodic save before step 50: the SIGTERM save is the first last.ckpt; resuming keeps writing that file."""
+    config = tiny_config(tmp_path, every_n_train_steps=50)
+    cfg = yaml.safe_load(config.read_text())
+    marker = tmp_path / "step3.done"
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "tests.test_reliability.faults.MarkStep", "init_args": {"step": 3, "marker": str(marker)}}
+    )
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    status, output = signal_when(["fit", "-c", str(config)], marker.exists, signal.SIGTERM)
+    assert status == 143, output[-3000:]
+    assert 3 <= saved_step(last_ckpt(tmp_path)) < 8
+
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted(p.name for p in last_ckpt(tmp_path).parent.glob("last*.ckpt"))
+    assert checkpoints == ["last.ckpt"]  # no last-v1.ckpt beside a stale last.ckpt
+    assert saved_step(last_ckpt(tmp_path)) == 8
+    # saved at the end of the fit, not after step 8 as the reference's periodic save: loop counters differ
+    assert_same_training_state(tmp_path, uninterrupted, loops=False)
+    printed = printed_checkpoints(result.stderr + result.stdout)
+    assert printed["last"] == str(last_ckpt(tmp_path)) and Path(printed["best"]).is_file()
+
+
+def test_resuming_a_finished_run_says_so_and_prints_checkpoints_that_exist(uninterrupted):
+    """last.ckpt of step 8 was written before the validation of step 8, whose best checkpoint replaced the one
+    last.ckpt records: the printed best path is the file on disk, not the record."""
+    result = dnlseg("fit", "-c", str(uninterrupted / "config.yaml"), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stderr + result.stdout
+    assert "the run was already complete at step 8 (max_steps=8): nothing trained" in output
+    assert "final val/mIoU" not in output
+    printed = printed_checkpoints(output)
+    assert Path(printed["last"]).is_file() and Path(printed["best"]).is_file(), printed
+    assert Path(printed["best"]).name.startswith("step8-")

@@ -5,6 +5,7 @@ from dnlseg.callbacks.attention_map_logger import AttentionMapLogger
 from dnlseg.callbacks.branch_gradients import BranchGradientMonitor
 from dnlseg.callbacks.fit_summary import FitSummary
 from dnlseg.callbacks.prediction_writer import PredictionWriter
+from dnlseg.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from dnlseg.callbacks.separation_probe import SeparationProbe
 from dnlseg.callbacks.sigterm_checkpoint import CheckpointOnSigterm
 from dnlseg.callbacks.step_seed import StepSeed
@@ -16,6 +17,7 @@ __all__ = [
     "CheckpointOnSigterm",
     "FitSummary",
     "PredictionWriter",
+    "ResumableModelCheckpoint",
     "SeparationProbe",
     "StepSeed",
 ]

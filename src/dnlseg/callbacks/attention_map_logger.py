@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dnlseg.context import capture_attention, find_context_blocks
+from dnlseg.data.transforms import unnormalize
 from dnlseg.evaluation.attention_consistency import labels_on_grid
-from dnlseg.evaluation.attention_figure import attention_figure, select_queries, unnormalize
+from dnlseg.evaluation.attention_figure import attention_figure, select_queries
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class AttentionMapLogger(L.Callback):
             return
         dataset = loader.dataset
         class_names = getattr(pl_module, "class_names", None)
+        palette = getattr(trainer.datamodule, "palette", None)  # the dataset's class colours, for the legend
         ignore_index = int(pl_module.hparams.get("ignore_index", 255))
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         self.written = []
@@ -92,13 +94,12 @@ class AttentionMapLogger(L.Callback):
             display = unnormalize(image[0])
             for name, m in maps.items():
                 queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
-                fig = attention_figure(
-                    display, mask[0], m, 0, queries, class_names, ignore_index, f"{name}, step {step}, image {i}"
-                )
+                title = f"{name}, step {step}, image {i}"
+                fig = attention_figure(display, mask[0], m, 0, queries, class_names, ignore_index, title, palette)
                 if self.output_dir is not None:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
                     path = self.output_dir / f"step{step:06d}_{name}_image{i}.png"
-                    fig.savefig(path, dpi=100)
+                    fig.savefig(path, dpi=200)  # the TensorBoard layout, at twice its resolution
                     self.written.append(path)
                 for logger in tensorboards:
                     logger.experiment.add_figure(f"attention/{name}/image{i}", fig, global_step=step, close=False)

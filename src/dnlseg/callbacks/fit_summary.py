@@ -1,6 +1,12 @@
-"""Say, at the end of a fit, the final validation mIoU and where the logs and checkpoints are."""
+"""Say, at the end of a fit, the final validation mIoU and where the logs and checkpoints are.
+
+A resumed run that had already reached its end (``max_steps``) trains nothing; the summary says so and gives the
+best score and checkpoints the run recorded, instead of a "final" mIoU it did not compute.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -9,14 +15,37 @@ from lightning.pytorch.utilities import rank_zero_info
 class FitSummary(L.Callback):
     """Logs (rank zero, INFO) the final ``val/mIoU``, the log directory and the last/best checkpoints."""
 
+    def __init__(self) -> None:
+        self.trained = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained = True  # not called when the restored run is already done
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        miou = trainer.callback_metrics.get("val/mIoU")
-        lines = [f"final val/mIoU: {miou.item():.4f}" if miou is not None else "final val/mIoU: not computed"]
-        lines.append(f"logs: {trainer.log_dir}")
         callbacks = trainer.checkpoint_callbacks  # e.g. one keeping last.ckpt, one the best val/mIoU
+        best = next((cb for cb in callbacks if getattr(cb, "best_model_path", "")), None)
+        if self.trained:
+            miou = trainer.callback_metrics.get("val/mIoU")
+            lines = [f"final val/mIoU: {miou.item():.4f}" if miou is not None else "final val/mIoU: not computed"]
+        else:
+            lines = [
+                f"the run was already complete at step {trainer.global_step} (max_steps={trainer.max_steps}): "
+                "nothing trained"
+            ]
+            score = getattr(best, "best_model_score", None)
+            if score is not None:
+                lines.append(f"best {best.monitor}: {float(score):.4f}")
+        lines.append(f"logs: {trainer.log_dir}")
         if callbacks:
-            last = next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), "-")
-            best = next((cb.best_model_path for cb in callbacks if getattr(cb, "best_model_path", "")), "-")
+            last = next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), "")
             lines.append(f"checkpoints: {getattr(callbacks[0], 'dirpath', '-')}")
-            lines.append(f"  last: {last}\n  best: {best}")
+            lines.append(f"  last: {existing(last)}\n  best: {existing(best.best_model_path if best else '')}")
         rank_zero_info("\n".join(lines))
+
+
+def existing(path: str) -> str:
+    """``path`` if that file exists, else "-" (a path recorded before the file was removed)."""
+    return path if path and Path(path).is_file() else "-"

@@ -22,12 +22,17 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 log = logging.getLogger(__name__)
 
 
-def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
-    """``<dirpath>/last.ckpt`` of the first ``ModelCheckpoint`` that keeps a last checkpoint, else of the first."""
+def last_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The first ``ModelCheckpoint`` with a directory that keeps a last checkpoint, else the first one."""
     callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
-    if not callbacks:
+    return next((cb for cb in callbacks if cb.save_last), callbacks[0] if callbacks else None)
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """``<dirpath>/last.ckpt`` of ``last_checkpoint_callback``."""
+    callback = last_checkpoint_callback(trainer)
+    if callback is None:
         return None
-    callback = next((cb for cb in callbacks if cb.save_last), callbacks[0])
     return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 
 
@@ -41,5 +46,7 @@ class CheckpointOnSigterm(L.Callback):
         if path is None:
             log.warning("SIGTERM: no ModelCheckpoint with a directory; nothing saved")
             return
+        # The file records itself as the callback's last checkpoint: a resumed run then keeps writing last.ckpt.
+        last_checkpoint_callback(trainer).last_model_path = str(path)
         trainer.save_checkpoint(path)  # every rank takes part; rank zero writes
         rank_zero_info(f"SIGTERM at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")

@@ -117,16 +117,6 @@ def ade20k_pairs(root: Path, split: str, labelled: bool = True) -> list[FilePair
     return [FilePair(name, image, label, LABEL_TABLE) for name, image, label in pairs]
 
 
-def folder_images(folder: Path) -> list[FilePair]:
-    """Unlabelled images (.jpg/.png) in ``folder``, e.g. the ADE20K test release ``release_test/testing``."""
-    if not folder.is_dir():
-        raise DatasetLayoutError(f"predict_dir {folder} does not exist or is not a folder")
-    images = _images(folder)
-    if not images:
-        raise DatasetLayoutError(f"predict_dir {folder} holds no .jpg/.png images")
-    return [FilePair(name, path) for name, path in images.items()]
-
-
 class ADE20KDataModule(FolderDataModule):
     """ADE20K SceneParsing, 150 classes, label 0 ignored (module docstring for the layout).
 
@@ -147,7 +137,8 @@ class ADE20KDataModule(FolderDataModule):
         val_split: split to validate on.
         test_split: split for ``dnlseg test``.
         predict_split: split for ``dnlseg predict`` when ``predict_dir`` is null.
-        predict_dir: a folder of images to predict instead, e.g. ``release_test/testing`` of the test release.
+        predict_dir: a folder of images to predict instead (subfolders read; no root needed), e.g.
+            ``release_test/testing`` of the test release.
         check_label_values: at setup, decode every label and check its values (train + val: ~22,000 PNGs).
         check_threads: threads for the setup checks.
     """
@@ -172,11 +163,18 @@ class ADE20KDataModule(FolderDataModule):
         check_threads: int = 8,
     ) -> None:
         super().__init__(
-            augmentation, batch_size, val_batch_size, num_workers, pin_memory, seed, check_label_values, check_threads
+            augmentation,
+            batch_size,
+            val_batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            check_label_values,
+            check_threads,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.root = root
-        self.predict_dir = predict_dir
         self.num_classes: int = NUM_CLASSES
         self.class_names: list[str] = list(CLASS_NAMES)
         self.ignore_index: int = IGNORE_INDEX
@@ -184,8 +182,6 @@ class ADE20KDataModule(FolderDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
 
     def find_pairs(self, split: str, labelled: bool) -> list[FilePair]:
-        if not labelled and self.predict_dir is not None:
-            return folder_images(Path(self.predict_dir).expanduser())
         return ade20k_pairs(resolve_root(self.root, ENV_VAR, "ADE20K"), split, labelled)
 
     def describe(self, split: str) -> str:

@@ -163,6 +163,7 @@ class CityscapesDataModule(FolderDataModule):
         val_split: split to validate on.
         test_split: split for ``dnlseg test`` (needs labels: the public test labels are placeholders).
         predict_split: split for ``dnlseg predict`` (``test`` for a benchmark-server submission).
+        predict_dir: a folder of images to predict instead of ``predict_split`` (subfolders read; no root needed).
         check_label_values: at setup, decode every label and check its values (train + val: ~3,500 PNGs).
         check_threads: threads for the setup checks.
     """
@@ -182,11 +183,20 @@ class CityscapesDataModule(FolderDataModule):
         val_split: Split = "val",
         test_split: Split = "val",
         predict_split: Split = "val",
+        predict_dir: str | None = None,
         check_label_values: bool = True,
         check_threads: int = 8,
     ) -> None:
         super().__init__(
-            augmentation, batch_size, val_batch_size, num_workers, pin_memory, seed, check_label_values, check_threads
+            augmentation,
+            batch_size,
+            val_batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            check_label_values,
+            check_threads,
+            predict_dir,
         )
         self.save_hyperparameters()
         self.root = root

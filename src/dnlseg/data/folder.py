@@ -10,7 +10,9 @@ values map to train ids; this file reads, checks and serves them:
   are collected and reported together, each with its path.
 - ``SegmentationFiles``: the torch Dataset; a file that cannot be decoded raises ``CorruptFileError``
   naming it.
-- ``FolderDataModule``: loaders, seeding, splits per stage, and the benchmark encoding of predictions.
+- ``image_folder_pairs`` / ``predict_folder_loader``: every image under a folder, for ``dnlseg predict`` with
+  ``predict_dir`` (any DataModule).
+- ``FolderDataModule``: loaders, seeding, splits per stage (abstract: a dataset's module says where its files are).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +29,12 @@ from pathlib import Path
 
 import albumentations as A
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnlseg.data.base import SegmentationDataModule
 from dnlseg.data.resumable import ResumableDataLoader, train_sampler
 from dnlseg.data.transforms import (
     TrainAugmentation,
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 MAX_REPORTED = 10  # problems listed in one error message
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a predict_dir is searched for (any case)
 
 
 class DatasetLayoutError(UserError, ValueError):
@@ -115,12 +119,22 @@ def read_label(path: Path, label_map: np.ndarray | None) -> np.ndarray:
     mapped = label_map[label]
     if (mapped < 0).any():
         bad = np.unique(label[mapped < 0])
-        valid = np.flatnonzero(label_map >= 0)
         raise DatasetLayoutError(
             f"label {path} holds values {bad.tolist()[:20]} outside the dataset's label values "
-            f"({valid.min()}..{valid.max()}, see the DataModule docstring)"
+            f"({describe_values(np.flatnonzero(label_map >= 0))}, see the DataModule docstring)"
         )
     return mapped.astype(np.uint8)
+
+
+def describe_values(values: Sequence[int]) -> str:
+    """Sorted integers as ranges: [0, 1, ..., 18, 255] -> "0..18, 255"."""
+    ranges: list[list[int]] = []
+    for value in sorted(int(v) for v in values):
+        if ranges and value == ranges[-1][1] + 1:
+            ranges[-1][1] = value
+        else:
+            ranges.append([value, value])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" if b > a + 1 else f"{a}, {b}" for a, b in ranges)
 
 
 def check_pair(pair: FilePair, check_values: bool) -> str | None:
@@ -227,6 +241,45 @@ class SegmentationFiles(Dataset):
         }
 
 
+def image_folder_pairs(folder: Path) -> list[FilePair]:
+    """Every PNG/JPEG image under ``folder``, subfolders included (hidden ones not), unlabelled.
+
+    A sample's name is its path below ``folder`` without the suffix (``city/img_01``), so predictions keep the
+    folder structure and two files of one name in different subfolders do not collide.
+    """
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"predict_dir {folder} does not exist or is not a folder")
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.parts)
+    ]
+    names = [p.relative_to(folder).with_suffix("").as_posix() for p in files]
+    if not files:
+        raise DatasetLayoutError(f"predict_dir {folder} holds no images ({'/'.join(IMAGE_SUFFIXES)}, subfolders read)")
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DatasetLayoutError(f"predict_dir {folder}: images of the same name with other suffixes: {clash[:5]}")
+    return [FilePair(name, path) for name, path in zip(names, files, strict=True)]
+
+
+def predict_folder_loader(folder: str | Path, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of one image (sizes differ) from ``folder``, each at its own size, normalised as for evaluation.
+
+    Items ``{"image": (3, H, W) float, "name": str}``; grey and RGBA images are read as RGB. Every file is
+    checked to be a readable image before the first batch (``DatasetLayoutError`` listing the bad ones).
+    """
+    folder = Path(folder).expanduser()
+    pairs = image_folder_pairs(folder)
+    check_pairs(pairs, f"predict_dir {folder}", check_values=False)
+    return DataLoader(
+        SegmentationFiles(pairs, eval_transform()),
+        batch_size=1,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )
+
+
 def resolve_root(root: str | Path | None, env_var: str, dataset: str) -> Path:
     """``root``, else ``$env_var``; raise naming both when neither is set."""
     if root is None:
@@ -239,7 +292,7 @@ def resolve_root(root: str | Path | None, env_var: str, dataset: str) -> Path:
     return Path(root).expanduser()
 
 
-class FolderDataModule(L.LightningDataModule):
+class FolderDataModule(SegmentationDataModule):
     """Shared by the file-based datasets; subclasses set the class metadata and implement ``find_pairs``.
 
     Subclasses set in ``__init__``: ``num_classes``, ``class_names``, ``ignore_index``, ``palette`` (linked
@@ -256,6 +309,8 @@ class FolderDataModule(L.LightningDataModule):
         check_label_values: at setup, decode every label of the splits in use and check its values (slower
             on the full datasets; with false, values are still checked whenever a label is loaded).
         check_threads: threads for the setup checks.
+        predict_dir: a folder of images for ``dnlseg predict`` instead of the predict split (no dataset root
+            needed; ``image_folder_pairs``).
     """
 
     layout: str = ""  # the expected layout, for error messages
@@ -271,6 +326,7 @@ class FolderDataModule(L.LightningDataModule):
         seed: int | None,
         check_label_values: bool,
         check_threads: int,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -286,30 +342,27 @@ class FolderDataModule(L.LightningDataModule):
         self.seed = seed
         self.check_label_values = check_label_values
         self.check_threads = check_threads
+        self.predict_dir = predict_dir
         self.ignore_index: int = IGNORE_INDEX
         self.splits: dict[str, str] = {}  # "train" / "val" / "test" / "predict" -> the dataset's split name
         self.datasets: dict[str, SegmentationFiles] = {}
 
     # --- what a subclass provides -------------------------------------------------------------------------
+    @abstractmethod
     def find_pairs(self, split: str, labelled: bool) -> list[FilePair]:
         """The samples of ``split``, checked for layout and pairing; raise ``DatasetLayoutError`` if wrong."""
-        raise NotImplementedError
 
     def describe(self, split: str) -> str:
         """Names a split in messages, e.g. "Cityscapes val (/data/cityscapes)"."""
         return f"{type(self).__name__} {split}"
-
-    def encode_prediction(self, train_ids: np.ndarray) -> np.ndarray:
-        """(H, W) train ids -> the benchmark's label encoding (uint8); identity by default."""
-        return train_ids.astype(np.uint8)
 
     # --- Lightning hooks ----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         """Find and check the splits ``stage`` uses: fit -> train, val; validate -> val; test; predict."""
         roles = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for role in roles.get(stage or "fit", ("train", "val")):
-            if role in self.datasets:
-                continue
+            if role in self.datasets or (role == "predict" and self.predict_dir is not None):
+                continue  # predict_dir: read by predict_dataloader, no dataset root needed
             split = self.splits[role]
             labelled = role != "predict"
             pairs = self.find_pairs(split, labelled)
@@ -361,4 +414,6 @@ class FolderDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is not None:
+            return predict_folder_loader(self.predict_dir, self.num_workers, self.pin_memory)
         return self._loader("predict")

@@ -73,13 +73,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnlseg.data.base import SegmentationDataModule
+from dnlseg.data.folder import predict_folder_loader
 from dnlseg.data.resumable import ResumableDataLoader, train_sampler, trainer_rank_and_world_size
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -399,11 +400,11 @@ def write_cityscapes_layout(
     return root
 
 
-class SyntheticDataModule(L.LightningDataModule):
+class SyntheticDataModule(SegmentationDataModule):
     """The default dataset: synthetic images whose labels need long-range context (module docstring).
 
     Items are dicts ``{"image": (3, H, W) float normalised with ImageNet mean/std, "mask": (H, W) int64
-    in [0, num_classes) or 255, "name": str}``. Test = val set; predict = val images.
+    in [0, num_classes) or 255, "name": str}``. Test = val set; predict = val images, or ``predict_dir``.
 
     Args:
         num_train: training images per epoch (generated on the fly, the same every epoch).
@@ -417,6 +418,8 @@ class SyntheticDataModule(L.LightningDataModule):
         groups: legend entries (texture -> class) per image, 1 to 4. 1: every member has the legend's
             class (a global cue); more: each member must find the entry of its own texture (a pairwise cue).
         pin_memory: DataLoader ``pin_memory``.
+        predict_dir: a folder of images (PNG/JPEG, any size, subfolders read) for ``dnlseg predict`` instead
+            of the val images.
     """
 
     def __init__(
@@ -430,6 +433,7 @@ class SyntheticDataModule(L.LightningDataModule):
         num_workers: int = 0,
         groups: int = 1,
         pin_memory: bool = False,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("num_train", num_train), ("num_val", num_val), ("batch_size", batch_size)):
@@ -453,6 +457,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.groups = groups
         self.pin_memory = pin_memory
+        self.predict_dir = predict_dir
         self.num_classes: int = len(CLASS_NAMES)
         self.class_names: list[str] = list(CLASS_NAMES)
         self.ignore_index: int = IGNORE_INDEX
@@ -499,6 +504,8 @@ class SyntheticDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is not None:
+            return predict_folder_loader(self.predict_dir, self.num_workers, self.pin_memory)
         return self.val_dataloader()
 
     def write_cityscapes_layout(

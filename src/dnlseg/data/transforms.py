@@ -211,6 +211,13 @@ def eval_transform() -> A.Compose:
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 
+def unnormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """(3, H, W) normalised tensor -> (H, W, 3) float RGB in [0, 1] for display (the inverse of ``Normalize``)."""
+    m = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * s + m).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+
+
 def seed_transform(transform: A.BaseCompose, seed: int) -> None:
     """Give every transform of ``transform`` one shared random stream started from ``seed``."""
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -27,12 +27,12 @@ from torch import Tensor
 from dnlseg.data.transforms import rescale_size
 
 
-def resize(x: Tensor, size: Sequence[int]) -> Tensor:
+def resize(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
     """Bilinear resize of (N, C, h, w) to ``size`` (no-op when equal)."""
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def slide_windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, ...]]:
@@ -88,16 +88,23 @@ class Inference:
         """Number of network views averaged per image."""
         return len(self.scales) * (2 if self.flip else 1)
 
-    def __call__(self, model: Callable[[Tensor], Tensor], images: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    def __call__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        images: Tensor,
+        size: Sequence[int] | None = None,
+        align_corners: bool = False,
+    ) -> Tensor:
         """Scores (N, K, *size) of ``images`` (N, 3, H, W); ``size`` defaults to (H, W).
 
         One view: the network's logits, resized. Several views: log of the mean softmax over the views, so
-        argmax and cross-entropy both read it as they read logits.
+        argmax and cross-entropy both read it as they read logits. ``align_corners`` is the network's, for the
+        resizing of logits (mmseg resizes them with its heads' setting; images are resized with False).
         """
         H, W = images.shape[-2:]
         size = (H, W) if size is None else tuple(size)
         if self.views == 1:
-            return resize(self._run(model, self._rescale(images, self.scales[0])), size)
+            return resize(self._run(model, self._rescale(images, self.scales[0])), size, align_corners)
         probs = None
         for scale in self.scales:
             scaled = self._rescale(images, scale)
@@ -106,7 +113,7 @@ class Inference:
                 logits = self._run(model, x)  # (N, K, h, w)
                 if flipped:
                     logits = logits.flip(-1)
-                p = resize(logits, size).float().softmax(dim=1)  # (N, K, *size)
+                p = resize(logits, size, align_corners).float().softmax(dim=1)  # (N, K, *size)
                 probs = p if probs is None else probs.add_(p)
         return probs.div_(self.views).clamp_min_(1e-12).log_()
 

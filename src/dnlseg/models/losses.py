@@ -4,18 +4,29 @@ OHEM as in the official Cityscapes runs and mmseg's ``OHEMPixelSampler``: keep t
 predicted probability of their true class is below ``threshold`` (0.7), but at least ``min_kept`` pixels per
 image (the threshold is raised to the min_kept-th smallest probability when too few are below it).
 
-Under DDP (training) the loss is the sum over this process's kept pixels divided by the *mean* number of
-kept pixels per process: DDP averages the gradients over the W processes, so the update is that of the
-mean over all kept pixels of the global batch, as on one device (a plain per-process mean would weight
-each process's pixels by 1 / its own count). OHEM still chooses its hard pixels per process.
+Normalisation: the summed pixel losses are divided by the number of labelled (kept) pixels, ``"labelled"``, or by
+the number of all pixels of the batch, ignored ones included (they add 0 to the sum), ``"all"``: mmseg's
+``CrossEntropyLoss(avg_non_ignore=False)``, its default and what its model zoo was trained with. Under ``"all"`` a
+crop with many ignored pixels pulls less on the weights than one that is fully labelled.
+
+Under DDP (training) the loss is the sum over this process's pixels divided by the *mean* count per process: DDP
+averages the gradients over the W processes, so the update is that of the mean over the global batch, as on one
+device (a plain per-process mean would weight each process's pixels by 1 / its own count). With ``"all"`` every
+process counts N * H * W pixels, so that is also mmseg's per-GPU mean averaged by DDP. OHEM still chooses its hard
+pixels per process.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+LossNormalization = Literal["labelled", "all"]
+LOSS_NORMALIZATIONS = ("labelled", "all")
 
 
 def distributed_training() -> bool:
@@ -46,35 +57,50 @@ def mean_loss_terms(losses: dict[str, Tensor], strategy=None) -> dict[str, Tenso
 
 
 class SegmentationLoss(nn.Module):
-    """Pixel-wise cross-entropy, mean over the kept (non-ignored, OHEM-selected) pixels.
+    """Pixel-wise cross-entropy over the kept (non-ignored, OHEM-selected) pixels, divided by their number or by
+    the number of all pixels (module docstring).
 
     Args:
         ignore_index: label value that contributes no loss (255).
         ohem_threshold: None for plain cross-entropy; else keep pixels with p(true class) < threshold.
         ohem_min_kept: OHEM keeps at least this many pixels per image.
+        normalization: "labelled": the mean over the kept pixels; "all": the sum over them divided by all
+            N * H * W pixels (mmseg's ``avg_non_ignore=False``).
     """
 
-    def __init__(self, ignore_index: int = 255, ohem_threshold: float | None = None, ohem_min_kept: int = 100_000):
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        ohem_threshold: float | None = None,
+        ohem_min_kept: int = 100_000,
+        normalization: LossNormalization = "labelled",
+    ):
         super().__init__()
         if ohem_threshold is not None and not 0 < ohem_threshold <= 1:
             raise ValueError(f"ohem_threshold={ohem_threshold} must be in (0, 1] or null")
         if ohem_min_kept < 0:
             raise ValueError(f"ohem_min_kept={ohem_min_kept} must be >= 0")
+        if normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss normalization={normalization!r} must be one of {LOSS_NORMALIZATIONS}")
         self.ignore_index = ignore_index
         self.ohem_threshold = ohem_threshold
         self.ohem_min_kept = ohem_min_kept
+        self.normalization = normalization
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """logits (N, K, H, W), target (N, H, W) -> scalar loss."""
         distributed = distributed_training()
         if self.ohem_threshold is None and not distributed:
-            return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            if self.normalization == "labelled":
+                return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            # mmseg's reduction exactly: ignored pixels are 0 in the mean over all N * H * W
+            return F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none").mean()
         pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")  # (N, H, W)
         if self.ohem_threshold is None:
             keep = target != self.ignore_index
         else:
             keep = self.hard_pixels(logits.detach(), target)
-        count = keep.sum()
+        count = keep.sum() if self.normalization == "labelled" else torch.tensor(keep.numel(), device=keep.device)
         if distributed:
             count = mean_over_processes(count)
         return (pixel_loss * keep).sum() / count.clamp(min=1)

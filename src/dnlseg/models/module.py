@@ -7,18 +7,20 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
-from torch.optim.lr_scheduler import PolynomialLR
 
-from dnlseg.checkpoint_io import check_state_dict_fits
+from dnlseg.checkpoint_io import CheckpointMismatchError, check_state_dict_fits
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.buffers import BufferSnapshot
-from dnlseg.models.losses import SegmentationLoss, mean_loss_terms
+from dnlseg.models.losses import LossNormalization, SegmentationLoss, mean_loss_terms
+from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, mmseg_state_dict_for
 from dnlseg.models.network import SegmentationNetwork
 from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
+from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
+from dnlseg.models.schedule import PolyLR, mmseg_total_iters
 
 
 def default_optimizer(params) -> Optimizer:
@@ -34,7 +36,9 @@ class SegmentationModule(L.LightningModule):
         class_names: linked from the DataModule; names the per-class IoU logs.
         ignore_index: label value without loss or metric (255).
         encoder_name: smp encoder name.
-        encoder_weights: None or a local weight file (no downloads).
+        encoder_weights: None or a local weight file (no downloads): torchvision/smp, timm or mmseg ImageNet layout.
+        init_weights: start ``fit`` from the weights of this checkpoint (an mmseg model-zoo ``.pth`` or a dnlseg
+            ``.ckpt``; weights only, no optimiser or loop state); it must fit the config's model exactly.
         encoder_depth: 5 (paper); 3 or 4 end a ResNet after layer2/layer3 (small receptive field).
         output_stride: 8 or 16.
         head_channels: width of the context head.
@@ -43,11 +47,19 @@ class SegmentationModule(L.LightningModule):
         aux_weight: weight of the auxiliary FCN-head loss (0.4); 0 removes the aux head.
         aux_channels: width of the aux head.
         dropout: Dropout2d before the classifiers.
+        align_corners: of the bilinear upsampling of the heads' logits, in training and evaluation (mmseg's
+            769x769 Cityscapes configs: true).
         ohem_threshold: null for plain cross-entropy, else OHEM with this probability threshold (0.7).
         ohem_min_kept: OHEM keeps at least this many pixels per image.
+        loss_normalization: "labelled": the loss is the mean over the labelled (kept) pixels; "all": their sum
+            over all pixels of the batch, mmseg's ``CrossEntropyLoss(avg_non_ignore=False)`` (``dnlseg.models.losses``).
         optimizer: builds the optimiser from the parameters (default SGD lr 0.01, momentum 0.9, wd 5e-4).
-        lr_scheduler: builds a per-iteration scheduler from the optimiser; null: poly, power 0.9, over
-            the run's total optimiser steps.
+        param_groups: lr / weight-decay multipliers by parameter-name pattern, e.g.
+            ``[{pattern: "context\\.(query|key)\\.", wd_mult: 0.0}]`` (``dnlseg.models.param_groups``); null: one group.
+        lr_scheduler: builds a per-iteration scheduler from the optimiser; null: poly (``poly_power``,
+            ``poly_eta_min``) over the run's total optimiser steps, as mmengine's ``PolyLR``.
+        poly_power: exponent of the default poly schedule (0.9).
+        poly_eta_min: floor of the default poly schedule, reached at the last step (mmseg 1e-4).
         inference: how validation, test and predict run the network on a full image: ``mode`` whole or
             slide (``crop_size``, ``stride``), ``scales`` and ``flip`` for multi-scale + flip, ``base_size``;
             null: the whole image at its own size. Scores are compared at the label's resolution.
@@ -67,6 +79,7 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int = 255,
         encoder_name: str = "resnet50",
         encoder_weights: str | Path | None = None,
+        init_weights: str | Path | None = None,
         encoder_depth: int = 5,
         output_stride: int = 8,
         head_channels: int = 512,
@@ -74,10 +87,15 @@ class SegmentationModule(L.LightningModule):
         aux_weight: float = 0.4,
         aux_channels: int = 256,
         dropout: float = 0.1,
+        align_corners: bool = False,
         ohem_threshold: float | None = None,
         ohem_min_kept: int = 100_000,
+        loss_normalization: LossNormalization = "labelled",
         optimizer: OptimizerCallable = default_optimizer,
+        param_groups: list[ParamGroup] | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        poly_power: float = 0.9,
+        poly_eta_min: float = 0.0,
         inference: Inference | None = None,
         on_nonfinite_loss: NonFiniteAction = "stop",
         channels_last: bool = False,
@@ -103,16 +121,22 @@ class SegmentationModule(L.LightningModule):
             aux_channels if aux_weight > 0 else 0,
             dropout,
             encoder_depth,
+            align_corners,
         )
+        if init_weights is not None:  # before the memory format and compile: plain state_dict keys
+            self.load_state_dict(checkpoint_weights(self, Path(init_weights)))
         self.channels_last = channels_last
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
         if compile:
             self.network.compile()  # compiles the forward in place: state_dict keys stay ``network.*``
-        self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept)
+        self.criterion = SegmentationLoss(ignore_index, ohem_threshold, ohem_min_kept, loss_normalization)
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer
+        self.param_group_rules = list(param_groups or [])
         self.lr_scheduler_factory = lr_scheduler
+        self.poly_power = poly_power
+        self.poly_eta_min = poly_eta_min
         self.inference = inference if inference is not None else Inference()
         self.val_iou = SegmentationIoU(num_classes, ignore_index)
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
@@ -128,10 +152,11 @@ class SegmentationModule(L.LightningModule):
         """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
         masks = batch["mask"]
         out = self.network(self.to_memory_format(batch["image"]))
-        losses = {"main_loss": self.criterion(resize_to(out.logits, masks), masks)}
+        size = masks.shape[-2:]
+        losses = {"main_loss": self.criterion(self.network.upsample(out.logits, size), masks)}
         losses["loss"] = losses["main_loss"]
         if out.aux_logits is not None:
-            losses["aux_loss"] = self.criterion(resize_to(out.aux_logits, masks), masks)
+            losses["aux_loss"] = self.criterion(self.network.upsample(out.aux_logits, size), masks)
             losses["loss"] = losses["main_loss"] + self.aux_weight * losses["aux_loss"]
         return losses
 
@@ -157,7 +182,7 @@ class SegmentationModule(L.LightningModule):
 
     def evaluation_step(self, batch: dict, stage: str, metric) -> None:
         masks = batch["mask"]  # (N, H, W) at the original label resolution
-        logits = self.inference(self, batch["image"], masks.shape[-2:])  # (N, K, H, W)
+        logits = self.inference(self, batch["image"], masks.shape[-2:], self.network.align_corners)  # (N, K, H, W)
         self.log(f"{stage}/loss", self.criterion(logits, masks), batch_size=masks.shape[0], sync_dist=True)
         metric.update(logits.argmax(dim=1), masks)
 
@@ -176,23 +201,30 @@ class SegmentationModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """{"name": the batch's names, "prediction": (N, H, W) class ids at the input images' size}."""
-        return {"name": batch.get("name"), "prediction": self.inference(self, batch["image"]).argmax(dim=1)}
+        images = batch["image"]
+        return {
+            "name": batch.get("name"),
+            "prediction": self.inference(self, images, None, self.network.align_corners).argmax(dim=1),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before Lightning loads ``checkpoint["state_dict"]``: map an mmseg file's keys, check every shape."""
+        if MMSEG_KEY in checkpoint:  # read by AtomicCheckpointIO from an mmseg model-zoo file
+            source = checkpoint[MMSEG_KEY]["path"]
+            if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+                raise CheckpointMismatchError(
+                    f"--ckpt_path {source} is an mmsegmentation checkpoint: it holds weights but no dnlseg training "
+                    f"state to resume; start a fit from its weights with --model.init_weights={source}"
+                )
+            checkpoint["state_dict"] = mmseg_state_dict_for(self, checkpoint["state_dict"], source)
         check_state_dict_fits(self, checkpoint["state_dict"])  # names every differing shape, before loading
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        params = param_groups(self, self.param_group_rules) if self.param_group_rules else self.parameters()
+        optimizer = apply_multipliers(self.optimizer_factory(params))
         if self.lr_scheduler_factory is not None:
             scheduler = self.lr_scheduler_factory(optimizer)
-        else:  # poly: lr_t = lr_0 * (1 - t / T)^0.9, stepped every iteration
-            total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = PolynomialLR(optimizer, total_iters=total_steps, power=0.9)
+        else:  # poly to a floor, stepped every iteration
+            total_iters = mmseg_total_iters(int(self.trainer.estimated_stepping_batches))
+            scheduler = PolyLR(optimizer, total_iters, power=self.poly_power, eta_min=self.poly_eta_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def resize_to(logits: Tensor, masks: Tensor) -> Tensor:
-    """Bilinearly upsample logits (N, K, h, w) to the label size (N, H, W) when they differ."""
-    if logits.shape[-2:] == masks.shape[-2:]:
-        return logits
-    return F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)

@@ -35,6 +35,7 @@ class SegmentationNetwork(nn.Module):
         dropout: Dropout2d before each classifier.
         encoder_depth: 5 (the paper); 3 or 4 end a ResNet early (see ``build_encoder``). The context head
             reads the last stage, the aux head the one before.
+        align_corners: of the bilinear upsampling of both heads' logits (mmseg's 769x769 configs: True).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class SegmentationNetwork(nn.Module):
         aux_channels: int = 256,
         dropout: float = 0.1,
         encoder_depth: int = 5,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -56,13 +58,20 @@ class SegmentationNetwork(nn.Module):
         stage3_channels, stage4_channels = self.encoder.out_channels[-2:]
         self.decode_head = ContextHead(stage4_channels, head_channels, num_classes, context, dropout)
         self.aux_head = FCNHead(stage3_channels, aux_channels, num_classes, dropout) if aux_channels > 0 else None
+        self.align_corners = align_corners
 
     def forward(self, images: Tensor) -> SegmentationOutput:
         """images (N, 3, H, W) -> logits (N, classes, H, W) and, in training, aux logits."""
         size = images.shape[-2:]
         features = self.encoder(images)  # [input, stage 1 .. depth]; the last two feed the aux and context heads
-        logits = F.interpolate(self.decode_head(features[-1]), size=size, mode="bilinear", align_corners=False)
+        logits = self.upsample(self.decode_head(features[-1]), size)
         aux = None
         if self.aux_head is not None and self.training:
-            aux = F.interpolate(self.aux_head(features[-2]), size=size, mode="bilinear", align_corners=False)
+            aux = self.upsample(self.aux_head(features[-2]), size)
         return SegmentationOutput(logits, aux)
+
+    def upsample(self, logits: Tensor, size) -> Tensor:
+        """Bilinear resize of logits (N, K, h, w) to ``size`` with the heads' ``align_corners`` (no-op when equal)."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)

@@ -1,0 +1,86 @@
+"""Lightning's ``ModelCheckpoint``, whose record of its files is checked against the disk when a run resumes.
+
+A resumed run restores each checkpoint callback's state (its last file, its best-k files and their scores) from
+``last.ckpt``. That state can be older than the files on disk, because ``last.ckpt`` is written before the
+validation of the same step and anything after it may be lost:
+
+- ``last.ckpt`` saved by ``CheckpointOnSigterm`` before the first periodic save records no last file, so the
+  resumed run, finding ``last.ckpt`` taken, would write ``last-v1.ckpt`` and leave ``last.ckpt`` stale;
+- a best checkpoint saved after ``last.ckpt`` (the validation of that step, or later ones before a SIGKILL)
+  has deleted the best file that ``last.ckpt`` records, so the "best" path printed at the end would not exist;
+- a run folder moved or resumed from another working directory: Lightning restores nothing but the best path
+  (of the old location).
+
+``ResumableModelCheckpoint.load_state_dict`` therefore rebuilds the record from the files in its ``dirpath``:
+the last file is ``<dirpath>/last.ckpt`` when it exists, and the best-k files are those that exist, each with
+the score it recorded for itself when it was written (read from the file without loading its weights). The
+resumed run then keeps writing ``last.ckpt`` and the best files it knows; the printed paths exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def own_score(path: Path, state_key: str) -> Tensor | None:
+    """The score a best-k checkpoint file recorded for itself (in ``best_k_models`` of callback ``state_key``)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # unreadable or not a Lightning checkpoint: not one of ours
+        return None
+    state = checkpoint.get("callbacks", {}).get(state_key, {}) if isinstance(checkpoint, dict) else {}
+    scores = {Path(p).name: v for p, v in state.get("best_k_models", {}).items()}
+    score = scores.get(path.name)
+    return score if isinstance(score, Tensor) else None
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (same arguments) whose restored state is reconciled with its files (module docstring)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.dirpath is None:
+            return
+        folder = Path(self.dirpath)
+        last = folder / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if self.save_last and last.is_file():
+            self.last_model_path = str(last)
+        if self.monitor is None or self.save_top_k == 0:
+            self.best_model_path = self.best_model_path if Path(self.best_model_path or "").is_file() else ""
+            return
+        self.reconcile_best_k(folder)
+
+    def reconcile_best_k(self, folder: Path) -> None:
+        """Best-k record = the best-k files in ``folder`` with their own scores (the stale entries dropped)."""
+        scores = {}
+        for path in sorted(folder.glob(f"*{self.FILE_EXTENSION}")):
+            if path.name.startswith(self.CHECKPOINT_NAME_LAST) or path.name.startswith("."):
+                continue
+            known = next((v for p, v in self.best_k_models.items() if Path(p).name == path.name), None)
+            score = known if known is not None else own_score(path, self.state_key)
+            if score is not None:
+                scores[str(path)] = score
+        reverse = self.mode == "max"
+        ranked = sorted(scores, key=lambda p: float(scores[p]), reverse=reverse)
+        if self.save_top_k > 0:
+            ranked = ranked[: self.save_top_k]
+        dropped = sorted(set(map(str, self.best_k_models)) - set(ranked))
+        if dropped:
+            log.info("checkpoint record: %s no longer on disk or not among the best; using %s", dropped, ranked)
+        self.best_k_models = {p: scores[p] for p in ranked}
+        self.best_model_path = ranked[0] if ranked else ""
+        self.best_model_score = scores[ranked[0]] if ranked else None
+        if ranked and len(ranked) == self.save_top_k:
+            self.kth_best_model_path = ranked[-1]
+            self.kth_value = scores[ranked[-1]]
+        else:
+            self.kth_best_model_path = ""
+            self.kth_value = torch.tensor(-torch.inf if reverse else torch.inf)

@@ -1,0 +1,136 @@
+"""The ``dnlseg`` console script: picks the subcommand, keeps third-party noise out, reports user errors in one line.
+
+    dnlseg --help                                   # every subcommand (answers without importing Lightning)
+    dnlseg fit -c configs/synthetic/dnl.yaml        # LightningCLI subcommands: fit, validate, test, predict
+    dnlseg analyze -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
+    dnlseg prepare cityscapes --root /data/cityscapes
+    dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt
+    dnlseg --debug fit ...                          # or DNLSEG_DEBUG=1: full tracebacks for user errors too
+
+A mistake the user can fix (a ``dnlseg.errors.UserError``: config value, file, checkpoint, dataset layout)
+ends the command with ``dnlseg: <message>`` on stderr and exit status 1, no traceback; anything else is a bug
+and keeps its traceback. This module imports nothing heavy at import time: ``dnlseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "DNLSEG_DEBUG"
+
+# name -> one-line description, in the order ``dnlseg --help`` lists them.
+SUBCOMMANDS = {
+    "fit": "train (or resume with --ckpt_path last) a model from a YAML config; writes a run folder",
+    "validate": "evaluate a checkpoint on the validation split; writes metrics to the checkpoint's eval folder",
+    "test": "evaluate a checkpoint on the test split; writes metrics to the checkpoint's eval folder",
+    "predict": "label, colour and overlay PNGs of a checkpoint's predictions (a folder: --data.init_args.predict_dir)",
+    "analyze": "attention consistency metrics and attention-map figures of a checkpoint (no training)",
+    "prepare": "one-off dataset preparation (prepare cityscapes: labelTrainIds PNGs)",
+    "convert": "write an mmsegmentation model-zoo checkpoint once as a dnlseg checkpoint (optional)",
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# Third-party messages a user cannot act on: Lightning's advertisement for its cloud logger, and deprecations
+# inside Lightning's and jsonargparse's own calls.
+LIGHTNING_TIP = "💡 Tip:"
+IGNORED_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_TIP)
+
+
+def silence_third_party() -> None:
+    """Silence, in one place, the third-party tips and deprecation warnings a dnlseg user cannot act on."""
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    for message in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(DropLightningTips())
+
+
+def show_own_logs() -> None:
+    """dnlseg's INFO messages (run and output folders, what was written) on stderr, as Lightning shows its own."""
+    logger = logging.getLogger("dnlseg")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def top_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dnlseg",
+        description="Non-Local (NL) and Disentangled Non-Local (DNL) context heads for semantic segmentation.",
+        epilog="`dnlseg <subcommand> --help` lists the options of one subcommand. --debug (or DNLSEG_DEBUG=1) shows "
+        "the full traceback of an error that is otherwise reported in one line.",
+    )
+    sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
+    for name, description in SUBCOMMANDS.items():
+        sub.add_parser(name, help=description)
+    return parser
+
+
+def run(argv: list[str], from_sys_argv: bool = False) -> None:
+    """Run one ``dnlseg`` command line (without the program name); ``from_sys_argv``: it is ``sys.argv[1:]``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        top_level_parser().print_help()
+        return
+    if argv[0] == "prepare":
+        from dnlseg.cli import prepare
+
+        prepare(argv[1:])
+    elif argv[0] == "analyze":
+        from dnlseg.analyze import analyze
+
+        analyze(argv[1:])
+    elif argv[0] == "convert":
+        from dnlseg.convert import convert
+
+        convert(argv[1:])
+    else:
+        from dnlseg.cli import run_cli
+
+        run_cli(None if from_sys_argv else argv)  # None: LightningCLI reads sys.argv, as DDP workers will
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``dnlseg`` console script (and ``python -m dnlseg``)."""
+    from_sys_argv = argv is None
+    argv = list(sys.argv[1:] if from_sys_argv else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    if from_sys_argv:
+        sys.argv[1:] = argv
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP worker processes re-run sys.argv, now without the flag
+    silence_third_party()
+    show_own_logs()
+    from dnlseg.errors import UserError
+
+    try:
+        run(argv, from_sys_argv)
+    except UserError as error:
+        if debug:
+            raise
+        sys.exit(f"dnlseg: {error}")
+    except SystemExit as error:  # Lightning's SIGTERMException is a SystemExit (status 0 unless we say otherwise)
+        if is_lightning_sigterm(error):
+            sys.exit(EXIT_SIGTERM)  # last.ckpt was saved (CheckpointOnSigterm); non-zero: the run is not done
+        raise
+
+
+def is_lightning_sigterm(error: BaseException) -> bool:
+    """Whether ``error`` is Lightning's stop on SIGTERM (without importing Lightning when it was never loaded)."""
+    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return module is not None and isinstance(error, module.SIGTERMException)

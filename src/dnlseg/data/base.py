@@ -1,0 +1,38 @@
+"""What every dnlseg DataModule provides: the class metadata the model and the outputs read, and prediction on a folder.
+
+The CLI accepts as ``--data`` any concrete subclass of ``SegmentationDataModule`` (and lists exactly those in
+``dnlseg fit --help``). A subclass sets, in ``__init__``:
+
+- ``num_classes``, ``class_names``, ``ignore_index``: linked into the model by the CLI (never typed twice);
+- ``palette``: one RGB triple per class, for colour PNGs, prediction overlays and figure legends;
+- ``predict_dir``: a folder of images for ``dnlseg predict`` (None: the dataset's own predict split);
+
+and implements ``predict_dataloader`` (``dnlseg.data.folder.predict_folder_loader`` reads ``predict_dir``).
+``encode_prediction`` maps train ids to the dataset's label-file encoding (identity here).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+
+class SegmentationDataModule(L.LightningDataModule, ABC):
+    """The contract of a dnlseg DataModule (module docstring)."""
+
+    num_classes: int
+    class_names: list[str]
+    ignore_index: int
+    palette: list[tuple[int, int, int]]
+    predict_dir: str | None = None
+
+    @abstractmethod
+    def predict_dataloader(self) -> DataLoader:
+        """Images of ``predict_dir`` when it is set (any size, batch 1), else the dataset's predict split."""
+
+    def encode_prediction(self, train_ids: np.ndarray) -> np.ndarray:
+        """(H, W) train ids -> the dataset's label encoding (uint8); identity unless the dataset has its own."""
+        return train_ids.astype(np.uint8)

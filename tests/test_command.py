@@ -1,0 +1,82 @@
+"""The ``dnlseg`` console script: a top-level help with every subcommand, one-line user errors, quiet third parties."""
+
+import logging
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from dnlseg import command
+from dnlseg.command import DropLightningTips, main, silence_third_party
+from dnlseg.preflight import ConfigError
+from tests.test_reliability.runs import ROOT, tiny_config
+
+
+def test_help_lists_every_subcommand_without_importing_lightning():
+    code = "import sys\nfrom dnlseg.command import main\nmain(['--help'])\nprint('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in ("fit", "validate", "test", "predict", "analyze", "prepare", "convert"):
+        assert f"    {name} " in result.stdout
+    assert result.stdout.strip().endswith("False")  # no Lightning, no torch: answers at once
+
+
+def test_a_user_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
+    def fail(argv, from_sys_argv=False):
+        raise ConfigError("data.init_args.root=/x does not exist or is not a directory")
+
+    monkeypatch.setattr(command, "run", fail)
+    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", "x.yaml"])
+    assert exit_.value.code == "dnlseg: data.init_args.root=/x does not exist or is not a directory"  # status 1
+
+
+def test_debug_lets_the_user_error_through_with_its_traceback(monkeypatch):
+    def fail(argv, from_sys_argv=False):
+        assert "--debug" not in argv  # the flag is not passed on to LightningCLI
+        raise ConfigError("bad")
+
+    monkeypatch.setattr(command, "run", fail)
+    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
+    with pytest.raises(ConfigError):
+        main(["--debug", "fit"])
+    monkeypatch.setenv(command.DEBUG_ENV, "1")
+    with pytest.raises(ConfigError):
+        main(["fit"])
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def fail(argv, from_sys_argv=False):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(command, "run", fail)
+    with pytest.raises(KeyError):
+        main(["fit"])
+
+
+def test_third_party_tips_and_deprecations_are_silenced_in_one_place():
+    silence_third_party()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        silence_third_party()  # re-applied inside the catch: what the command does at start-up
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("something the user can act on", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something the user can act on"]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip = logging.LogRecord(rank_zero.name, logging.INFO, "", 0, "💡 Tip: For seamless cloud logging", None, None)
+    assert any(isinstance(f, DropLightningTips) for f in rank_zero.filters) and not rank_zero.filter(tip)
+
+
+@pytest.mark.slow
+def test_a_fit_prints_no_lightning_tip_and_no_pytree_deprecation(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings as a user sees them
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+    config = tiny_config(tmp_path, max_steps=1, val_check_interval=1)
+    cmd = [sys.executable, "-m", "dnlseg", "fit", "-c", str(config)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Tip:" not in output and "LeafSpec" not in output and "final val/mIoU" in output

@@ -1,0 +1,51 @@
+"""``dnlseg predict --data.init_args.predict_dir=DIR`` with every shipped DataModule: no dataset root needed; per
+image a label PNG in the dataset's encoding at the image's size, a colour PNG and an overlay, in a printed folder."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dnlseg.data.cityscapes import TRAIN_ID_TO_LABEL_ID
+from tests.datasets import OWN_CLASSES, write_image_folder
+from tests.test_reliability.runs import ROOT, dnlseg
+
+pytestmark = pytest.mark.slow
+
+ON_CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.sync_batchnorm=false",
+    "--model.encoder_name=resnet18",
+    "--model.head_channels=16",
+    "--model.aux_channels=8",
+    "--data.init_args.num_workers=0",
+]
+DATASETS = {
+    # config: (extra arguments, label values the dataset's encoding allows)
+    "cityscapes/dnl_r50_d8_512x1024_80k": ([], set(TRAIN_ID_TO_LABEL_ID[:19].tolist())),  # labelIds
+    "ade20k/dnl_r50_d8_512x512_160k": (["--model.inference.base_size=null"], set(range(1, 151))),
+    "own_data/dnl_r50_d8_512x512_40k": ([f"--data.init_args.classes={json.dumps(OWN_CLASSES)}"], {0, 1, 2, 3, 7}),
+}
+
+
+@pytest.mark.parametrize("config", DATASETS, ids=list(DATASETS))
+def test_predict_on_a_folder_needs_no_dataset_root_and_writes_each_image_at_its_size(config, tmp_path, monkeypatch):
+    monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
+    monkeypatch.delenv("ADE20K_ROOT", raising=False)
+    sizes = write_image_folder(tmp_path / "images")
+    extra, values = DATASETS[config]
+    out = tmp_path / "out"
+    args = ["-c", str(ROOT / f"configs/{config}.yaml"), *ON_CPU, *extra, f"--output_dir={out}"]
+    result = dnlseg("predict", *args, f"--data.init_args.predict_dir={tmp_path / 'images'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"predictions written to {out / 'predictions'}" in result.stderr
+    for name, (h, w) in sizes.items():
+        labels = Image.open(out / "predictions" / "labels" / f"{name}.png")
+        assert labels.mode == "L" and labels.size == (w, h)
+        assert set(np.unique(np.asarray(labels)).tolist()) <= values  # the dataset's own encoding
+        for kind in ("color", "overlay"):
+            assert Image.open(out / "predictions" / kind / f"{name}.png").size == (w, h)
+    assert (out / "config.yaml").is_file()  # predict's own resolved config, beside its outputs
