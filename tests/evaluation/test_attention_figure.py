@@ -5,9 +5,9 @@ import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from dnlseg.context import AttentionMaps
 from dnlseg.evaluation import Query, attention_figure, select_queries, unnormalize
-from dnlseg.evaluation.attention_figure import CAPTION, grid_shape
+from dnlseg.evaluation.attention_figure import CAPTION, grid_shape, term_maps
+from tests.context.reference import captured_from_logits
 
 # 6 x 8 grid: class 2 on the left half, class 5 on the right half, class 7 in a 2 x 2 corner, void top row.
 LABELS = torch.tensor([[255] * 8] + [[2, 2, 2, 2, 5, 5, 5, 5]] * 3 + [[2, 2, 2, 2, 5, 5, 7, 7]] * 2)
@@ -38,8 +38,7 @@ def test_unnormalize_inverts_imagenet_normalisation():
 def figure(labels=LABELS, unary=True, palette=None, class_names=None, scale=4):
     P = labels.numel()
     h, w = labels.shape
-    maps = AttentionMaps(torch.zeros(1, P, P), torch.randn(1, P, P), torch.randn(1, 1, P) if unary else None,
-                         (h, w), (h, w))  # fmt: skip
+    maps = captured_from_logits(torch.randn(1, P, P), torch.randn(1, 1, P) if unary else None, (h, w), (h, w))
     queries = select_queries(labels)
     mask = labels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     image = np.zeros((*mask.shape, 3))
@@ -117,3 +116,14 @@ def test_the_boundary_query_keeps_clear_of_the_interior_queries(shift):
         if q.kind == "interior":
             gap = max(abs(q.row - boundary[0].row), abs(q.col - boundary[0].col))
             assert gap >= 2  # cells: the markers (9 pt) do not overlap at 4 px per cell and more
+
+
+def test_term_maps_are_the_softmax_rows_of_the_queries_and_of_the_unary_logits():
+    torch.manual_seed(0)
+    P = LABELS.numel()
+    p, u = torch.randn(2, P, P), torch.randn(2, 1, P)
+    queries = select_queries(LABELS)
+    pairwise, unary = term_maps(captured_from_logits(p, u, (6, 8), (6, 8)), 1, queries)
+    rows = [q.row * 8 + q.col for q in queries]
+    torch.testing.assert_close(pairwise, p[1, rows].softmax(-1).reshape(len(queries), 6, 8))
+    torch.testing.assert_close(unary, u[1, 0].softmax(-1).reshape(6, 8))
