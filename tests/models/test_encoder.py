@@ -49,3 +49,15 @@ def test_full_resnet_weights_load_into_a_shallow_encoder(tmp_path):
     loaded = build_encoder("resnet18", 8, tmp_path / "resnet18.pth", depth=3)
     assert not any(k.startswith(("layer3.", "layer4.")) for k in loaded.state_dict())
     torch.testing.assert_close(loaded.layer2[1].conv2.weight, source.layer2[1].conv2.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("output_stride, dilations", [(8, (2, 4)), (16, (1, 2)), (32, (1, 1))])
+def test_output_stride_sets_the_feature_size_and_the_dilation_of_the_last_stages(output_stride, dilations):
+    # The paper's dilated ResNet (SCIENCE.md section 4): stride 8 = layer3 dilation 2, layer4 dilation 4.
+    encoder = build_encoder("resnet18", output_stride)
+    features = encoder(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in features[-2:]] == [
+        (64 // min(16, output_stride), 96 // min(16, output_stride)),
+        (64 // output_stride, 96 // output_stride),
+    ]
+    assert (encoder.layer3[1].conv1.dilation[0], encoder.layer4[1].conv1.dilation[0]) == dilations

@@ -36,6 +36,17 @@ def test_ohem_min_kept_raises_the_threshold():
     assert keep.tolist() == [[[False, False, True, True]]]  # the two hardest
 
 
+def test_ohem_min_kept_counts_per_image_of_the_batch():
+    # Two images of 4 pixels, p(true class) all above 0.7: with min_kept = 2 per image OHEM keeps the 2 x 2 = 4
+    # hardest pixels of the batch (mmseg's rule: threshold = the 5th smallest probability, kept strictly below).
+    logits = torch.zeros(2, 2, 1, 4)
+    logits[0, 0, 0] = torch.tensor([9.0, 5.0, 3.0, 1.5])  # p = sigmoid(margin): 0.9999, 0.993, 0.95, 0.82
+    logits[1, 0, 0] = torch.tensor([8.0, 4.0, 2.0, 1.0])  # 0.9997, 0.98, 0.88, 0.73
+    target = torch.zeros(2, 1, 4, dtype=torch.long)
+    keep = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=2).hard_pixels(logits, target)
+    assert keep.tolist() == [[[False, False, True, True]], [[False, False, True, True]]]
+
+
 def test_ohem_never_keeps_ignored_pixels():
     logits = torch.zeros(1, 3, 2, 2)
     target = torch.full((1, 2, 2), 255)
