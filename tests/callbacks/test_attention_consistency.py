@@ -52,9 +52,9 @@ class Oracle(L.LightningModule):
         self.block(batch["image"])
 
 
-def validate_oracle(tmp_path, pairwise, unary, num_queries=16, **kwargs):
-    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
-    batches = [{"image": images, "mask": torch.stack([LABELS, LABELS])}]
+def validate_oracle(tmp_path, pairwise, unary, num_queries=16, labels=LABELS, **kwargs):
+    images = torch.stack([labels, labels]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
+    batches = [{"image": images, "mask": torch.stack([labels, labels])}]
     trainer = L.Trainer(
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="oracle"),
         callbacks=[AttentionConsistency(num_queries=num_queries, radius=0, **kwargs)],
@@ -90,6 +90,51 @@ def test_block_calls_over_the_memory_budget_are_skipped_with_a_warning(tmp_path)
     with pytest.warns(UserWarning, match="max_attention_mb"):
         assert validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.005) == {}
     assert PAIRWISE in validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.007)
+
+
+def test_sampled_queries_are_labelled_cells_when_there_are_enough():
+    # 16 cells, 5 labelled at the END of the raster order: 4 queries must all be labelled cells, whatever the draw.
+    labels = torch.full((2, 16), 255)
+    labels[:, 11:] = torch.tensor([0, 1, 1, 2, 0])
+    callback = AttentionConsistency(num_queries=4)
+    for batch in range(20):
+        callback._batch_idx = batch
+        rows = callback.sample_queries(labels)
+        assert rows.shape == (2, 4)
+        assert all(len(set(r.tolist())) == 4 and set(r.tolist()) <= set(range(11, 16)) for r in rows)
+
+
+def test_sampled_queries_are_random_cells_drawn_again_for_the_same_batch():
+    labels = torch.zeros(1, 64, dtype=torch.long)  # all labelled
+    callback = AttentionConsistency(num_queries=8)
+    draws = {}
+    for batch in range(10):
+        callback._batch_idx = batch
+        draws[batch] = callback.sample_queries(labels)[0].tolist()
+    assert callback.sample_queries(labels)[0].tolist() == draws[9]  # the same batch draws the same queries
+    assert len({tuple(sorted(d)) for d in draws.values()}) == 10  # other batches other cells, not the first 8
+    assert len(set().union(*draws.values())) > 40  # spread over the image (64 cells, 80 draws)
+    other_seed = AttentionConsistency(num_queries=8, seed=1)
+    other_seed._batch_idx = 9
+    assert other_seed.sample_queries(labels)[0].tolist() != draws[9]
+
+
+def test_images_with_fewer_labelled_cells_than_queries_get_all_of_them_first():
+    labels = torch.full((1, 16), 255)
+    labels[0, [3, 7]] = 1
+    rows = AttentionConsistency(num_queries=5).sample_queries(labels)[0].tolist()
+    assert len(rows) == 5 and set(rows[:2]) == {3, 7} and len(set(rows)) == 5
+
+
+def test_ignored_queries_are_skipped_and_ignored_keys_are_not_own_class(tmp_path):
+    # Labels with an ignored column: the 4 queries of class 0 (left column) score 16/4 = 4 when all their mass is
+    # on class 0 cells, the 8 of class 1 score 16/8 = 2; 4 ignored cells are never queries. With 6 of 12
+    # labelled cells sampled per image the mean depends on the draw; with all 12: (4 * 4 + 8 * 2) / 12.
+    labels = torch.tensor([[0, 1, 1, 255]] * 4)
+    metrics = validate_oracle(tmp_path, "own_class", None, num_queries=12, labels=labels)
+    assert metrics[PAIRWISE] == pytest.approx(32 / 12, rel=1e-6)
+    metrics = validate_oracle(tmp_path, "own_class", None, num_queries=16, labels=labels)  # 4 unlabelled drawn too
+    assert metrics[PAIRWISE] == pytest.approx(32 / 12, rel=1e-6)
 
 
 CONTEXTS = {

@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import albumentations as A
 import numpy as np
@@ -19,6 +20,7 @@ from dnlseg.data.transforms import (
     rescale_size,
     seed_transform,
     train_transform,
+    worker_seed,
 )
 
 
@@ -152,6 +154,31 @@ def test_each_worker_gets_its_own_augmentation_stream_and_a_rerun_repeats_it(tmp
     assert all(torch.equal(a, b) for a, b in zip(seeded, again, strict=True))
     other_seed = first_items(dataset, worker_init_fn=init_worker, seed=1)
     assert not torch.equal(seeded[0], other_seed[0])
+
+
+def test_worker_seed_differs_per_rank_and_per_worker_seed_and_fits_32_bits():
+    seeds = {(base, rank): worker_seed(base, rank) for base in (0, 1, 2**40 + 7) for rank in range(4)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= s < 2**32 for s in seeds.values())
+    assert worker_seed(5, 3) == worker_seed(5, 3) and worker_seed(5) == worker_seed(5, 0)
+    assert worker_seed(2**63 + 5, 1) == worker_seed(5, 1)  # base seeds wrap at 2**63 (torch's are < 2**64)
+
+
+def draws_in_a_worker(monkeypatch, tmp_path, rank, worker_base_seed=1234):
+    """What a DataLoader worker with PyTorch seed ``worker_base_seed`` on DDP rank ``rank`` draws, in-process."""
+    dataset = one_image_dataset(tmp_path, copies=1)
+    info = SimpleNamespace(seed=worker_base_seed, id=0, num_workers=1, dataset=dataset)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+    init_worker(0, rank=rank)
+    return dataset[0]["image"], np.random.random(), random.random()
+
+
+def test_ddp_ranks_draw_different_augmentations_and_each_rank_repeats_its_own(monkeypatch, tmp_path):
+    rank0, rank1, rank0_again = (draws_in_a_worker(monkeypatch, tmp_path, rank) for rank in (0, 1, 0))
+    assert not torch.equal(rank0[0], rank1[0]) and rank0[1:] != rank1[1:]
+    assert torch.equal(rank0[0], rank0_again[0]) and rank0[1:] == rank0_again[1:]
+    expected = worker_seed(1234, 1)  # the worker's numpy and random streams start from the mixed seed
+    assert rank1[1] == np.random.RandomState(expected).random_sample() and rank1[2] == random.Random(expected).random()
 
 
 @pytest.mark.parametrize("field, value", [("crop_size", (0, 10)), ("scale_range", (2.0, 1.0)), ("cat_max_ratio", 0.0)])
