@@ -1,7 +1,10 @@
 """data/folder.py: reading label PNGs, the setup checks of (image, label) pairs and their error messages."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dnlseg.data.folder import (
@@ -114,3 +117,22 @@ def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
     assert f"image without label: {tmp_path / 'a.jpg'}" in message
     assert f"label without image: {tmp_path / 'c.png'}" in message and message.endswith("layout here")
     assert pair_by_stem({"b": images["b"]}, {"b": labels["b"]}, "x", "") == [("b", images["b"], labels["b"])]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, rank):
+    from dnlseg.data import CityscapesDataModule, TrainAugmentation
+    from dnlseg.data.transforms import init_worker, seed_transform, worker_seed
+    from tests.helpers import fake_trainer
+
+    augmentation = TrainAugmentation(crop_size=(32, 32))
+    dm = CityscapesDataModule(str(cityscapes_root), augmentation=augmentation, num_workers=0, seed=7)
+    dm.trainer = SimpleNamespace(**vars(fake_trainer(global_rank=rank)), world_size=2)
+    loader = dm.train_dataloader()
+    assert loader.worker_init_fn.func is init_worker and loader.worker_init_fn.keywords == {"rank": rank}
+    first = loader.dataset[0]["image"]  # the main-process stream (num_workers=0): seeded from (seed, rank)
+    seed_transform(loader.dataset.transform, worker_seed(7, rank))
+    assert torch.equal(loader.dataset[0]["image"], first)
+    seed_transform(loader.dataset.transform, worker_seed(7, 1 - rank))
+    assert not torch.equal(loader.dataset[0]["image"], first)
+    assert len(loader.sampler) == 2  # 4 train images over 2 ranks

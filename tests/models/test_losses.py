@@ -92,3 +92,42 @@ def test_a_nan_on_another_process_makes_every_process_see_a_nonfinite_loss():
     terms = mean_loss_terms(losses, TwoRankStrategy(other=torch.tensor([float("nan"), 1.0])))
     assert skip_nonfinite_loss(terms, 3, "skip") is True
     assert skip_nonfinite_loss(mean_loss_terms(losses), 3, "stop") is False  # this process alone: finite
+
+
+def labelled_counts_all_reduce(counts: list[int]):
+    """``dist.all_reduce`` in a 2-process run whose ranks label ``counts`` pixels: the in-place sum."""
+
+    def all_reduce(tensor, op=None, group=None):
+        tensor.fill_(float(sum(counts)))
+
+    return all_reduce
+
+
+@pytest.mark.parametrize("ohem_threshold", [None, 1.0])  # 1.0: OHEM that keeps every labelled pixel
+def test_ddp_loss_divides_by_the_mean_count_over_ranks_so_the_averaged_gradient_is_the_global_batch_mean(
+    monkeypatch, ohem_threshold
+):
+    # Two "ranks" in one process: the collective is replaced by the sum over both ranks' labelled-pixel counts.
+    # DDP averages the ranks' gradients; that average must be the gradient of the one-device mean over the global
+    # batch -- not the mean of per-rank means, which weights rank 1's few labelled pixels more.
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 5, 6)
+    target = torch.randint(0, 3, (4, 5, 6))
+    target[3, :4] = 255  # rank 1 (images 2, 3) labels fewer pixels than rank 0
+    parts = [(logits[:2].clone().requires_grad_(), target[:2]), (logits[2:].clone().requires_grad_(), target[2:])]
+    counts = [int((t != 255).sum()) for _, t in parts]
+    assert counts[0] != counts[1]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", labelled_counts_all_reduce(counts))
+    criterion = SegmentationLoss(ohem_threshold=ohem_threshold, ohem_min_kept=0)
+    for x, t in parts:
+        criterion(x, t).backward()
+    ddp_gradient = torch.cat([x.grad for x, _ in parts]) / 2  # DDP's mean over the 2 ranks
+    full = logits.clone().requires_grad_()
+    F.cross_entropy(full, target, ignore_index=255).backward()  # one device, the global batch
+    torch.testing.assert_close(ddp_gradient, full.grad)
+    with torch.no_grad():  # evaluation (no gradient): the plain local mean, no collective
+        monkeypatch.setattr(torch.distributed, "all_reduce", None)
+        x, t = parts[1]
+        torch.testing.assert_close(criterion(x, t), F.cross_entropy(x, t, ignore_index=255))
