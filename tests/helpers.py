@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from types import SimpleNamespace
 
 import lightning as L
@@ -13,6 +14,13 @@ from dnlseg.data import SyntheticDataModule
 from dnlseg.models import SegmentationModule
 
 CONTEXTS = {"nl": NonLocal2d, "dnl": DisentangledNonLocal2d}
+# The block variants of SCIENCE.md section 3 that log different attention terms.
+VARIANTS = {
+    **CONTEXTS,
+    "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),
+    "unary_nl": partial(DisentangledNonLocal2d, pairwise=False),
+    "baseline": None,
+}
 
 
 class RecordingLogger:
@@ -84,6 +92,33 @@ def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwarg
         accelerator="cpu",
         log_every_n_steps=1,
         **trainer_kwargs,
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+def fit_with_validation(tmp_path, context, callbacks) -> L.Trainer:
+    """Two training steps of a ``VARIANTS[context]`` head on 64 px synthetic images, validating after them."""
+    L.seed_everything(0, workers=True)
+    data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
+    model = SegmentationModule(
+        num_classes=data.num_classes,
+        encoder_name="resnet18",
+        head_channels=16,
+        aux_channels=8,
+        context=VARIANTS[context],
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        val_check_interval=2,
+        num_sanity_val_steps=1,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+        accelerator="cpu",
     )
     trainer.fit(model, data)
     return trainer

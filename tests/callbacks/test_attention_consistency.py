@@ -1,7 +1,5 @@
 """AttentionConsistency: known answers on hand-built attention, and what each block variant logs in a tiny fit."""
 
-from functools import partial
-
 import lightning as L
 import numpy as np
 import pytest
@@ -9,11 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnlseg.callbacks import AttentionConsistency
-from dnlseg.context import AttentionMaps, ContextBlock, DisentangledNonLocal2d, NonLocal2d
-from dnlseg.data import SyntheticDataModule
+from dnlseg.context import AttentionMaps, ContextBlock
 from dnlseg.evaluation import boundary_band
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from dnlseg.models import SegmentationModule
+from tests.helpers import VARIANTS, fit_with_validation
 
 PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"
 # 4 x 4 labels: class 0 on the left column (4 cells), class 1 elsewhere (12 cells); boundary: columns 0-1.
@@ -137,13 +134,6 @@ def test_ignored_queries_are_skipped_and_ignored_keys_are_not_own_class(tmp_path
     assert metrics[PAIRWISE] == pytest.approx(32 / 12, rel=1e-6)
 
 
-CONTEXTS = {
-    "nl": NonLocal2d,
-    "dnl": DisentangledNonLocal2d,
-    "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),
-    "unary_nl": partial(DisentangledNonLocal2d, pairwise=False),
-    "baseline": None,
-}
 EXPECTED = {
     "nl": {PAIRWISE, UNARY},
     "dnl": {PAIRWISE, UNARY},
@@ -153,34 +143,8 @@ EXPECTED = {
 }
 
 
-def fit_with_validation(tmp_path, context, callbacks):
-    L.seed_everything(0, workers=True)
-    data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
-    model = SegmentationModule(
-        num_classes=data.num_classes,
-        encoder_name="resnet18",
-        head_channels=16,
-        aux_channels=8,
-        context=CONTEXTS[context],
-    )
-    trainer = L.Trainer(
-        max_steps=2,
-        val_check_interval=2,
-        num_sanity_val_steps=1,
-        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context),
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-        accelerator="cpu",
-    )
-    trainer.fit(model, data)
-    return trainer
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("context", list(CONTEXTS))
+@pytest.mark.parametrize("context", list(VARIANTS))
 def test_each_variant_logs_the_metrics_of_the_terms_it_has(tmp_path, context):
     trainer = fit_with_validation(tmp_path, context, [AttentionConsistency(num_queries=8)])
     scalars = read_scalars(trainer.logger.log_dir)
