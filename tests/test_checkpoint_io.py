@@ -47,8 +47,11 @@ def test_long_lists_name_the_first_ten():
     big = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(12)])
     with pytest.raises(CheckpointMismatchError, match=r"12 parameter\(s\) of the model are not in the checkpoint") as e:
         check_state_dict_fits(big, {})
-    first_ten = ["0", "1", "10", "11", "2", "3", "4", "5", "6", "7"]  # sorted as strings
-    assert str(e.value).splitlines()[1].endswith(": " + ", ".join(f"{i}.weight" for i in first_ten))
+    first_ten = ", ".join(f"{i}.weight" for i in ["0", "1", "10", "11", "2", "3", "4", "5", "6", "7"])  # as strings
+    assert str(e.value).splitlines()[1].endswith(": " + first_ten)
+    with pytest.raises(CheckpointMismatchError) as e:
+        check_state_dict_fits(nn.Sequential(), big.state_dict())
+    assert str(e.value).splitlines()[1].endswith(": " + first_ten)  # extra parameters: the first ten too
 
 
 def test_non_tensor_entries_are_not_shape_checked():
@@ -59,17 +62,32 @@ def test_non_tensor_entries_are_not_shape_checked():
 
 def test_storage_options_and_remote_paths(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
-    with pytest.raises(TypeError, match="takes no storage_options"):
+    with pytest.raises(TypeError, match="^AtomicCheckpointIO takes no storage_options"):
         io.save_checkpoint({}, tmp_path / "a.ckpt", storage_options={"x": 1})
-    io.save_checkpoint({"step": 3}, f"file://{tmp_path}/b.ckpt")  # a file URL is a local path
-    assert torch.load(tmp_path / "b.ckpt", weights_only=True) == {"step": 3}
     remote = []
     monkeypatch.setattr(
         "lightning.pytorch.plugins.io.TorchCheckpointIO.save_checkpoint",
-        lambda self, checkpoint, path, storage_options=None: remote.append(path),
+        lambda self, checkpoint, path, storage_options="unset": remote.append((checkpoint, path, storage_options)),
     )
+    io.save_checkpoint({"step": 3}, f"file://{tmp_path}/b.ckpt")  # a file URL is a local path: saved here
+    assert torch.load(tmp_path / "b.ckpt", weights_only=True) == {"step": 3} and remote == []
     io.save_checkpoint({"step": 4}, "s3://bucket/c.ckpt")
-    assert remote == ["s3://bucket/c.ckpt"]
+    assert remote == [({"step": 4}, "s3://bucket/c.ckpt", None)]
+
+
+def test_the_checkpoint_is_written_to_a_hidden_temporary_beside_it_and_missing_folders_are_made(tmp_path):
+    path = tmp_path / "a" / "b" / "last.ckpt"
+    seen = []
+
+    class RecordingIO(AtomicCheckpointIO):
+        def write(self, f, data):
+            seen.extend(path.parent.iterdir())  # what exists while the bytes are written
+            super().write(f, data)
+
+    RecordingIO().save_checkpoint({"step": 1}, path)
+    (tmp,) = seen
+    assert tmp.parent == path.parent and tmp.name.startswith(".last.ckpt.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists() and torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_a_stale_temporary_of_a_killed_write_is_removed_by_the_next_save(tmp_path):

@@ -152,3 +152,9 @@ def test_scaled_dot_product_attention_is_what_fused_calls():
     finally:
         F.scaled_dot_product_attention = original
     assert calls == [torch.Size([2, 1, 15, 4])]
+
+
+def test_gaussian_mode_has_no_query_or_key_embedding():
+    block = NonLocal2d(8, mode="gaussian")
+    assert block.query is None and block.key is None
+    assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"value", "out", "out_norm"}
