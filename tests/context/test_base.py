@@ -17,7 +17,7 @@ def test_the_smallest_block_is_allowed_and_starts_fused_without_recorded_maps():
     block = ContextBlock(1, 1)
     assert (block.in_channels, block.channels, block.attention, block.downsample) == (1, 1, "fused", False)
     assert block.keep_attention is False and block.last_attention is None and block.materialize is False
-    assert ContextBlock(8, reduction=2).channels == 4  # the default reduction
+    assert ContextBlock(8).channels == 4  # the default reduction is 2
     materialized = ContextBlock(4, 2, attention="materialized")
     assert materialized.attention == "materialized" and materialized.materialize is True
 

@@ -45,7 +45,7 @@ def test_slide_averages_overlapping_windows():
 
     out = Inference(mode="slide", crop_size=(4, 6), stride=(4, 4))(model, torch.zeros(1, 3, 4, 10))
     assert calls == [(4, 6), (4, 6)]  # windows x in [0, 6) and [4, 10)
-    assert out[0, 0, 0].tolist() == [1, 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2]
+    assert out.shape == (1, 1, 4, 10) and out[0, 0, 0].tolist() == [1, 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2]
 
 
 def test_output_is_at_the_requested_label_size():
@@ -107,12 +107,57 @@ def test_base_size_sets_scale_one_like_mmseg_test_img_scale():
     assert seen == [(512, 683), (256, 341)]
 
 
+@pytest.mark.parametrize("size", range(8, 20))
+def test_slide_windows_cover_every_pixel_with_the_fewest_windows(size):
+    windows = slide_windows(size, size + 3, (8, 8), (4, 4))
+    covered = torch.zeros(size, size + 3)
+    for y0, y1, x0, x1 in windows:
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    rows = -(-(size - 8) // 4) + 1  # ceil((H - crop) / stride) + 1
+    assert len(windows) == rows * (-(-(size - 5) // 4) + 1)
+
+
+def test_an_image_smaller_than_the_crop_gets_one_window_even_with_stride_one():
+    assert slide_windows(3, 5, (4, 8), (1, 1)) == [(0, 3, 0, 5)]
+
+
+def test_multi_scale_without_flip_runs_every_view_unflipped():
+    def model(x):  # not flip-equivariant: the column index is a logit
+        column = torch.arange(x.shape[-1], dtype=x.dtype).expand(x.shape[0], *x.shape[-2:])
+        return torch.stack([x[:, 0], column], dim=1)
+
+    image = torch.randn(1, 3, 4, 8, generator=torch.Generator().manual_seed(1))
+    out = Inference(scales=(1.0, 1.0))(model, image)
+    torch.testing.assert_close(out, model(image).log_softmax(1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "slide", "crop_size": (1, 1), "stride": (1, 1)},
+        {"scales": (0.01,)},
+        {"base_size": (1, 1)},
+    ],
+)
+def test_smallest_valid_settings_are_accepted(kwargs):
+    Inference(**kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"mode": "slide"}, "needs crop_size"),
         ({"mode": "slide", "crop_size": (8, 8)}, "needs stride"),
         ({"scales": ()}, "scales"),
+        ({"scales": (1.0, 0.0)}, r"scales=\(1.0, 0.0\) must be a non-empty list of positive factors"),
+        (
+            {"mode": "slide", "crop_size": (8,), "stride": (4, 4)},
+            r"needs crop_size: \[height, width\], both >= 1; got \(8,\)",
+        ),
+        ({"mode": "slide", "crop_size": (8, 8), "stride": (0, 4)}, "needs stride"),
+        ({"base_size": (512,)}, r"base_size=\(512,\) must be \(long side, short side\) or null"),
+        ({"base_size": (512, 0)}, "base_size"),
         ({"mode": "tiles"}, "mode"),
     ],
 )
