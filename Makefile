@@ -14,7 +14,7 @@ MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks experiment-separation experiment-ablation experiment-reliability mutation tensorboard clean
+	bench-callbacks experiment-separation experiment-ablation experiment-reliability mutation mutation-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ format: $(STAMP) ## ruff format + autofix
 # work folder under .mutation/, results in mutation/results/, report in mutation/report.md (mutation/run.py).
 mutation: $(STAMP) ## mutation testing of the core modules -> mutation/report.md; MODULE=src/dnlseg/models/losses.py for one
 	$(BIN)/python mutation/run.py $(if $(MODULE),--module $(MODULE)) $(MUTATION_ARGS)
+
+# CI's guard against a sliding score: one small core module from scratch (about a minute), failing below the target
+# or on a survivor without a verdict.
+mutation-check: $(STAMP) ## mutation score check of one small module (CI)
+	$(BIN)/python mutation/run.py --module src/dnlseg/evaluation/gradient_separation.py --fresh --check
 
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
