@@ -44,3 +44,8 @@ def test_blocks_pass_their_arguments_to_the_base():
         assert isinstance(block.out_norm, nn.Identity) and torch.equal(
             block.out.weight, torch.zeros_like(block.out.weight)
         )
+
+
+def test_a_norm_without_an_affine_weight_is_refused():
+    with pytest.raises(ValueError, match="norm_layer .* has no affine weight to zero-initialise"):
+        NonLocal2d(4, norm_layer=lambda c: nn.BatchNorm2d(c, affine=False))
