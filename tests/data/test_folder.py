@@ -1,16 +1,21 @@
 """data/folder.py: reading label PNGs, the setup checks of (image, label) pairs and their error messages."""
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DistributedSampler
 
+from dnlseg.data import ResumableDataLoader, TrainAugmentation
 from dnlseg.data.folder import (
     CorruptFileError,
     DatasetLayoutError,
     FilePair,
+    FolderDataModule,
+    SegmentationFiles,
     check_pair,
     check_pairs,
     lookup_table,
@@ -18,6 +23,7 @@ from dnlseg.data.folder import (
     read_image,
     read_label,
 )
+from dnlseg.data.transforms import RandomRescale, eval_transform
 
 
 def write_label(path, values, mode=None):
@@ -121,7 +127,7 @@ def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, rank):
-    from dnlseg.data import CityscapesDataModule, TrainAugmentation
+    from dnlseg.data import CityscapesDataModule
     from dnlseg.data.transforms import init_worker, seed_transform, worker_seed
     from tests.helpers import fake_trainer
 
@@ -136,3 +142,104 @@ def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, 
     seed_transform(loader.dataset.transform, worker_seed(7, 1 - rank))
     assert not torch.equal(loader.dataset[0]["image"], first)
     assert len(loader.sampler) == 2  # 4 train images over 2 ranks
+
+
+class TwoSplits(FolderDataModule):
+    """A FolderDataModule over files in ``root``: 3 labelled "train" images, 2 "val", 1 unlabelled "predict"."""
+
+    def __init__(self, root, seed=5, num_workers=0, pin_memory=False):
+        super().__init__(TrainAugmentation(crop_size=(4, 4)), 2, 1, num_workers, pin_memory, seed, True, 1)
+        self.root = root
+        self.splits = {"train": "tr", "val": "va", "test": "va", "predict": "pr"}
+        self.found = []
+
+    def find_pairs(self, split, labelled):
+        self.found.append(split)
+        count = {"tr": 3, "va": 2, "pr": 1}[split]
+        Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(self.root / "image.png")
+        label = write_label(self.root / "label.png", np.zeros((4, 6), dtype=np.uint8)) if labelled else None
+        return [FilePair(f"{split}{i}", self.root / "image.png", label, lookup_table({0: 0})) for i in range(count)]
+
+
+def test_setup_finds_the_splits_each_stage_uses_once(tmp_path):
+    dm = TwoSplits(tmp_path)
+    dm.setup("validate")
+    assert dm.found == ["va"] and list(dm.datasets) == ["val"]
+    dm.setup("fit")
+    assert dm.found == ["va", "tr"] and list(dm.datasets) == ["val", "train"]  # val is not found again
+    dm.setup("test")
+    dm.setup("predict")
+    assert dm.found == ["va", "tr", "va", "pr"] and "mask" not in dm.datasets["predict"][0]
+    other = TwoSplits(tmp_path)
+    other.setup(None)  # no stage: fit's splits
+    assert other.found == ["tr", "va"]
+    assert isinstance(other.datasets["train"].transform.transforms[0], RandomRescale)  # train: the augmentation
+    assert other.datasets["val"][0]["image"].shape == (3, 4, 6)  # evaluation: normalisation only, full size
+
+
+def test_train_loader_is_resumable_shuffled_by_seed_and_drops_the_last_batch(tmp_path):
+    dm = TwoSplits(tmp_path)
+    loader = dm.train_dataloader()
+    assert dm.found == ["tr", "va"]  # a loader asked for first sets its stage up
+    assert isinstance(loader, ResumableDataLoader) and loader.drop_last and loader.batch_size == 2
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.seed == 5 and loader.sampler.shuffle
+    assert loader.generator.initial_seed() == 5 and len(loader) == 1  # 3 images, batches of 2
+    assert loader.num_workers == 0 and not loader.persistent_workers and not loader.pin_memory
+
+
+@pytest.mark.parametrize("role", ["val", "test", "predict"])
+def test_evaluation_loaders_keep_every_image_in_order(tmp_path, role):
+    dm = TwoSplits(tmp_path)
+    loader = getattr(dm, f"{role}_dataloader")()
+    assert dm.found == [dm.splits[role]]  # only the split this loader needs
+    assert type(loader) is torch.utils.data.DataLoader and not loader.drop_last and loader.batch_size == 1
+    assert loader.generator is None and isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    assert [batch["name"][0] for batch in loader] == [f"{dm.splits[role]}{i}" for i in range(len(loader))]
+
+
+def test_workers_persist_and_memory_is_pinned_only_with_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dm = TwoSplits(tmp_path, num_workers=1, pin_memory=True)
+    loader = dm.val_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 1 and not loader.pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TwoSplits(tmp_path, num_workers=1, pin_memory=True).val_dataloader().pin_memory
+
+
+def test_without_a_seed_the_loader_follows_the_global_seed(tmp_path):
+    torch.manual_seed(2**63 + 9)  # torch seeds are up to 2**64 - 1; the loader's seed wraps at 2**63
+    loader = TwoSplits(tmp_path, seed=None).train_dataloader()
+    assert loader.sampler.seed == 9 and loader.generator.initial_seed() == 9
+
+
+def test_names_and_the_default_prediction_encoding(tmp_path):
+    dm = TwoSplits(tmp_path)
+    assert dm.describe("va") == "TwoSplits va"
+    encoded = dm.encode_prediction(np.array([[3, 200]], dtype=np.int64))
+    assert encoded.dtype == np.uint8 and encoded.tolist() == [[3, 200]]
+
+
+def test_check_pairs_logs_how_many_samples_it_checked(tmp_path, caplog):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    pairs = [FilePair(f"s{i}", tmp_path / "image.png") for i in range(3)]
+    with caplog.at_level("INFO", logger="dnlseg.data.folder"):
+        check_pairs(pairs, "Cityscapes val (/data)", num_threads=0)  # 0 threads: at least one
+    assert re.fullmatch(r"checked 3 samples of Cityscapes val \(/data\) in \d+\.\d s", caplog.records[-1].getMessage())
+
+
+def test_unreadable_images_are_named(tmp_path):
+    with pytest.raises(CorruptFileError, match="cannot decode image .*missing.png"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="empty.png"):
+        read_image(tmp_path / "empty.png")
+    Image.fromarray(np.full((2, 3), 7, dtype=np.uint8)).save(tmp_path / "grey.png")
+    assert read_image(tmp_path / "grey.png").tolist() == [[[7, 7, 7]] * 3] * 2  # grey -> RGB
+
+
+def test_a_size_mismatch_found_when_loading_names_both_sizes(tmp_path):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    label = write_label(tmp_path / "label.png", np.zeros((3, 5), dtype=np.uint8))
+    dataset = SegmentationFiles([FilePair("s", tmp_path / "image.png", label, lookup_table({0: 0}))], eval_transform())
+    with pytest.raises(DatasetLayoutError, match=r"image .*image.png is 6x4 \(WxH\), label .*label.png is 5x3$"):
+        dataset[0]
