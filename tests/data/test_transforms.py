@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from dnlseg.data.folder import FilePair, SegmentationFiles
 from dnlseg.data.transforms import (
     CategoryBalancedCrop,
+    RandomRescale,
     TrainAugmentation,
     init_worker,
     rescale_size,
@@ -181,10 +182,57 @@ def test_ddp_ranks_draw_different_augmentations_and_each_rank_repeats_its_own(mo
     assert rank1[1] == np.random.RandomState(expected).random_sample() and rank1[2] == random.Random(expected).random()
 
 
-@pytest.mark.parametrize("field, value", [("crop_size", (0, 10)), ("scale_range", (2.0, 1.0)), ("cat_max_ratio", 0.0)])
-def test_invalid_augmentation_settings_raise_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("crop_size", (0, 10), r"crop_size=\(0, 10\) must be \(height, width\), both >= 1"),
+        ("crop_size", (10,), "crop_size"),
+        ("scale_range", (2.0, 1.0), r"scale_range=\(2.0, 1.0\) must be \(min, max\) with 0 < min <= max"),
+        ("scale_range", (0.0, 1.0), "scale_range"),
+        ("scale_base", (2048,), r"scale_base=\(2048,\) must be \(long side, short side\) >= 1, or null"),
+        ("scale_base", (2048, 0), "scale_base"),
+        ("cat_max_ratio", 0.0, r"cat_max_ratio=0.0 must be in \(0, 1\] or null"),
+        ("cat_max_ratio", 1.5, "cat_max_ratio"),
+        ("flip_prob", 1.5, r"flip_prob=1.5 must be in \[0, 1\]"),
+        ("flip_prob", -0.1, "flip_prob"),
+    ],
+)
+def test_invalid_augmentation_settings_raise_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
         TrainAugmentation(**{field: value})
+
+
+def test_boundary_augmentation_settings_are_accepted():
+    TrainAugmentation(crop_size=(1, 1), scale_range=(1.0, 1.0), scale_base=(1, 1), cat_max_ratio=1.0, flip_prob=0.0)
+    TrainAugmentation(flip_prob=1.0, cat_max_ratio=None, scale_base=None)
+
+
+def test_balanced_crop_ignores_the_ignore_label_and_needs_two_classes():
+    # 100 x 400 label: class 0 on x < 190, class 1 on 190 <= x < 200, ignored (255) on x >= 200. Counting the
+    # labelled pixels only, a crop is balanced (class 0 < 95 %) when it holds enough of the class-1 strip; with 255
+    # counted as a class, or one class accepted, crops of the ignored half or of class 0 alone would pass.
+    mask = np.zeros((100, 400), dtype=np.uint8)
+    mask[:, 200:] = 255
+    mask[:, 190:200] = 1  # a thin strip of class 1 next to the ignored half
+    image = np.zeros((100, 400, 3), dtype=np.uint8)
+    transform = A.Compose([CategoryBalancedCrop(100, 100, cat_max_ratio=0.95)])
+    seed_transform(transform, 0)
+    for _ in range(30):
+        crop = transform(image=image, mask=mask)["mask"]
+        counts = np.bincount(crop.ravel(), minlength=256)
+        labelled = counts[0] + counts[1]
+        # accepted crops hold both classes with class 0 below 95 % of the LABELLED pixels (255 not counted)
+        assert counts[1] > 0 and counts[0] / labelled < 0.95
+
+
+def test_rescale_uses_bilinear_images_and_nearest_labels():
+    transform = A.Compose([RandomRescale((2.0, 2.0))])
+    image = np.array([[[0, 0, 0], [100, 100, 100]]], dtype=np.uint8)  # (1, 2, 3)
+    mask = np.array([[1, 3]], dtype=np.uint8)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (2, 4, 3) and out["mask"].tolist() == [[1, 1, 3, 3]] * 2
+    assert out["image"][0, :, 0].tolist() == [0, 25, 75, 100]  # half-pixel bilinear
+    assert RandomRescale((0.5, 1.0), (10, 5)).get_transform_init_args_names() == ("scale_range", "scale_base")
 
 
 def test_seed_worker_is_a_no_op_in_the_main_process():
