@@ -131,3 +131,39 @@ def test_ddp_loss_divides_by_the_mean_count_over_ranks_so_the_averaged_gradient_
         monkeypatch.setattr(torch.distributed, "all_reduce", None)
         x, t = parts[1]
         torch.testing.assert_close(criterion(x, t), F.cross_entropy(x, t, ignore_index=255))
+
+
+def test_ohem_min_kept_one_keeps_the_hardest_pixel_and_one_kept_pixel_is_the_whole_mean():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = torch.tensor([[4.0, 6.0], [5.0, 9.0]])  # class 1 true everywhere: p = 0.982, 0.998, 0.993, 0.9999
+    target = torch.ones(1, 2, 2, dtype=torch.long)
+    keep = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=1).hard_pixels(logits, target)
+    assert keep.tolist() == [[[True, False], [False, False]]]  # p(class 1) read at each pixel's own position
+    logits[0, 1, 1, 0] = 0.0  # one hard pixel (p = 0.5): the loss is its cross-entropy over a count of 1
+    loss = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=0)
+    assert loss.hard_pixels(logits, target).sum() == 1
+    torch.testing.assert_close(loss(logits, target), torch.tensor(0.6931472))
+
+
+def test_ohem_on_an_image_without_labelled_pixels_keeps_nothing_and_the_loss_is_zero():
+    logits, target = torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 255)
+    loss = SegmentationLoss(ohem_threshold=0.7, ohem_min_kept=4)
+    assert not loss.hard_pixels(logits, target).any() and loss(logits, target).item() == 0.0
+
+
+def test_the_defaults_and_the_setting_checks():
+    default = SegmentationLoss()
+    assert (default.ignore_index, default.ohem_threshold, default.ohem_min_kept) == (255, None, 100_000)  # mmseg's
+    SegmentationLoss(ohem_threshold=1.0, ohem_min_kept=0)
+    with pytest.raises(ValueError, match=r"ohem_threshold=0 must be in \(0, 1\] or null"):
+        SegmentationLoss(ohem_threshold=0)
+    with pytest.raises(ValueError, match="^ohem_min_kept=-1 must be >= 0$"):
+        SegmentationLoss(ohem_min_kept=-1)
+
+
+def test_a_one_process_group_is_not_distributed(monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+    monkeypatch.setattr(torch.distributed, "all_reduce", None)  # a collective would fail
+    logits, target = torch.randn(1, 3, 2, 2, requires_grad=True), torch.randint(0, 3, (1, 2, 2))
+    torch.testing.assert_close(SegmentationLoss()(logits, target), F.cross_entropy(logits, target))
