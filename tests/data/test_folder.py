@@ -104,13 +104,15 @@ def test_more_than_ten_problems_are_listed_ten_and_counted(tmp_path):
     lines = str(error.value).splitlines()
     assert lines[0] == "13 bad samples in Cityscapes val (/data):"
     assert len(lines) == 12 and lines[-1] == "  ... and 3 more"
-    assert all("holds values [9]" in line for line in lines[1:11])
+    assert all(
+        line.startswith("  label ") and line.endswith("(0..0, see the DataModule docstring)") for line in lines[1:11]
+    )
 
 
 def test_exactly_ten_problems_have_no_more_line(tmp_path):
     with pytest.raises(DatasetLayoutError) as error:
         check_pairs(pairs_with_bad_values(tmp_path, 10), "split")
-    assert len(str(error.value).splitlines()) == 11 and "more" not in str(error.value)
+    assert len(str(error.value).splitlines()) == 11 and str(error.value).endswith("see the DataModule docstring)")
 
 
 def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
@@ -119,9 +121,13 @@ def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
     with pytest.raises(DatasetLayoutError) as error:
         pair_by_stem(images, labels, "ADE20K training", "layout here")
     message = str(error.value)
-    assert message.startswith("ADE20K training: 1 images without labels and 1 labels without images:")
-    assert f"image without label: {tmp_path / 'a.jpg'}" in message
-    assert f"label without image: {tmp_path / 'c.png'}" in message and message.endswith("layout here")
+    assert message.splitlines() == [
+        "ADE20K training: 1 images without labels and 1 labels without images:",
+        f"  image without label: {tmp_path / 'a.jpg'}",
+        f"  label without image: {tmp_path / 'c.png'}",
+        "expected layout:",
+        "layout here",
+    ]
     assert pair_by_stem({"b": images["b"]}, {"b": labels["b"]}, "x", "") == [("b", images["b"], labels["b"])]
 
 
@@ -243,3 +249,16 @@ def test_a_size_mismatch_found_when_loading_names_both_sizes(tmp_path):
     dataset = SegmentationFiles([FilePair("s", tmp_path / "image.png", label, lookup_table({0: 0}))], eval_transform())
     with pytest.raises(DatasetLayoutError, match=r"image .*image.png is 6x4 \(WxH\), label .*label.png is 5x3$"):
         dataset[0]
+
+
+def test_palette_labels_are_single_channel_too(tmp_path):
+    palette = Image.fromarray(np.array([[0, 1], [1, 2]], dtype=np.uint8)).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    assert read_label(tmp_path / "p.png", None).tolist() == [[0, 1], [1, 2]]
+
+
+def test_at_most_twenty_invalid_values_are_listed(tmp_path):
+    path = write_label(tmp_path / "many.png", np.arange(30, 60, dtype=np.uint8)[None])
+    with pytest.raises(DatasetLayoutError, match=r"holds values \[30, 31, .*, 49\] outside"):
+        read_label(path, lookup_table({0: 0}))
