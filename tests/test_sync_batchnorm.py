@@ -3,6 +3,7 @@ process, computes what BatchNorm computes on the global batch (values, running s
 
 import copy
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -143,5 +144,28 @@ def test_bad_inputs_raise():
     sync = SyncBatchNormPlugin().apply(nn.Sequential(nn.BatchNorm2d(3)))[0]
     with pytest.raises(ValueError, match="expected at least 2D input"):
         sync._check_input_dim(torch.zeros(3))
-    with pytest.raises(ValueError, match="number of input channels should be non-zero"):
+    sync._check_input_dim(torch.zeros(2, 3))  # (N, C) is fine
+    with pytest.raises(ValueError, match="^SyncBatchNorm number of input channels should be non-zero$"):
         sync._check_non_zero_input_channels(torch.zeros(2, 0, 3))
+
+
+def test_the_collectives_use_the_modules_process_group_else_the_world(two_ranks, monkeypatch):
+    world, subgroup, asked = object(), object(), []
+    monkeypatch.setattr(torch.distributed, "group", SimpleNamespace(WORLD=world))
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: asked.append(group) or 2)
+    groups = []
+    reduce = two_ranks.all_reduce
+    monkeypatch.setattr(sync_batchnorm, "all_reduce", lambda t, group=None: groups.append(group) or reduce(t))
+    syncs = [SyncBatchNormPlugin().apply(nn.Sequential(nn.BatchNorm1d(3)))[0] for _ in range(2)]
+    syncs[1].process_group = subgroup
+    x = torch.randn(4, 3)  # (N, C): a 2-D input is a valid BatchNorm1d input
+    two_ranks.run(lambda rank, part: syncs[rank](part), [x[:2], x[2:]])
+    assert sorted(map(id, groups)) == sorted(map(id, [world, world, subgroup, subgroup]))
+    assert {id(g) for g in asked} == {id(None), id(subgroup)}  # the world size of the module's group
+
+
+def test_the_output_has_the_inputs_dtype(two_ranks):
+    syncs = [SyncBatchNormPlugin().apply(nn.Sequential(nn.BatchNorm2d(2)))[0] for _ in range(2)]
+    x = torch.randn(4, 2, 3, 3).to(torch.bfloat16)
+    outputs = two_ranks.run(lambda rank, part: syncs[rank](part), [x[:2], x[2:]])
+    assert [o.dtype for o in outputs] == [torch.bfloat16] * 2 and syncs[0].running_mean.dtype == torch.float32
