@@ -10,7 +10,7 @@ from dnlseg.callbacks import BranchGradientMonitor
 from dnlseg.callbacks.branch_gradients import branch_gradient_norms, separation_layout
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from tests.helpers import fake_trainer, tiny_batch, tiny_module
+from tests.helpers import RecordingLogger, fake_trainer, tiny_batch, tiny_module
 
 
 def test_norms_equal_the_norm_of_each_branch_gradient():
@@ -86,6 +86,30 @@ def test_layout_is_written_to_tensorboard_at_fit_start_on_rank_zero_only(tmp_pat
         accumulator.Reload()
         written = accumulator.Tags()["tensors"]
         assert written == ([metadata.CONFIG_SUMMARY_TAG] if rank == 0 and layout else [])
+
+
+def test_layout_names_the_blocks_without_the_network_prefix_and_needs_a_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import metadata
+
+    module, logger = tiny_module(DisentangledNonLocal2d), TensorBoardLogger(tmp_path, name="layout")
+    monitor = BranchGradientMonitor()
+    assert (monitor.every_n_steps, monitor.tensorboard_layout) == (1, True)  # the defaults: every step, a layout
+    monitor.on_fit_start(fake_trainer(loggers=[RecordingLogger(), logger]), module)  # a non-TensorBoard logger too
+    logger.experiment.flush()
+    accumulator = EventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    layout = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0]
+    assert b"gradient separation: decode_head.context" in layout and b"network." not in layout
+
+
+def test_the_ratio_of_small_gradients_is_not_clamped():
+    block = DisentangledNonLocal2d(8)
+    nn.init.ones_(block.out_norm.weight)
+    (block(torch.randn(2, 8, 4, 5)).square().sum() * 1e-6).backward()
+    norms = branch_gradient_norms(block)
+    assert norms["pairwise"] < 1e-3
+    torch.testing.assert_close(norms["unary_over_pairwise"], norms["unary"] / norms["pairwise"])
 
 
 def test_every_n_steps_below_one_raises():
