@@ -26,6 +26,7 @@ def test_context_head_is_conv_block_conv_concat_fuse_dropout_classifier():
     y = head.conv_out(head.context(head.conv_in(x)))
     expected = head.classifier(head.fuse(torch.cat([x, y], dim=1)))  # eval: dropout off
     torch.testing.assert_close(head(x), expected)
+    assert expected.shape == (2, 3, 4, 6) and head.classifier.kernel_size == (1, 1)
     assert head.fuse[0].in_channels == 18 and head.classifier.out_channels == 3 and head.dropout.p == 0.5
     assert isinstance(head.context, DisentangledNonLocal2d) and head.context.in_channels == 8
 
@@ -42,7 +43,8 @@ def test_dropout_is_active_in_training_only():
     torch.manual_seed(0)
     head = FCNHead(6, 4, 2, dropout=0.5)
     x = torch.randn(2, 6, 5, 5)
-    torch.testing.assert_close(head.eval()(x), head.classifier(head.conv(x)))
+    assert head.eval()(x).shape == (2, 2, 5, 5) and head.classifier.kernel_size == (1, 1)
+    torch.testing.assert_close(head(x), head.classifier(head.conv(x)))
     assert head.dropout.p == 0.5 and head.conv[0].out_channels == 4
     head.train()
     assert not torch.allclose(head(x), head(x))  # two Dropout2d draws
