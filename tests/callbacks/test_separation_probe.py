@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dnlseg.callbacks import SeparationProbe
-from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
 
@@ -81,6 +81,24 @@ def test_probe_restores_batchnorm_statistics_and_the_blocks_and_keeps_the_global
     block = module.network.decode_head.context
     assert block.keep_attention is False and block.last_attention is None
     assert all(p.grad is None for p in module.parameters())  # no parameter .grad touched
+
+
+def test_the_perturbation_is_drawn_from_seed_plus_step():
+    module, batch = tiny_module(NonLocal2d), tiny_batch()
+
+    def cross(seed, step):
+        torch.manual_seed(0)
+        metrics = SeparationProbe(seed=seed).probe(fake_trainer(global_step=step), module, batch)
+        return metrics[PREFIX + "cross_sensitivity"].item()
+
+    assert cross(2, 3) == cross(4, 1)  # the same generator seed 5
+    assert cross(2, 3) != cross(3, 3) and cross(2, 3) > 0  # NL: coupled
+
+
+def test_defaults_probe_every_50_steps_with_a_1_percent_step_and_seed_0():
+    probe = SeparationProbe()
+    assert (probe.every_n_steps, probe.relative_step, probe.seed) == (50, 1e-2, 0)
+    assert SeparationProbe(every_n_steps=1).every_n_steps == 1
 
 
 def test_bad_settings_raise():
