@@ -37,3 +37,8 @@ def test_summary_without_validation_or_checkpoints(caplog):
     cb = SimpleNamespace(dirpath="/c", last_model_path="", best_model_path="")
     lines = summary(caplog, callback_metrics={}, log_dir="/runs/v1", checkpoint_callbacks=[cb])
     assert lines[2:] == ["checkpoints: /c", "  last: -", "  best: -"]
+
+
+def test_checkpoint_callbacks_without_paths_show_dashes(caplog):
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v2", checkpoint_callbacks=[object()])
+    assert lines[2:] == ["checkpoints: -", "  last: -", "  best: -"]

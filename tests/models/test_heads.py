@@ -48,3 +48,7 @@ def test_dropout_is_active_in_training_only():
     assert head.dropout.p == 0.5 and head.conv[0].out_channels == 4
     head.train()
     assert not torch.allclose(head(x), head(x))  # two Dropout2d draws
+
+
+def test_default_dropout_is_0_1_in_both_heads():
+    assert FCNHead(6, 4, 2).dropout.p == 0.1 and ContextHead(6, 4, 2).dropout.p == 0.1
