@@ -80,4 +80,7 @@ def test_a_query_whose_class_has_no_key_cell_is_skipped():
     query_labels, key_labels = torch.tensor([[0, 4]]), torch.tensor([[0, 0]])  # class 4 is on no key cell
     values = pairwise_category_consistency(attention, query_labels, key_labels)
     assert values.tolist() == [1.0]  # only the class-0 query: mass 1 over area 1
-    assert pairwise_category_consistency(attention, torch.tensor([[255, 0]]), key_labels).tolist() == [1.0]
+    # an ignored query is skipped by default (ignore_index 255) even where ignored keys give it an area
+    assert pairwise_category_consistency(attention, torch.tensor([[255, 0]]), torch.tensor([[0, 255]])).tolist() == [
+        1.0
+    ]
