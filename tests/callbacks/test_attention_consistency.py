@@ -208,3 +208,25 @@ def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
     (metrics,) = trainer.validate(MixedOracle(), DataLoader(Batches(), batch_size=None))
     # one batch per rank: (32 * 2 + 16 * 1) / 48, not the mean of the rank means (2 + 1) / 2
     assert metrics[PAIRWISE] == pytest.approx(80 / 48, rel=1e-6)
+
+
+def test_defaults_and_setting_checks():
+    callback = AttentionConsistency()
+    assert (callback.num_queries, callback.radius, callback.max_batches, callback.max_attention_mb, callback.seed) == (
+        64,
+        1,
+        None,
+        4096,
+        0,
+    )
+    assert callback._sums == {} and callback._armed == set() and callback._masks is None and callback._batch_idx == 0
+    assert callback._warned_size is False
+    AttentionConsistency(num_queries=1, radius=0, max_batches=1)
+    assert AttentionConsistency(max_batches=3).max_batches == 3
+    for kwargs, message in (
+        ({"num_queries": 0}, "^num_queries=0 must be >= 1$"),
+        ({"radius": -1}, "^radius=-1 must be >= 0$"),
+        ({"max_batches": 0}, "^max_batches=0 must be >= 1 or null$"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            AttentionConsistency(**kwargs)
