@@ -157,13 +157,18 @@ def run_module(module: str, max_children: int, fresh: bool) -> dict:
     previous = exit_codes(work, module)
     again = [name for name, code in previous.items() if status_by_exit_code[code] in ("survived", "no tests")]
     start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    for names in ([], again):  # new and changed mutants, then the survivors of the last run against today's tests
-        if names or not previous:
-            result = mutmut(work, "run", "--max-children", str(max_children), *names)
-            if result.returncode != 0:
-                sys.exit(f"mutmut failed on {module} in {work}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        if not previous:
-            break
+
+    def run(*names: str) -> None:
+        result = mutmut(work, "run", "--max-children", str(max_children), *names)
+        if result.returncode != 0:
+            sys.exit(f"mutmut failed on {module} in {work}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+    if not previous:
+        run()
+    elif again:
+        run(*again)  # the survivors of the last run against today's tests
+    if any(code is None for code in exit_codes(work, module).values()):
+        run()  # new and changed mutants, and any result mutmut reset (a changed test selection resets them all)
     cpu_end = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = cpu_end.ru_utime + cpu_end.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
     codes = exit_codes(work, module)
