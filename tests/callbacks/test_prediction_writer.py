@@ -55,7 +55,10 @@ def test_a_datamodule_without_a_benchmark_encoding_gets_class_ids(tmp_path):
 
 def test_predict_step_output_of_another_shape_is_refused(tmp_path):
     writer = PredictionWriter(str(tmp_path))
-    message = r"^PredictionWriter expects predict_step to return \{'name': \[\.\.\.\], 'prediction': \(N, H, W\) ids\}; got Tensor$"
+    message = (
+        r"^PredictionWriter expects predict_step to return \{'name': \[\.\.\.\], 'prediction': \(N, H, W\) ids\}; "
+        r"got Tensor$"
+    )
     with pytest.raises(TypeError, match=message):
         writer.write_on_batch_end(None, None, torch.zeros(1, 4, 4), None, None, 0)
 
