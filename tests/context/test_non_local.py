@@ -69,8 +69,21 @@ def test_keep_attention_records_maps_in_the_graph():
     out = block(x)
     maps = block.last_attention
     assert maps.weights.shape == (2, 12, 12) and maps.query_size == (3, 4) and maps.key_size == (3, 4)
-    grad_p, grad_u = torch.autograd.grad(out.square().sum(), [maps.pairwise_logits, maps.unary_logits])
-    assert grad_p.shape == (2, 12, 12) and grad_u.abs().sum() > 0
+    # The maps are SCIENCE.md section 2's decomposition of the embedded-Gaussian logits q_i.k_j / sqrt(C'):
+    q, k = (conv(x).flatten(2).transpose(1, 2) for conv in (block.query, block.key))  # (N, P, C')
+    scale = q.shape[-1] ** -0.5
+    mu_q, mu_k = q.mean(1, keepdim=True), k.mean(1, keepdim=True)
+    torch.testing.assert_close(maps.pairwise_logits, (q - mu_q) @ (k - mu_k).transpose(1, 2) * scale)
+    torch.testing.assert_close(maps.unary_logits, mu_q @ k.transpose(1, 2) * scale)
+    torch.testing.assert_close(maps.weights, torch.softmax(q @ k.transpose(1, 2) * scale, dim=-1))
+    # ... and in the graph: dL/dp and dL/du follow from g = dL/dw through w = softmax_j(p_ij + u_j).
+    loss = out.square().sum()
+    grad_w, grad_p, grad_u = torch.autograd.grad(loss, [maps.weights, maps.pairwise_logits, maps.unary_logits])
+    w = maps.weights
+    expected_p = w * (grad_w - (w * grad_w).sum(-1, keepdim=True))
+    torch.testing.assert_close(grad_p, expected_p)
+    torch.testing.assert_close(grad_u, expected_p.sum(1, keepdim=True))
+    assert grad_p.abs().sum() > 0
 
 
 def test_downsample_pools_keys_to_a_quarter():
@@ -139,3 +152,9 @@ def test_scaled_dot_product_attention_is_what_fused_calls():
     finally:
         F.scaled_dot_product_attention = original
     assert calls == [torch.Size([2, 1, 15, 4])]
+
+
+def test_gaussian_mode_has_no_query_or_key_embedding():
+    block = NonLocal2d(8, mode="gaussian")
+    assert block.query is None and block.key is None
+    assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"value", "out", "out_norm"}
