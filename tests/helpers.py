@@ -42,6 +42,7 @@ def fake_trainer(global_step: int = 0, global_rank: int = 0, **attributes) -> Si
         loggers=[RecordingLogger()],
         precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
         sanity_checking=False,
+        datamodule=None,
     )
     return SimpleNamespace(**{**defaults, **attributes})
 

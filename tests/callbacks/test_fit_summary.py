@@ -8,14 +8,20 @@ from dnlseg.callbacks import FitSummary
 
 
 def summary(caplog, **trainer):
+    """The summary of a fit that trained (``on_train_start`` ran)."""
+    callback = FitSummary()
     with caplog.at_level("INFO"):
-        FitSummary().on_fit_end(SimpleNamespace(**trainer), None)
+        callback.on_fit_start(None, None)
+        callback.on_train_start(None, None)
+        callback.on_fit_end(SimpleNamespace(**trainer), None)
     return caplog.records[-1].getMessage().splitlines()
 
 
-def test_summary_names_the_miou_the_logs_and_the_last_and_best_checkpoints(caplog):
-    last = SimpleNamespace(dirpath="/runs/ckpt", last_model_path="/runs/ckpt/last.ckpt", best_model_path="")
-    best = SimpleNamespace(dirpath="/runs/ckpt", last_model_path="", best_model_path="/runs/ckpt/best.ckpt")
+def test_summary_names_the_miou_the_logs_and_the_last_and_best_checkpoints(caplog, tmp_path):
+    for name in ("last.ckpt", "best.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    last = SimpleNamespace(dirpath=str(tmp_path), last_model_path=str(tmp_path / "last.ckpt"), best_model_path="")
+    best = SimpleNamespace(dirpath=str(tmp_path), last_model_path="", best_model_path=str(tmp_path / "best.ckpt"))
     lines = summary(
         caplog,
         callback_metrics={"val/mIoU": torch.tensor(0.81234)},
@@ -25,10 +31,13 @@ def test_summary_names_the_miou_the_logs_and_the_last_and_best_checkpoints(caplo
     assert lines == [
         "final val/mIoU: 0.8123",
         "logs: /runs/v0",
-        "checkpoints: /runs/ckpt",
-        "  last: /runs/ckpt/last.ckpt",
-        "  best: /runs/ckpt/best.ckpt",
+        f"checkpoints: {tmp_path}",
+        f"  last: {tmp_path / 'last.ckpt'}",
+        f"  best: {tmp_path / 'best.ckpt'}",
     ]
+    (tmp_path / "best.ckpt").unlink()  # a recorded path whose file is gone is not printed
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v0", checkpoint_callbacks=[last, best])
+    assert lines[-1] == "  best: -"
 
 
 def test_summary_without_validation_or_checkpoints(caplog):

@@ -126,4 +126,4 @@ def test_the_count_is_reset_at_predict_start_and_reported_at_the_end(tmp_path, c
     assert writer.written == 0
     with caplog.at_level("INFO"):
         writer.on_predict_end(SimpleNamespace(), None)
-    assert f"wrote 0 predictions (labels/, color/) to {tmp_path}" in caplog.text
+    assert f"wrote 0 predictions (labels/, color/, overlay/) to {tmp_path}" in caplog.text
