@@ -10,10 +10,13 @@ LOGDIR ?= runs
 PYTEST_ARGS ?=
 ABLATION_ARGS ?=
 MMSEG_PACKAGES := mmsegmentation==1.2.2 mmcv-lite==2.1.0 mmengine==0.10.7
+MODULE ?=
+MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks bench-startup experiment-separation experiment-ablation experiment-reliability tensorboard clean
+	bench-callbacks bench-startup experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
+	tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,12 +39,22 @@ test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + format check
-	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments mutation
+	$(BIN)/ruff format --check src tests benchmarks experiments mutation
 
 format: $(STAMP) ## ruff format + autofix
-	$(BIN)/ruff check --fix src tests benchmarks experiments
-	$(BIN)/ruff format src tests benchmarks experiments
+	$(BIN)/ruff check --fix src tests benchmarks experiments mutation
+	$(BIN)/ruff format src tests benchmarks experiments mutation
+
+# Mutation testing (mutmut 3.x, a dev dependency) of the core modules with their fast tests; each module in its own
+# work folder under .mutation/, results in mutation/results/, report in mutation/report.md (mutation/run.py).
+mutation: $(STAMP) ## mutation testing of the core modules -> mutation/report.md; MODULE=src/dnlseg/models/losses.py for one
+	$(BIN)/python mutation/run.py $(if $(MODULE),--module $(MODULE)) $(MUTATION_ARGS)
+
+# CI's guard against a sliding score: one small core module from scratch (about a minute), failing below the target
+# or on a survivor without a verdict.
+mutation-check: $(STAMP) ## mutation score check of one small module (CI)
+	$(BIN)/python mutation/run.py --module src/dnlseg/evaluation/gradient_separation.py --fresh --check
 
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);

@@ -1,7 +1,5 @@
 """AttentionConsistency: known answers on hand-built attention, and what each block variant logs in a tiny fit."""
 
-from functools import partial
-
 import lightning as L
 import numpy as np
 import pytest
@@ -9,11 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnlseg.callbacks import AttentionConsistency
-from dnlseg.context import AttentionMaps, ContextBlock, DisentangledNonLocal2d, NonLocal2d
-from dnlseg.data import SyntheticDataModule
+from dnlseg.context import ContextBlock, DisentangledNonLocal2d, capture_attention
 from dnlseg.evaluation import boundary_band
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from dnlseg.models import SegmentationModule
+from tests.helpers import VARIANTS, TensorSizes, captured_from_logits, fit_with_validation, tiny_module
 
 PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"
 # 4 x 4 labels: class 0 on the left column (4 cells), class 1 elsewhere (12 cells); boundary: columns 0-1.
@@ -21,10 +18,10 @@ LABELS = torch.tensor([[0, 1, 1, 1]] * 4)
 
 
 class OracleBlock(ContextBlock):
-    """Identity block whose materialised maps are hand-built from the labels it is fed as its input."""
+    """Identity block whose captured logits are hand-built from the labels it is fed as its input."""
 
     def __init__(self, pairwise: str | None, unary: str | None) -> None:
-        super().__init__(in_channels=2, reduction=1)
+        super().__init__()
         self.pairwise_kind, self.unary_kind = pairwise, unary
 
     def forward(self, x):
@@ -37,8 +34,8 @@ class OracleBlock(ContextBlock):
         if self.unary_kind is not None:
             band = boundary_band(labels, radius=0).flatten(1)[:, None]  # (N, 1, P)
             u = torch.where(band, 0.0, -1e4) if self.unary_kind == "boundary" else torch.zeros(band.shape)
-        weights = torch.zeros(flat.shape[0], flat.shape[1], flat.shape[1])
-        self.record(AttentionMaps(weights, p, u, tuple(labels.shape[-2:]), tuple(labels.shape[-2:])))
+        size = tuple(labels.shape[-2:])
+        self.publish(lambda: captured_from_logits(p, u, size, size))
         return x
 
 
@@ -52,9 +49,9 @@ class Oracle(L.LightningModule):
         self.block(batch["image"])
 
 
-def validate_oracle(tmp_path, pairwise, unary, num_queries=16, **kwargs):
-    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
-    batches = [{"image": images, "mask": torch.stack([LABELS, LABELS])}]
+def validate_oracle(tmp_path, pairwise, unary, num_queries=16, labels=LABELS, **kwargs):
+    images = torch.stack([labels, labels]).float()[:, None].expand(-1, 2, -1, -1)  # (2, 2, 4, 4)
+    batches = [{"image": images, "mask": torch.stack([labels, labels])}]
     trainer = L.Trainer(
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="oracle"),
         callbacks=[AttentionConsistency(num_queries=num_queries, radius=0, **kwargs)],
@@ -85,20 +82,73 @@ def test_missing_terms_are_not_logged(tmp_path):
     assert set(validate_oracle(tmp_path, "uniform", None)) == {PAIRWISE, f"{PAIRWISE}/block"}
 
 
-def test_block_calls_over_the_memory_budget_are_skipped_with_a_warning(tmp_path):
-    # 3 maps of (2, 16, 16) fp32 = 6 KiB
-    with pytest.warns(UserWarning, match="max_attention_mb"):
-        assert validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.005) == {}
-    assert PAIRWISE in validate_oracle(tmp_path, "uniform", "uniform", max_attention_mb=0.007)
+def test_every_labelled_query_through_the_fused_kernel_equals_all_queries_sampled(tmp_path):
+    labels = torch.tensor([[0, 1, 1, 255]] * 4)  # 12 labelled queries, an ignored column of keys
+    for pairwise in ("own_class", "uniform"):
+        every = validate_oracle(tmp_path, pairwise, None, num_queries=None, labels=labels)
+        sampled = validate_oracle(tmp_path, pairwise, None, num_queries=16, labels=labels)
+        assert every[PAIRWISE] == pytest.approx(sampled[PAIRWISE], rel=1e-6)
+    assert every[PAIRWISE] == pytest.approx(1.0, rel=1e-6)  # uniform attention: chance
 
 
-CONTEXTS = {
-    "nl": NonLocal2d,
-    "dnl": DisentangledNonLocal2d,
-    "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),
-    "unary_nl": partial(DisentangledNonLocal2d, pairwise=False),
-    "baseline": None,
-}
+def test_the_metrics_of_a_real_block_never_build_a_position_by_position_matrix():
+    """O(P) memory: no tensor of the callback's computation holds P x Pk values (P = Pk = 1024 here)."""
+    module = tiny_module(DisentangledNonLocal2d).eval()
+    images, masks = torch.randn(1, 3, 256, 256), torch.randint(0, 3, (1, 256, 256))
+    for num_queries in (64, None):
+        callback = AttentionConsistency(num_queries=num_queries)
+        with torch.no_grad(), capture_attention(module) as captured:
+            module(images)
+        (record,) = captured["decode_head.context"]
+        P = record.pairwise_query.shape[1]
+        with torch.no_grad(), TensorSizes() as sizes:
+            callback._accumulate("b", record, masks, 0)
+        assert P == 1024 and max(sizes) < P * P / 8, num_queries
+        assert set(callback._sums) == {"pairwise_category_consistency/b", "unary_boundary_consistency/b"}
+
+
+def test_sampled_queries_are_labelled_cells_when_there_are_enough():
+    # 16 cells, 5 labelled at the END of the raster order: 4 queries must all be labelled cells, whatever the draw.
+    labels = torch.full((2, 16), 255)
+    labels[:, 11:] = torch.tensor([0, 1, 1, 2, 0])
+    callback = AttentionConsistency(num_queries=4)
+    for batch in range(20):
+        rows = callback.sample_queries(labels, batch)
+        assert rows.shape == (2, 4)
+        assert all(len(set(r.tolist())) == 4 and set(r.tolist()) <= set(range(11, 16)) for r in rows)
+
+
+def test_sampled_queries_are_random_cells_drawn_again_for_the_same_batch():
+    labels = torch.zeros(1, 64, dtype=torch.long)  # all labelled
+    callback = AttentionConsistency(num_queries=8)
+    draws = {}
+    for batch in range(10):
+        draws[batch] = callback.sample_queries(labels, batch)[0].tolist()
+    assert callback.sample_queries(labels, 9)[0].tolist() == draws[9]  # the same batch draws the same queries
+    assert len({tuple(sorted(d)) for d in draws.values()}) == 10  # other batches other cells, not the first 8
+    assert len(set().union(*draws.values())) > 40  # spread over the image (64 cells, 80 draws)
+    other_seed = AttentionConsistency(num_queries=8, seed=1)
+    assert other_seed.sample_queries(labels, 9)[0].tolist() != draws[9]
+
+
+def test_images_with_fewer_labelled_cells_than_queries_get_all_of_them_first():
+    labels = torch.full((1, 16), 255)
+    labels[0, [3, 7]] = 1
+    rows = AttentionConsistency(num_queries=5).sample_queries(labels)[0].tolist()
+    assert len(rows) == 5 and set(rows[:2]) == {3, 7} and len(set(rows)) == 5
+
+
+def test_ignored_queries_are_skipped_and_ignored_keys_are_not_own_class(tmp_path):
+    # Labels with an ignored column: the 4 queries of class 0 (left column) score 16/4 = 4 when all their mass is
+    # on class 0 cells, the 8 of class 1 score 16/8 = 2; 4 ignored cells are never queries. With 6 of 12
+    # labelled cells sampled per image the mean depends on the draw; with all 12: (4 * 4 + 8 * 2) / 12.
+    labels = torch.tensor([[0, 1, 1, 255]] * 4)
+    metrics = validate_oracle(tmp_path, "own_class", None, num_queries=12, labels=labels)
+    assert metrics[PAIRWISE] == pytest.approx(32 / 12, rel=1e-6)
+    metrics = validate_oracle(tmp_path, "own_class", None, num_queries=16, labels=labels)  # 4 unlabelled drawn too
+    assert metrics[PAIRWISE] == pytest.approx(32 / 12, rel=1e-6)
+
+
 EXPECTED = {
     "nl": {PAIRWISE, UNARY},
     "dnl": {PAIRWISE, UNARY},
@@ -108,34 +158,8 @@ EXPECTED = {
 }
 
 
-def fit_with_validation(tmp_path, context, callbacks):
-    L.seed_everything(0, workers=True)
-    data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
-    model = SegmentationModule(
-        num_classes=data.num_classes,
-        encoder_name="resnet18",
-        head_channels=16,
-        aux_channels=8,
-        context=CONTEXTS[context],
-    )
-    trainer = L.Trainer(
-        max_steps=2,
-        val_check_interval=2,
-        num_sanity_val_steps=1,
-        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context),
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-        accelerator="cpu",
-    )
-    trainer.fit(model, data)
-    return trainer
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("context", list(CONTEXTS))
+@pytest.mark.parametrize("context", list(VARIANTS))
 def test_each_variant_logs_the_metrics_of_the_terms_it_has(tmp_path, context):
     trainer = fit_with_validation(tmp_path, context, [AttentionConsistency(num_queries=8)])
     scalars = read_scalars(trainer.logger.log_dir)
@@ -155,8 +179,7 @@ def test_validation_miou_is_unchanged_and_blocks_are_restored(tmp_path):
     a, b = with_callback.callback_metrics, without.callback_metrics
     assert a["val/mIoU"].item() == pytest.approx(b["val/mIoU"].item(), abs=1e-6)
     block = with_callback.lightning_module.network.decode_head.context
-    assert block.keep_attention is False and block.last_attention is None
-    assert not block._forward_hooks and not block._forward_pre_hooks
+    assert not block._sinks and not block._forward_hooks and not block._forward_pre_hooks  # nothing left attached
 
 
 class MixedOracleBlock(OracleBlock):
@@ -199,3 +222,19 @@ def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
     (metrics,) = trainer.validate(MixedOracle(), DataLoader(Batches(), batch_size=None))
     # one batch per rank: (32 * 2 + 16 * 1) / 48, not the mean of the rank means (2 + 1) / 2
     assert metrics[PAIRWISE] == pytest.approx(80 / 48, rel=1e-6)
+
+
+def test_defaults_and_setting_checks():
+    callback = AttentionConsistency()
+    assert (callback.num_queries, callback.radius, callback.max_batches, callback.seed) == (64, 1, None, 0)
+    assert callback._sums == {} and callback._capture is None and callback._captured == {} and callback._blocks == []
+    assert AttentionConsistency(num_queries=None).num_queries is None  # every labelled query
+    AttentionConsistency(num_queries=1, radius=0, max_batches=1)
+    assert AttentionConsistency(max_batches=3).max_batches == 3
+    for kwargs, message in (
+        ({"num_queries": 0}, r"^num_queries=0 must be >= 1 or null \(every labelled query\)$"),
+        ({"radius": -1}, "^radius=-1 must be >= 0$"),
+        ({"max_batches": 0}, "^max_batches=0 must be >= 1 or null$"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            AttentionConsistency(**kwargs)

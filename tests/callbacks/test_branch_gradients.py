@@ -1,13 +1,16 @@
 """BranchGradientMonitor: per-branch gradient norms of every context block in TensorBoard."""
 
 import numpy as np
+import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from dnlseg.callbacks import BranchGradientMonitor
-from dnlseg.callbacks.branch_gradients import branch_gradient_norms
-from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.callbacks.branch_gradients import branch_gradient_norms, separation_layout
+from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from tests.helpers import RecordingLogger, fake_trainer, tiny_batch, tiny_module
 
 
 def test_norms_equal_the_norm_of_each_branch_gradient():
@@ -19,13 +22,102 @@ def test_norms_equal_the_norm_of_each_branch_gradient():
     def norm(*modules):
         return torch.cat([p.grad.flatten() for m in modules for p in m.parameters()]).norm()
 
-    torch.testing.assert_close(norms["query"], norm(block.query))
-    torch.testing.assert_close(norms["unary"], norm(block.unary))
+    assert set(norms) == {"query", "key", "value", "unary", "out", "pairwise", "unary_over_pairwise"}
+    for branch in ("query", "key", "value", "unary"):
+        torch.testing.assert_close(norms[branch], norm(getattr(block, branch)))
     torch.testing.assert_close(norms["out"], norm(block.out, block.out_norm))
     torch.testing.assert_close(norms["pairwise"], norm(block.query, block.key))
     torch.testing.assert_close(norms["unary_over_pairwise"], norm(block.unary) / norm(block.query, block.key))
+    assert len({round(v.item(), 6) for v in norms.values()}) == len(norms)  # all different: a mix-up would show
 
 
+def test_monitor_logs_the_norms_of_the_gradients_before_the_optimizer_step():
+    module, batch = tiny_module(DisentangledNonLocal2d), tiny_batch()
+    module.losses(batch)["loss"].backward()
+    block = module.network.decode_head.context
+    expected = {f"branch_grad/decode_head.context/{k}": v.item() for k, v in branch_gradient_norms(block).items()}
+    monitor = BranchGradientMonitor(every_n_steps=2)
+    for step in range(5):
+        trainer = fake_trainer(global_step=step)
+        monitor.on_before_optimizer_step(trainer, module, None)
+        assert trainer.loggers[0].metrics == ({step: pytest.approx(expected)} if step % 2 == 0 else {})
+    other_rank = fake_trainer(global_step=0, global_rank=1)
+    monitor.on_before_optimizer_step(other_rank, module, None)
+    assert other_rank.loggers[0].metrics == {}  # rank zero logs the all-reduced gradients once
+
+
+def test_a_block_without_gradients_or_a_module_without_blocks_logs_nothing():
+    monitor, trainer = BranchGradientMonitor(), fake_trainer()
+    monitor.on_before_optimizer_step(trainer, tiny_module(DisentangledNonLocal2d), None)  # no backward yet
+    monitor.on_before_optimizer_step(trainer, tiny_module(None), None)
+    assert trainer.loggers[0].metrics == {}
+    assert branch_gradient_norms(NonLocal2d(8)) == {}
+
+
+def test_separation_layout_charts_pairwise_against_unary_for_every_block():
+    layout = separation_layout(["a", "b"])
+    assert list(layout) == ["gradient separation: a", "gradient separation: b"]
+    charts = layout["gradient separation: b"]
+    assert charts["pairwise vs unary branch gradient norm"] == [
+        "Multiline",
+        ["branch_grad/b/pairwise", "branch_grad/b/unary"],
+    ]
+    assert charts["unary / pairwise gradient ratio"] == ["Multiline", ["branch_grad/b/unary_over_pairwise"]]
+    assert charts["pairwise vs unary logit gradient"] == [
+        "Multiline",
+        ["separation/b/pairwise_logit_grad", "separation/b/unary_logit_grad"],
+    ]
+    assert charts["cross-sensitivity (0 = separated)"] == ["Multiline", ["separation/b/cross_sensitivity"]]
+    assert charts["every branch"] == ["Multiline", ["branch_grad/b/(query|key|value|unary|out)$"]]
+
+
+def test_layout_is_written_to_tensorboard_at_fit_start_on_rank_zero_only(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import metadata
+
+    module = tiny_module(DisentangledNonLocal2d)
+    for rank, layout in ((0, True), (1, True), (0, False)):
+        logger = TensorBoardLogger(tmp_path, name=f"rank{rank}_{layout}")
+        BranchGradientMonitor(tensorboard_layout=layout).on_fit_start(
+            fake_trainer(global_rank=rank, loggers=[logger]), module
+        )
+        logger.experiment.flush()
+        accumulator = EventAccumulator(logger.log_dir)
+        accumulator.Reload()
+        written = accumulator.Tags()["tensors"]
+        assert written == ([metadata.CONFIG_SUMMARY_TAG] if rank == 0 and layout else [])
+
+
+def test_layout_names_the_blocks_without_the_network_prefix_and_needs_a_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import metadata
+
+    module, logger = tiny_module(DisentangledNonLocal2d), TensorBoardLogger(tmp_path, name="layout")
+    monitor = BranchGradientMonitor()
+    assert (monitor.every_n_steps, monitor.tensorboard_layout) == (1, True)  # the defaults: every step, a layout
+    monitor.on_fit_start(fake_trainer(loggers=[RecordingLogger(), logger]), module)  # a non-TensorBoard logger too
+    logger.experiment.flush()
+    accumulator = EventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    layout = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0]
+    assert b"gradient separation: decode_head.context" in layout and b"network." not in layout
+
+
+def test_the_ratio_of_small_gradients_is_not_clamped():
+    block = DisentangledNonLocal2d(8)
+    nn.init.ones_(block.out_norm.weight)
+    (block(torch.randn(2, 8, 4, 5)).square().sum() * 1e-6).backward()
+    norms = branch_gradient_norms(block)
+    assert norms["pairwise"] < 1e-3
+    torch.testing.assert_close(norms["unary_over_pairwise"], norms["unary"] / norms["pairwise"])
+
+
+def test_every_n_steps_below_one_raises():
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        BranchGradientMonitor(every_n_steps=0)
+
+
+@pytest.mark.slow  # a tiny fit
 def test_monitor_logs_every_branch_tag_with_finite_values(fit, tmp_path):
     trainer = fit(context="dnl", callbacks=[BranchGradientMonitor()])
     scalars = read_scalars(trainer.logger.log_dir)
@@ -37,6 +129,7 @@ def test_monitor_logs_every_branch_tag_with_finite_values(fit, tmp_path):
     assert (scalars[prefix + "pairwise"][1][1:] > 0).all()
 
 
+@pytest.mark.slow  # a tiny fit
 def test_monitor_on_nl_has_no_unary_branch(fit):
     trainer = fit(context="nl", callbacks=[BranchGradientMonitor(every_n_steps=2)])
     scalars = read_scalars(trainer.logger.log_dir)
@@ -44,6 +137,7 @@ def test_monitor_on_nl_has_no_unary_branch(fit):
     assert not any(tag.endswith("/unary") for tag in scalars)
 
 
+@pytest.mark.slow  # a tiny fit
 def test_custom_scalars_layout_is_written_at_fit_start(fit):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import metadata

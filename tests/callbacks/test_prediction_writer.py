@@ -1,5 +1,8 @@
 """PredictionWriter: per image a label PNG in the dataset's encoding at the image's size, a colour PNG, an overlay."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import lightning as L
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import torch
 from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
+from dnlseg.callbacks.prediction_writer import palette_table
 from dnlseg.data import ADE20KDataModule, SyntheticDataModule
 from dnlseg.data.folder import read_image
 from dnlseg.models import SegmentationModule
@@ -52,7 +56,11 @@ def test_a_datamodule_without_a_benchmark_encoding_gets_class_ids(tmp_path):
 
 def test_predict_step_output_of_another_shape_is_refused(tmp_path):
     writer = PredictionWriter(str(tmp_path))
-    with pytest.raises(TypeError, match="expects predict_step to return"):
+    message = (
+        r"^PredictionWriter expects predict_step to return \{'name': \[\.\.\.\], 'prediction': \(N, H, W\) ids\}; "
+        r"got Tensor$"
+    )
+    with pytest.raises(TypeError, match=message):
         writer.write_on_batch_end(None, None, torch.zeros(1, 4, 4), None, None, 0)
 
 
@@ -71,3 +79,51 @@ def test_a_folder_of_images_gives_labels_colours_and_overlays_at_each_image_size
         (path,) = (tmp_path / "images").glob(f"{name}.*")
         rgb = read_image(path).astype(float)  # grey and RGBA as RGB, as the model saw them
         np.testing.assert_allclose(overlay, 0.5 * rgb + 0.5 * colour, atol=1.01)
+
+
+def write_batch(writer, trainer, ids, names=None):
+    prediction = {"name": names, "prediction": torch.as_tensor(ids)}
+    writer.write_on_batch_end(trainer, None, prediction, None, None, batch_idx=3)
+
+
+def test_without_an_output_dir_predictions_go_under_the_runs_log_dir(tmp_path):
+    datamodule = SimpleNamespace(palette=[(0, 0, 0), (10, 20, 30)], encode_prediction=lambda ids: ids + 7)
+    trainer = SimpleNamespace(log_dir=str(tmp_path / "run"), datamodule=datamodule)
+    writer = PredictionWriter()
+    write_batch(writer, trainer, [[[0, 1], [1, 1]], [[0, 0], [0, 1]]])  # no names: <batch>_<index>
+    out = tmp_path / "run" / "predictions"
+    assert writer.resolve_dir(trainer) == out and writer.written == 2
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["000003_0.png", "000003_1.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "labels" / "000003_0.png")), [[7, 8], [8, 8]])
+    colour = np.asarray(Image.open(out / "color" / "000003_1.png"))
+    np.testing.assert_array_equal(colour[1, 1], (10, 20, 30))
+    np.testing.assert_array_equal(colour[0, 0], (0, 0, 0))
+    no_log_dir = SimpleNamespace(log_dir=None, datamodule=None)
+    assert writer.resolve_dir(no_log_dir) == Path(".") / "predictions"
+
+
+def test_class_ids_above_255_are_refused_before_an_8_bit_png_wraps_them(tmp_path):
+    trainer = SimpleNamespace(log_dir=None, datamodule=None)
+    writer = PredictionWriter(str(tmp_path), color=False)
+    write_batch(writer, trainer, [[[255]]], names=["fits"])
+    assert np.asarray(Image.open(tmp_path / "labels" / "fits.png")).tolist() == [[255]]
+    with pytest.raises(ValueError, match="prediction big has class ids > 255"):
+        write_batch(writer, trainer, [[[256]]], names=["big"])
+    assert not (tmp_path / "labels" / "big.png").exists() and writer.written == 1
+
+
+def test_palette_table_puts_the_palette_first_and_black_after_it():
+    table = palette_table([(1, 2, 3), (4, 5, 6)])
+    assert table.shape == (256, 3) and table.dtype == np.uint8
+    assert table[:3].tolist() == [[1, 2, 3], [4, 5, 6], [0, 0, 0]]
+    assert palette_table(None) is None and palette_table([]) is None
+
+
+def test_the_count_is_reset_at_predict_start_and_reported_at_the_end(tmp_path, caplog):
+    writer = PredictionWriter(str(tmp_path))
+    writer.written = 5
+    writer.on_predict_start(None, None)
+    assert writer.written == 0
+    with caplog.at_level("INFO"):
+        writer.on_predict_end(SimpleNamespace(), None)
+    assert f"wrote 0 predictions (labels/, color/, overlay/) to {tmp_path}" in caplog.text

@@ -1,5 +1,7 @@
 """SeparationProbe: logit-gradient norms and cross-sensitivity, without changing training."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -8,24 +10,120 @@ from dnlseg.callbacks import SeparationProbe
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
 from dnlseg.evaluation import cross_sensitivity
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from tests.callbacks.conftest import final_weights
+from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
+
+PREFIX = "separation/decode_head.context/"
 
 
+def closed_form_logit_gradients(module, batch):
+    """||dL/dp||, ||dL/du|| of DNL from g = dL/dw and SCIENCE.md section 2 (not from autograd through p, u):
+    dL/dp_ij = a_ij (g_ij - sum_t a_it g_it), a = softmax_j(p);  dL/du_t = s_t sum_i (g_it - sum_j s_j g_ij)."""
+    torch.manual_seed(0)
+    with capture_attention(module) as captured:
+        loss = module.losses(batch)["loss"]
+    (m,) = captured["decode_head.context"]
+    (grad_y,) = torch.autograd.grad(loss, m.output)
+    g = grad_y @ m.values.transpose(1, 2)  # dL/dw_ij = dL/dy_i . v_j, (N, P, Pk)
+    a, s = m.pairwise_logits().softmax(-1), m.unary_logits.softmax(-1)
+    grad_p = a * (g - (a * g).sum(-1, keepdim=True))
+    grad_u = s * (g - (s * g).sum(-1, keepdim=True)).sum(1, keepdim=True)
+    return grad_p.norm().item(), grad_u.norm().item()
+
+
+def test_probe_tags_the_pairwise_and_unary_logit_gradients_with_their_own_norms():
+    module, batch = tiny_module(DisentangledNonLocal2d, aux_weight=0), tiny_batch()
+    expected_p, expected_u = closed_form_logit_gradients(module, batch)
+    assert abs(expected_p - expected_u) > 0.1 * expected_p  # far apart: a swap of the two would show
+    torch.manual_seed(0)
+    metrics = SeparationProbe().probe(fake_trainer(), module, batch)
+    assert set(metrics) == {PREFIX + t for t in ("pairwise_logit_grad", "unary_logit_grad", "cross_sensitivity")}
+    assert metrics[PREFIX + "pairwise_logit_grad"].item() == pytest.approx(expected_p, rel=1e-4)
+    assert metrics[PREFIX + "unary_logit_grad"].item() == pytest.approx(expected_u, rel=1e-4)
+    assert metrics[PREFIX + "cross_sensitivity"].item() == 0.0  # DNL: the unary gradient ignores p
+
+
+@pytest.mark.parametrize(
+    "context, tags",
+    [
+        (partial(DisentangledNonLocal2d, unary=None), {"pairwise_logit_grad"}),
+        (partial(DisentangledNonLocal2d, pairwise=False), {"unary_logit_grad"}),
+    ],
+)
+def test_a_block_with_one_term_logs_that_term_only(context, tags):
+    metrics = SeparationProbe().probe(fake_trainer(), tiny_module(context), tiny_batch())
+    assert set(metrics) == {PREFIX + t for t in tags}
+    assert all(v > 0 for v in metrics.values())
+
+
+def test_probe_runs_on_steps_divisible_by_every_n_steps_and_logs_what_it_measured():
+    module, batch = tiny_module(DisentangledNonLocal2d), tiny_batch()
+    probe = SeparationProbe(every_n_steps=3)
+    for step in range(7):
+        trainer = fake_trainer(global_step=step)
+        probe.on_train_batch_end(trainer, module, None, batch, 0)
+        logged = trainer.loggers[0].metrics
+        assert list(logged) == ([step] if step % 3 == 0 else [])
+    assert set(logged[6]) == {PREFIX + t for t in ("pairwise_logit_grad", "unary_logit_grad", "cross_sensitivity")}
+    other_rank = fake_trainer(global_step=0, global_rank=1)
+    probe.on_train_batch_end(other_rank, module, None, batch, 0)
+    assert other_rank.loggers[0].metrics == {}  # every rank probes, rank zero logs
+
+
+def test_probe_restores_batchnorm_statistics_and_the_blocks_and_keeps_the_global_rng():
+    module, batch = tiny_module(DisentangledNonLocal2d), tiny_batch()
+    buffers = {k: v.clone() for k, v in module.named_buffers()}
+    torch.manual_seed(5)
+    SeparationProbe().probe(fake_trainer(), module, batch)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the probe's dropout draws came from a forked stream
+    assert all(torch.equal(buffers[k], v) for k, v in module.named_buffers())
+    block = module.network.decode_head.context
+    assert not block._sinks  # the probe's capture is closed
+    assert all(p.grad is None for p in module.parameters())  # no parameter .grad touched
+
+
+def test_the_perturbation_is_drawn_from_seed_plus_step():
+    module, batch = tiny_module(NonLocal2d), tiny_batch()
+
+    def cross(seed, step):
+        torch.manual_seed(0)
+        metrics = SeparationProbe(seed=seed).probe(fake_trainer(global_step=step), module, batch)
+        return metrics[PREFIX + "cross_sensitivity"].item()
+
+    assert cross(2, 3) == cross(4, 1)  # the same generator seed 5
+    assert cross(2, 3) != cross(3, 3) and cross(2, 3) > 0  # NL: coupled
+
+
+def test_defaults_probe_every_50_steps_with_a_1_percent_step_and_seed_0():
+    probe = SeparationProbe()
+    assert (probe.every_n_steps, probe.relative_step, probe.seed) == (50, 1e-2, 0)
+    assert SeparationProbe(every_n_steps=1).every_n_steps == 1
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        SeparationProbe(every_n_steps=0)
+    with pytest.raises(ValueError, match="relative_step=0"):
+        SeparationProbe(relative_step=0)
+
+
+@pytest.mark.slow  # two tiny fits
 def test_probe_logs_finite_values_and_separates_dnl_from_nl(fit):
     cross = {}
     for context in ("nl", "dnl"):
         trainer = fit(context=context, callbacks=[SeparationProbe(every_n_steps=2)])
         scalars = read_scalars(trainer.logger.log_dir)
-        prefix = "separation/decode_head.context/"
         for name in ("pairwise_logit_grad", "unary_logit_grad", "cross_sensitivity"):
-            steps, values = scalars[prefix + name]
+            steps, values = scalars[PREFIX + name]
             assert steps.tolist() == [2, 4]
             assert np.isfinite(values).all()
-        cross[context] = scalars[prefix + "cross_sensitivity"][1].max()
+        cross[context] = scalars[PREFIX + "cross_sensitivity"][1].max()
     assert cross["dnl"] == 0.0
     assert cross["nl"] > 1e-4
 
 
+@pytest.mark.slow  # four tiny fits
 def test_probe_leaves_weights_bitwise_equal_to_a_run_without_it(fit):
     for context in ("nl", "dnl"):
         with_probe = final_weights(fit(context=context, callbacks=[SeparationProbe(every_n_steps=1)]))
@@ -81,7 +179,10 @@ def test_probe_on_all_rows_equals_the_materialised_definition(cls):
         "cross_sensitivity": expected_cross,
     }
     for name, value in expected.items():
-        torch.testing.assert_close(metrics[f"separation/b/{name}"], value.float(), rtol=1e-5, atol=1e-12, msg=name)
+        # The cross-sensitivity is a float32 difference of two gradients 1 % apart: ~1e-7 rounding of its inputs
+        # becomes ~1e-4 of it.
+        rtol = 1e-3 if name == "cross_sensitivity" else 1e-5
+        torch.testing.assert_close(metrics[f"separation/b/{name}"], value.float(), rtol=rtol, atol=1e-12, msg=name)
     assert (expected_cross == 0) == (cls is DisentangledNonLocal2d)
 
 

@@ -29,17 +29,3 @@ def whiten(t, kind, norm=None):
     mean, var = t.mean((0, 2), keepdim=True), t.var((0, 2), unbiased=False, keepdim=True)
     out = (t - mean) / torch.sqrt(var + norm.eps)
     return out * norm.weight[None, :, None] + norm.bias[None, :, None] if kind == "bn_affine" else out
-
-
-def captured_from_logits(pairwise, unary, query_size, key_size, combine=None):
-    """A ``CapturedAttention`` whose logits are the given ones: p (N, P, Pk) as the factors (p, I), since
-    p_ij = p_i . e_j; u (N, 1, Pk) as it is. Values and output are placeholders (zeros)."""
-    from dnlseg.context import CapturedAttention
-
-    N, Pk = (
-        unary.shape[0] if unary is not None else pairwise.shape[0],
-        (unary if unary is not None else pairwise).shape[-1],
-    )
-    key = torch.eye(Pk, dtype=pairwise.dtype).expand(N, Pk, Pk) if pairwise is not None else None
-    zeros = torch.zeros(N, Pk, 1)
-    return CapturedAttention(pairwise, key, unary, zeros, zeros, tuple(query_size), tuple(key_size), combine)

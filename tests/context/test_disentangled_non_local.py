@@ -74,6 +74,7 @@ def test_branches_are_named_as_in_the_paper():
     names = {n.split(".")[0] for n, _ in DisentangledNonLocal2d(8).named_parameters()}
     assert names == {"query", "key", "value", "unary", "out", "out_norm"}
     assert DisentangledNonLocal2d(8, pairwise=False).query is None
+    assert DisentangledNonLocal2d(8, pairwise=False).key is None
     assert DisentangledNonLocal2d(8, unary="shared_key").unary is None
 
 
@@ -84,10 +85,25 @@ def test_branches_are_named_as_in_the_paper():
         (dict(in_channels=8, temperature=0.0), "temperature=0.0 must be > 0"),
         (dict(in_channels=8, temperature=-1.0), "must be > 0"),
         (dict(in_channels=8, unary="gc"), "unary='gc' is not one of 'conv', 'shared_key'"),
-        (dict(in_channels=8, pairwise=False, unary=None), "no attention term"),
-        (dict(in_channels=8, pairwise=False, unary="shared_key"), "needs the pairwise"),
+        (
+            dict(in_channels=8, pairwise=False, unary=None),
+            "^pairwise=False with unary=None leaves no attention term: enable one of them$",
+        ),
+        (
+            dict(in_channels=8, pairwise=False, unary="shared_key"),
+            "^unary='shared_key' needs the pairwise query/key: use unary='conv' with pairwise=False$",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DisentangledNonLocal2d(**kwargs)
+
+
+def test_captured_attention_records_the_query_and_key_grids():
+    block = DisentangledNonLocal2d(8, downsample=True)
+    with capture_attention(block) as captured:
+        block(torch.randn(1, 8, 5, 7))
+    (m,) = captured[""]
+    assert (m.query_size, m.key_size) == ((5, 7), (3, 4))  # keys 2x2 max-pooled, ceil mode
+    assert m.weights().shape == m.pairwise_logits().shape == (1, 35, 12) and m.unary_logits.shape == (1, 1, 12)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dnlseg.context import NonLocal2d, capture_attention
 from tests.context.reference import conv1x1
+from tests.helpers import TensorSizes
 
 
 def reference_non_local(block: NonLocal2d, x):
@@ -67,7 +68,7 @@ def test_captured_output_gives_the_attention_weight_gradient_of_a_materialised_r
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
     with capture_attention(block) as captured:
         out = block(x)
-    ((record,),) = captured.values()
+    (record,) = captured[""]
     assert record.query_size == (3, 4) and record.key_size == (3, 4)
     (grad_y,) = torch.autograd.grad(out.square().sum(), record.output)
     grad_w = grad_y @ record.values.transpose(1, 2)  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
@@ -84,7 +85,7 @@ def test_dot_product_factors_are_the_decomposition_and_have_no_combine():
     x = torch.randn(1, 8, 3, 4, dtype=torch.float64)
     with capture_attention(block) as captured:
         block(x)
-    ((record,),) = captured.values()
+    (record,) = captured[""]
     assert record.combine is None
     with pytest.raises(ValueError, match="not a function of its pairwise and unary logits"):
         record.weights()
@@ -94,11 +95,37 @@ def test_dot_product_factors_are_the_decomposition_and_have_no_combine():
     torch.testing.assert_close(diff - diff[..., :1], torch.zeros_like(diff), atol=1e-12, rtol=0)
 
 
+def test_captured_factors_are_the_decomposition_of_the_real_block_and_carry_its_gradients():
+    block = NonLocal2d(8, attention="fused")
+    torch.nn.init.ones_(block.out_norm.weight)
+    x = torch.randn(2, 8, 3, 4)
+    with capture_attention(block) as captured:
+        out = block(x)
+    (record,) = captured[""]
+    # docs/science.md section 2's decomposition of the embedded-Gaussian logits q_i.k_j / sqrt(C'):
+    q, k = (conv(x).flatten(2).transpose(1, 2) for conv in (block.query, block.key))  # (N, P, C')
+    scale = q.shape[-1] ** -0.5
+    mu_q, mu_k = q.mean(1, keepdim=True), k.mean(1, keepdim=True)
+    torch.testing.assert_close(record.pairwise_logits(), (q - mu_q) @ (k - mu_k).transpose(1, 2) * scale)
+    torch.testing.assert_close(record.unary_logits, mu_q @ k.transpose(1, 2) * scale)
+    w = torch.softmax(q @ k.transpose(1, 2) * scale, dim=-1)
+    torch.testing.assert_close(record.weights(), w)
+    # ... and in the graph: with g = dL/dw = dL/dy v^T, dL/dp and dL/du follow through w = softmax_j(p_ij + u_j).
+    (grad_y,) = torch.autograd.grad(out.square().sum(), record.output)
+    g = grad_y @ record.values.transpose(1, 2)  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
+    p, u = record.pairwise_logits().detach().requires_grad_(), record.unary_logits.detach().requires_grad_()
+    grad_p, grad_u = torch.autograd.grad(record.combine(p, u), [p, u], g)
+    expected_p = w * (g - (w * g).sum(-1, keepdim=True))
+    torch.testing.assert_close(grad_p, expected_p)
+    torch.testing.assert_close(grad_u, expected_p.sum(1, keepdim=True))
+    assert grad_p.abs().sum() > 0
+
+
 def test_downsample_pools_keys_to_a_quarter():
     block = NonLocal2d(8, downsample=True, attention="materialized")
     with capture_attention(block) as captured:
         block(torch.randn(1, 8, 7, 9))
-    ((record,),) = captured.values()
+    (record,) = captured[""]
     assert record.key_size == (4, 5)
     assert record.weights().shape == (1, 63, 20)
 
@@ -107,29 +134,13 @@ def test_fused_path_never_builds_the_position_by_position_matrix():
     """Fused peak memory stays far below one (P, P) fp32 matrix (P = 4096: 64 MiB)."""
     block = NonLocal2d(16).eval()
     x = torch.randn(1, 16, 64, 64)
-    seen = []
-
-    def watch(func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                seen.append(t.numel())
-        return out
-
-    from torch.overrides import TorchFunctionMode
-
-    class Watch(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            return watch(func, types, args, kwargs)
-
-    with torch.no_grad(), Watch():
+    with torch.no_grad(), TensorSizes() as sizes:
         block(x)
-    assert max(seen) < 4096 * 4096 / 16
+    assert max(sizes) < 4096 * 4096 / 16
     block.attention = "materialized"
-    seen.clear()
-    with torch.no_grad(), Watch():
+    with torch.no_grad(), TensorSizes() as sizes:
         block(x)
-    assert max(seen) >= 4096 * 4096
+    assert max(sizes) >= 4096 * 4096
 
 
 @pytest.mark.parametrize(
@@ -161,3 +172,9 @@ def test_scaled_dot_product_attention_is_what_fused_calls():
     finally:
         F.scaled_dot_product_attention = original
     assert calls == [torch.Size([2, 1, 15, 4])]
+
+
+def test_gaussian_mode_has_no_query_or_key_embedding():
+    block = NonLocal2d(8, mode="gaussian")
+    assert block.query is None and block.key is None
+    assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"value", "out", "out_norm"}

@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import albumentations as A
 import numpy as np
@@ -14,11 +15,13 @@ from torch.utils.data import DataLoader
 from dnlseg.data.folder import FilePair, SegmentationFiles
 from dnlseg.data.transforms import (
     CategoryBalancedCrop,
+    RandomRescale,
     TrainAugmentation,
     init_worker,
     rescale_size,
     seed_transform,
     train_transform,
+    worker_seed,
 )
 
 
@@ -154,10 +157,82 @@ def test_each_worker_gets_its_own_augmentation_stream_and_a_rerun_repeats_it(tmp
     assert not torch.equal(seeded[0], other_seed[0])
 
 
-@pytest.mark.parametrize("field, value", [("crop_size", (0, 10)), ("scale_range", (2.0, 1.0)), ("cat_max_ratio", 0.0)])
-def test_invalid_augmentation_settings_raise_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_worker_seed_differs_per_rank_and_per_worker_seed_and_fits_32_bits():
+    seeds = {(base, rank): worker_seed(base, rank) for base in (0, 1, 2**40 + 7) for rank in range(4)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= s < 2**32 for s in seeds.values())
+    assert worker_seed(5, 3) == worker_seed(5, 3) and worker_seed(5) == worker_seed(5, 0)
+    assert worker_seed(2**63 + 5, 1) == worker_seed(5, 1)  # base seeds wrap at 2**63 (torch's are < 2**64)
+
+
+def draws_in_a_worker(monkeypatch, tmp_path, rank, worker_base_seed=1234):
+    """What a DataLoader worker with PyTorch seed ``worker_base_seed`` on DDP rank ``rank`` draws, in-process."""
+    dataset = one_image_dataset(tmp_path, copies=1)
+    info = SimpleNamespace(seed=worker_base_seed, id=0, num_workers=1, dataset=dataset)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+    init_worker(0, rank=rank)
+    return dataset[0]["image"], np.random.random(), random.random()
+
+
+def test_ddp_ranks_draw_different_augmentations_and_each_rank_repeats_its_own(monkeypatch, tmp_path):
+    rank0, rank1, rank0_again = (draws_in_a_worker(monkeypatch, tmp_path, rank) for rank in (0, 1, 0))
+    assert not torch.equal(rank0[0], rank1[0]) and rank0[1:] != rank1[1:]
+    assert torch.equal(rank0[0], rank0_again[0]) and rank0[1:] == rank0_again[1:]
+    expected = worker_seed(1234, 1)  # the worker's numpy and random streams start from the mixed seed
+    assert rank1[1] == np.random.RandomState(expected).random_sample() and rank1[2] == random.Random(expected).random()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("crop_size", (0, 10), r"crop_size=\(0, 10\) must be \(height, width\), both >= 1"),
+        ("crop_size", (10,), "crop_size"),
+        ("scale_range", (2.0, 1.0), r"scale_range=\(2.0, 1.0\) must be \(min, max\) with 0 < min <= max"),
+        ("scale_range", (0.0, 1.0), "scale_range"),
+        ("scale_base", (2048,), r"scale_base=\(2048,\) must be \(long side, short side\) >= 1, or null"),
+        ("scale_base", (2048, 0), "scale_base"),
+        ("cat_max_ratio", 0.0, r"cat_max_ratio=0.0 must be in \(0, 1\] or null"),
+        ("cat_max_ratio", 1.5, "cat_max_ratio"),
+        ("flip_prob", 1.5, r"flip_prob=1.5 must be in \[0, 1\]"),
+        ("flip_prob", -0.1, "flip_prob"),
+    ],
+)
+def test_invalid_augmentation_settings_raise_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
         TrainAugmentation(**{field: value})
+
+
+def test_boundary_augmentation_settings_are_accepted():
+    TrainAugmentation(crop_size=(1, 1), scale_range=(1.0, 1.0), scale_base=(1, 1), cat_max_ratio=1.0, flip_prob=0.0)
+    TrainAugmentation(flip_prob=1.0, cat_max_ratio=None, scale_base=None)
+
+
+def test_balanced_crop_ignores_the_ignore_label_and_needs_two_classes():
+    # 100 x 400 label: class 0 on x < 190, class 1 on 190 <= x < 200, ignored (255) on x >= 200. Counting the
+    # labelled pixels only, a crop is balanced (class 0 < 95 %) when it holds enough of the class-1 strip; with 255
+    # counted as a class, or one class accepted, crops of the ignored half or of class 0 alone would pass.
+    mask = np.zeros((100, 400), dtype=np.uint8)
+    mask[:, 200:] = 255
+    mask[:, 190:200] = 1  # a thin strip of class 1 next to the ignored half
+    image = np.zeros((100, 400, 3), dtype=np.uint8)
+    transform = A.Compose([CategoryBalancedCrop(100, 100, cat_max_ratio=0.95)])
+    seed_transform(transform, 0)
+    for _ in range(30):
+        crop = transform(image=image, mask=mask)["mask"]
+        counts = np.bincount(crop.ravel(), minlength=256)
+        labelled = counts[0] + counts[1]
+        # accepted crops hold both classes with class 0 below 95 % of the LABELLED pixels (255 not counted)
+        assert counts[1] > 0 and counts[0] / labelled < 0.95
+
+
+def test_rescale_uses_bilinear_images_and_nearest_labels():
+    transform = A.Compose([RandomRescale((2.0, 2.0))])
+    image = np.array([[[0, 0, 0], [100, 100, 100]]], dtype=np.uint8)  # (1, 2, 3)
+    mask = np.array([[1, 3]], dtype=np.uint8)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (2, 4, 3) and out["mask"].tolist() == [[1, 1, 3, 3]] * 2
+    assert out["image"][0, :, 0].tolist() == [0, 25, 75, 100]  # half-pixel bilinear
+    assert RandomRescale((0.5, 1.0), (10, 5)).get_transform_init_args_names() == ("scale_range", "scale_base")
 
 
 def test_seed_worker_is_a_no_op_in_the_main_process():
@@ -166,14 +241,22 @@ def test_seed_worker_is_a_no_op_in_the_main_process():
     assert random.getstate() == state
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch and Lightning
-def test_albumentations_update_check_is_off_before_albumentations_is_imported():
+def test_albumentations_update_check_does_not_run_when_the_dnlseg_command_is_imported():
+    # A fresh interpreter (about 5 s: torch and Lightning) with albumentations' check_for_updates replaced by a stub
+    # that records its calls. albumentations calls it at the end of its own import unless NO_ALBUMENTATIONS_UPDATE
+    # is set by then: a dnlseg module that imports albumentations before setting the variable makes a call.
     code = (
-        "import os, sys, dnlseg.cli\n"
-        "assert 'albumentations' in sys.modules\n"
-        "print(os.environ['NO_ALBUMENTATIONS_UPDATE'])\n"
+        "import os, sys, types\n"
+        "calls = []\n"
+        "stub = types.ModuleType('albumentations.check_version')\n"
+        "stub.check_for_updates = lambda *args, **kwargs: calls.append(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n"
+        "sys.modules['albumentations.check_version'] = stub\n"
+        "import dnlseg.cli\n"
+        "import albumentations\n"
+        "assert albumentations.check_for_updates is stub.check_for_updates, 'the stub was not used'\n"
+        "print(len(calls), os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "1"
+    assert result.stdout.split() == ["0", "1"]  # no update check; the variable is set for the workers too

@@ -59,3 +59,28 @@ def test_labels_on_grid_uses_nearest_neighbour():
 def test_image_without_boundary_gives_no_value(radius):
     band = boundary_band(torch.zeros(1, 4, 4, dtype=torch.long), radius).flatten(1)
     assert unary_boundary_consistency(torch.full((1, 16), 1 / 16), band).numel() == 0
+
+
+def test_boundary_band_marks_both_sides_of_every_label_change_then_widens_by_the_radius():
+    labels = torch.tensor([[[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]])
+    edge = boundary_band(labels, radius=0)[0].int().tolist()
+    assert edge == [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    band = boundary_band(labels)[0].int()  # default radius 1: the 3x3 neighbourhood of those cells
+    assert band.tolist() == [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]
+    assert not boundary_band(torch.zeros(1, 3, 3, dtype=torch.long)).any()
+
+
+def test_labels_are_resized_by_nearest_neighbour():
+    mask = torch.tensor([[[0, 0, 7, 7], [0, 0, 7, 7], [3, 3, 5, 5], [3, 3, 5, 5]]])
+    assert labels_on_grid(mask, (2, 2)).tolist() == [[[0, 7], [3, 5]]]
+
+
+def test_a_query_whose_class_has_no_key_cell_is_skipped():
+    attention = torch.full((1, 2, 2), 0.5)
+    query_labels, key_labels = torch.tensor([[0, 4]]), torch.tensor([[0, 0]])  # class 4 is on no key cell
+    values = pairwise_category_consistency(attention, query_labels, key_labels)
+    assert values.tolist() == [1.0]  # only the class-0 query: mass 1 over area 1
+    # an ignored query is skipped by default (ignore_index 255) even where ignored keys give it an area
+    assert pairwise_category_consistency(attention, torch.tensor([[255, 0]]), torch.tensor([[0, 255]])).tolist() == [
+        1.0
+    ]

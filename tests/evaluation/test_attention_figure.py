@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dnlseg.evaluation import Query, attention_figure, select_queries, unnormalize
 from dnlseg.evaluation.attention_figure import CAPTION, grid_shape, term_maps
-from tests.context.reference import captured_from_logits
+from tests.helpers import captured_from_logits
 
 # 6 x 8 grid: class 2 on the left half, class 5 on the right half, class 7 in a 2 x 2 corner, void top row.
 LABELS = torch.tensor([[255] * 8] + [[2, 2, 2, 2, 5, 5, 5, 5]] * 3 + [[2, 2, 2, 2, 5, 5, 7, 7]] * 2)

@@ -54,3 +54,18 @@ def test_blocks_captured_logits_show_the_same_separation():
         g = torch.randn_like(p)
         value = cross_sensitivity(record.combine, p, record.unary_logits, g)
         assert (value > 1e-3) if coupled else (value < 1e-10)
+
+
+def test_cross_sensitivity_is_the_relative_change_of_a_known_unary_gradient():
+    # combine(p, u) = p^2 u: g_u = sum_i G_ij p_ij^2, so with dp the seeded direction scaled to
+    # ||dp|| = step ||p||, cross = ||sum_i G ((p + dp)^2 - p^2)|| / ||sum_i G p^2||. Small logits (norms < 1).
+    p, u, g = (t * 0.05 for t in random_logits(3))
+    direction = torch.randn(p.shape, generator=torch.Generator().manual_seed(11), dtype=p.dtype)
+    for step in (1e-2, 0.3):
+        dp = direction * (step * p.norm() / direction.norm())
+        expected = (g * ((p + dp) ** 2 - p**2)).sum(1).norm() / (g * p**2).sum(1).norm()
+        value = cross_sensitivity(lambda p, u: p**2 * u, p, u, g, step, torch.Generator().manual_seed(11))
+        torch.testing.assert_close(value, expected)
+    default = cross_sensitivity(NL_COMBINE, p, u, g, generator=torch.Generator().manual_seed(1))
+    explicit = cross_sensitivity(NL_COMBINE, p, u, g, 1e-2, torch.Generator().manual_seed(1))
+    assert default == explicit  # relative_step defaults to 1 %

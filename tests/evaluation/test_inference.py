@@ -45,13 +45,24 @@ def test_slide_averages_overlapping_windows():
 
     out = Inference(mode="slide", crop_size=(4, 6), stride=(4, 4))(model, torch.zeros(1, 3, 4, 10))
     assert calls == [(4, 6), (4, 6)]  # windows x in [0, 6) and [4, 10)
-    assert out[0, 0, 0].tolist() == [1, 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2]
+    assert out.shape == (1, 1, 4, 10) and out[0, 0, 0].tolist() == [1, 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2]
 
 
 def test_output_is_at_the_requested_label_size():
-    model = pointwise_model()
-    out = Inference(scales=(0.5,))(model, torch.randn(1, 3, 32, 48), size=(64, 96))
-    assert out.shape == (1, 4, 64, 96)
+    # A ramp along W, 0 .. 47, run at scale 0.5 and resized to twice the input: bilinear resizing (half-pixel
+    # centres, no align_corners) keeps a ramp a ramp. The 24 columns the model sees hold 2 j' + 0.5; output
+    # column j reads source column (j + 0.5) / 4 - 0.5 of those, i.e. j / 2 - 0.25, clamped at the borders.
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[-2:]))
+        return x[:, :1]
+
+    images = torch.arange(48.0).expand(1, 3, 32, 48)
+    out = Inference(scales=(0.5,))(model, images, size=(64, 96))
+    assert seen == [(16, 24)] and out.shape == (1, 1, 64, 96)
+    expected = (torch.arange(96.0) / 2 - 0.25).clamp(0.5, 46.5)
+    torch.testing.assert_close(out[0, 0], expected.expand(64, 96))
 
 
 def test_flip_and_scales_average_softmax_over_views():
@@ -68,14 +79,21 @@ def test_flip_and_scales_average_softmax_over_views():
     torch.testing.assert_close(two, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_flip_view_is_flipped_back():
-    def model(x):  # logits = the x coordinate of the input's first channel: not flip-equivariant
-        return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+def test_flip_view_is_flipped_back_along_the_width():
+    # Logits: class 0 = the input's first channel (content), class 1 = the column index (position). The flipped
+    # view sees the image mirrored left-right; flipped back, its content logit lines up with the image again and
+    # its position logit is mirrored: W - 1 - j. The image differs along H and W, so a flip along H, a missing
+    # flip back or a flip back along the other axis all give other probabilities.
+    def model(x):
+        column = torch.arange(x.shape[-1], dtype=x.dtype).expand(x.shape[0], *x.shape[-2:])
+        return torch.stack([x[:, 0], column], dim=1)
 
-    ramp = torch.arange(8.0).expand(1, 3, 2, 8).contiguous()
-    out = Inference(flip=True)(model, ramp).exp()
-    plain = model(ramp).softmax(1)
-    torch.testing.assert_close(out, plain)  # flipping in and out again gives the same probabilities
+    image = torch.randn(1, 3, 5, 8, generator=torch.Generator().manual_seed(0)) * 3
+    content, column = image[:, 0], torch.arange(8.0).expand(1, 5, 8)
+    plain = torch.stack([content, column], dim=1).softmax(1)
+    mirrored = torch.stack([content, 7 - column], dim=1).softmax(1)
+    out = Inference(flip=True)(model, image)
+    torch.testing.assert_close(out, ((plain + mirrored) / 2).log())
 
 
 def test_base_size_sets_scale_one_like_mmseg_test_img_scale():
@@ -89,12 +107,57 @@ def test_base_size_sets_scale_one_like_mmseg_test_img_scale():
     assert seen == [(512, 683), (256, 341)]
 
 
+@pytest.mark.parametrize("size", range(8, 20))
+def test_slide_windows_cover_every_pixel_with_the_fewest_windows(size):
+    windows = slide_windows(size, size + 3, (8, 8), (4, 4))
+    covered = torch.zeros(size, size + 3)
+    for y0, y1, x0, x1 in windows:
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    rows = -(-(size - 8) // 4) + 1  # ceil((H - crop) / stride) + 1
+    assert len(windows) == rows * (-(-(size - 5) // 4) + 1)
+
+
+def test_an_image_smaller_than_the_crop_gets_one_window_even_with_stride_one():
+    assert slide_windows(3, 5, (4, 8), (1, 1)) == [(0, 3, 0, 5)]
+
+
+def test_multi_scale_without_flip_runs_every_view_unflipped():
+    def model(x):  # not flip-equivariant: the column index is a logit
+        column = torch.arange(x.shape[-1], dtype=x.dtype).expand(x.shape[0], *x.shape[-2:])
+        return torch.stack([x[:, 0], column], dim=1)
+
+    image = torch.randn(1, 3, 4, 8, generator=torch.Generator().manual_seed(1))
+    out = Inference(scales=(1.0, 1.0))(model, image)
+    torch.testing.assert_close(out, model(image).log_softmax(1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "slide", "crop_size": (1, 1), "stride": (1, 1)},
+        {"scales": (0.01,)},
+        {"base_size": (1, 1)},
+    ],
+)
+def test_smallest_valid_settings_are_accepted(kwargs):
+    Inference(**kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"mode": "slide"}, "needs crop_size"),
         ({"mode": "slide", "crop_size": (8, 8)}, "needs stride"),
         ({"scales": ()}, "scales"),
+        ({"scales": (1.0, 0.0)}, r"scales=\(1.0, 0.0\) must be a non-empty list of positive factors"),
+        (
+            {"mode": "slide", "crop_size": (8,), "stride": (4, 4)},
+            r"needs crop_size: \[height, width\], both >= 1; got \(8,\)",
+        ),
+        ({"mode": "slide", "crop_size": (8, 8), "stride": (0, 4)}, "needs stride"),
+        ({"base_size": (512,)}, r"base_size=\(512,\) must be \(long side, short side\) or null"),
+        ({"base_size": (512, 0)}, "base_size"),
         ({"mode": "tiles"}, "mode"),
     ],
 )

@@ -77,3 +77,26 @@ def test_miou_equals_mmsegs_iou_metric_on_the_same_predictions():
     assert reference.compute_metrics(reference.results)["mIoU"] == pytest.approx(
         100 * summary["mIoU"].item(), abs=0.005
     )
+
+
+def test_a_class_seen_on_one_pixel_counts_and_one_labelled_pixel_is_the_whole_accuracy():
+    s = confusion_summary(torch.tensor([[1, 0], [0, 0]]), ["a", "b"])  # one pixel, labelled and predicted a
+    assert s["IoU/a"].item() == 1.0 and s["pixel_acc"].item() == 1.0 and s["mIoU"].item() == 1.0
+
+
+def test_class_names_must_match_the_confusion_matrix():
+    with pytest.raises(ValueError):
+        confusion_summary(torch.eye(3), ["a", "b"])
+
+
+def test_compute_gives_nan_for_a_class_absent_from_labels_and_predictions():
+    metric = SegmentationIoU(3)
+    metric.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    iou = metric.compute()
+    assert iou[:2].tolist() == [1.0, 1.0] and math.isnan(iou[2].item())
+
+
+def test_the_label_equal_to_the_number_of_classes_is_out_of_range():
+    SegmentationIoU(3).update(torch.tensor([0, 2]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"label values must be in \[0, 3\)"):
+        SegmentationIoU(3).update(torch.tensor([0, 1]), torch.tensor([0, 3]))

@@ -116,3 +116,44 @@ def test_a_state_dict_of_another_network_names_the_layouts_it_expected(tmp_path)
     message = str(error.value)
     assert "smp/torchvision: model.conv1.0.weight" in message and "timm: conv1.0.weight" in message
     assert "mmseg ImageNet: stem.0.weight" in message and "conv1.weight" in message  # what the file has
+
+
+@pytest.mark.parametrize("output_stride, dilations", [(8, (2, 4)), (16, (1, 2)), (32, (1, 1))])
+def test_output_stride_sets_the_feature_size_and_the_dilation_of_the_last_stages(output_stride, dilations):
+    # The paper's dilated ResNet (SCIENCE.md section 4): stride 8 = layer3 dilation 2, layer4 dilation 4.
+    encoder = build_encoder("resnet18", output_stride)
+    features = encoder(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in features[-2:]] == [
+        (64 // min(16, output_stride), 96 // min(16, output_stride)),
+        (64 // output_stride, 96 // output_stride),
+    ]
+    assert (encoder.layer3[1].conv1.dilation[0], encoder.layer4[1].conv1.dilation[0]) == dilations
+
+
+def test_ddp_and_encoder_prefixes_are_stripped_and_classifier_heads_dropped(tmp_path):
+    torch.manual_seed(5)
+    source = build_encoder("resnet18", 32)
+    state = {f"module.encoder.{k}": v for k, v in source.state_dict().items()}
+    state.update({"classifier.weight": torch.randn(3), "head.bias": torch.randn(3), "fc.weight": torch.randn(2)})
+    torch.save({"model": state}, tmp_path / "wrapped.pth")  # timm/DeiT-style {"model": ...} wrapper
+    loaded = build_encoder("resnet18", 8, tmp_path / "wrapped.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_file_that_is_not_a_state_dict_names_what_it_holds(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=r"list.pth holds a list, expected a state dict"):
+        build_encoder("resnet18", 8, tmp_path / "list.pth")
+
+
+def test_a_missing_or_misshapen_tensor_is_named(tmp_path):
+    state = build_encoder("resnet18", 32).state_dict()
+    del state["layer1.0.conv1.weight"]
+    state["conv1.weight"] = torch.zeros(1, 3, 7, 7)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as error:
+        build_encoder("resnet18", 8, tmp_path / "bad.pth")
+    message = str(error.value)
+    assert "missing ['layer1.0.conv1.weight']" in message and "unexpected []" in message
+    assert "conv1.weight: file (1, 3, 7, 7) vs encoder (64, 3, 7, 7)" in message

@@ -158,17 +158,24 @@ def test_compile_matches_eager_and_keeps_state_dict_keys():
         torch.testing.assert_close(compiled.eval()(data["image"]), eager.eval()(data["image"]), rtol=1e-4, atol=1e-5)
 
 
-def test_deterministic_trainer_turns_cudnn_benchmark_off(monkeypatch):
-    """The fast path's ``trainer.benchmark: true`` is for non-deterministic runs; a deterministic config (synthetic/*)
-    gets cuDNN autotuning off even when the session had it on."""
-    from lightning import Trainer
+def test_the_synthetic_config_through_the_dnlseg_cli_turns_cudnn_benchmark_off(monkeypatch):
+    """The fast path's ``trainer.benchmark: true`` is for non-deterministic runs: the Trainer that ``dnlseg`` builds
+    from a deterministic config (synthetic/*) has cuDNN autotuning off and deterministic algorithms on, even when
+    the session had autotuning on."""
+    from pathlib import Path
+
+    from dnlseg.cli import run_cli
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    Trainer(accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False)
-    assert torch.backends.cudnn.benchmark is False
-    torch.use_deterministic_algorithms(False)
+    config = Path(__file__).resolve().parents[2] / "configs/synthetic/dnl.yaml"
+    try:
+        run_cli(["-c", str(config), "--trainer.logger=false", "--trainer.callbacks=[]"], run=False)
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.slow

@@ -31,11 +31,12 @@ def test_network_returns_logits_at_input_size(name, output_stride):
     assert torch.isfinite(out.logits).all()
 
 
-def test_context_block_runs_at_the_output_stride():
-    net = tiny(CONTEXTS["dnl"], output_stride=8)
+@pytest.mark.parametrize("output_stride, grid", [(8, (8, 12)), (16, (4, 6)), (32, (2, 3))])
+def test_context_block_runs_at_the_output_stride(output_stride, grid):
+    net = tiny(CONTEXTS["dnl"], output_stride=output_stride)
     with capture_attention(net) as captured:
         net.eval()(torch.randn(1, 3, 64, 96))
-    assert captured["decode_head.context"][0].query_size == (8, 12)
+    assert captured["decode_head.context"][0].query_size == grid  # (64 / stride, 96 / stride)
     assert list(find_context_blocks(net)) == ["decode_head.context"]
     assert find_context_blocks(tiny(None)) == {}
 

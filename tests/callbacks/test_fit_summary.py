@@ -1,0 +1,53 @@
+"""FitSummary: the final val/mIoU, the log directory and the checkpoints, in one INFO message."""
+
+from types import SimpleNamespace
+
+import torch
+
+from dnlseg.callbacks import FitSummary
+
+
+def summary(caplog, **trainer):
+    """The summary of a fit that trained (``on_train_start`` ran)."""
+    callback = FitSummary()
+    with caplog.at_level("INFO"):
+        callback.on_fit_start(None, None)
+        callback.on_train_start(None, None)
+        callback.on_fit_end(SimpleNamespace(**trainer), None)
+    return caplog.records[-1].getMessage().splitlines()
+
+
+def test_summary_names_the_miou_the_logs_and_the_last_and_best_checkpoints(caplog, tmp_path):
+    for name in ("last.ckpt", "best.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    last = SimpleNamespace(dirpath=str(tmp_path), last_model_path=str(tmp_path / "last.ckpt"), best_model_path="")
+    best = SimpleNamespace(dirpath=str(tmp_path), last_model_path="", best_model_path=str(tmp_path / "best.ckpt"))
+    lines = summary(
+        caplog,
+        callback_metrics={"val/mIoU": torch.tensor(0.81234)},
+        log_dir="/runs/v0",
+        checkpoint_callbacks=[last, best],
+    )
+    assert lines == [
+        "final val/mIoU: 0.8123",
+        "logs: /runs/v0",
+        f"checkpoints: {tmp_path}",
+        f"  last: {tmp_path / 'last.ckpt'}",
+        f"  best: {tmp_path / 'best.ckpt'}",
+    ]
+    (tmp_path / "best.ckpt").unlink()  # a recorded path whose file is gone is not printed
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v0", checkpoint_callbacks=[last, best])
+    assert lines[-1] == "  best: -"
+
+
+def test_summary_without_validation_or_checkpoints(caplog):
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v1", checkpoint_callbacks=[])
+    assert lines == ["final val/mIoU: not computed", "logs: /runs/v1"]
+    cb = SimpleNamespace(dirpath="/c", last_model_path="", best_model_path="")
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v1", checkpoint_callbacks=[cb])
+    assert lines[2:] == ["checkpoints: /c", "  last: -", "  best: -"]
+
+
+def test_checkpoint_callbacks_without_paths_show_dashes(caplog):
+    lines = summary(caplog, callback_metrics={}, log_dir="/runs/v2", checkpoint_callbacks=[object()])
+    assert lines[2:] == ["checkpoints: -", "  last: -", "  best: -"]

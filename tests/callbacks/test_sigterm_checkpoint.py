@@ -1,0 +1,58 @@
+"""CheckpointOnSigterm saves ``last.ckpt`` on Lightning's SIGTERMException during a fit, and on nothing else."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from dnlseg.callbacks import CheckpointOnSigterm
+from dnlseg.callbacks.sigterm_checkpoint import last_checkpoint_path
+
+
+def trainer_with(checkpoints, fn=TrainerFn.FITTING):
+    saved = []
+    trainer = SimpleNamespace(
+        checkpoint_callbacks=checkpoints,
+        state=SimpleNamespace(fn=fn),
+        global_step=12,
+        save_checkpoint=saved.append,
+    )
+    return trainer, saved
+
+
+def test_last_checkpoint_is_in_the_dir_of_the_callback_that_keeps_last(tmp_path):
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/mIoU")
+    last = ModelCheckpoint(dirpath=tmp_path / "last", save_last=True)
+    assert last_checkpoint_path(trainer_with([best, last])[0]) == tmp_path / "last" / "last.ckpt"
+    assert last_checkpoint_path(trainer_with([best])[0]) == tmp_path / "best" / "last.ckpt"  # else the first
+    assert last_checkpoint_path(trainer_with([ModelCheckpoint()])[0]) is None  # no directory yet
+    assert last_checkpoint_path(trainer_with([])[0]) is None
+
+
+def test_sigterm_during_a_fit_saves_last_ckpt(tmp_path, caplog):
+    trainer, saved = trainer_with([ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    with caplog.at_level("INFO"):
+        CheckpointOnSigterm().on_exception(trainer, None, SIGTERMException())
+    assert saved == [Path(tmp_path) / "last.ckpt"]
+    assert "SIGTERM at step 12: saved" in caplog.text and "--ckpt_path last" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "exception, fn",
+    [(RuntimeError("out of memory"), TrainerFn.FITTING), (SIGTERMException(), TrainerFn.VALIDATING)],
+)
+def test_other_exceptions_and_other_stages_save_nothing(tmp_path, exception, fn):
+    trainer, saved = trainer_with([ModelCheckpoint(dirpath=tmp_path, save_last=True)], fn)
+    CheckpointOnSigterm().on_exception(trainer, None, exception)
+    assert saved == []
+
+
+def test_without_a_checkpoint_directory_it_warns_and_saves_nothing(caplog):
+    trainer, saved = trainer_with([])
+    CheckpointOnSigterm().on_exception(trainer, None, SIGTERMException())
+    assert (
+        saved == [] and caplog.records[-1].getMessage() == "SIGTERM: no ModelCheckpoint with a directory; nothing saved"
+    )

@@ -1,0 +1,264 @@
+"""data/folder.py: reading label PNGs, the setup checks of (image, label) pairs and their error messages."""
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DistributedSampler
+
+from dnlseg.data import ResumableDataLoader, TrainAugmentation
+from dnlseg.data.folder import (
+    CorruptFileError,
+    DatasetLayoutError,
+    FilePair,
+    FolderDataModule,
+    SegmentationFiles,
+    check_pair,
+    check_pairs,
+    lookup_table,
+    pair_by_stem,
+    read_image,
+    read_label,
+)
+from dnlseg.data.transforms import RandomRescale, eval_transform
+
+
+def write_label(path, values, mode=None):
+    Image.fromarray(np.asarray(values), mode=mode).save(path)
+    return path
+
+
+def test_lookup_table_maps_values_to_train_ids_ignore_to_255_and_the_rest_to_invalid():
+    table = lookup_table({7: 0, 8: 1}, ignore_values=(0, 1))
+    assert table.dtype == np.int16 and table.shape == (256,)
+    assert (table[7], table[8], table[0], table[1], table[2], table[255]) == (0, 1, 255, 255, -1, -1)
+
+
+def test_a_16_bit_label_png_is_read_as_its_8_bit_values(tmp_path):
+    path = write_label(tmp_path / "l16.png", np.array([[0, 7], [8, 255]], dtype=np.uint16))
+    assert Image.open(path).mode.startswith("I")
+    label = read_label(path, lookup_table({7: 0, 8: 1}, ignore_values=(0, 255)))
+    assert label.dtype == np.uint8 and label.tolist() == [[255, 0], [1, 255]]
+    assert read_label(path, None).tolist() == [[0, 7], [8, 255]]
+
+
+def test_a_16_bit_label_with_values_above_255_is_refused_naming_the_file(tmp_path):
+    path = write_label(tmp_path / "big.png", np.array([[0, 256]], dtype=np.uint16))
+    with pytest.raises(DatasetLayoutError, match=r"label .*big.png holds values outside 0..255 \(dtype uint16\)"):
+        read_label(path, None)
+
+
+def test_label_values_outside_the_datasets_are_listed_with_the_valid_range(tmp_path):
+    path = write_label(tmp_path / "l.png", np.array([[7, 9, 9, 12]], dtype=np.uint8))
+    with pytest.raises(
+        DatasetLayoutError, match=r"l.png holds values \[9, 12\] outside the dataset's label values \(0, 7, 8, see"
+    ):
+        read_label(path, lookup_table({7: 0, 8: 1}, ignore_values=(0,)))
+
+
+def test_a_colour_label_is_refused(tmp_path):
+    path = write_label(tmp_path / "rgb.png", np.zeros((2, 2, 3), dtype=np.uint8))
+    with pytest.raises(CorruptFileError, match="rgb.png has image mode 'RGB'"):
+        read_label(path, None)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(CorruptFileError, match="cannot decode label .*broken.png"):
+        read_label(tmp_path / "broken.png", None)
+    with pytest.raises(CorruptFileError, match="cannot decode image .*broken.png"):
+        read_image(tmp_path / "broken.png")
+
+
+def pairs_with_bad_values(tmp_path, count):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    table = lookup_table({0: 0})
+    pairs = []
+    for i in range(count):
+        label = write_label(tmp_path / f"label{i:02d}.png", np.full((4, 6), 9, dtype=np.uint8))  # 9: invalid
+        pairs.append(FilePair(f"s{i}", tmp_path / "image.png", label, table))
+    return pairs
+
+
+def test_check_values_false_reads_only_the_headers(tmp_path):
+    pairs = pairs_with_bad_values(tmp_path, 2)
+    check_pairs(pairs, "split", check_values=False)  # the invalid values are not looked at
+    with pytest.raises(DatasetLayoutError, match="2 bad samples in split"):
+        check_pairs(pairs, "split", check_values=True)
+
+
+def test_a_size_mismatch_is_found_from_the_headers(tmp_path):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    label = write_label(tmp_path / "label.png", np.zeros((4, 5), dtype=np.uint8))
+    pair = FilePair("s", tmp_path / "image.png", label, lookup_table({0: 0}))
+    for check_values in (False, True):
+        problem = check_pair(pair, check_values)
+        assert problem.startswith("size mismatch: image ") and "is 6x4 (WxH), label " in problem
+        assert problem.endswith("label.png is 5x4")
+    assert check_pair(FilePair("u", tmp_path / "image.png"), True) is None  # unlabelled: the image alone
+
+
+def test_more_than_ten_problems_are_listed_ten_and_counted(tmp_path):
+    with pytest.raises(DatasetLayoutError) as error:
+        check_pairs(pairs_with_bad_values(tmp_path, 13), "Cityscapes val (/data)", num_threads=2)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "13 bad samples in Cityscapes val (/data):"
+    assert len(lines) == 12 and lines[-1] == "  ... and 3 more"
+    assert all(
+        line.startswith("  label ") and line.endswith("(0, see the DataModule docstring)") for line in lines[1:11]
+    )
+
+
+def test_exactly_ten_problems_have_no_more_line(tmp_path):
+    with pytest.raises(DatasetLayoutError) as error:
+        check_pairs(pairs_with_bad_values(tmp_path, 10), "split")
+    assert len(str(error.value).splitlines()) == 11 and str(error.value).endswith("see the DataModule docstring)")
+
+
+def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
+    images = {"a": tmp_path / "a.jpg", "b": tmp_path / "b.jpg"}
+    labels = {"b": tmp_path / "b.png", "c": tmp_path / "c.png"}
+    with pytest.raises(DatasetLayoutError) as error:
+        pair_by_stem(images, labels, "ADE20K training", "layout here")
+    message = str(error.value)
+    assert message.splitlines() == [
+        "ADE20K training: 1 images without labels and 1 labels without images:",
+        f"  image without label: {tmp_path / 'a.jpg'}",
+        f"  label without image: {tmp_path / 'c.png'}",
+        "expected layout:",
+        "layout here",
+    ]
+    assert pair_by_stem({"b": images["b"]}, {"b": labels["b"]}, "x", "") == [("b", images["b"], labels["b"])]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, rank):
+    from dnlseg.data import CityscapesDataModule
+    from dnlseg.data.transforms import init_worker, seed_transform, worker_seed
+    from tests.helpers import fake_trainer
+
+    augmentation = TrainAugmentation(crop_size=(32, 32))
+    dm = CityscapesDataModule(str(cityscapes_root), augmentation=augmentation, num_workers=0, seed=7)
+    dm.trainer = SimpleNamespace(**vars(fake_trainer(global_rank=rank)), world_size=2)
+    loader = dm.train_dataloader()
+    assert loader.worker_init_fn.func is init_worker and loader.worker_init_fn.keywords == {"rank": rank}
+    first = loader.dataset[0]["image"]  # the main-process stream (num_workers=0): seeded from (seed, rank)
+    seed_transform(loader.dataset.transform, worker_seed(7, rank))
+    assert torch.equal(loader.dataset[0]["image"], first)
+    seed_transform(loader.dataset.transform, worker_seed(7, 1 - rank))
+    assert not torch.equal(loader.dataset[0]["image"], first)
+    assert len(loader.sampler) == 2  # 4 train images over 2 ranks
+
+
+class TwoSplits(FolderDataModule):
+    """A FolderDataModule over files in ``root``: 3 labelled "train" images, 2 "val", 1 unlabelled "predict"."""
+
+    def __init__(self, root, seed=5, num_workers=0, pin_memory=False):
+        super().__init__(TrainAugmentation(crop_size=(4, 4)), 2, 1, num_workers, pin_memory, seed, True, 1)
+        self.root = root
+        self.splits = {"train": "tr", "val": "va", "test": "va", "predict": "pr"}
+        self.found = []
+
+    def find_pairs(self, split, labelled):
+        self.found.append(split)
+        count = {"tr": 3, "va": 2, "pr": 1}[split]
+        Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(self.root / "image.png")
+        label = write_label(self.root / "label.png", np.zeros((4, 6), dtype=np.uint8)) if labelled else None
+        return [FilePair(f"{split}{i}", self.root / "image.png", label, lookup_table({0: 0})) for i in range(count)]
+
+
+def test_setup_finds_the_splits_each_stage_uses_once(tmp_path):
+    dm = TwoSplits(tmp_path)
+    dm.setup("validate")
+    assert dm.found == ["va"] and list(dm.datasets) == ["val"]
+    dm.setup("fit")
+    assert dm.found == ["va", "tr"] and list(dm.datasets) == ["val", "train"]  # val is not found again
+    dm.setup("test")
+    dm.setup("predict")
+    assert dm.found == ["va", "tr", "va", "pr"] and "mask" not in dm.datasets["predict"][0]
+    other = TwoSplits(tmp_path)
+    other.setup(None)  # no stage: fit's splits
+    assert other.found == ["tr", "va"]
+    assert isinstance(other.datasets["train"].transform.transforms[0], RandomRescale)  # train: the augmentation
+    assert other.datasets["val"][0]["image"].shape == (3, 4, 6)  # evaluation: normalisation only, full size
+
+
+def test_train_loader_is_resumable_shuffled_by_seed_and_drops_the_last_batch(tmp_path):
+    dm = TwoSplits(tmp_path)
+    loader = dm.train_dataloader()
+    assert dm.found == ["tr", "va"]  # a loader asked for first sets its stage up
+    assert isinstance(loader, ResumableDataLoader) and loader.drop_last and loader.batch_size == 2
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.seed == 5 and loader.sampler.shuffle
+    assert loader.generator.initial_seed() == 5 and len(loader) == 1  # 3 images, batches of 2
+    assert loader.num_workers == 0 and not loader.persistent_workers and not loader.pin_memory
+
+
+@pytest.mark.parametrize("role", ["val", "test", "predict"])
+def test_evaluation_loaders_keep_every_image_in_order(tmp_path, role):
+    dm = TwoSplits(tmp_path)
+    loader = getattr(dm, f"{role}_dataloader")()
+    assert dm.found == [dm.splits[role]]  # only the split this loader needs
+    assert type(loader) is torch.utils.data.DataLoader and not loader.drop_last and loader.batch_size == 1
+    assert loader.generator is None and isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    assert [batch["name"][0] for batch in loader] == [f"{dm.splits[role]}{i}" for i in range(len(loader))]
+
+
+def test_workers_persist_and_memory_is_pinned_only_with_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dm = TwoSplits(tmp_path, num_workers=1, pin_memory=True)
+    loader = dm.val_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 1 and not loader.pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TwoSplits(tmp_path, num_workers=1, pin_memory=True).val_dataloader().pin_memory
+
+
+def test_without_a_seed_the_loader_follows_the_global_seed(tmp_path):
+    torch.manual_seed(2**63 + 9)  # torch seeds are up to 2**64 - 1; the loader's seed wraps at 2**63
+    loader = TwoSplits(tmp_path, seed=None).train_dataloader()
+    assert loader.sampler.seed == 9 and loader.generator.initial_seed() == 9
+
+
+def test_names_and_the_default_prediction_encoding(tmp_path):
+    dm = TwoSplits(tmp_path)
+    assert dm.describe("va") == "TwoSplits va"
+    encoded = dm.encode_prediction(np.array([[3, 200]], dtype=np.int64))
+    assert encoded.dtype == np.uint8 and encoded.tolist() == [[3, 200]]
+
+
+def test_check_pairs_logs_how_many_samples_it_checked(tmp_path, caplog):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    pairs = [FilePair(f"s{i}", tmp_path / "image.png") for i in range(3)]
+    with caplog.at_level("INFO", logger="dnlseg.data.folder"):
+        check_pairs(pairs, "Cityscapes val (/data)", num_threads=0)  # 0 threads: at least one
+    assert re.fullmatch(r"checked 3 samples of Cityscapes val \(/data\) in \d+\.\d s", caplog.records[-1].getMessage())
+
+
+def test_unreadable_images_are_named(tmp_path):
+    with pytest.raises(CorruptFileError, match="cannot decode image .*missing.png"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="empty.png"):
+        read_image(tmp_path / "empty.png")
+    Image.fromarray(np.full((2, 3), 7, dtype=np.uint8)).save(tmp_path / "grey.png")
+    assert read_image(tmp_path / "grey.png").tolist() == [[[7, 7, 7]] * 3] * 2  # grey -> RGB
+
+
+def test_a_size_mismatch_found_when_loading_names_both_sizes(tmp_path):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    label = write_label(tmp_path / "label.png", np.zeros((3, 5), dtype=np.uint8))
+    dataset = SegmentationFiles([FilePair("s", tmp_path / "image.png", label, lookup_table({0: 0}))], eval_transform())
+    with pytest.raises(DatasetLayoutError, match=r"image .*image.png is 6x4 \(WxH\), label .*label.png is 5x3$"):
+        dataset[0]
+
+
+def test_palette_labels_are_single_channel_too(tmp_path):
+    palette = Image.fromarray(np.array([[0, 1], [1, 2]], dtype=np.uint8)).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    assert read_label(tmp_path / "p.png", None).tolist() == [[0, 1], [1, 2]]
+
+
+def test_at_most_twenty_invalid_values_are_listed(tmp_path):
+    path = write_label(tmp_path / "many.png", np.arange(30, 60, dtype=np.uint8)[None])
+    with pytest.raises(DatasetLayoutError, match=r"holds values \[30, 31, .*, 49\] outside"):
+        read_label(path, lookup_table({0: 0}))
