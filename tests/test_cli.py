@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from dnlseg.cli import run_cli
+from dnlseg.cli import resolve_config, run_cli
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,19 @@ def test_validate_reproduces_the_logged_miou_from_the_checkpoint(fitted_run, tmp
     assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(logged, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_the_saved_config_of_a_composed_recipe_resumes_the_run(fitted_run):
+    """The run's config.yaml is the whole config (no ``config:`` key naming the recipe's shared file): it resumes.
+    (After the validation above, which reads the run as the fit left it.)"""
+    save_dir, _ = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "config" not in saved and saved["trainer"]["max_steps"] == 4
+    assert saved["data"]["init_args"]["num_train"] == 16 and len(saved["trainer"]["callbacks"]) == 11
+    resumed = run_cli(["fit", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last", "--trainer.max_steps=5"])
+    assert resumed.trainer.global_step == 5 and resumed.trainer.logger.log_dir == str(run_dir)
+
+
 def test_print_config_shows_the_resolved_model_and_data():
     result = subprocess.run(
         [sys.executable, "-m", "dnlseg", "fit", "-c", str(ROOT / "configs/synthetic/dnl.yaml"), "--print_config"],
@@ -98,6 +112,12 @@ def test_print_config_shows_the_resolved_model_and_data():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class_path: dnlseg.context.DisentangledNonLocal2d" in result.stdout
     assert "temperature: 0.05" in result.stdout and "class_path: dnlseg.data.SyntheticDataModule" in result.stdout
+    # The whole config, the recipe's shared file merged in (max_steps, the callbacks): what resolve_config gives
+    printed = yaml.safe_load(result.stdout)
+    assert printed["trainer"]["max_steps"] == 800 and len(printed["trainer"]["callbacks"]) == 11
+    fit_only = {"ckpt_path", "weights_only"}  # arguments of the fit subcommand, not of a config file
+    whole = resolve_config(ROOT / "configs/synthetic/dnl.yaml")
+    assert {k: v for k, v in printed.items() if k not in fit_only} == whole
 
 
 def test_fit_help_offers_only_the_concrete_datamodules():
