@@ -15,7 +15,7 @@ from dnlseg.data import SyntheticDataModule
 from dnlseg.models import SegmentationModule
 
 CONTEXTS = {"nl": NonLocal2d, "dnl": DisentangledNonLocal2d}
-# The block variants of SCIENCE.md section 3 that log different attention terms.
+# The block variants of docs/science.md section 3 that log different attention terms.
 VARIANTS = {
     **CONTEXTS,
     "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),

@@ -1,4 +1,4 @@
-"""mmsegmentation checkpoints and ImageNet weights in dnlseg's key layout (SCIENCE.md section 6).
+"""mmsegmentation checkpoints and ImageNet weights in dnlseg's key layout (docs/science.md section 6.1).
 
 mmseg 1.2.2's model-zoo files hold ``{"meta": ..., "state_dict": ...}`` (older ones also ``"optimizer"``). Their
 keys, and the dnlseg ``SegmentationNetwork`` keys they become (``encoder`` = smp's ``tu-resnet50c`` /
