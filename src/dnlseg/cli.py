@@ -29,10 +29,10 @@ from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.command import silence_third_party
 from dnlseg.data import SegmentationDataModule
 from dnlseg.models import SegmentationModule
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
+from dnlseg.third_party import silence_third_party
 
 log = logging.getLogger(__name__)
 
