@@ -276,3 +276,34 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     header = next(line for line in config.read_text().splitlines() if line.startswith("# Reference mIoU"))
     for value in metafile_results(mirrored_config(config)).values():
         assert f"{value:.2f}" in header, (value, header)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
+def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
+    own = own_keys(config).get("model.context")
+    cli = run_cli(
+        [
+            "-c",
+            str(config),
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--model.head_channels=16",
+            "--model.aux_channels=8",
+            "--data.init_args.num_train=2",
+            "--data.init_args.num_val=1",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=2",
+        ],
+        run=False,
+    )
+    block = cli.model.network.decode_head.context
+    if own is None:  # the baseline
+        assert isinstance(block, nn.Identity)
+    else:
+        assert f"{type(block).__module__.rsplit('.', 1)[0]}.{type(block).__name__}" == own["class_path"]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
