@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dnlseg.cli import resolve_config, run_cli
@@ -135,3 +136,13 @@ def test_fit_help_offers_only_the_concrete_datamodules():
         "dnlseg.data.ImageMaskDataModule",
         "dnlseg.data.SyntheticDataModule",
     ]  # not the abstract FolderDataModule / SegmentationDataModule, nor Lightning's base class
+
+
+def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run folder would appear here (runs/synthetic/...)
+    torch_seed = torch.initial_seed()
+    whole = resolve_config(ROOT / "configs/synthetic/gc.yaml", "--model.context.init_args.reduction=8")
+    assert whole["model"]["context"] == {"class_path": "dnlseg.context.GlobalContext2d", "init_args": {"reduction": 8}}
+    assert whole["trainer"]["max_steps"] == 800 and whole["trainer"]["logger"]["init_args"]["name"] == "gc"
+    assert whole["data"]["class_path"] == "dnlseg.data.SyntheticDataModule" and "config" not in whole
+    assert list(tmp_path.iterdir()) == [] and torch.initial_seed() == torch_seed  # no folder, no seeding
