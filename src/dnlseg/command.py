@@ -37,6 +37,7 @@ SUBCOMMANDS = {
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
+
 def show_own_logs() -> None:
     """dnlseg's INFO messages (run and output folders, what was written) on stderr, as Lightning shows its own."""
     logger = logging.getLogger("dnlseg")
