@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _measure import (
+    PRECISIONS,
     GiB,
     Memory,
     Timing,
@@ -209,11 +210,6 @@ def attention_alone(grid: tuple[int, int], args) -> dict[str, Timing]:
     return time_interleaved({"SDPA": sdpa, "plain": plain}, args.repeats, args.device)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------------------
-
-
 def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     return "-" if a is None or b is None else f"{a / b:.{digits}f}"
 
@@ -397,7 +393,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--variants", nargs="+", default=["dnl", "nl", "gc"], choices=names)
     parser.add_argument("--scaling", action="store_true", help="N=1, P = 1024 ... 32768 -> resolution_scaling.md")
     parser.add_argument("--batch", type=int, default=None, help="N (default 2; --scaling: 1, with --paper 2)")
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
     parser.add_argument("--whole-repeats", type=int, default=1, help="timed rounds of the whole image")
     parser.add_argument("--max-positions", type=int, default=32768, help="largest P of the --scaling sweep")
     parser.add_argument("--max-materialized-gib", type=float, default=18.0, help="skip larger materialised runs")
