@@ -240,11 +240,11 @@ def table(cells: list[Cell], train: bool) -> list[str]:
                 ratio(wall(c), wall(mat)),
                 ratio(cpu(c), cpu(mat)),
                 mib(c.memory.extra_peak),
-                mib(peak(mat)) if mat else "-",
+                "-" if peak(mat) is None else mib(peak(mat)),
                 ratio(peak(c), peak(mat), 3),
                 "-" if rate is None else f"{rate:.0f} ({rate / c.matmul_rate:.0%})",
                 "-" if mat is None or mat.grad_difference is None else f"{mat.grad_difference:.1e}",
-                mib(peak(mmseg)) if mmseg else "-",
+                "-" if peak(mmseg) is None else mib(peak(mmseg)),
                 ratio(wall(c), wall(mmseg)),
                 ratio(cpu(c), cpu(mmseg)),
                 ratio(peak(c), peak(mmseg), 3),
@@ -395,7 +395,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--batch", type=int, default=None, help="N (default 2; --scaling: 1, with --paper 2)")
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
     parser.add_argument("--whole-repeats", type=int, default=1, help="timed rounds of the whole image")
-    parser.add_argument("--max-positions", type=int, default=32768, help="largest P of the --scaling sweep")
+    parser.add_argument("--max-positions", type=int, default=32768, help="largest P of --scaling (--quick: 8192)")
     parser.add_argument("--max-materialized-gib", type=float, default=18.0, help="skip larger materialised runs")
     parser.add_argument("--no-mmseg", action="store_true", help="leave mmseg's blocks out even where installed")
     args = parse(parser, argv)
@@ -403,8 +403,8 @@ def parse_args(argv: list[str] | None):
     args.batch = args.batch or (1 if args.scaling and not args.paper else 2)
     if args.quick:
         args.max_positions = min(args.max_positions, 8192)
-    grids = SCALING_GRIDS if args.scaling else CROP_GRIDS
-    args.grids = [(8, 8), (8, 16), (12, 12)] if args.tiny else [g for g in grids if g[0] * g[1] <= args.max_positions]
+    sweep = [g for g in SCALING_GRIDS if g[0] * g[1] <= args.max_positions]
+    args.grids = [(8, 8), (8, 16), (12, 12)] if args.tiny else sweep if args.scaling else CROP_GRIDS
     args.whole = (16, 32) if args.tiny else WHOLE_IMAGE
     args.repeats = args.repeats or (1 if args.quick or args.tiny else 2 if args.scaling else 3)
     args.square = 256 if args.tiny else 2048 if args.quick else 4096

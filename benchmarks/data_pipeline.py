@@ -30,58 +30,38 @@ HEIGHT, WIDTH = 1024, 2048
 CROPS = {"512x1024": (512, 1024), "769x769": (769, 769)}
 
 
-def stage_rows(root: Path, passes: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
-    """(stage, ms per image) rows and the images/s of the full train item per crop."""
+def stage_times(root: Path, passes: int) -> dict[str, float]:
+    """ms per image of each stage, as ``CityscapesDataModule`` runs it (median of the passes, mean over images)."""
     pairs = cityscapes_pairs(root, "train")
     label_ids = [p.label.with_name(p.label.name.replace("labelTrainIds", "labelIds")) for p in pairs]
     images = [read_image(p.image) for p in pairs]
     labels = [read_label(p.label, TRAIN_ID_TABLE) for p in pairs]
-
-    def per_image(fn: Callable[[int], object]) -> float:
-        """Mean ms per image of ``fn(i)`` over the images, ``passes`` times (medians of the passes, per image)."""
-        calls = {i: lambda i=i: fn(i) for i in range(len(pairs))}
-        return 1000 * sum(t.wall for t in time_interleaved(calls, passes, torch.device("cpu")).values()) / len(pairs)
-
-    rows = [
-        ("decode image PNG (OpenCV)", per_image(lambda i: read_image(pairs[i].image))),
-        (
-            "decode label PNG, labelTrainIds (PIL + lookup)",
-            per_image(lambda i: read_label(pairs[i].label, TRAIN_ID_TABLE)),
-        ),
-        (
-            "decode label PNG, labelIds -> train ids (PIL + lookup)",
-            per_image(lambda i: read_label(label_ids[i], LABEL_ID_TABLE)),
-        ),
-    ]
-    throughput = {}
+    stages: dict[str, Callable[[int], object]] = {
+        "decode image PNG (OpenCV)": lambda i: read_image(pairs[i].image),
+        "decode label PNG, labelTrainIds (PIL + lookup)": lambda i: read_label(pairs[i].label, TRAIN_ID_TABLE),
+        "decode label PNG, labelIds -> train ids (PIL + lookup)": lambda i: read_label(label_ids[i], LABEL_ID_TABLE),
+    }
     for crop_name, crop in CROPS.items():
-        aug = TrainAugmentation(crop_size=crop, scale_base=(2048, 1024))
-        transform = train_transform(aug)
+        augmentation = TrainAugmentation(crop_size=crop, scale_base=(2048, 1024))
+        transform = train_transform(augmentation)
         seed_transform(transform, SEED)
-        rows.append(
-            (
-                f"train augmentation, {crop_name} crop",
-                per_image(lambda i, t=transform: t(image=images[i], mask=labels[i])),
-            )
+        dm = CityscapesDataModule(
+            str(root), augmentation=augmentation, num_workers=0, seed=SEED, check_label_values=False
         )
-        dm = CityscapesDataModule(str(root), augmentation=aug, num_workers=0, seed=SEED, check_label_values=False)
         dm.setup("fit")
-        dataset = dm.datasets["train"]
-        seed_transform(dataset.transform, SEED)
-        ms = per_image(lambda i, d=dataset: d[i])
-        rows.append((f"**train item, {crop_name} crop** (decode + augmentation + tensors)", ms))
-        throughput[crop_name] = 1000 / ms
+        seed_transform(dm.datasets["train"].transform, SEED)
+        stages[f"train augmentation, {crop_name} crop"] = lambda i, t=transform: t(image=images[i], mask=labels[i])
+        stages[f"train item, {crop_name} crop"] = lambda i, d=dm.datasets["train"]: d[i]
     dm.setup("validate")
-    ms = per_image(lambda i: dm.datasets["val"][i % len(dm.datasets["val"])])
-    rows.append(("evaluation item (decode + normalisation, full 1024x2048)", ms))
-    throughput["evaluation"] = 1000 / ms
-    rows.append(
-        (
-            "setup check per sample (image header + label decode and values)",
-            per_image(lambda i: check_pair(pairs[i], True)),
-        )
-    )
-    return rows, throughput
+    val = dm.datasets["val"]
+    stages["evaluation item (decode + normalisation, full size)"] = lambda i: val[i % len(val)]
+    stages["setup check per sample (image header + label decode and values)"] = lambda i: check_pair(pairs[i], True)
+    times = {}
+    for name, stage in stages.items():
+        calls = {i: lambda i=i, stage=stage: stage(i) for i in range(len(pairs))}
+        times[name] = 1000 * sum(t.wall for t in time_interleaved(calls, passes, torch.device("cpu")).values())
+        times[name] /= len(pairs)
+    return times
 
 
 def metric_rows(device: str) -> list[tuple[str, str]]:
@@ -134,25 +114,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         size = (64, 128) if args.tiny else (HEIGHT, WIDTH)
         root = write_cityscapes_layout(tmp, args.images, 2, size, seed=SEED)
         png_mb = statistics.mean(p.stat().st_size for p in Path(tmp).glob("leftImg8bit/train/*/*.png")) / 1e6
-        rows, throughput = stage_rows(root, passes)
+        times = stage_times(root, passes)
+    items = {f"train item, {crop} crop (decode + augmentation)": f"train item, {crop} crop" for crop in CROPS}
+    items["evaluation item (decode + normalisation)"] = "evaluation item (decode + normalisation, full size)"
     metrics = metric_rows("cpu")
     lines = args.run.header("Data pipeline: throughput per worker, and the metric's memory", seed=SEED)
     lines += [
         f"- {args.images} synthetic {size[0]}x{size[1]} train images in the Cityscapes layout, median of {passes} "
         f"passes; mean image PNG {png_mb:.1f} MB (real Cityscapes PNGs: ~2-2.5 MB); 1 torch and 1 OpenCV thread",
         "",
-        *markdown_table(
-            ["images/s per worker", "value"],
-            [[f"train item, {crop} crop (decode + augmentation)", f"**{throughput[crop]:.1f}**"] for crop in CROPS]
-            + [["evaluation item (decode + normalisation)", f"{throughput['evaluation']:.1f}"]],
-        ),
+        *markdown_table(["images/s per worker", "value"], [[k, f"{1000 / times[v]:.1f}"] for k, v in items.items()]),
         "",
-        *markdown_table(["stage", "ms per image"], [[name, f"{ms:.1f}"] for name, ms in rows]),
+        *markdown_table(["stage", "ms per image"], [[name, f"{ms:.1f}"] for name, ms in times.items()]),
         "",
         *markdown_table(["metric memory, full-resolution validation", "value"], metrics),
     ]
     write_report(lines, args.output)
-    return throughput
+    return {name: 1000 / times[stage] for name, stage in items.items()}
 
 
 if __name__ == "__main__":
