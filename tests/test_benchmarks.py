@@ -29,6 +29,9 @@ def test_context_blocks_compares_the_variants_fused_materialised_and_mmsegs(scri
     }
     assert all(c.memory.extra_peak > 0 and c.timing.wall > 0 for c in train + whole if not c.skipped)
     assert all(c.grad_difference < 1e-4 for c in train if c.path == "materialized")
+    # The fused path runs PyTorch's flash kernel, the materialised paths (ours, mmseg's) no SDPA kernel at all.
+    assert all(c.kernel.startswith("FLASH_ATTENTION") for c in train if c.path == "fused" and c.variant != "gc")
+    assert all(c.kernel == "no fused SDPA kernel ran" for c in train if c.path != "fused" or c.variant == "gc")
     text = output.read_text()
     assert "| DNL | 144 (12 x 12) |" in text and "| GC (GCNet) | 144 (12 x 12) |" in text
     assert "## Whole-image forward" in text and "memory ~ P^" in text
