@@ -17,7 +17,8 @@ Per module the result (counts, run time, every surviving mutant with its diff li
 ``mutation/verdicts.toml`` (keyed by module, function and the mutated line, so it survives renumbering):
 ``equivalent`` (no test can tell it apart: left out of the score) or ``accepted`` (counted as not killed, with
 the reason); a survivor without an entry is a test gap, reported as ``TODO``. A survivor of the previous
-committed result that is killed now is listed as killed by a new test.
+committed result that an incremental run kills is listed as killed by a new test (a ``--fresh`` run starts
+that list anew: the earlier survivors may be of code that has changed since).
 
 score = (killed + timeout) / (mutants - equivalent); "no tests" mutants count as not killed. Target: >= 85 %.
 ``--check`` exits non-zero when a module is under the target or has a survivor without a verdict (CI).
@@ -62,11 +63,9 @@ CORE = (
     "src/dnlseg/sync_batchnorm.py",
     "src/dnlseg/checkpoint_io.py",
 )
-# Fast tests of a module beyond its mirrored test file.
+# Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
-    "src/dnlseg/context/base.py": ("tests/context",),
-    "src/dnlseg/context/non_local.py": ("tests/context",),
-    "src/dnlseg/context/disentangled_non_local.py": ("tests/context",),
+    "src/dnlseg/context": ("tests/context",),  # the block contract suite runs every block and option
     "src/dnlseg/models/heads.py": ("tests/models/test_network.py",),
     "src/dnlseg/evaluation/metrics.py": ("tests/evaluation/test_cityscapes_parity.py",),
     "src/dnlseg/evaluation/attention_consistency.py": ("tests/callbacks/test_attention_consistency.py",),
@@ -88,11 +87,13 @@ def core_modules() -> list[str]:
 
 
 def tests_for(module: str) -> list[str]:
-    """The module's fast tests: ``tests/<path>/test_<name>.py`` (when it exists) and ``EXTRA_TESTS``."""
+    """The module's fast tests: ``tests/<path>/test_<name>.py`` (when it exists) and ``EXTRA_TESTS`` (the module's
+    and its folder's)."""
     relative = Path(module).relative_to("src/dnlseg")
     mirrored = Path("tests") / relative.parent / f"test_{relative.name}"
     tests = [str(mirrored)] if (ROOT / mirrored).exists() else []
-    return tests + [t for t in EXTRA_TESTS.get(module, ()) if t not in tests]
+    extra = [t for entry, more in EXTRA_TESTS.items() if entry in (module, str(Path(module).parent)) for t in more]
+    return tests + [t for t in extra if t not in tests]
 
 
 def slug(module: str) -> str:
@@ -333,7 +334,8 @@ def main() -> None:
         for module in selected(args.module):
             print(f"mutmut: {module} with {', '.join(tests_for(module))}", flush=True)
             path = RESULTS / f"{slug(module)}.json"
-            old = json.loads(path.read_text()) if path.exists() else None
+            # After --fresh the earlier survivors are of other code: only an incremental run credits new tests.
+            old = json.loads(path.read_text()) if path.exists() and not args.fresh else None
             result = merge_killed_since(run_module(module, args.max_children, args.fresh), old)
             path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
             c = result["counts"]
