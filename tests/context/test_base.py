@@ -49,3 +49,47 @@ def test_blocks_pass_their_arguments_to_the_base():
 def test_a_norm_without_an_affine_weight_is_refused():
     with pytest.raises(ValueError, match="norm_layer .* has no affine weight to zero-initialise"):
         NonLocal2d(4, norm_layer=lambda c: nn.BatchNorm2d(c, affine=False))
+
+
+@pytest.mark.parametrize(
+    ("use_out", "norm_layer", "value_bias", "out_bias", "zeroed"),
+    [
+        (True, nn.BatchNorm2d, True, False, "out_norm"),  # a bias before the norm would be cancelled by it
+        (True, None, True, True, "out"),
+        (False, nn.BatchNorm2d, False, None, "out_norm"),
+        (False, None, True, None, "value"),
+    ],
+)
+def test_biases_and_the_zero_initialised_layer_follow_use_out_and_the_norm(
+    use_out, norm_layer, value_bias, out_bias, zeroed
+):
+    block = NonLocalBase(8, 2, norm_layer=norm_layer, use_out=use_out)
+    assert block.value.out_channels == block.value_channels == (4 if use_out else 8)
+    assert (block.value.bias is not None) == value_bias
+    assert (None if block.out is None else block.out.bias is not None) == out_bias
+    last = getattr(block, zeroed)
+    assert torch.count_nonzero(last.weight) == 0
+    assert last.bias is None or torch.count_nonzero(last.bias) == 0
+    kept = NonLocalBase(8, 2, norm_layer=norm_layer, use_out=use_out, zero_init=False)
+    assert torch.count_nonzero(getattr(kept, zeroed).weight) > 0  # the layer's default initialisation
+
+
+def test_channels_must_divide_by_the_reduction():
+    with pytest.raises(ValueError, match=r"^in_channels=10 is not divisible by reduction=4: choose a reduction"):
+        NonLocalBase(10, 4)
+
+
+def test_keys_are_max_pooled_two_by_two_with_the_last_odd_row_and_column_kept():
+    x = torch.arange(15.0).reshape(1, 1, 3, 5)
+    pooled = NonLocalBase(1, 1, downsample=True).key_input(x)
+    assert pooled.tolist() == [[[[6.0, 8.0, 9.0], [11.0, 13.0, 14.0]]]]
+    assert NonLocalBase(1, 1).key_input(x) is x
+
+
+def test_without_out_the_input_gradient_at_batch_one_is_right():
+    """The norm gets a contiguous copy of y: torch 2.14.1's CPU batch_norm backward is wrong for the view at N = 1."""
+    torch.manual_seed(0)
+    block = NonLocal2d(2, reduction=1, use_out=False).double()
+    nn.init.ones_(block.out_norm.weight)
+    x = torch.randn(1, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-6)
