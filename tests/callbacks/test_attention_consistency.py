@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from dnlseg.callbacks import AttentionConsistency
 from dnlseg.context import ContextBlock, DisentangledNonLocal2d, capture_attention
 from dnlseg.evaluation import boundary_band
+from dnlseg.evaluation.attention_consistency import pairwise_category_consistency
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import VARIANTS, TensorSizes, captured_from_logits, fake_trainer, fit_with_validation, tiny_module
 
@@ -349,3 +350,65 @@ def test_the_ignore_index_comes_from_the_module():
     callback = AttentionConsistency()
     callback.on_validation_epoch_start(fake_trainer(), TwoOracles(ignore_index=7))
     assert callback._ignore_index == 7
+
+
+class OneBlock(TwoOracles):
+    """A real block as the module's only context block (``first``)."""
+
+    def __init__(self, block, hparams):
+        super().__init__()
+        del self.second
+        self.first, self.hparams = block, hparams
+
+    def forward(self, x):
+        return self.first(x)
+
+
+@pytest.mark.parametrize("num_queries", [None, 1000])  # every query: through the fused kernel, or all rows sampled
+def test_labels_are_resized_to_the_query_grid_for_queries_and_to_the_pooled_key_grid_for_keys(num_queries):
+    torch.manual_seed(0)
+    block = DisentangledNonLocal2d(4, downsample=True).eval()  # 6 x 8 queries, 3 x 4 keys
+    module = OneBlock(block, hparams={})  # no ignore_index: 255
+    x = torch.randn(1, 4, 6, 8)
+    masks = torch.randint(0, 3, (1, 12, 16))
+    masks[:, :4] = 255
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(2, 2)))
+    callback = AttentionConsistency(num_queries=num_queries, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    assert callback._ignore_index == 255
+    batch = {"image": x, "mask": masks}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    with torch.no_grad():
+        module(x)
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+
+    with torch.no_grad(), capture_attention(block) as captured:
+        block(x)
+    ((record,),) = captured.values()
+    assert (record.query_size, record.key_size) == ((6, 8), (3, 4))
+    query_labels = torch.nn.functional.interpolate(masks[:, None].float(), (6, 8))[:, 0].long().flatten(1)
+    key_grid = torch.nn.functional.interpolate(masks[:, None].float(), (3, 4))[:, 0].long()
+    pairwise = torch.softmax(record.pairwise_logits().double(), dim=-1)  # (1, 48, 12)
+    expected_pairwise = pairwise_category_consistency(pairwise, query_labels, key_grid.flatten(1)).mean()
+    band = boundary_band(key_grid, radius=0).flatten(1)
+    s = torch.softmax(record.unary_logits[:, 0].double(), dim=-1)
+    expected_unary = (s * band).sum() / band.double().mean()
+    logged = {name: value.item() for name, (value, _) in module.logged.items()}
+    assert logged[PAIRWISE] == pytest.approx(expected_pairwise.item(), rel=1e-5)
+    assert logged[UNARY] == pytest.approx(expected_unary.item(), rel=1e-5)
+
+
+def test_a_new_epoch_starts_from_zero_and_closes_a_capture_left_open():
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency()
+    callback.on_validation_epoch_start(trainer, module)
+    callback._add("pairwise_category_consistency/first", torch.ones(3))
+    callback.on_validation_batch_start(trainer, module, {"mask": None}, 0)
+    assert module.first._sinks
+    callback.on_validation_epoch_start(trainer, module)
+    assert callback._sums == {} and not module.first._sinks
+    callback.on_validation_batch_start(trainer, module, {"mask": None}, 0)
+    callback.on_validation_epoch_end(trainer, module)  # ends the capture of a batch that never ended
+    assert not module.first._sinks and module.logged == {}
