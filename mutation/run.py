@@ -215,8 +215,25 @@ def run_module(module: str, max_children: int, fresh: bool) -> dict:
         "max_children": max_children,
         "incremental": bool(previous),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": git("rev-parse", "--short", "HEAD"),  # the code measured (the module is never edited uncommitted)
         "survivors": survivors,
     }
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def measured_on(result: dict) -> tuple[str, bool]:
+    """(commit, stale): the commit a result was measured on -- for results written before the field existed, the
+    commit that added the result file -- and whether the module changed between it and HEAD."""
+    commit = result.get("commit") or git(
+        "log", "-1", "--format=%h", "--", f"mutation/results/{slug(result['module'])}.json"
+    )
+    if not commit:
+        return "uncommitted", False
+    changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", result["module"]], cwd=ROOT).returncode
+    return commit, changed != 0
 
 
 # --- verdicts and the report ---------------------------------------------------------------------------------
@@ -270,7 +287,10 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         "Written by `mutation/run.py` (`make mutation`; one module: `make mutation MODULE=<path>`): mutmut 3.x on each",
         'module with its fast tests (`-m "not slow"`). score = (killed + timeout) / (mutants - equivalent); target'
         f" >= {TARGET:.0%}. Verdicts of surviving mutants: `mutation/verdicts.toml`. Times: wall and CPU seconds of",
-        "the mutmut processes on the machine that ran them (the date says when; noisy on a shared CPU).",
+        "the mutmut processes on the machine that ran them (the date says when; noisy on a shared CPU). run: when,",
+        "full or incremental, and the commit measured; **stale** marks a result whose module changed after that",
+        "commit (the last measured figure, kept until a fresh run). Context modules' runs leave out the contract",
+        'suite\'s float64 gradchecks (`-k "not gradcheck"`, mutation/run.py DESELECT): their scores are lower bounds.',
         "",
         "| module | mutants | killed | timeout | survived | no tests | equivalent | score | wall s | CPU s | run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -280,6 +300,8 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         value, equivalent = score(r, verdicts)
         c = r["counts"]
         mode = "incremental" if r["incremental"] else "full"
+        commit, stale = measured_on(r)
+        mode += f", {commit}" + (" **(code changed since: stale)**" if stale else "")
         lines.append(
             f"| `{r['module']}` | {r['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
             f"| {equivalent} | **{value:.1%}** | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['date']}, {mode} |"
@@ -291,6 +313,8 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         total["cpu"] += r["cpu_s"]
         if value < TARGET:
             problems.append(f"{r['module']}: score {value:.1%} < {TARGET:.0%}")
+    measured = {r["module"] for r in results}
+    lines += [f"| `{m}` | not measured yet | | | | | | | | | |" for m in core_modules() if m not in measured]
     if results:
         considered = total["mutants"] - total["equivalent"]
         lines.append(
