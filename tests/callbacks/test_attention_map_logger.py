@@ -229,3 +229,17 @@ def test_each_count_below_one_raises_naming_all_three(arguments, named):
     with pytest.raises(ValueError, match=f"{named}.*must all be >= 1"):
         AttentionMapLogger(**arguments)
     AttentionMapLogger(num_images=1, max_classes=1, every_n_validations=1)  # 1 is allowed
+
+
+def test_drawing_runs_an_eval_forward_without_a_graph_and_leaves_the_module_as_it_was(figure_calls, tmp_path):
+    module = tiny_module(DisentangledNonLocal2d)
+    del module.hparams["ignore_index"]  # a module without one: the default 255
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    AttentionMapLogger(num_images=1).draw(tensorboard_trainer(tmp_path, Images()), module)
+    (args, _) = figure_calls[0]
+    maps, ignore_index = args[2], args[6]
+    assert ignore_index == 255
+    assert not maps.values.requires_grad and maps.output.grad_fn is None  # under no_grad
+    assert module.training  # back in training mode
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # eval mode: BatchNorm statistics untouched
