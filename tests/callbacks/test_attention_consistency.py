@@ -211,8 +211,7 @@ class Batches(torch.utils.data.Dataset):
         return {"image": images, "mask": LABELS[None].expand(n, -1, -1)}
 
 
-@pytest.mark.slow
-def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
+def _validate_on_two_spawned_ranks():
     trainer = L.Trainer(
         strategy="ddp_spawn",
         devices=2,
@@ -223,6 +222,20 @@ def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
         enable_model_summary=False,
     )
     (metrics,) = trainer.validate(MixedOracle(), DataLoader(Batches(), batch_size=None))
+    return metrics
+
+
+@pytest.mark.slow
+def test_ddp_ranks_sum_numerators_and_counts_before_dividing(tmp_path):
+    try:
+        metrics = _validate_on_two_spawned_ranks()
+    except torch.multiprocessing.ProcessExitedException as error:
+        # Seen once in ~10 runs on a loaded 2-core machine: a spawned worker aborts at interpreter exit
+        # ("terminate called without an active exception", gloo threads) after its work is done. Only that
+        # signature is retried, once; any other failure (or a second abort) fails the test.
+        if error.signal_name != "SIGABRT":
+            raise
+        metrics = _validate_on_two_spawned_ranks()
     # one batch per rank: (32 * 2 + 16 * 1) / 48, not the mean of the rank means (2 + 1) / 2
     assert metrics[PAIRWISE] == pytest.approx(80 / 48, rel=1e-6)
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dnlseg.data import ResumableDataLoader
-from dnlseg.data.resumable import train_sampler
+from dnlseg.data.loaders import train_sampler
 
 
 class Indices(Dataset):

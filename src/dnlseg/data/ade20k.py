@@ -17,8 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
-    IGNORE_INDEX,
     DatasetLayoutError,
     FilePair,
     FolderDataModule,

@@ -3,7 +3,8 @@
 The CLI accepts as ``--data`` any concrete subclass of ``SegmentationDataModule`` (and lists exactly those in
 ``dnlseg fit --help``). A subclass sets, in ``__init__``:
 
-- ``num_classes``, ``class_names``, ``ignore_index``: linked into the model by the CLI (never typed twice);
+- ``num_classes``, ``class_names``, ``ignore_index`` (``IGNORE_INDEX`` in every dataset here): linked into the
+  model by the CLI (never typed twice);
 - ``palette``: one RGB triple per class, for colour PNGs, prediction overlays and figure legends;
 - ``predict_dir``: a folder of images for ``dnlseg predict`` (None: the dataset's own predict split);
 
@@ -18,6 +19,8 @@ from abc import ABC, abstractmethod
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
+
+IGNORE_INDEX = 255  # the label value of void pixels, in every dataset here (Cityscapes' and mmseg's convention)
 
 
 class SegmentationDataModule(L.LightningDataModule, ABC):

@@ -26,8 +26,8 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 
+from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
-    IGNORE_INDEX,
     DatasetLayoutError,
     FilePair,
     FolderDataModule,

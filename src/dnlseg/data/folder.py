@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dnlseg.data.base import SegmentationDataModule
-from dnlseg.data.resumable import ResumableDataLoader, train_sampler
+from dnlseg.data.base import IGNORE_INDEX, SegmentationDataModule
+from dnlseg.data.loaders import build_loader, trainer_rank_and_world_size
 from dnlseg.data.transforms import (
     TrainAugmentation,
     eval_transform,
@@ -48,7 +48,6 @@ from dnlseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 MAX_REPORTED = 10  # problems listed in one error message
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a predict_dir is searched for (any case)
 
@@ -272,12 +271,8 @@ def predict_folder_loader(folder: str | Path, num_workers: int = 0, pin_memory: 
     folder = Path(folder).expanduser()
     pairs = image_folder_pairs(folder)
     check_pairs(pairs, f"predict_dir {folder}", check_values=False)
-    return DataLoader(
-        SegmentationFiles(pairs, eval_transform()),
-        batch_size=1,
-        num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-    )
+    dataset = SegmentationFiles(pairs, eval_transform())
+    return build_loader(dataset, train=False, batch_size=1, seed=0, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def resolve_root(root: str | Path | None, env_var: str, dataset: str) -> Path:
@@ -374,33 +369,25 @@ class FolderDataModule(SegmentationDataModule):
             self.datasets[role] = SegmentationFiles(pairs, transform)
             log.info("%s: %d images", self.describe(split), len(pairs))
 
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
-
     def _loader(self, role: str) -> DataLoader:
         if role not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(role, role))
         dataset = self.datasets[role]
         train = role == "train"
-        rank = self._rank()
+        rank, world_size = trainer_rank_and_world_size(self)
         seed = self.seed if self.seed is not None else torch.initial_seed() % 2**63
-        generator = torch.Generator().manual_seed(seed) if train else None
         if train:  # the main-process stream (num_workers=0); workers reseed their copies in init_worker
             seed_transform(dataset.transform, worker_seed(seed, rank))
-        # Training: resumable mid-epoch, order a function of (seed, epoch) whatever the device count.
-        loader = ResumableDataLoader if train else DataLoader
-        return loader(
+        return build_loader(
             dataset,
+            train=train,
             batch_size=self.batch_size if train else self.val_batch_size,
-            sampler=train_sampler(dataset, seed, rank, self._world_size()) if train else None,
-            drop_last=train,
-            generator=generator,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            drop_last=train,
             worker_init_fn=partial(init_worker, rank=rank),
         )
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
-    IGNORE_INDEX,
     IMAGE_SUFFIXES,
     DatasetLayoutError,
     FilePair,

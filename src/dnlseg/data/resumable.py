@@ -11,9 +11,8 @@ Lightning saves ``state_dict()`` of every train loader that has one in its check
 On resume the next iterator restarts from the saved generator state and skips the ``yielded`` batches in
 the *index* sampler (``_index_sampler``), so no skipped image is read or augmented.
 
-The order itself is ``DistributedSampler``'s, a function of (seed, epoch) only: ``train_sampler`` gives
-it to every run, so one process sees the same global batches as W processes with 1/W of the batch each
-(DDP parity), and an epoch's order does not depend on where the run was started from.
+The order itself is ``dnlseg.data.loaders.train_sampler``'s (``DistributedSampler``, a function of
+(seed, epoch) only); ``dnlseg.data.loaders.build_loader`` puts the two together.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 
 class _SkipFirst:
@@ -81,20 +80,3 @@ class ResumableDataLoader(DataLoader):
         self._skip = 0 if finished else yielded
         if self.generator is not None and "generator" in state:
             self.generator.set_state(state["generator"] if finished else state["generator_at_epoch_start"])
-
-
-def train_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
-    """Shuffled order of (seed, epoch), this rank's 1/world_size share (interleaved; padded to a multiple).
-
-    Lightning calls ``set_epoch`` on it every epoch and, since it already is a ``DistributedSampler``,
-    does not replace it under DDP.
-    """
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-
-def trainer_rank_and_world_size(datamodule) -> tuple[int, int]:
-    """(global rank, world size) of the DataModule's trainer; (0, 1) without one."""
-    trainer = getattr(datamodule, "trainer", None)
-    if trainer is None:
-        return 0, 1
-    return trainer.global_rank, trainer.world_size

@@ -1,0 +1,130 @@
+"""The default DataModule: synthetic images whose labels need long-range context (``scene.py`` says how)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cityscapesscripts.helpers.labels import trainId2label
+from torch.utils.data import DataLoader
+
+from dnlseg.data.base import IGNORE_INDEX, SegmentationDataModule
+from dnlseg.data.folder import predict_folder_loader
+from dnlseg.data.loaders import build_loader, trainer_rank_and_world_size
+from dnlseg.data.synthetic.cityscapes_layout import CITYSCAPES_TRAIN_IDS, write_cityscapes_layout
+from dnlseg.data.synthetic.dataset import SyntheticSegmentation
+from dnlseg.data.synthetic.scene import CLASS_NAMES, check_difficulty, check_groups, check_image_size, image_shape
+
+
+class SyntheticDataModule(SegmentationDataModule):
+    """The default dataset: synthetic images whose labels need long-range context (``dnlseg.data.synthetic.scene``).
+
+    Items are dicts ``{"image": (3, H, W) float normalised with ImageNet mean/std, "mask": (H, W) int64
+    in [0, num_classes) or 255, "name": str}``. Test = val set; predict = val images, or ``predict_dir``.
+
+    Args:
+        num_train: training images per epoch (generated on the fly, the same every epoch).
+        num_val: validation images (also the test and predict set).
+        image_size: side of the square images, or (height, width); each a multiple of 8, >= 32 (e.g. [1024, 2048]
+            for whole-Cityscapes-size images).
+        difficulty: in [0, 1]: lower stripe contrast and ink saturation, stripe-angle jitter, more noise.
+        seed: the dataset seed; images, masks and the train shuffling order follow from it.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        groups: legend entries (texture -> class) per image, 1 to 4. 1: every member has the legend's
+            class (a global cue); more: each member must find the entry of its own texture (a pairwise cue).
+        pin_memory: DataLoader ``pin_memory``.
+        predict_dir: a folder of images (PNG/JPEG, any size, subfolders read) for ``dnlseg predict`` instead
+            of the val images.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 512,
+        num_val: int = 64,
+        image_size: int | tuple[int, int] = 128,
+        difficulty: float = 0.5,
+        seed: int = 0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        groups: int = 1,
+        pin_memory: bool = False,
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("batch_size", batch_size)):
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be > 0")
+        for side in image_shape(image_size):
+            check_image_size("image_size", side)
+        check_difficulty(difficulty)
+        check_groups(groups)
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be >= 0")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        self.save_hyperparameters()
+        self.num_train = num_train
+        self.num_val = num_val
+        self.image_size = image_size
+        self.difficulty = difficulty
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.groups = groups
+        self.pin_memory = pin_memory
+        self.predict_dir = predict_dir
+        self.num_classes: int = len(CLASS_NAMES)
+        self.class_names: list[str] = list(CLASS_NAMES)
+        self.ignore_index: int = IGNORE_INDEX
+        self.palette: list[tuple[int, int, int]] = [tuple(trainId2label[t].color) for t in CITYSCAPES_TRAIN_IDS]
+        self.train_set: SyntheticSegmentation | None = None
+        self.val_set: SyntheticSegmentation | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            args = (self.image_size, self.difficulty, self.seed, self.groups)
+            self.train_set = SyntheticSegmentation(self.num_train, "train", *args)
+            self.val_set = SyntheticSegmentation(self.num_val, "val", *args)
+
+    def _loader(self, dataset: SyntheticSegmentation, train: bool) -> DataLoader:
+        rank, world_size = trainer_rank_and_world_size(self)
+        return build_loader(
+            dataset,
+            train=train,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is not None:
+            return predict_folder_loader(self.predict_dir, self.num_workers, self.pin_memory)
+        return self.val_dataloader()
+
+    def write_cityscapes_layout(
+        self, root: str | Path, label_kinds: Sequence[str] = ("labelIds", "labelTrainIds")
+    ) -> Path:
+        """This module's train and val images (its sizes, seed, difficulty, groups) in the Cityscapes layout.
+
+        Args:
+            root: output folder.
+            label_kinds: subset of ("labelIds", "labelTrainIds", "color").
+        """
+        return write_cityscapes_layout(
+            root, self.num_train, self.num_val, self.image_size, self.seed, label_kinds, self.difficulty, self.groups
+        )
