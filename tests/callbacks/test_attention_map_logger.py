@@ -119,14 +119,14 @@ def test_bad_settings_raise():
 
 
 class FourClasses(Images):
-    """3 normalised 64x64 images in four vertical stripes of classes 0, 1, 2, 3 (class 3 the narrowest), with an
-    ignored band at the top."""
+    """3 normalised 64x64 images in four vertical stripes of classes 0, 1, 2, 3 (class 3 the narrowest) below an
+    ignored band (label 7) larger than any class: a figure that did not skip it would query it first."""
 
     def __getitem__(self, index):
         sample = super().__getitem__(index)
         mask = torch.zeros(64, 64, dtype=torch.long)
         mask[:, 24:40], mask[:, 40:56], mask[:, 56:] = 1, 2, 3
-        mask[:8] = 7  # the module's ignore_index below
+        mask[:24] = 7  # the module's ignore_index below
         return {**sample, "mask": mask}
 
 
@@ -234,11 +234,12 @@ def test_each_count_below_one_raises_naming_all_three(arguments, named):
 def test_drawing_runs_an_eval_forward_without_a_graph_and_leaves_the_module_as_it_was(figure_calls, tmp_path):
     module = tiny_module(DisentangledNonLocal2d)
     del module.hparams["ignore_index"]  # a module without one: the default 255
+    del module.class_names  # a module without class names: none
     before = {k: v.clone() for k, v in module.state_dict().items()}
     AttentionMapLogger(num_images=1).draw(tensorboard_trainer(tmp_path, Images()), module)
     (args, _) = figure_calls[0]
     maps, ignore_index = args[2], args[6]
-    assert ignore_index == 255
+    assert ignore_index == 255 and args[5] is None
     assert not maps.values.requires_grad and maps.output.grad_fn is None  # under no_grad
     assert module.training  # back in training mode
     after = module.state_dict()
