@@ -197,6 +197,8 @@ def test_each_figure_gets_the_image_labels_queries_and_names_of_its_image_and_go
         "step000012_decode_head.context_image1.png",
     ]
     assert Image.open(callback.written[0]).size == (200, 200)  # a 1-inch test figure at dpi 200
+    callback.on_validation_epoch_end(tensorboard_trainer(tmp_path, FourClasses(), global_step=13), module)
+    assert len(figure_calls) == 4  # the default every_n_validations=1 draws at the next validation too
 
 
 def test_a_set_step_labels_the_figures_instead_of_the_global_step(figure_calls, tmp_path):
@@ -226,7 +228,7 @@ def test_nothing_is_drawn_without_a_validation_loader(figure_calls):
     [({"num_images": 0}, "num_images=0"), ({"max_classes": 0}, "max_classes=0"), ({"every_n_validations": 0}, "")],
 )
 def test_each_count_below_one_raises_naming_all_three(arguments, named):
-    with pytest.raises(ValueError, match=f"{named}.*must all be >= 1"):
+    with pytest.raises(ValueError, match=f"{named}.*must all be >= 1$"):
         AttentionMapLogger(**arguments)
     AttentionMapLogger(num_images=1, max_classes=1, every_n_validations=1)  # 1 is allowed
 
