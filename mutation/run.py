@@ -221,7 +221,11 @@ def run_module(module: str, max_children: int, fresh: bool) -> dict:
 
 
 def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    """git's output, or "" where there is no git or no history (e.g. a CI checkout of a tarball)."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 def measured_on(result: dict) -> tuple[str, bool]:
@@ -231,9 +235,11 @@ def measured_on(result: dict) -> tuple[str, bool]:
         "log", "-1", "--format=%h", "--", f"mutation/results/{slug(result['module'])}.json"
     )
     if not commit:
-        return "uncommitted", False
-    changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", result["module"]], cwd=ROOT).returncode
-    return commit, changed != 0
+        return "commit unknown", False
+    changed = subprocess.run(
+        ["git", "diff", "--quiet", commit, "HEAD", "--", result["module"]], cwd=ROOT, capture_output=True
+    ).returncode
+    return commit, changed == 1  # 1: differs; 0: same; other: git could not tell
 
 
 # --- verdicts and the report ---------------------------------------------------------------------------------
