@@ -351,7 +351,9 @@ def test_sanity_check_and_sliding_inference_measure_nothing():
     callback.on_validation_epoch_start(fake_trainer(sanity_checking=True), module)
     assert callback._blocks == []
     module.inference = SimpleNamespace(mode="slide")
-    with pytest.warns(UserWarning, match="sliding-window inference is not supported; no metrics logged"):
+    with pytest.warns(
+        UserWarning, match="^AttentionConsistency: sliding-window inference is not supported; no metrics logged$"
+    ):
         callback.on_validation_epoch_start(fake_trainer(), module)
     assert callback._blocks == []
     module.inference = SimpleNamespace(mode="whole")
@@ -442,3 +444,20 @@ def test_a_block_name_with_a_slash_is_logged_whole():
     callback.on_validation_batch_end(trainer, module, None, batch, 0)
     callback.on_validation_epoch_end(trainer, module)
     assert module.logged["val/pairwise_category_consistency/stage/2"][0].item() == pytest.approx(1.0)
+
+
+def test_only_the_first_call_of_each_block_per_batch_is_kept():
+    """A block called again in the batch (a second scale, a flipped view) is neither measured nor held in memory."""
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency(num_queries=16, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)
+    batch = {"image": images, "mask": torch.stack([LABELS, LABELS])}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(images)
+    module(torch.zeros_like(images))  # one class everywhere: the own-class attention of the second call scores 1
+    assert [len(calls) for calls in callback._captured.values()] == [1, 1]
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert module.logged[PAIRWISE][0].item() == pytest.approx(2.0)  # the first call's value
