@@ -365,6 +365,29 @@ def test_the_ignore_index_comes_from_the_module():
     callback = AttentionConsistency()
     callback.on_validation_epoch_start(fake_trainer(), TwoOracles(ignore_index=7))
     assert callback._ignore_index == 7
+    without = TwoOracles()
+    without.hparams = {}
+    callback.on_validation_epoch_start(fake_trainer(), without)
+    assert callback._ignore_index == 255
+
+
+def test_each_batch_and_loader_draws_its_own_queries_and_the_same_ones_every_epoch(monkeypatch):
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency(num_queries=4, radius=0)
+    draws = []
+    sample = callback.sample_queries
+    monkeypatch.setattr(callback, "sample_queries", lambda labels, key: draws.append(key) or sample(labels, key))
+    images = LABELS.float()[None, None].expand(1, 2, -1, -1)
+    batch = {"image": images, "mask": LABELS[None]}
+    for _ in range(2):  # two epochs
+        callback.on_validation_epoch_start(trainer, module)
+        for batch_idx, loader in ((0, 0), (1, 0), (0, 1)):
+            callback.on_validation_batch_start(trainer, module, batch, batch_idx, loader)
+            module(images)
+            callback.on_validation_batch_end(trainer, module, None, batch, batch_idx, loader)
+    first, second = draws[:6], draws[6:]  # one draw per block and batch (both blocks have a pairwise term)
+    assert first == second and first[::2] == first[1::2] and len(set(first)) == 3
 
 
 class OneBlock(TwoOracles):
@@ -383,14 +406,13 @@ class OneBlock(TwoOracles):
 def test_labels_are_resized_to_the_query_grid_for_queries_and_to_the_pooled_key_grid_for_keys(num_queries):
     torch.manual_seed(0)
     block = DisentangledNonLocal2d(4, downsample=True).eval()  # 6 x 8 queries, 3 x 4 keys
-    module = OneBlock(block, hparams={})  # no ignore_index: 255
+    module = OneBlock(block, hparams={"ignore_index": 7})
     x = torch.randn(1, 4, 6, 8)
     masks = torch.randint(0, 3, (1, 12, 16))
-    masks[:, :4] = 255
+    masks[:, :4] = 7
     trainer = fake_trainer(strategy=OtherRank(torch.zeros(2, 2)))
     callback = AttentionConsistency(num_queries=num_queries, radius=0)
     callback.on_validation_epoch_start(trainer, module)
-    assert callback._ignore_index == 255
     batch = {"image": x, "mask": masks}
     callback.on_validation_batch_start(trainer, module, batch, 0)
     with torch.no_grad():
@@ -405,7 +427,7 @@ def test_labels_are_resized_to_the_query_grid_for_queries_and_to_the_pooled_key_
     query_labels = torch.nn.functional.interpolate(masks[:, None].float(), (6, 8))[:, 0].long().flatten(1)
     key_grid = torch.nn.functional.interpolate(masks[:, None].float(), (3, 4))[:, 0].long()
     pairwise = torch.softmax(record.pairwise_logits().double(), dim=-1)  # (1, 48, 12)
-    expected_pairwise = pairwise_category_consistency(pairwise, query_labels, key_grid.flatten(1)).mean()
+    expected_pairwise = pairwise_category_consistency(pairwise, query_labels, key_grid.flatten(1), 7).mean()
     band = boundary_band(key_grid, radius=0).flatten(1)
     s = torch.softmax(record.unary_logits[:, 0].double(), dim=-1)
     expected_unary = (s * band).sum() / band.double().mean()
