@@ -453,10 +453,10 @@ def test_a_new_epoch_starts_from_zero_and_closes_a_capture_left_open():
 
 def test_a_block_name_with_a_slash_is_logged_whole():
     module = TwoOracles()
-    del module.second
-    module.add_module("stage/2", OracleBlock("uniform", None))
-    module.forward = lambda x: module.get_submodule("stage/2")(module.first(x))
-    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    del module.first, module.second
+    module.add_module("stage/2", OracleBlock("uniform", None))  # the first (and only) block
+    module.forward = lambda x: module.get_submodule("stage/2")(x)
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(2, 2)))
     callback = AttentionConsistency(num_queries=16, radius=0)
     callback.on_validation_epoch_start(trainer, module)
     images = LABELS.float()[None, None].expand(1, 2, -1, -1)
@@ -466,6 +466,7 @@ def test_a_block_name_with_a_slash_is_logged_whole():
     callback.on_validation_batch_end(trainer, module, None, batch, 0)
     callback.on_validation_epoch_end(trainer, module)
     assert module.logged["val/pairwise_category_consistency/stage/2"][0].item() == pytest.approx(1.0)
+    assert module.logged[PAIRWISE][0].item() == pytest.approx(1.0)  # the first block's, also plainly
 
 
 def test_only_the_first_call_of_each_block_per_batch_is_kept():
