@@ -17,7 +17,8 @@ Per module the result (counts, run time, every surviving mutant with its diff li
 ``mutation/verdicts.toml`` (keyed by module, function and the mutated line, so it survives renumbering):
 ``equivalent`` (no test can tell it apart: left out of the score) or ``accepted`` (counted as not killed, with
 the reason); a survivor without an entry is a test gap, reported as ``TODO``. A survivor of the previous
-committed result that is killed now is listed as killed by a new test.
+committed result that an incremental run kills is listed as killed by a new test (a ``--fresh`` run starts
+that list anew: the earlier survivors may be of code that has changed since).
 
 score = (killed + timeout) / (mutants - equivalent); "no tests" mutants count as not killed. Target: >= 85 %.
 ``--check`` exits non-zero when a module is under the target or has a survivor without a verdict (CI).
@@ -62,17 +63,20 @@ CORE = (
     "src/dnlseg/sync_batchnorm.py",
     "src/dnlseg/checkpoint_io.py",
 )
-# Fast tests of a module beyond its mirrored test file.
+# Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
-    "src/dnlseg/context/base.py": ("tests/context",),
-    "src/dnlseg/context/non_local.py": ("tests/context",),
-    "src/dnlseg/context/disentangled_non_local.py": ("tests/context",),
+    "src/dnlseg/context": ("tests/context",),  # the block contract suite runs every block and option
     "src/dnlseg/models/heads.py": ("tests/models/test_network.py",),
     "src/dnlseg/evaluation/metrics.py": ("tests/evaluation/test_cityscapes_parity.py",),
     "src/dnlseg/evaluation/attention_consistency.py": ("tests/callbacks/test_attention_consistency.py",),
     "src/dnlseg/data/folder.py": ("tests/data/test_cityscapes.py", "tests/data/test_ade20k.py"),
     "src/dnlseg/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
 }
+# Tests left out of a module's (or folder's) mutant runs, as a pytest -k expression: the contract suite's float64
+# gradchecks take 265 of its 294 s (per surviving mutant) and their gradients are also compared, fused against
+# materialised, by test_fused_equals_materialized_outputs_and_gradients. A mutant only they would kill counts as a
+# survivor, so the score is a lower bound.
+DESELECT = {"src/dnlseg/context": "not gradcheck"}
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-W", "ignore"]
 COUNTED = ("killed", "timeout", "survived", "no tests", "suspicious", "segfault")
 
@@ -88,11 +92,23 @@ def core_modules() -> list[str]:
 
 
 def tests_for(module: str) -> list[str]:
-    """The module's fast tests: ``tests/<path>/test_<name>.py`` (when it exists) and ``EXTRA_TESTS``."""
+    """The module's fast tests: ``tests/<path>/test_<name>.py`` (when it exists) and ``EXTRA_TESTS`` (the module's
+    and its folder's)."""
     relative = Path(module).relative_to("src/dnlseg")
     mirrored = Path("tests") / relative.parent / f"test_{relative.name}"
     tests = [str(mirrored)] if (ROOT / mirrored).exists() else []
-    return tests + [t for t in EXTRA_TESTS.get(module, ()) if t not in tests]
+    extra = [t for entry, more in EXTRA_TESTS.items() if entry in (module, str(Path(module).parent)) for t in more]
+    return tests + [t for t in extra if t not in tests]
+
+
+def deselected(module: str) -> str | None:
+    """The module's (or its folder's) ``DESELECT`` expression, if any."""
+    return DESELECT.get(module, DESELECT.get(str(Path(module).parent)))
+
+
+def pytest_args(module: str) -> list[str]:
+    keep = deselected(module)
+    return tests_for(module) + PYTEST_ARGS + (["-k", keep] if keep else [])
 
 
 def slug(module: str) -> str:
@@ -117,7 +133,7 @@ def prepare(module: str, fresh: bool) -> Path:
     for name in ("src", "tests"):
         if not (work / name).is_symlink():
             (work / name).symlink_to(ROOT / name, target_is_directory=True)
-    selection = ", ".join(json.dumps(a) for a in tests_for(module) + PYTEST_ARGS)
+    selection = ", ".join(json.dumps(a) for a in pytest_args(module))
     config = (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
@@ -191,6 +207,7 @@ def run_module(module: str, max_children: int, fresh: bool) -> dict:
     return {
         "module": module,
         "tests": tests_for(module),
+        "deselected": deselected(module),
         "mutants": len(codes),
         "counts": counts,
         "wall_s": round(time.perf_counter() - start, 1),
@@ -198,8 +215,31 @@ def run_module(module: str, max_children: int, fresh: bool) -> dict:
         "max_children": max_children,
         "incremental": bool(previous),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": git("rev-parse", "--short", "HEAD"),  # the code measured (the module is never edited uncommitted)
         "survivors": survivors,
     }
+
+
+def git(*args: str) -> str:
+    """git's output, or "" where there is no git or no history (e.g. a CI checkout of a tarball)."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def measured_on(result: dict) -> tuple[str, bool]:
+    """(commit, stale): the commit a result was measured on -- for results written before the field existed, the
+    commit that added the result file -- and whether the module changed between it and HEAD."""
+    commit = result.get("commit") or git(
+        "log", "-1", "--format=%h", "--", f"mutation/results/{slug(result['module'])}.json"
+    )
+    if not commit:
+        return "commit unknown", False
+    changed = subprocess.run(
+        ["git", "diff", "--quiet", commit, "HEAD", "--", result["module"]], cwd=ROOT, capture_output=True
+    ).returncode
+    return commit, changed == 1  # 1: differs; 0: same; other: git could not tell
 
 
 # --- verdicts and the report ---------------------------------------------------------------------------------
@@ -253,7 +293,10 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         "Written by `mutation/run.py` (`make mutation`; one module: `make mutation MODULE=<path>`): mutmut 3.x on each",
         'module with its fast tests (`-m "not slow"`). score = (killed + timeout) / (mutants - equivalent); target'
         f" >= {TARGET:.0%}. Verdicts of surviving mutants: `mutation/verdicts.toml`. Times: wall and CPU seconds of",
-        "the mutmut processes on the machine that ran them (the date says when; noisy on a shared CPU).",
+        "the mutmut processes on the machine that ran them (the date says when; noisy on a shared CPU). run: when,",
+        "full or incremental, and the commit measured; **stale** marks a result whose module changed after that",
+        "commit (the last measured figure, kept until a fresh run). Context modules' runs leave out the contract",
+        'suite\'s float64 gradchecks (`-k "not gradcheck"`, mutation/run.py DESELECT): their scores are lower bounds.',
         "",
         "| module | mutants | killed | timeout | survived | no tests | equivalent | score | wall s | CPU s | run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -263,6 +306,8 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         value, equivalent = score(r, verdicts)
         c = r["counts"]
         mode = "incremental" if r["incremental"] else "full"
+        commit, stale = measured_on(r)
+        mode += f", {commit}" + (" **(code changed since: stale)**" if stale else "")
         lines.append(
             f"| `{r['module']}` | {r['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
             f"| {equivalent} | **{value:.1%}** | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['date']}, {mode} |"
@@ -274,6 +319,8 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
         total["cpu"] += r["cpu_s"]
         if value < TARGET:
             problems.append(f"{r['module']}: score {value:.1%} < {TARGET:.0%}")
+    measured = {r["module"] for r in results}
+    lines += [f"| `{m}` | not measured yet | | | | | | | | | |" for m in core_modules() if m not in measured]
     if results:
         considered = total["mutants"] - total["equivalent"]
         lines.append(
@@ -283,7 +330,10 @@ def write_report(results: list[dict], verdicts: dict) -> list[str]:
     for r in results:
         if not r["survivors"] and not r.get("killed_by_new_tests"):
             continue
-        lines += ["", f"## `{r['module']}`", "", f"Tests: {', '.join(f'`{t}`' for t in r['tests'])}.", ""]
+        chosen = ", ".join(f"`{t}`" for t in r["tests"])
+        if r.get("deselected"):
+            chosen += f' (`-k "{r["deselected"]}"`)'
+        lines += ["", f"## `{r['module']}`", "", f"Tests: {chosen}.", ""]
         if r["survivors"]:
             lines += ["| function | mutation | status | verdict |", "|---|---|---|---|"]
         for s in r["survivors"]:
@@ -331,9 +381,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report:
         for module in selected(args.module):
-            print(f"mutmut: {module} with {', '.join(tests_for(module))}", flush=True)
+            print(f"mutmut: {module} with {' '.join(pytest_args(module))}", flush=True)
             path = RESULTS / f"{slug(module)}.json"
-            old = json.loads(path.read_text()) if path.exists() else None
+            # After --fresh the earlier survivors are of other code: only an incremental run credits new tests.
+            old = json.loads(path.read_text()) if path.exists() and not args.fresh else None
             result = merge_killed_since(run_module(module, args.max_children, args.fresh), old)
             path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
             c = result["counts"]

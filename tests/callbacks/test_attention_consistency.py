@@ -1,5 +1,7 @@
 """AttentionConsistency: known answers on hand-built attention, and what each block variant logs in a tiny fit."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ from torch.utils.data import DataLoader
 from dnlseg.callbacks import AttentionConsistency
 from dnlseg.context import VARIANTS, ContextBlock, DisentangledNonLocal2d, capture_attention, find_context_blocks
 from dnlseg.evaluation import boundary_band
+from dnlseg.evaluation.attention_consistency import pairwise_category_consistency
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from tests.helpers import TensorSizes, captured_from_logits, fit_with_validation, tiny_module
+from tests.helpers import TensorSizes, captured_from_logits, fake_trainer, fit_with_validation, tiny_module
 
 PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"
 # 4 x 4 labels: class 0 on the left column (4 cells), class 1 elsewhere (12 cells); boundary: columns 0-1.
@@ -248,3 +251,233 @@ def test_defaults_and_setting_checks():
     ):
         with pytest.raises(ValueError, match=message):
             AttentionConsistency(**kwargs)
+
+
+class TwoOracles(torch.nn.Module):
+    """Two oracle blocks (``first``: own-class pairwise, boundary unary; ``second``: uniform pairwise only) and what
+    the callback reads of a LightningModule: ``hparams``, ``device`` and ``log`` (recorded)."""
+
+    def __init__(self, ignore_index=255):
+        super().__init__()
+        self.first, self.second = OracleBlock("own_class", "boundary"), OracleBlock("uniform", None)
+        self.hparams = {"ignore_index": ignore_index}
+        self.device = torch.device("cpu")
+        self.logged = {}
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = (value, kwargs)
+
+
+class OtherRank:
+    """``trainer.strategy`` of one of two ranks: ``reduce`` adds the other rank's totals (K, 2) and records its op."""
+
+    def __init__(self, other):
+        self.other, self.ops = other, []
+
+    def reduce(self, totals, reduce_op):
+        self.ops.append(reduce_op)
+        return totals + self.other.to(totals.dtype)
+
+
+def test_epoch_end_divides_numerators_and_counts_summed_over_ranks_and_logs_every_block(monkeypatch):
+    module = TwoOracles()
+    # The other rank saw 16 queries of the first block scoring 1 each (sum 16) and nothing else.
+    other = torch.tensor([[16.0, 16.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    trainer = fake_trainer(strategy=OtherRank(other))
+    callback = AttentionConsistency(num_queries=16, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    assert callback._blocks == ["first", "second"]
+    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)
+    batch = {"image": images, "mask": torch.stack([LABELS, LABELS])}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(images)
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+
+    assert trainer.strategy.ops == ["sum"]
+    # first: 32 own-class queries averaging 2 (a sum of 64) and the other rank's 16 scoring 1: 80 / 48
+    expected = {
+        "val/pairwise_category_consistency/first": 80 / 48,
+        "val/pairwise_category_consistency": 80 / 48,
+        "val/unary_boundary_consistency/first": 2.0,
+        "val/unary_boundary_consistency": 2.0,
+        "val/pairwise_category_consistency/second": 1.0,  # uniform; the second block has no unary term
+    }
+    assert set(module.logged) == set(expected)
+    for name, (value, kwargs) in module.logged.items():
+        assert value.dtype == torch.float32 and value.item() == pytest.approx(expected[name], rel=1e-6), name
+        assert kwargs == {"sync_dist": True}, name
+
+
+def test_counts_past_two_to_the_24_stay_exact():
+    callback = AttentionConsistency()
+    callback._add("m/b", torch.ones(2**24 + 1))
+    callback._add("m/b", torch.ones(1))
+    assert callback._sums["m/b"].tolist() == [2**24 + 2, 2**24 + 2]  # float32 would round 2^24 + 1 down
+
+
+def test_two_images_with_the_same_labels_get_different_queries():
+    rows = AttentionConsistency(num_queries=8).sample_queries(torch.zeros(2, 64, dtype=torch.long), 3)
+    assert rows.shape == (2, 8) and set(rows[0].tolist()) != set(rows[1].tolist())
+
+
+def test_a_capture_is_open_only_during_the_first_max_batches_and_closed_by_an_exception():
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency(max_batches=2)
+    callback.on_validation_epoch_start(trainer, module)
+    batch = {"image": torch.zeros(1, 2, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
+    open_during = []
+    for batch_idx in range(3):
+        callback.on_validation_batch_start(trainer, module, batch, batch_idx)
+        open_during.append(bool(module.first._sinks))
+        callback.on_validation_batch_end(trainer, module, None, batch, batch_idx)
+        assert not module.first._sinks
+    assert open_during == [True, True, False]
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    callback.on_exception(trainer, module, RuntimeError("stop"))
+    assert not module.first._sinks and not module.second._sinks
+
+
+def test_sanity_check_and_sliding_inference_measure_nothing():
+    module = TwoOracles()
+    callback = AttentionConsistency()
+    callback.on_validation_epoch_start(fake_trainer(sanity_checking=True), module)
+    assert callback._blocks == []
+    module.inference = SimpleNamespace(mode="slide")
+    with pytest.warns(
+        UserWarning, match="^AttentionConsistency: sliding-window inference is not supported; no metrics logged$"
+    ):
+        callback.on_validation_epoch_start(fake_trainer(), module)
+    assert callback._blocks == []
+    module.inference = SimpleNamespace(mode="whole")
+    callback.on_validation_epoch_start(fake_trainer(), module)
+    assert callback._blocks == ["first", "second"]
+
+
+def test_the_ignore_index_comes_from_the_module():
+    callback = AttentionConsistency()
+    callback.on_validation_epoch_start(fake_trainer(), TwoOracles(ignore_index=7))
+    assert callback._ignore_index == 7
+    without = TwoOracles()
+    without.hparams = {}
+    callback.on_validation_epoch_start(fake_trainer(), without)
+    assert callback._ignore_index == 255
+
+
+def test_each_batch_and_loader_draws_its_own_queries_and_the_same_ones_every_epoch(monkeypatch):
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency(num_queries=4, radius=0)
+    draws = []
+    sample = callback.sample_queries
+    monkeypatch.setattr(callback, "sample_queries", lambda labels, key: draws.append(key) or sample(labels, key))
+    images = LABELS.float()[None, None].expand(1, 2, -1, -1)
+    batch = {"image": images, "mask": LABELS[None]}
+    for _ in range(2):  # two epochs
+        callback.on_validation_epoch_start(trainer, module)
+        for batch_idx, loader in ((0, 0), (1, 0), (0, 1)):
+            callback.on_validation_batch_start(trainer, module, batch, batch_idx, loader)
+            module(images)
+            callback.on_validation_batch_end(trainer, module, None, batch, batch_idx, loader)
+    first, second = draws[:6], draws[6:]  # one draw per block and batch (both blocks have a pairwise term)
+    assert first == second and first[::2] == first[1::2] and len(set(first)) == 3
+
+
+class OneBlock(TwoOracles):
+    """A real block as the module's only context block (``first``)."""
+
+    def __init__(self, block, hparams):
+        super().__init__()
+        del self.second
+        self.first, self.hparams = block, hparams
+
+    def forward(self, x):
+        return self.first(x)
+
+
+@pytest.mark.parametrize("num_queries", [None, 1000])  # every query: through the fused kernel, or all rows sampled
+def test_labels_are_resized_to_the_query_grid_for_queries_and_to_the_pooled_key_grid_for_keys(num_queries):
+    torch.manual_seed(0)
+    block = DisentangledNonLocal2d(4, downsample=True).eval()  # 6 x 8 queries, 3 x 4 keys
+    module = OneBlock(block, hparams={"ignore_index": 7})
+    x = torch.randn(1, 4, 6, 8)
+    masks = torch.randint(0, 3, (1, 12, 16))
+    masks[:, :4] = 7
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(2, 2)))
+    callback = AttentionConsistency(num_queries=num_queries, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    batch = {"image": x, "mask": masks}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    with torch.no_grad():
+        module(x)
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+
+    with torch.no_grad(), capture_attention(block) as captured:
+        block(x)
+    ((record,),) = captured.values()
+    assert (record.query_size, record.key_size) == ((6, 8), (3, 4))
+    query_labels = torch.nn.functional.interpolate(masks[:, None].float(), (6, 8))[:, 0].long().flatten(1)
+    key_grid = torch.nn.functional.interpolate(masks[:, None].float(), (3, 4))[:, 0].long()
+    pairwise = torch.softmax(record.pairwise_logits().double(), dim=-1)  # (1, 48, 12)
+    expected_pairwise = pairwise_category_consistency(pairwise, query_labels, key_grid.flatten(1), 7).mean()
+    band = boundary_band(key_grid, radius=0).flatten(1)
+    s = torch.softmax(record.unary_logits[:, 0].double(), dim=-1)
+    expected_unary = (s * band).sum() / band.double().mean()
+    logged = {name: value.item() for name, (value, _) in module.logged.items()}
+    assert logged[PAIRWISE] == pytest.approx(expected_pairwise.item(), rel=1e-5)
+    assert logged[UNARY] == pytest.approx(expected_unary.item(), rel=1e-5)
+
+
+def test_a_new_epoch_starts_from_zero_and_closes_a_capture_left_open():
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency()
+    callback.on_validation_epoch_start(trainer, module)
+    callback._add("pairwise_category_consistency/first", torch.ones(3))
+    callback.on_validation_batch_start(trainer, module, {"mask": None}, 0)
+    assert module.first._sinks
+    callback.on_validation_epoch_start(trainer, module)
+    assert callback._sums == {} and not module.first._sinks
+    callback.on_validation_batch_start(trainer, module, {"mask": None}, 0)
+    callback.on_validation_epoch_end(trainer, module)  # ends the capture of a batch that never ended
+    assert not module.first._sinks and module.logged == {}
+
+
+def test_a_block_name_with_a_slash_is_logged_whole():
+    module = TwoOracles()
+    del module.first, module.second
+    module.add_module("stage/2", OracleBlock("uniform", None))  # the first (and only) block
+    module.forward = lambda x: module.get_submodule("stage/2")(x)
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(2, 2)))
+    callback = AttentionConsistency(num_queries=16, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    images = LABELS.float()[None, None].expand(1, 2, -1, -1)
+    batch = {"image": images, "mask": LABELS[None]}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(images)
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert module.logged["val/pairwise_category_consistency/stage/2"][0].item() == pytest.approx(1.0)
+    assert module.logged[PAIRWISE][0].item() == pytest.approx(1.0)  # the first block's, also plainly
+
+
+def test_only_the_first_call_of_each_block_per_batch_is_kept():
+    """A block called again in the batch (a second scale, a flipped view) is neither measured nor held in memory."""
+    module = TwoOracles()
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    callback = AttentionConsistency(num_queries=16, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)
+    batch = {"image": images, "mask": torch.stack([LABELS, LABELS])}
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(images)
+    module(torch.zeros_like(images))  # one class everywhere: the own-class attention of the second call scores 1
+    assert [len(calls) for calls in callback._captured.values()] == [1, 1]
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert module.logged[PAIRWISE][0].item() == pytest.approx(2.0)  # the first call's value

@@ -1,16 +1,23 @@
 """AttentionMapLogger: figures of the pairwise and unary maps land in the TensorBoard event file (and as PNGs)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnlseg.callbacks import AttentionMapLogger
 from dnlseg.callbacks import attention_map_logger as logger_module
 from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.data.transforms import unnormalize
+from dnlseg.evaluation.attention_consistency import labels_on_grid
+from dnlseg.evaluation.attention_figure import select_queries
 from tests.helpers import fake_trainer, fit_with_validation, tiny_module
 
 
@@ -109,3 +116,133 @@ def test_bad_settings_raise():
         AttentionMapLogger(every_n_validations=0)
     with pytest.raises(ValueError, match="scale=0"):
         AttentionMapLogger(scale=0)
+
+
+class FourClasses(Images):
+    """3 normalised 64x64 images in four vertical stripes of classes 0, 1, 2, 3 (class 3 the narrowest) below an
+    ignored band (label 7) larger than any class: a figure that did not skip it would query it first."""
+
+    def __getitem__(self, index):
+        sample = super().__getitem__(index)
+        mask = torch.zeros(64, 64, dtype=torch.long)
+        mask[:, 24:40], mask[:, 40:56], mask[:, 56:] = 1, 2, 3
+        mask[:24] = 7  # the module's ignore_index below
+        return {**sample, "mask": mask}
+
+
+class RecordingWriter:
+    """Stands in for a TensorBoard SummaryWriter: ``add_figure`` calls as (tag, figure, kwargs)."""
+
+    def __init__(self):
+        self.figures = []
+
+    def add_figure(self, tag, figure, **kwargs):
+        self.figures.append((tag, figure, kwargs))
+
+
+@pytest.fixture
+def figure_calls(monkeypatch):
+    """Replaces the figure drawing by a record of every argument it was given; returns [(arguments, figure)]."""
+    calls = []
+
+    def attention_figure(*args):
+        figure = plt.figure(figsize=(1, 1))  # 200 x 200 px at the logger's dpi
+        calls.append((args, figure))
+        return figure
+
+    monkeypatch.setattr(logger_module, "attention_figure", attention_figure)
+    return calls
+
+
+def tensorboard_trainer(tmp_path, dataset, **attributes):
+    """A fake trainer with a TensorBoardLogger whose writer records ``add_figure``, and the dataset as its second
+    validation loader's (the logger draws from the first)."""
+    tensorboard = TensorBoardLogger(tmp_path / "tb")
+    tensorboard._experiment = RecordingWriter()
+    loaders = [torch.utils.data.DataLoader(dataset), torch.utils.data.DataLoader(Images())]
+    datamodule = SimpleNamespace(palette=[(1, 2, 3), (4, 5, 6), (7, 8, 9), (10, 11, 12)])
+    return fake_trainer(val_dataloaders=loaders, loggers=[tensorboard], datamodule=datamodule, **attributes)
+
+
+def test_each_figure_gets_the_image_labels_queries_and_names_of_its_image_and_goes_to_tensorboard(
+    figure_calls, tmp_path
+):
+    names = ["road", "car", "sky", "pole"]
+    module = tiny_module(DisentangledNonLocal2d, num_classes=4, class_names=names, ignore_index=7)
+    trainer = tensorboard_trainer(tmp_path, FourClasses(), global_step=12)
+    callback = AttentionMapLogger(output_dir=tmp_path / "png" / "nested")  # the defaults: 2 images, 3 classes
+    assert callback.written == []
+    callback.on_validation_epoch_end(trainer, module)
+
+    assert len(figure_calls) == 2  # num_images=2 of the 3
+    for i, ((image, mask, maps, index, queries, class_names, ignore_index, title, palette), _) in enumerate(
+        figure_calls
+    ):
+        sample = FourClasses()[i]
+        np.testing.assert_allclose(image, unnormalize(sample["image"]), atol=1e-6)
+        assert torch.equal(mask, sample["mask"])
+        assert maps.query_size == (8, 8) and index == 0
+        grid = labels_on_grid(sample["mask"][None], (8, 8))[0]
+        assert queries == select_queries(grid, max_classes=3, ignore_index=7)
+        assert {q.label for q in queries if q.kind == "interior"} == {0, 1, 2}  # 3 of the 4 classes, none ignored
+        assert class_names == names and ignore_index == 7 and palette == trainer.datamodule.palette
+        assert title == f"decode_head.context, step 12, image {i}"
+    writer = trainer.loggers[0].experiment
+    assert [(tag, figure, kwargs) for tag, figure, kwargs in writer.figures] == [
+        ("attention/decode_head.context/image0", figure_calls[0][1], {"global_step": 12, "close": False}),
+        ("attention/decode_head.context/image1", figure_calls[1][1], {"global_step": 12, "close": False}),
+    ]
+    assert [p.name for p in callback.written] == [
+        "step000012_decode_head.context_image0.png",
+        "step000012_decode_head.context_image1.png",
+    ]
+    assert Image.open(callback.written[0]).size == (200, 200)  # a 1-inch test figure at dpi 200
+    callback.on_validation_epoch_end(tensorboard_trainer(tmp_path, FourClasses(), global_step=13), module)
+    assert len(figure_calls) == 4  # the default every_n_validations=1 draws at the next validation too
+
+
+def test_a_set_step_labels_the_figures_instead_of_the_global_step(figure_calls, tmp_path):
+    callback = AttentionMapLogger(num_images=1)
+    callback.step = 5
+    callback.draw(tensorboard_trainer(tmp_path, Images(), global_step=12), tiny_module(DisentangledNonLocal2d))
+    ((args, _),) = figure_calls
+    assert args[7] == "decode_head.context, step 5, image 0"
+
+
+def test_scale_two_enlarges_the_image_bilinearly_without_aligned_corners(figure_calls, tmp_path):
+    callback = AttentionMapLogger(num_images=1, scale=2.0)
+    callback.draw(tensorboard_trainer(tmp_path, Images()), tiny_module(DisentangledNonLocal2d))
+    (image, mask, maps, *_), _ = figure_calls[0]
+    enlarged = F.interpolate(Images()[0]["image"][None], scale_factor=2.0, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(image, unnormalize(enlarged[0]), atol=1e-6)
+    assert tuple(mask.shape) == (128, 128) and maps.query_size == (16, 16)
+
+
+def test_nothing_is_drawn_without_a_validation_loader(figure_calls):
+    AttentionMapLogger().draw(fake_trainer(val_dataloaders=None), tiny_module(DisentangledNonLocal2d))
+    assert figure_calls == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [({"num_images": 0}, "num_images=0"), ({"max_classes": 0}, "max_classes=0"), ({"every_n_validations": 0}, "")],
+)
+def test_each_count_below_one_raises_naming_all_three(arguments, named):
+    with pytest.raises(ValueError, match=f"{named}.*must all be >= 1$"):
+        AttentionMapLogger(**arguments)
+    AttentionMapLogger(num_images=1, max_classes=1, every_n_validations=1)  # 1 is allowed
+
+
+def test_drawing_runs_an_eval_forward_without_a_graph_and_leaves_the_module_as_it_was(figure_calls, tmp_path):
+    module = tiny_module(DisentangledNonLocal2d)
+    del module.hparams["ignore_index"]  # a module without one: the default 255
+    del module.class_names  # a module without class names: none
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    AttentionMapLogger(num_images=1).draw(tensorboard_trainer(tmp_path, Images()), module)
+    (args, _) = figure_calls[0]
+    maps, ignore_index = args[2], args[6]
+    assert ignore_index == 255 and args[5] is None
+    assert not maps.values.requires_grad and maps.output.grad_fn is None  # under no_grad
+    assert module.training  # back in training mode
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # eval mode: BatchNorm statistics untouched

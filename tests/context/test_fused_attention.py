@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dnlseg.context import fused_attention
+from dnlseg.context.attention import tokens
 
 
 @pytest.mark.parametrize("positions", [63, 64])  # odd P: one zero query row is padded and dropped
@@ -24,3 +26,35 @@ def test_fused_attention_batch_one_matches_the_same_image_in_a_batch():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 50, 16) for _ in range(3))
     torch.testing.assert_close(fused_attention(q[:1], k[:1], v[:1], 0.25), fused_attention(q, k, v, 0.25)[:1])
+
+
+@pytest.mark.parametrize(
+    ("batch", "positions", "query_heads"),
+    [(1, 64, (1, 2, 32, 8)), (1, 63, (1, 2, 32, 8)), (2, 64, (2, 1, 64, 8))],
+)
+def test_on_cpu_one_image_is_split_into_two_query_heads_and_a_batch_is_not(monkeypatch, batch, positions, query_heads):
+    """The CPU speed rule of ``fused_attention``: N = 1 -> two heads of ceil(P / 2) queries sharing k and v (whose
+    heads are expanded views), N > 1 -> the plain one-head call."""
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((tuple(q.shape), tuple(k.shape), tuple(v.shape), k.stride(1), kwargs))
+        return original(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = torch.randn(batch, positions, 8), torch.randn(batch, 40, 8), torch.randn(batch, 40, 4)
+    assert fused_attention(q, k, v, scale=0.3).shape == (batch, positions, 4)
+    heads = query_heads[1]
+    ((q_shape, k_shape, v_shape, k_head_stride, kwargs),) = calls
+    assert (q_shape, k_shape, v_shape) == (query_heads, (batch, heads, 40, 8), (batch, heads, 40, 4))
+    assert kwargs == {"scale": 0.3}
+    if heads == 2:
+        assert k_head_stride == 0  # the two heads share one k (expand, no copy)
+
+
+def test_tokens_are_positions_by_channels_in_raster_order_and_contiguous():
+    x = torch.arange(2 * 3 * 2 * 4).reshape(2, 3, 2, 4)  # (N, C, H, W)
+    t = tokens(x)
+    assert t.shape == (2, 8, 3) and t.is_contiguous()  # the layout SDPA's fused kernels need
+    assert t[1, 5].tolist() == x[1, :, 1, 1].tolist()  # position 5 = row 1, column 1 of a 4-wide grid

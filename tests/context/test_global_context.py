@@ -48,3 +48,30 @@ def test_global_context_is_its_unary_term_in_the_contract():
 def test_bad_arguments_raise_clear_value_error(kwargs):
     with pytest.raises(ValueError, match="must be a positive multiple of reduction"):
         GlobalContext2d(**kwargs)
+
+
+def test_the_default_bottleneck_is_a_quarter_of_the_channels_and_the_smallest_block_is_allowed():
+    block = GlobalContext2d(8)
+    assert (block.in_channels, block.out[0].out_channels, block.out[-1].in_channels) == (8, 2, 2)
+    assert block.out[1].normalized_shape == (2, 1, 1)
+    assert GlobalContext2d(1, reduction=1).out[0].out_channels == 1
+    with pytest.raises(ValueError, match=r"^in_channels=0 must be a positive multiple of reduction=1 \(the"):
+        GlobalContext2d(0, reduction=1)
+    with pytest.raises(ValueError, match="in_channels=-4 must be a positive multiple of reduction=-2"):
+        GlobalContext2d(-4, reduction=-2)
+
+
+def test_captured_factors_are_the_input_tokens_on_the_query_grid_and_combine_is_the_unary_softmax():
+    torch.manual_seed(0)
+    block = GlobalContext2d(4, reduction=2)
+    x = torch.randn(1, 4, 2, 3)
+    with capture_attention(block) as captured:
+        block(x)
+    ((record,),) = captured.values()
+    assert record.query_size == (2, 3) and record.key_size == (2, 3)
+    torch.testing.assert_close(record.values, x.flatten(2).transpose(1, 2))  # (N, P, C): the values are x itself
+    u = block.unary(x).flatten(2)  # (N, 1, P)
+    torch.testing.assert_close(record.unary_logits, u)
+    torch.testing.assert_close(record.output, torch.softmax(u, -1) @ record.values)
+    torch.testing.assert_close(record.weights(), torch.softmax(u, dim=-1))
+    torch.testing.assert_close(block.combine(None, u), torch.softmax(u, dim=-1))

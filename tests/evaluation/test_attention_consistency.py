@@ -5,10 +5,14 @@ import torch
 
 from dnlseg.evaluation.attention_consistency import (
     boundary_band,
+    boundary_consistency,
+    category_consistency,
     labels_on_grid,
     pairwise_category_consistency,
+    sampled_category_consistency,
     unary_boundary_consistency,
 )
+from tests.helpers import captured_from_logits
 
 # A 4 x 4 key grid: class 0 on the left quarter (4 cells), class 1 elsewhere (12 cells).
 LABELS = torch.tensor([[[0, 1, 1, 1]] * 4])  # (1, 4, 4)
@@ -84,3 +88,59 @@ def test_a_query_whose_class_has_no_key_cell_is_skipped():
     assert pairwise_category_consistency(attention, torch.tensor([[255, 0]]), torch.tensor([[0, 255]])).tolist() == [
         1.0
     ]
+
+
+def random_capture(seed=0, n=2, p=12, pk=12):
+    """Factors of random pairwise and unary logits on a 3 x 4 grid (P = Pk = 12)."""
+    generator = torch.Generator().manual_seed(seed)
+    pairwise = torch.randn(n, p, pk, generator=generator, dtype=torch.float64) * 3
+    unary = torch.randn(n, 1, pk, generator=generator, dtype=torch.float64) * 3
+    return captured_from_logits(pairwise, unary, (3, 4), (3, 4))
+
+
+# labels of two 3 x 4 images with ignored cells (7 here) among queries and keys, and a class on one image only
+QUERY_LABELS = torch.tensor([[0, 0, 1, 1, 2, 2, 7, 0, 1, 1, 2, 7], [3, 3, 3, 0, 0, 7, 7, 0, 0, 3, 3, 3]])
+KEY_LABELS = torch.tensor([[0, 7, 1, 1, 2, 2, 2, 0, 1, 1, 2, 2], [3, 3, 3, 0, 0, 0, 7, 0, 7, 3, 3, 3]])
+
+
+def reference_consistency(captured, query_labels, key_labels, ignore_index):
+    """pairwise_category_consistency on the whole materialised softmax."""
+    attention = torch.softmax(captured.pairwise_logits(), dim=-1)
+    return pairwise_category_consistency(attention, query_labels, key_labels, ignore_index)
+
+
+def test_every_query_through_the_fused_kernel_equals_the_materialised_metric_with_ignored_labels():
+    captured = random_capture()
+    values = category_consistency(captured, QUERY_LABELS, KEY_LABELS, ignore_index=7)
+    expected = reference_consistency(captured, QUERY_LABELS, KEY_LABELS, 7)
+    assert values.shape == (10 + 10,)  # the labelled queries of both images
+    torch.testing.assert_close(values, expected)
+
+
+def test_sampled_rows_give_the_materialised_metric_of_those_queries():
+    captured = random_capture(seed=1)
+    rows = torch.tensor([[0, 6, 11, 4], [5, 9, 2, 3]])  # two ignored queries (6, 11 | 5) among them
+    values = sampled_category_consistency(captured, QUERY_LABELS, KEY_LABELS, rows, ignore_index=7)
+    attention = torch.softmax(captured.pairwise_logits(), dim=-1)  # (N, P, Pk)
+    picked = torch.gather(attention, 1, rows[..., None].expand(-1, -1, 12))
+    expected = pairwise_category_consistency(picked, torch.gather(QUERY_LABELS, 1, rows), KEY_LABELS, 7)
+    assert values.shape == (2 + 3,)
+    torch.testing.assert_close(values, expected.float())  # the captured softmax rows are float32
+
+
+def test_boundary_consistency_of_a_capture_is_the_unary_mass_on_the_band():
+    captured = random_capture(seed=2)
+    key_labels = KEY_LABELS.reshape(2, 3, 4)
+    for radius in (0, 1):
+        band = boundary_band(key_labels, radius).flatten(1)  # (N, Pk)
+        s = torch.softmax(captured.unary_logits[:, 0].float(), dim=-1)  # the captured softmax is float32
+        expected = (s * band).sum(-1) / band.float().mean(-1)
+        torch.testing.assert_close(boundary_consistency(captured, key_labels, radius), expected)
+    default = boundary_consistency(captured, key_labels)  # radius 1
+    torch.testing.assert_close(default, boundary_consistency(captured, key_labels, 1))
+
+
+def test_labels_on_grid_keeps_integer_labels_above_255():
+    mask = torch.tensor([[[300, 1], [2, 65535]]])
+    grid = labels_on_grid(mask, (2, 2))
+    assert grid.dtype == torch.long and grid.tolist() == [[[300, 1], [2, 65535]]]

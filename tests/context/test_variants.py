@@ -1,0 +1,36 @@
+"""VARIANTS: each entry builds its block and writes the ``model.context`` value a config names it by."""
+
+import importlib
+
+from dnlseg.context import VARIANTS, DisentangledNonLocal2d, NonLocal2d
+
+
+def test_build_passes_the_variant_arguments_and_overrides_replace_them():
+    block = VARIANTS["pairwise_nl"].build(8)
+    assert isinstance(block, DisentangledNonLocal2d) and block.in_channels == 8 and block.unary is None
+    overridden = VARIANTS["pairwise_nl"].build(8, unary="conv", reduction=4)
+    assert overridden.unary is not None and overridden.channels == 2
+    assert isinstance(VARIANTS["nl"].build(4), NonLocal2d) and VARIANTS["baseline"].build(8) is None
+
+
+def test_context_config_names_an_importable_class_and_copies_the_arguments():
+    variant = VARIANTS["nl_fork"]
+    config = variant.context_config()
+    assert config == {
+        "class_path": "dnlseg.context.NonLocal2d",
+        "init_args": {
+            "whitening": "bn_like",
+            "learn_temperature": True,
+            "temperature_form": "softplus",
+            "global_context": True,
+        },
+    }
+    config["init_args"]["whitening"] = "bn"
+    assert variant.init_args["whitening"] == "bn_like"  # a copy: editing the config leaves the table alone
+    for variant in VARIANTS.values():
+        config = variant.context_config()
+        if variant.block is None:
+            assert config is None
+            continue
+        module, name = config["class_path"].rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name) is variant.block
