@@ -62,6 +62,7 @@ CORE = (
     "src/dnlseg/callbacks",
     "src/dnlseg/sync_batchnorm.py",
     "src/dnlseg/checkpoint_io.py",
+    "src/dnlseg/weight_files.py",  # split out of checkpoint_io.py (weight-file reading and the state-dict fit check)
 )
 # Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
