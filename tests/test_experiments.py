@@ -36,6 +36,7 @@ def test_steps_to_90_percent_is_the_first_step_at_90_percent_of_the_best(ablatio
     steps, values = np.array([50, 100, 150, 200]), np.array([0.1, 0.5, 0.95, 1.0])
     assert m.steps_to_fraction(steps, values) == 150  # 0.95 >= 0.9 * 1.0; 0.5 is not
     assert m.steps_to_fraction(steps, np.array([0.1, 0.5, 0.89, 1.0])) == 200
+    assert m.steps_to_fraction(steps, np.array([0.1, 0.9, 0.95, 1.0])) == 100  # exactly 90% counts as reached
 
 
 def test_summary_reads_member_iou_and_the_logit_gradient_ratio_from_logged_scalars(ablation):
@@ -75,6 +76,10 @@ def test_paired_bootstrap_pairs_by_seed_not_by_position(ablation):
     assert diff.mean == pytest.approx(0.15)
     assert diff.low == pytest.approx(0.1) and diff.high == pytest.approx(0.2)
     assert diff.excludes_zero
+    # orders that disagree between the variants: d = (0.7, 0.05, 0.05) paired, (0.1, 0.25, 0.45) if sorted apart;
+    # P(mean* = 0.05) = (2/3)^3 = 8/27 > 2.5%, P(mean* = 0.7) = 1/27 > 2.5%: the interval is [0.05, 0.7]
+    crossed = st.paired_difference({0: 0.9, 1: 0.3, 2: 0.5}, {0: 0.2, 1: 0.25, 2: 0.45})
+    assert crossed.low == pytest.approx(0.05) and crossed.high == pytest.approx(0.7)
 
 
 def test_facts_state_an_ordering_only_when_the_interval_excludes_zero(ablation):
