@@ -138,3 +138,22 @@ def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path
     assert f"--trainer.logger.init_args.save_dir={tmp_path}" in args and args[-1] == "--x=1"
     assert "--trainer.logger.init_args.version=seed3" in args
     assert runner.dnlseg_command("fit", "-c", "x")[1:] == ["-m", "dnlseg", "fit", "-c", "x"]
+
+
+@pytest.mark.parametrize("setting", ["pairwise", "boundary"])
+def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_documents(setting, tmp_path):
+    from dnlseg.cli import run_cli
+
+    settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
+    cli = run_cli(
+        ["-c", str(settings / "base.yaml"), "-c", str(settings / f"{setting}.yaml"),
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        run=False,
+    )  # fmt: skip
+    expected = {
+        "pairwise": {"groups": 2, "texture_levels": True, "ink": "stripes", "boundary_void": True},
+        "boundary": {"groups": 1, "texture_levels": False, "ink": "outline", "boundary_void": False},
+    }[setting]
+    assert {k: cli.datamodule.hparams[k] for k in expected} == expected
+    assert cli.datamodule.hparams["image_size"] == 64
+    assert cli.trainer.max_steps == {"pairwise": 600, "boundary": 300}[setting]
