@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -144,6 +145,26 @@ def train_all(opts, runs: list[tuple[int, str, str]]) -> dict[str, float]:
     return walls
 
 
+def walls_from_files(opts) -> dict[str, float]:
+    """Wall times of runs a stopped experiment did not record: config.yaml written (fit start, after the process's
+    start-up) -> last write to its TensorBoard event file; ``total`` from the first start to the last write."""
+    walls, starts, ends = {}, [], []
+    for setting in opts.settings:
+        for variant in opts.variants:
+            for seed in range(opts.seeds):
+                directory = log_dir(opts.out, setting, variant, seed)
+                events = list(directory.glob("events.out.tfevents.*"))
+                if not (directory / "config.yaml").is_file() or not events:
+                    continue
+                start, end = (directory / "config.yaml").stat().st_mtime, max(e.stat().st_mtime for e in events)
+                walls[f"{setting}/{variant}/seed{seed}"] = end - start
+                starts.append(start)
+                ends.append(end)
+    if starts:
+        walls["total"] = max(ends) - min(starts)
+    return walls
+
+
 def collect(opts) -> dict[str, dict[str, dict[int, dict]]]:
     """setting -> variant -> seed -> {"summary": {...}, "curves": {name: (steps, values)}} from the logs."""
     results: dict[str, dict[str, dict[int, dict]]] = {}
@@ -188,6 +209,8 @@ def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path
         ax.grid(alpha=0.3)
         if key == "ratio":
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.axhline(1.0, color="grey", ls="--", lw=1)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -271,7 +294,9 @@ def write_report(opts, results: dict, walls: dict, loads: dict, figures: dict, s
     lines = [
         "# Ablation: which heads differ, and how they learn (docs/science.md sections 2-3)",
         "",
-        f"Command: `{opts.command}`  ",
+        f"Command: `{opts.trained_by}`"
+        + ("" if opts.trained_by == opts.command else f" (this report re-read its logs: `{opts.command}`)")
+        + "  ",
         f"Base recipe `{_runner.shown(opts.base)}`; settings {', '.join(f'`{s}`' for s in opts.settings)} "
         f"(`configs/synthetic/ablation/<setting>.yaml`); steps per run: "
         + ", ".join(f"{s} {setting_steps(opts, s)}" for s in opts.settings)
@@ -281,11 +306,17 @@ def write_report(opts, results: dict, walls: dict, loads: dict, figures: dict, s
     ]
     if per_run:
         mean = sum(per_run.values()) / len(per_run)
+        how = (
+            "start-up and validations included"
+            if opts.walls_source == "measured"
+            else "from the runs' file times: config.yaml written -> last TensorBoard event, so each process's "
+            "start-up before its config (~10 s) is not included"
+        )
         lines.append(
             f"Wall time: **{total / 60:.1f} min** for {len(per_run)} runs, {opts.jobs} at a time ({mean:.0f} s per "
-            f"run on average, start-up and validations included). Load average (1, 5, 15 min) before: "
-            f"{loads.get('before', '?')}; after: {loads.get('after', '?')}. Other engineers share this 2-core "
-            "machine: a time measured under load is an upper bound of the idle-machine time."
+            f"run on average, {how}). Load average (1, 5, 15 min) before: "
+            f"{loads.get('before', 'not recorded')}; after: {loads.get('after', 'not recorded')}. Other engineers "
+            "share this 2-core machine: a time measured under load is an upper bound of the idle-machine time."
         )
     lines += [
         "",
@@ -338,7 +369,7 @@ def parse(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS))
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="configs/synthetic/ablation/")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds 0 .. N-1 per variant and setting")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant and setting")
     parser.add_argument("--steps", type=int, default=None, help="default: each setting's trainer.max_steps")
     parser.add_argument("--eval-every", type=int, default=50, help="validation interval: the curves' resolution")
     parser.add_argument("--base", type=Path, default=BASE, help="the base recipe every setting overrides")
@@ -362,6 +393,8 @@ def parse(argv: list[str] | None = None):
         known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml") if p != BASE)
         parser.error(f"--settings: no {', '.join(missing)} in {_runner.shown(SETTINGS_DIR)} (there: {known})")
     opts.command = "make experiment-ablation" if argv == [] else shlex.join(["python", "run.py", *(argv or [])])
+    opts.trained_by = opts.command
+    opts.walls_source = "measured"  # or "files": walls_from_files
     opts.threads = max(1, (_runner.os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     return opts
 
@@ -374,6 +407,10 @@ def main(argv: list[str] | None = None) -> Path:
     if opts.report_only and previous.is_file():  # keep the wall times and loads of the run that trained
         saved = json.loads(previous.read_text())
         walls, loads = saved.get("walls_s", {}), saved.get("load_average", {})
+        opts.walls_source = saved.get("walls_source", opts.walls_source)
+        opts.trained_by = saved.get("command", opts.trained_by)  # this command only re-reads the logs
+    if opts.report_only and not walls:  # e.g. a stopped experiment: no results.json of its own
+        walls, opts.walls_source = walls_from_files(opts), "files"
     if not opts.report_only:
         # seed-major: an experiment stopped early still has every variant and setting at the first seeds
         runs = [(seed, s, v) for seed in range(opts.seeds) for s in opts.settings for v in opts.variants]
@@ -392,9 +429,11 @@ def main(argv: list[str] | None = None) -> Path:
     previous.write_text(
         json.dumps(
             {
+                "command": opts.trained_by,
                 "steps": {s: setting_steps(opts, s) for s in opts.settings},
                 "seeds": opts.seeds,
                 "walls_s": walls,
+                "walls_source": opts.walls_source,
                 "load_average": loads,
                 "results": jsonable(results),
             },
