@@ -1,6 +1,6 @@
 """The ablation of docs/science.md section 3 on synthetic settings where the heads must differ, with learning curves.
 
-    make experiment-ablation                                   # the default below: ~60 min on 2 CPU cores
+    make experiment-ablation                                   # the default below: 65 min on the shared 2-core CPU
     .venv/bin/python experiments/ablation/run.py               # the same
     .venv/bin/python experiments/ablation/run.py --variants nl dnl --settings pairwise --seeds 5 --steps 1000
     .venv/bin/python experiments/ablation/run.py --args "--trainer.accelerator=gpu"     # any CLI override
@@ -209,6 +209,7 @@ def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path
         ax.grid(alpha=0.3)
         if key == "ratio":
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
             ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.axhline(1.0, color="grey", ls="--", lw=1)
