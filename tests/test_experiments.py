@@ -157,3 +157,19 @@ def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_do
     assert {k: cli.datamodule.hparams[k] for k in expected} == expected
     assert cli.datamodule.hparams["image_size"] == 64
     assert cli.trainer.max_steps == {"pairwise": 600, "boundary": 300}[setting]
+
+
+def test_wall_times_of_a_stopped_experiment_come_from_config_and_event_file_times(ablation, tmp_path):
+    import os
+
+    run = ablation["run"]
+    opts = run.parse(["--out", str(tmp_path), "--variants", "nl", "dnl", "--settings", "pairwise", "--seeds", "1"])
+    for variant, (start, end) in {"nl": (1000.0, 1100.0), "dnl": (1050.0, 1300.0)}.items():
+        directory = run.log_dir(tmp_path, "pairwise", variant, 0)
+        directory.mkdir(parents=True)
+        (directory / "config.yaml").write_text("x")
+        (directory / "events.out.tfevents.1").write_text("x")
+        os.utime(directory / "config.yaml", (start, start))
+        os.utime(directory / "events.out.tfevents.1", (end, end))
+    walls = run.walls_from_files(opts)
+    assert walls == {"pairwise/nl/seed0": 100.0, "pairwise/dnl/seed0": 250.0, "total": 300.0}
