@@ -15,7 +15,7 @@ MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks bench-startup experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
+	bench-callbacks bench-startup bench-analysis experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
 	tensorboard clean
 
 help: ## list the targets
@@ -59,16 +59,17 @@ mutation-check: $(STAMP) ## mutation score check of one small module (CI)
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
 # SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
-# --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline.
-bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup ## the benchmark suite -> benchmarks/*.md + PNGs
+# --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline,
+# ANALYSIS_ARGS to the analysis (e.g. ANALYSIS_ARGS="--baseline-src /tmp/before/src", another checkout's sources).
+bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup bench-analysis ## the benchmark suite -> benchmarks/*.md + PNGs
 
-bench-blocks: $(STAMP) ## context blocks alone, fused vs materialised -> benchmarks/context_blocks.md
+bench-blocks: $(STAMP) ## context blocks alone (NL, DNL, GC, mmseg's), fused vs materialised -> benchmarks/context_blocks.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
 
 bench-scaling: $(STAMP) ## block fwd+bwd time/memory for P = 1024 ... 32768 -> benchmarks/resolution_scaling.md
-	$(BIN)/python benchmarks/resolution_scaling.py $(ARGS) $(SCALING_ARGS)
+	$(BIN)/python benchmarks/context_blocks.py --scaling $(ARGS) $(SCALING_ARGS)
 
-bench-training: $(STAMP) ## full training step, baseline vs NL vs DNL head -> benchmarks/training_step.md
+bench-training: $(STAMP) ## full training step, baseline vs NL, DNL, GC heads -> benchmarks/training_step.md
 	$(BIN)/python benchmarks/training_step.py $(ARGS) $(TRAINING_ARGS)
 
 bench-inference: $(STAMP) ## whole / slide / multi-scale+flip inference -> benchmarks/inference_modes.md
@@ -82,6 +83,9 @@ bench-callbacks: $(STAMP) ## step-time overhead of the gradient callbacks -> ben
 
 bench-startup: $(STAMP) ## start-up time of `dnlseg --help` and `fit --print_config` -> benchmarks/startup_time.md
 	$(BIN)/python benchmarks/startup_time.py $(STARTUP_ARGS)
+
+bench-analysis: $(STAMP) ## peak memory of `dnlseg analyze` at P = 16384 and 32768 -> benchmarks/analysis_memory.md
+	$(BIN)/python benchmarks/analysis_memory.py $(ANALYSIS_ARGS)
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")

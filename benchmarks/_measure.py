@@ -1,7 +1,9 @@
-"""Measuring helpers shared by the benchmark scripts: interleaved timing, peak memory, the SDPA kernel that ran,
-the machine description, markdown/PNG output, and the segmentation model of the training and inference
-benchmarks. Not a library module: the scripts import it as ``_measure``
-(``python benchmarks/<script>.py`` puts ``benchmarks/`` on ``sys.path``).
+"""Plumbing shared by the benchmark scripts: interleaved timing, peak memory (CPU and CUDA), the SDPA
+kernel that ran, child processes with their peak resident set, the machine description, markdown tables, figures,
+the common command line, and the segmentation model of the training and inference benchmarks.
+
+Not a library module: ``python benchmarks/<script>.py`` puts ``benchmarks/`` on ``sys.path``, so every script
+imports this file as ``_measure``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,9 +27,7 @@ from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
-from dnlseg.models import SegmentationModule
-
+ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
 GiB = 2**30
 
@@ -43,35 +45,32 @@ class Timing:
     cpu: float  # process CPU time (user + system, all threads): barely moved by other processes on the CPUs
 
 
-def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, Timing]:
+def time_interleaved(calls: dict, repeats: int, device: torch.device) -> dict:
     """Median wall and CPU time of each call. One call of each per round, so load that drifts over the run
     (the machine may be shared) hits every configuration alike and the ratios stay fair."""
-    walls: dict[str, list[float]] = {name: [] for name in calls}
-    cpus: dict[str, list[float]] = {name: [] for name in calls}
+    samples: dict = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             synchronize(device)
             wall, cpu = time.perf_counter(), time.process_time()
             call()
             synchronize(device)
-            walls[name].append(time.perf_counter() - wall)
-            cpus[name].append(time.process_time() - cpu)
-    return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name])) for name in calls}
+            samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: Timing(*(statistics.median(s) for s in zip(*runs, strict=True))) for name, runs in samples.items()}
 
 
 @dataclass
 class Memory:
-    """Peak memory of one call above what was allocated before it.
+    """Peak memory of one call above what was allocated before it, in bytes.
 
     Attributes:
-        extra_peak: bytes, from the tensor allocator: CUDA's max_memory_allocated, or on CPU the running sum
-            of the allocation/free events that torch.profiler(profile_memory=True) records from c10's CPU allocator.
-        rss_peak: bytes, process resident-set high-water mark above the resident set before the call (Linux,
-            CPU only, else None): an independent check that also sees memory outside PyTorch's allocator.
+        extra_peak: from the tensor allocator: CUDA's ``max_memory_allocated``, or on CPU the running sum of the
+            allocation/free events ``torch.profiler(profile_memory=True)`` records from c10's CPU allocator.
+        rss_peak: resident-set high-water mark above the resident set before the call (Linux, CPU; else None).
     """
 
     extra_peak: int
-    rss_peak: int | None
+    rss_peak: int | None = None
 
 
 def measure_memory(call: Callable[[], object], device: torch.device, rss: bool = False) -> Memory:
@@ -82,20 +81,17 @@ def measure_memory(call: Callable[[], object], device: torch.device, rss: bool =
         before = torch.cuda.memory_allocated(device)
         call()
         synchronize(device)
-        return Memory(torch.cuda.max_memory_allocated(device) - before, None)
-    rss_before = reset_rss_high_water() if rss else None
+        return Memory(torch.cuda.max_memory_allocated(device) - before)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    rss_peak = read_proc_status_kib("VmHWM") * 1024 - rss_before if rss_before is not None else None
-    return Memory(allocator_peak(prof), rss_peak)
+        rss_peak = rss_above(call) if rss else call()
+    return Memory(allocator_peak(prof), rss_peak if rss else None)
 
 
 def allocator_peak(prof: profile) -> int:
     """Peak of the running sum of the profiler's [memory] events (+bytes on allocation, -bytes on free).
 
-    Only blocks allocated while profiling are counted, so what existed before the call (inputs, parameters)
-    is the zero line; a free of such an older block is not reported (the profiler does not know its size), so
-    the figure can only err high.
+    Blocks allocated before profiling are the zero line; a free of one of them is not reported (the profiler does
+    not know its size), so the figure can only err high.
     """
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
@@ -105,22 +101,36 @@ def allocator_peak(prof: profile) -> int:
     return peak
 
 
-def read_proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+def proc_status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
     raise KeyError(key)
 
 
-def reset_rss_high_water() -> int | None:
-    """Reset VmHWM to the current resident set (``echo 5 > /proc/self/clear_refs``); return it in bytes."""
+def rss_above(call: Callable[[], object]) -> int | None:
+    """Resident-set high-water mark during ``call()`` above the resident set before it (Linux; else None)."""
     try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return read_proc_status_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     except OSError:
+        call()
         return None
+    before = proc_status_bytes("VmRSS")
+    call()
+    return proc_status_bytes("VmHWM") - before
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / MiB:,.0f}"
 
 
 class SdpaSpy(TorchDispatchMode):
@@ -130,29 +140,25 @@ class SdpaSpy(TorchDispatchMode):
         super().__init__()
         self.kernels: list[str] = []
         self.choice: str | None = None
-        self.layout: str | None = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
             self.kernels.append(name)
             if self.choice is None and not name.endswith("backward"):
-                q, k, v = args[:3]  # (N, 1, P, C') each
+                q, k, v = args[:3]  # (N, heads, P, C') each
                 self.choice = SDPBackend(torch._fused_sdp_choice(q, k, v)).name
-                contiguous = all(t.is_contiguous() for t in (q, k, v))
-                self.layout = f"{tuple(q.shape)} {'contiguous' if contiguous else f'strides {q.stride()}'}"
         return func(*args, **(kwargs or {}))
 
     def summary(self) -> str:
         if self.choice is None:
-            return "no fused SDPA kernel ran (MATH fallback, decomposed into matmuls)"
-        kernels = " + ".join(dict.fromkeys(self.kernels))
-        return f"{self.choice}: {kernels}"
+            return "no fused SDPA kernel ran"
+        return f"{self.choice}: {' + '.join(dict.fromkeys(self.kernels))}"
 
 
-def run_recording_sdpa_kernel(call: Callable[[], object], compiled: bool) -> str:
-    """Run ``call()`` once (a warmup) and say which SDPA kernel it ran (``SdpaSpy``). Under ``torch.compile``
-    the call runs unobserved: a dispatch mode would change what the compiler traces."""
+def sdpa_kernel_of(call: Callable[[], object], compiled: bool = False) -> str:
+    """Run ``call()`` once and say which SDPA kernel it ran. Under ``torch.compile`` it runs unobserved (a dispatch
+    mode would change what the compiler traces)."""
     if compiled:
         call()
         return "not recorded under --compile"
@@ -161,142 +167,191 @@ def run_recording_sdpa_kernel(call: Callable[[], object], compiled: bool) -> str
     return spy.summary()
 
 
-def available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+@dataclass
+class Finished:
+    """A child process that ended: exit code, wall and CPU seconds, peak resident set (bytes), its output."""
+
+    returncode: int
+    wall: float
+    cpu: float
+    peak_rss: int
+    output: str  # stdout + stderr when captured, else ""
+
+
+def dnlseg(*args: str) -> list[str]:
+    """The command line of ``dnlseg ARGS`` in this interpreter (what the console script runs)."""
+    return [sys.executable, "-m", "dnlseg", *args]
+
+
+def environment(src: Path) -> dict:
+    """This process's environment with ``src`` (a checkout's sources) first on PYTHONPATH."""
+    paths = [str(src), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def run(argv: list[str], cwd: Path = ROOT, env: dict | None = None, output: str = "show", check=True) -> Finished:
+    """Run ``argv`` to its end; what it cost comes from ``os.wait4`` (the rusage of this child alone).
+    ``output``: "show" (inherit), "capture" (into ``Finished.output``) or "drop"."""
+    print("$", shlex.join(map(str, argv)), flush=True)
+    with tempfile.TemporaryFile("w+") as log:
+        sink = {"capture": log, "drop": subprocess.DEVNULL}.get(output)
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT if sink else None)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        text = log.read()
+    if check and process.returncode:
+        sys.stdout.write(text[-4000:])
+        raise subprocess.CalledProcessError(process.returncode, argv)
+    return Finished(process.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, text)
 
 
 def cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return platform.processor() or platform.machine()
 
 
-def machine_lines(args: argparse.Namespace, seed: int) -> list[str]:
-    device = args.device
-    if device.type == "cuda":
+def machine(device: torch.device | None = None) -> str:
+    """``AMD EPYC, 2 logical CPUs, 2 torch threads; torch 2.14.1, Python 3.11.7`` (the GPU's name on CUDA)."""
+    if device is not None and device.type == "cuda":
         hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
         hardware = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
-    return [
-        f"- command: `{args.command}`",
-        f"- date: {args.started:%Y-%m-%d %H:%M %Z}",
-        f"- machine: {hardware}; device `{device}`",
-        f"- torch {torch.__version__}, Python {platform.python_version()}, seed {seed}",
-    ]
+    return f"{hardware}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this script was started, with the interpreter relative to the working directory where it lies in it."""
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "<script>.py"
+    return shlex.join([python, script, *(sys.argv[1:] if argv is None else argv)])
 
 
-def mib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MiB:,.0f}"
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that ended."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 @dataclass
-class RunClock:
-    """Wall time of the run and the share of the CPUs this process got: on a shared machine other processes
-    slow every absolute time down; the fused/materialised ratios much less, as the rounds interleave."""
+class Run:
+    """The command, start time and CPU use of one benchmark run, for its report's header."""
 
+    command: str
+    started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now().astimezone())
     wall: float = field(default_factory=time.perf_counter)
-    cpu: float = field(default_factory=time.process_time)  # user + system, all threads
-    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-min load average before the run
+    cpu: float = field(default_factory=lambda: cpu_seconds())
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
 
-    def line(self) -> str:
+    def header(self, title: str, device: torch.device | None = None, seed: int | None = None) -> list[str]:
+        """Title, command, date, machine, and how long the run took with the CPU share this process got (low:
+        other processes competed for the CPUs; for a script that measures child processes, theirs count)."""
         wall = time.perf_counter() - self.wall
-        share = (time.process_time() - self.cpu) / (wall * torch.get_num_threads())
-        return (
-            f"- run took {wall:.0f} s; the process was on the CPUs {share:.0%} of wall time x "
-            f"{torch.get_num_threads()} threads (1-min load average before it started: {self.load:.2f}); "
-            "a low share means other processes competed for the CPUs"
-        )
+        share = (cpu_seconds() - self.cpu) / (wall * torch.get_num_threads())
+        return [
+            f"# {title}",
+            "",
+            f"- command: `{self.command}`",
+            f"- date: {self.started:%Y-%m-%d %H:%M %Z}",
+            f"- machine: {machine(device)}" + (f"; device `{device}`" if device is not None else ""),
+            f"- run took {wall:.0f} s, this process on the CPUs {share:.0%} of it x {torch.get_num_threads()} "
+            f"threads; 1-min load average {self.load:.2f} before, {os.getloadavg()[0]:.2f} after"
+            + (f"; seed {seed}" if seed is not None else ""),
+        ]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Command line and output shared by the scripts
-# ----------------------------------------------------------------------------------------------------------
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, output: Path) -> None:
-    """``--device``, ``--output`` (the markdown report, the PNG beside it; on CUDA the default gets a ``_cuda``
-    suffix so a GPU run does not overwrite the CPU tables) and ``--repeats``."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--output", type=Path, default=None, help=f"markdown report (default {output}); PNG beside it")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median), after one warmup")
-    parser.set_defaults(default_output=output)
-
-
-def finish_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
-    """Check ``--device``; record the command line and the start time for the report."""
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
-    if args.output is None:
-        suffix = "_cuda" if args.device.type == "cuda" else ""
-        args.output = args.default_output.with_name(f"{args.default_output.stem}{suffix}.md")
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "benchmarks/<script>.py"
-    args.command = " ".join([python, script, *argv])
-    args.started = datetime.datetime.now().astimezone()
-
-
-def write_report(text: str, output: Path) -> None:
+def write_report(lines: list[str], output: Path) -> str:
+    text = "\n".join(lines) + "\n"
     print("\n" + text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print(f"written to {output}")
+    return text
 
 
-def figure_path(output: Path) -> Path:
-    return output.with_suffix(".png")
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), imported only by the scripts that plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
-def interleaving_line() -> str:
-    return (
-        "- the compared variants run interleaved (one of each per round, median over rounds), so load that drifts "
-        "over the run hits them alike: the ratios stay fair when other jobs share the machine, the absolute times "
-        "do not (the CPU share above says how much they competed)"
-    )
+def save_figure(fig, output: Path) -> str:
+    """Save ``fig`` as the PNG beside the report ``output``; returns the markdown line that shows it."""
+    path = output.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return f"![{output.stem}]({path.name})"
 
 
-PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's names
+def bar_figure(output: Path, title: str, names: list[str], panels: dict[str, list[float]]) -> str:
+    """One bar chart per panel (its y label -> a value per name), side by side, saved beside ``output``."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (label, values), colour in zip(axes[0], panels.items(), ("tab:blue", "tab:orange"), strict=False):
+        ax.bar(names, values, color=colour)
+        ax.set_ylabel(label)
+    fig.suptitle(title, fontsize=8)
+    return save_figure(fig, output)
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast Lightning's ``precision`` runs the forward under (disabled for 32-true)."""
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+def benchmark_parser(doc: str, output: Path, device: bool = True) -> argparse.ArgumentParser:
+    """``--output`` (the markdown report, PNG beside it), ``--repeats``, ``--quick``, ``--tiny``, ``--paper`` and, with
+    ``device``, ``--device`` (a CUDA run's default report gets a ``_cuda`` suffix: the CPU tables stay)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=None, help=f"markdown report (default {output.name})")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median)")
+    parser.add_argument("--quick", action="store_true", help="a shorter run")
+    parser.add_argument("--tiny", action="store_true", help="a run of seconds that checks the script works")
+    parser.add_argument("--paper", action="store_true", help="the recipes' sizes (batch 2, Cityscapes crops)")
+    if device:
+        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.set_defaults(default_output=output)
+    return parser
 
 
-def fast_path_label(args: argparse.Namespace) -> str:
-    """``32-true``, ``bf16-mixed, channels-last, compile`` ...: the fast-path options of a run."""
-    flags = [name for name in ("channels_last", "compile", "cudnn_benchmark") if getattr(args, name, False)]
-    return ", ".join([args.precision] + [f.replace("_", "-") for f in flags])
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; check ``--device``; fill ``output``; ``args.run`` records the command and the start."""
+    args = parser.parse_args(argv)
+    suffix = ""
+    if hasattr(args, "device"):
+        args.device = torch.device(args.device)
+        if args.device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+        suffix = "_cuda" if args.device.type == "cuda" else ""
+    if args.output is None:
+        args.output = args.default_output.with_name(f"{args.default_output.stem}{suffix}.md")
+    args.run = Run(command_line(argv))
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The segmentation model of training_step.py and inference_modes.py
 # ----------------------------------------------------------------------------------------------------------
 
-MODEL_SEED = 0
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's names
 NUM_CLASSES = 19  # Cityscapes
-HEADS: dict[str, Callable[[int], torch.nn.Module] | None] = {
-    "baseline": None,
-    "NL": partial(NonLocal2d, reduction=2),
-    "DNL": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
-}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast Lightning's ``precision`` runs the forward under (disabled for 32-true)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,22 +362,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (warmup compiles)")
-    parser.add_argument(
-        "--cudnn-benchmark", action="store_true", help="cuDNN autotuning, as `trainer.benchmark: true` (warmup tunes)"
-    )
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning (trainer.benchmark)")
 
 
-def build_module(head: str, args: argparse.Namespace) -> SegmentationModule:
-    """A ``SegmentationModule`` with ``head`` (a key of ``HEADS``), weights drawn from ``MODEL_SEED``, on the device."""
-    torch.manual_seed(MODEL_SEED)
+def fast_path_label(args: argparse.Namespace) -> str:
+    """``32-true``, ``bf16-mixed, channels-last, compile`` ...: the fast-path options of a run."""
+    flags = [name for name in ("channels_last", "compile", "cudnn_benchmark") if getattr(args, name, False)]
+    return ", ".join([args.precision] + [f.replace("_", "-") for f in flags])
+
+
+def build_module(variant: str, args: argparse.Namespace, seed: int = 0):
+    """A ``SegmentationModule`` whose head is ``dnlseg.context.VARIANTS[variant]``, weights drawn from ``seed``."""
+    from dnlseg.context import VARIANTS
+    from dnlseg.models import SegmentationModule
+
+    torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark  # what Lightning's Trainer(benchmark=...) sets
+    block = VARIANTS[variant]
     module = SegmentationModule(
         NUM_CLASSES,
         encoder_name=args.encoder,
         output_stride=args.output_stride,
         head_channels=args.head_channels,
-        context=HEADS[head],
+        context=None if block.block is None else block.build,
         channels_last=args.channels_last,
         compile=args.compile,
     )
     return module.to(args.device)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

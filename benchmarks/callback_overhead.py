@@ -1,42 +1,27 @@
-"""Step-time overhead of the gradient-separation callbacks on a training config (default: synthetic DNL).
+"""Step-time overhead of the gradient-separation callbacks (``BranchGradientMonitor`` at every step, and with
+``SeparationProbe``) on a training config, the variants' short fits interleaved round by round from the same weights.
 
-    .venv/bin/python benchmarks/callback_overhead.py                     # writes benchmarks/callback_overhead.md
-    .venv/bin/python benchmarks/callback_overhead.py --steps 60 --rounds 5 --config configs/synthetic/nl.yaml
+    make bench-callbacks                                             # synthetic DNL -> callback_overhead.md
+    .venv/bin/python benchmarks/callback_overhead.py --steps 60 --repeats 5 --config configs/synthetic/nl.yaml
 
-The config's model and data are built once through the dnlseg CLI (``run_cli(run=False)``); then, per round,
-three short fits from the same initial weights run back to back (interleaved, so a busy machine slows every
-variant alike), each with a TensorBoard logger in a temporary folder and nothing else but a step timer:
-
-- ``none``: no gradient callback;
-- ``monitor``: ``BranchGradientMonitor(every_n_steps=1)`` -- the issue's target is <= 5% of step time;
-- ``monitor + probe``: plus ``SeparationProbe`` at the config's interval (default 50 steps).
-
-A step's wall and CPU time are from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward,
-callbacks, optimiser step, logging). The first ``--warmup`` steps of each fit are dropped; the table reports the median
-over the remaining steps of all rounds, and the overhead as the ratio of medians.
+A step is ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward, callbacks, optimiser, logging); the
+first ``--warmup`` steps of each fit are left out, and the overhead is the ratio of the median steps.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
-import torch
+from _measure import benchmark_parser, markdown_table, parse, write_report
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dnlseg.callbacks import BranchGradientMonitor, SeparationProbe
 from dnlseg.cli import run_cli
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class StepTimer(L.Callback):
@@ -75,17 +60,20 @@ def fit_steps(module, datamodule, callbacks: list[L.Callback], steps: int, logdi
     return timer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    parser = benchmark_parser(__doc__, Path(__file__).with_suffix(".md"), device=False)
     parser.add_argument("--config", default="configs/synthetic/dnl.yaml")
     parser.add_argument("--steps", type=int, default=40, help="training steps per fit")
     parser.add_argument("--warmup", type=int, default=5, help="first steps of each fit left out")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--probe-every", type=int, default=50)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "callback_overhead.md"))
-    args = parser.parse_args()
-
-    cli = run_cli(["-c", args.config, "--trainer.logger=false", "--trainer.callbacks=[]"], run=False)
+    args = parse(parser, argv)
+    repeats = args.repeats or (1 if args.quick or args.tiny else 3)
+    if args.tiny:
+        args.steps, args.warmup, args.probe_every = 3, 1, 2
+    overrides = ["--trainer.logger=false", "--trainer.callbacks=[]"]
+    if args.tiny:
+        overrides += ["--model.head_channels=16", "--model.aux_channels=8", "--data.init_args.image_size=32"]
+    cli = run_cli(["-c", args.config, *overrides], run=False)
     initial = copy.deepcopy(cli.model.state_dict())
     variants = {
         "none": list,
@@ -95,42 +83,37 @@ def main() -> None:
             SeparationProbe(every_n_steps=args.probe_every),
         ],
     }
-    wall: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    steps: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as logdir:
-        for round_ in range(args.rounds):
+        for round_ in range(repeats):
             for name, callbacks in variants.items():
                 cli.model.load_state_dict(initial)
                 L.seed_everything(round_, verbose=False)
                 timer = fit_steps(cli.model, cli.datamodule, callbacks(), args.steps, logdir)
-                wall[name].extend(timer.wall[args.warmup :])
-                cpu[name].extend(timer.cpu[args.warmup :])
-                print(f"round {round_} {name:16s} median {statistics.median(timer.wall[args.warmup :]):.3f} s wall")
-
-    base_wall, base_cpu = statistics.median(wall["none"]), statistics.median(cpu["none"])
-    lines = [
-        "# Gradient-callback overhead",
-        "",
-        f"Generated {datetime.date.today()} by `python benchmarks/callback_overhead.py"
-        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads.",
-        "",
-        f"Config `{args.config}`; {args.rounds} interleaved rounds x {args.steps} steps per variant, "
-        f"first {args.warmup} steps of each fit left out; medians over {len(wall['none'])} steps per variant. "
-        "CPU time is the process's (all its threads); on a machine shared with other jobs it is the steadier "
-        "of the two.",
-        "",
-        "| callbacks | median step wall (s) | wall overhead | median step CPU (s) | CPU overhead |",
-        "|---|---:|---:|---:|---:|",
+                steps[name] += list(zip(timer.wall, timer.cpu, strict=True))[args.warmup :]
+    medians = {name: tuple(statistics.median(s) for s in zip(*runs, strict=True)) for name, runs in steps.items()}
+    (base_wall, base_cpu) = medians["none"]
+    rows = [
+        [
+            name,
+            f"{wall:.3f}",
+            f"{100 * (wall / base_wall - 1):+.1f}%",
+            f"{cpu:.3f}",
+            f"{100 * (cpu / base_cpu - 1):+.1f}%",
+        ]
+        for name, (wall, cpu) in medians.items()
     ]
-    for name in variants:
-        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        lines.append(
-            f"| {name} | {w:.3f} | {100 * (w / base_wall - 1):+.1f}% | {c:.3f} | {100 * (c / base_cpu - 1):+.1f}% |"
-        )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    Path(args.output).write_text(report)
+    lines = args.run.header("Gradient-callback overhead")
+    lines += [
+        f"- config `{args.config}`; {repeats} interleaved rounds x {args.steps} steps per variant, first "
+        f"{args.warmup} of each fit left out: medians over {len(steps['none'])} steps per variant",
+        "",
+        *markdown_table(
+            ["callbacks", "median step wall s", "wall overhead", "median step CPU s", "CPU overhead"], rows
+        ),
+    ]
+    write_report(lines, args.output)
+    return medians
 
 
 if __name__ == "__main__":

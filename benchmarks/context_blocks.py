@@ -1,154 +1,90 @@
-"""Speed and memory of the NL and DNL context blocks, fused vs materialised attention.
+"""Time and peak memory of the context blocks alone (``dnlseg.context.VARIANTS``), fused vs materialised attention
+and beside mmsegmentation 1.2.2's own blocks where the ``parity`` extra is installed: forward + backward at
+training grids, and the forward of a whole 1024x2048 image at stride 8 (P = 32768).
 
-Run from the repository root:
-
-    make bench                                      # runs .venv/bin/python benchmarks/context_blocks.py $(ARGS)
-    .venv/bin/python benchmarks/context_blocks.py   # this script alone, directly
-    .venv/bin/python benchmarks/context_blocks.py --quick   # (make bench ARGS=--quick): 1 round, no 12 GiB maps
-    .venv/bin/python benchmarks/context_blocks.py --repeats 5 --whole-repeats 2
-    .venv/bin/python benchmarks/context_blocks.py --device cuda --output benchmarks/context_blocks_cuda.md
-
-The default run needs about 11 CPU-minutes, roughly 6 minutes on 2 idle cores (--quick about half); other
-processes on the CPUs stretch that. Seeds are pinned (``SEED``); every number in the report comes from one
-run on one machine:
-
-1. Training step, train mode, default BatchNorm with its weight set to ones (so the gradient reaches every
-   branch), N=2, C=512, C'=256: forward + backward wall time and extra peak memory of DNL and NL, fused vs
-   materialised attention, at P = 65x65 (ADE20K 520 crop, stride 8), 64x128 (Cityscapes 512x1024 crop) and
-   97x97 (769x769 crop), and their ratios fused / materialised.
-2. Whole-image inference, N=1 at 128x256 (a 1024x2048 image at stride 8, P=32768), eval mode under
-   ``torch.no_grad()``: time and peak memory above the input, fused, and materialised when it fits in memory.
-3. The machine's fp32 matmul rate, and the fused blocks' achieved rate as a fraction of it.
-4. The SDPA kernel that actually ran, for the (N, 1, P, C') contiguous q/k/v the blocks build.
-5. When mmsegmentation is installed (the ``parity`` extra, ``mmseg_reference``): mmseg 1.2.2's own blocks
-   (mmcv ``NonLocal2d``, mmseg ``DisentangledNonLocal2d``; materialised), measured in the same interleaved rounds
-   as 1. and 2., against our fused blocks. ``--no-mmseg`` leaves them out.
-
-It prints a markdown report and writes the same text to ``--output`` (default benchmarks/context_blocks.md).
+    make bench-blocks     # N=2 at the recipes' crops (P = 4225, 8192, 9409)           -> context_blocks.md
+    make bench-scaling    # --scaling: N=1, P = 1024 ... 32768, growth exponents, plot -> resolution_scaling.md
+    .venv/bin/python benchmarks/context_blocks.py --quick --variants dnl --no-mmseg
 """
 
 from __future__ import annotations
 
-import argparse
-import random
+import math
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _measure import (
+    PRECISIONS,
     GiB,
     Memory,
-    MiB,
-    RunClock,
-    SdpaSpy,
     Timing,
-    add_common_arguments,
+    autocast,
     available_bytes,
-    finish_arguments,
-    machine_lines,
+    benchmark_parser,
     markdown_table,
     measure_memory,
     mib,
-    time_round_robin,
+    parse,
+    pyplot,
+    save_figure,
+    sdpa_kernel_of,
+    time_interleaved,
+    write_report,
 )
-from torch import Tensor, nn
+from torch import nn
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.context import VARIANTS, NonLocalBase
 
 SEED = 0
-CHANNELS = 512  # C
-REDUCTION = 2  # C' = C / 2 = 256
-TRAIN_BATCH = 2
-TRAIN_GRIDS = {  # P = H * W at output stride 8
-    "ADE20K 520 crop": (65, 65),  # P = 4225
-    "Cityscapes 512x1024 crop": (64, 128),  # P = 8192
-    "Cityscapes 769x769 crop": (97, 97),  # P = 9409
-}
-WHOLE_IMAGE_GRID = (128, 256)  # 1024x2048 at stride 8, P = 32768
-BLOCKS = {"DNL": DisentangledNonLocal2d, "NL": NonLocal2d}
-ATTENTIONS = ("fused", "materialized")
-MMSEG = "mmseg"  # the third "attention" of a block kind: mmseg's own block (materialised)
-
-# Targets from the project's issue.
-TARGET_GRID = (97, 97)
-TARGET_TIME_RATIO = 0.7  # fused / materialised fwd+bwd time at P = 9409
-TARGET_MEMORY_RATIO = 0.2  # fused / materialised extra peak memory at P = 9409
-TARGET_MATMUL_FRACTION = 0.7  # fused fwd+bwd achieved rate / measured matmul rate
-TARGET_WHOLE_IMAGE_BYTES = 1.5e9  # fused whole-image forward, above the input
+CHANNELS = 512  # C; NL and DNL use C' = C / 2 (their default reduction)
+CROP_GRIDS = [(65, 65), (64, 128), (97, 97)]  # ADE20K 520 crop, Cityscapes 512x1024 and 769x769 crops at stride 8
+SCALING_GRIDS = [(32, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 256)]  # P = 1024 ... 32768
+WHOLE_IMAGE = (128, 256)  # 1024x2048 at stride 8
+MMSEG_KINDS = {"nl": "NL", "dnl": "DNL"}  # our variants that mmseg_reference.context_block builds too
+FIT_FROM = 4096  # growth exponents are fitted on P >= this, where the attention outweighs the fixed costs
+TARGETS = {"time": 0.7, "memory": 0.2, "rate": 0.7, "scaling_memory": 1 / 20}  # from issue #7
 
 
-# ----------------------------------------------------------------------------------------------------------
-# FLOP model and the matmul reference
-# ----------------------------------------------------------------------------------------------------------
-
-
-def attention_flops(batch: int, positions: int, channels: int, backward: bool, recompute: bool) -> int:
-    """Matmul FLOPs of softmax(Q K^T) V for one head, keys = queries = P (a multiply-add counts 2).
-
-    forward:  S = Q K^T and Y = A V, 2 P^2 C' each                                  F = 4 N P^2 C'
-    backward: dV = A^T dY, dA = dY V^T, dQ = dS K, dK = dS^T Q                       2 F
-              + S = Q K^T recomputed tile by tile (fused/flash only: A is not kept)  0.5 F
-    fwd+bwd:  3.5 F = 14 N P^2 C' fused, 3 F materialised. Exp, max, sums and the softmax are not counted.
-    """
+def attention_flops(batch: int, positions: int, channels: int, backward: bool) -> int:
+    """Matmul FLOPs of softmax(Q K^T) V, P keys = queries: forward F = 4 N P^2 C' (Q K^T and A V); backward 2F plus
+    0.5F for recomputing Q K^T tile by tile (the fused kernel keeps no A): fwd+bwd 3.5F."""
     forward = 4 * batch * positions**2 * channels
-    if not backward:
-        return forward
-    return forward + 2 * forward + (forward // 2 if recompute else 0)
+    return forward * 7 // 2 if backward else forward
 
 
-def conv_flops(batch: int, positions: int, kind: str, backward: bool) -> int:
-    """1x1 convs: query, key, value C -> C', out C' -> C (+ unary C -> 1 for DNL); backward = grad input +
-    grad weight = 2x forward. About 24 N P C C', i.e. 24 C / (14 P) ~ 9% of the attention FLOPs at P = 9409."""
-    c, cp = CHANNELS, CHANNELS // REDUCTION
-    forward = 2 * batch * positions * (3 * c * cp + cp * c + (c if kind == "DNL" else 0))
+def conv_flops(batch: int, positions: int, variant: str, backward: bool) -> int:
+    """1x1 convs q, k, v (C -> C'), out (C' -> C), DNL's unary (C -> 1); backward = 2x forward."""
+    c, cp = CHANNELS, CHANNELS // 2
+    forward = 2 * batch * positions * (4 * c * cp + (c if variant == "dnl" else 0))
     return 3 * forward if backward else forward
 
 
-def matmul_flops(m: int, k: int, n: int) -> int:
-    return 2 * m * k * n
-
-
-def matmul_call(m: int, k: int, n: int, device: torch.device) -> Callable[[], Tensor]:
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-    return lambda: a @ b  # (m, k) @ (k, n) -> (m, n)
-
-
-def measure_matmul_rates(square: int, repeats: int, device: torch.device) -> list[tuple[str, float]]:
-    """GFLOP/s of fp32 matmuls: a large square one and the two attention shapes at P = 9409, C' = 256."""
-    p, cp = TARGET_GRID[0] * TARGET_GRID[1], CHANNELS // REDUCTION
-    shapes = {
-        f"({square} x {square}) @ ({square} x {square}), square": (square, square, square),
-        f"({p} x {cp}) @ ({cp} x {p}), Q K^T": (p, cp, p),
-        f"({p} x {p}) @ ({p} x {cp}), A V": (p, p, cp),
-    }
-    calls = {name: matmul_call(*mkn, device) for name, mkn in shapes.items()}
-    time_round_robin(calls, 1, device)  # warmup
-    seconds = time_round_robin(calls, max(repeats, 3), device)
-    return [(name, matmul_flops(*shapes[name]) / seconds[name].wall / 1e9) for name in shapes]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The blocks under test
-# ----------------------------------------------------------------------------------------------------------
-
-
-def make_block(kind: str, attention: str, device: torch.device) -> nn.Module:
-    """The block with default arguments (BatchNorm output norm), seeded so fused and materialised share
-    weights; the norm weight is set to ones so the loss reaches query, key, value and unary. ``attention``
-    "mmseg": mmseg's block of that kind (its own weights), its zero-initialised norm set to ones the same way."""
+def make_block(variant: str, path: str, device: torch.device) -> nn.Module:
+    """The variant's block (``path`` "fused"/"materialized") or mmseg's block of that kind ("mmseg"), seeded so both
+    of our paths share weights; zero-initialised parameters (the output norm's weight) are set to ones, so the
+    gradient reaches every branch."""
     torch.manual_seed(SEED)
-    if attention == MMSEG:
+    if path == "mmseg":
         from mmseg_reference import context_block
 
-        block = context_block(kind, CHANNELS, REDUCTION).to(device)
-        nn.init.ones_(block.conv_out.bn.weight)
-        return block
-    block = BLOCKS[kind](CHANNELS, reduction=REDUCTION, attention=attention).to(device)
-    nn.init.ones_(block.out_norm.weight)
-    return block
+        block = context_block(MMSEG_KINDS[variant], CHANNELS, 2)
+    elif issubclass(VARIANTS[variant].block, NonLocalBase):
+        block = VARIANTS[variant].build(CHANNELS, attention=path)
+    else:
+        block = VARIANTS[variant].build(CHANNELS)
+    for parameter in block.parameters():
+        if not parameter.detach().any():
+            nn.init.ones_(parameter)
+    return block.to(device)
+
+
+def paths(variant: str, mmseg: bool) -> list[str]:
+    if not issubclass(VARIANTS[variant].block, NonLocalBase):
+        return ["fused"]  # no (P, P) attention to materialise: the block as it is
+    return ["fused", "materialized"] + (["mmseg"] if mmseg and variant in MMSEG_KINDS else [])
 
 
 def mmseg_available() -> bool:
@@ -161,530 +97,327 @@ def mmseg_available() -> bool:
     return True
 
 
-class TrainStep:
-    """One forward + backward of a block on a fixed input; the input needs its gradient (as in a network)."""
-
-    def __init__(self, block: nn.Module, x: Tensor, grad_out: Tensor) -> None:
-        self.block, self.x, self.grad_out = block.train(), x, grad_out
-
-    def clear_grads(self) -> None:
-        self.block.zero_grad(set_to_none=True)
-        self.x.grad = None
-
-    def __call__(self) -> None:
-        self.clear_grads()
-        self.block(self.x).backward(self.grad_out)  # (N, C, H, W)
+def materialized_bytes(batch: int, positions: int, path: str, train: bool) -> int:
+    """fp32 (P, P) maps live at the peak: about 4 per image in a fwd+bwd (3.3 measured at P = 9409); in the
+    forward 3 in ours (DNL: p, softmax(p), + softmax(u); NL: p, p + u, its softmax), 2 in mmseg's."""
+    maps = 4 if train else 2 if path == "mmseg" else 3
+    return maps * batch * positions**2 * 4
 
 
 @dataclass
-class TrainResult:
-    kind: str
+class Cell:
+    variant: str
+    path: str
     grid: tuple[int, int]
-    seconds: dict[str, Timing] = field(default_factory=dict)  # per attention path
-    memory: dict[str, Memory] = field(default_factory=dict)
-    matmul_rate: float = 0.0  # GFLOP/s of the reference matmul, timed in the same rounds
+    batch: int
+    timing: Timing | None = None
+    memory: Memory | None = None
+    skipped: str = ""
     kernel: str = ""
-    layout: str = ""  # of the q/k/v handed to SDPA
-    grad_difference: float = 0.0  # max |dx fused - dx materialised| / max |dx materialised|
+    grad_difference: float | None = None  # max |dx fused - dx materialised| / max |dx materialised|
+    matmul_rate: float = 0.0  # GFLOP/s of the reference matmul timed in the same rounds
 
     @property
     def positions(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    @property
-    def time_ratio(self) -> float:
-        return self.seconds["fused"].wall / self.seconds["materialized"].wall
-
-    @property
-    def cpu_time_ratio(self) -> float:
-        return self.seconds["fused"].cpu / self.seconds["materialized"].cpu
-
-    @property
-    def memory_ratio(self) -> float:
-        return self.memory["fused"].extra_peak / self.memory["materialized"].extra_peak
-
-    @property
-    def fused_rate(self) -> float:
-        """Achieved GFLOP/s of the fused fwd+bwd: attention (3.5x forward) + 1x1 convs over wall time."""
-        p, cp = self.positions, CHANNELS // REDUCTION
-        flops = attention_flops(TRAIN_BATCH, p, cp, backward=True, recompute=True)
-        flops += conv_flops(TRAIN_BATCH, p, self.kind, backward=True)
-        return flops / self.seconds["fused"].wall / 1e9
+    def rate(self, backward: bool) -> float | None:
+        """Achieved GFLOP/s of the attention + 1x1 convs (NL and DNL only)."""
+        if self.variant not in MMSEG_KINDS or self.timing is None:
+            return None
+        flops = attention_flops(self.batch, self.positions, CHANNELS // 2, backward)
+        return (flops + conv_flops(self.batch, self.positions, self.variant, backward)) / self.timing.wall / 1e9
 
 
-def bench_training(grid: tuple[int, int], args: argparse.Namespace, reference: Callable[[], Tensor]):
-    """Both blocks, both paths at one grid: memory runs first (they double as warmup), then timed rounds."""
-    device = args.device
+def skip_reason(cell: Cell, args, train: bool) -> str:
+    if cell.path == "fused":
+        return ""
+    if args.quick and not train:
+        return "skipped by --quick"
+    need, free = materialized_bytes(cell.batch, cell.positions, cell.path, train), available_bytes(args.device)
+    if need > args.max_materialized_gib * GiB or need + 2 * GiB > free:
+        return f"skipped: needs ~{need / GiB:.0f} GiB (cap {args.max_materialized_gib:g}, {free / GiB:.0f} free)"
+    return ""
+
+
+def reference_matmul(args):
+    """A square fp32 matmul, timed in the same rounds as the blocks: the rate their achieved rate is compared to."""
+    a = torch.randn(args.square, args.square, device=args.device)
+    b = torch.randn_like(a)
+    return (lambda: a @ b), 2 * args.square**3
+
+
+def bench(grid: tuple[int, int], batch: int, train: bool, args) -> list[Cell]:
+    """Every variant and path at one grid: one warmup and one memory run each, then interleaved timed rounds."""
     torch.manual_seed(SEED)
-    x = torch.randn(TRAIN_BATCH, CHANNELS, *grid, device=device, requires_grad=True)  # (N, C, H, W)
+    x = torch.randn(batch, CHANNELS, *grid, device=args.device, requires_grad=train)  # (N, C, H, W)
     grad_out = torch.randn_like(x)
-    results = {kind: TrainResult(kind, grid) for kind in BLOCKS}
-    steps = {
-        (kind, att): TrainStep(make_block(kind, att, device), x, grad_out) for kind in BLOCKS for att in args.attentions
-    }
-
-    for (kind, attention), step in steps.items():
-        step.clear_grads()
-        spy = SdpaSpy()
-        with spy:
-            results[kind].memory[attention] = measure_memory(step, device)
-        if attention == "fused":
-            results[kind].kernel, results[kind].layout = spy.summary(), spy.layout
-            fused_grad = x.grad.clone()
-        elif attention == "materialized":
-            results[kind].grad_difference = ((fused_grad - x.grad).abs().max() / x.grad.abs().max()).item()
-        step.clear_grads()
-
-    calls = {f"{kind} {att}": step for (kind, att), step in steps.items()}
-    seconds = time_round_robin({**calls, "matmul": reference}, args.repeats, device)
-    for kind, attention in steps:
-        results[kind].seconds[attention] = seconds[f"{kind} {attention}"]
-        results[kind].matmul_rate = args.reference_flops / seconds["matmul"].wall / 1e9
-    return list(results.values())
-
-
-@dataclass
-class CoreResult:
-    """The attention alone at one grid, fwd+bwd: SDPA vs plain softmax(Q K^T) V, and the reference matmul."""
-
-    grid: tuple[int, int]
-    seconds: dict[str, Timing]
-    matmul_rate: float
-
-    @property
-    def rate(self) -> float:
-        p, cp = self.grid[0] * self.grid[1], CHANNELS // REDUCTION
-        return attention_flops(TRAIN_BATCH, p, cp, backward=True, recompute=True) / self.seconds["fused"].wall / 1e9
-
-
-def attention_core_calls(grid: tuple[int, int], device: torch.device) -> dict[str, Callable[[], None]]:
-    """fwd+bwd of the attention alone on (N, 1, P, C') contiguous q/k/v, the layout the blocks build:
-    ``F.scaled_dot_product_attention`` vs the plainest materialised softmax(Q K^T / sqrt(C')) V."""
-    p, cp = grid[0] * grid[1], CHANNELS // REDUCTION
-    q, k, v = (torch.randn(TRAIN_BATCH, 1, p, cp, device=device, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(TRAIN_BATCH, 1, p, cp, device=device)
-    scale = cp**-0.5
-
-    def fused() -> None:
-        q.grad = k.grad = v.grad = None
-        F.scaled_dot_product_attention(q, k, v, scale=scale).backward(grad_out)
-
-    def materialized() -> None:
-        q.grad = k.grad = v.grad = None
-        weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)  # (N, 1, P, C') @ (N, 1, C', P)
-        (weights @ v).backward(grad_out)  # (N, 1, P, P) @ (N, 1, P, C') -> (N, 1, P, C')
-
-    return {"fused": fused, "materialized": materialized}
-
-
-def bench_attention_core(grid: tuple[int, int], args: argparse.Namespace, reference: Callable[[], Tensor]):
-    calls = attention_core_calls(grid, args.device)
-    time_round_robin(calls, 1, args.device)  # warmup
-    seconds = time_round_robin({**calls, "matmul": reference}, args.repeats, args.device)
-    return CoreResult(grid, seconds, args.reference_flops / seconds["matmul"].wall / 1e9)
-
-
-@dataclass
-class InferenceResult:
-    kind: str
-    attention: str
-    grid: tuple[int, int] = WHOLE_IMAGE_GRID
-    seconds: float | None = None
-    memory: Memory | None = None
-    skipped: str = ""
-    kernel: str = ""
-
-    @property
-    def rate(self) -> float:
-        p, cp = self.grid[0] * self.grid[1], CHANNELS // REDUCTION
-        flops = attention_flops(1, p, cp, backward=False, recompute=False) + conv_flops(1, p, self.kind, False)
-        return flops / self.seconds / 1e9
-
-
-def materialized_inference_bytes(positions: int, attention: str = "materialized") -> int:
-    """Three (P, P) fp32 maps are live at once in either materialised forward, 12 GiB at P = 32768.
-    DNL: logits p, softmax(p), softmax(p) + softmax(u);  NL: scaled logits p, p + u, softmax(p + u).
-    mmseg's blocks keep two (the logits and their softmax), 8 GiB."""
-    return (2 if attention == MMSEG else 3) * positions**2 * 4
-
-
-def bench_whole_image(args: argparse.Namespace) -> list[InferenceResult]:
-    device = args.device
-    positions = args.whole_grid[0] * args.whole_grid[1]
-    torch.manual_seed(SEED)
-    x = torch.randn(1, CHANNELS, *args.whole_grid, device=device)  # (1, C, 128, 256)
-    results, calls = [], {}
-    for kind in BLOCKS:
-        for attention in args.attentions:
-            result = InferenceResult(kind, attention, args.whole_grid)
-            results.append(result)
-            need, free = materialized_inference_bytes(positions, attention), available_bytes(device)
-            if attention != "fused" and args.quick:
-                result.skipped = "skipped by --quick"
-            elif attention != "fused" and free < need + 2 * GiB:
-                result.skipped = f"skipped: needs ~{need / GiB:.0f} GiB + 2 GiB headroom, {free / GiB:.1f} GiB free"
-            if result.skipped:
+    cells, calls, fused_grads = [], {}, {}
+    for variant in args.variants:
+        for path in paths(variant, args.mmseg):
+            cell = Cell(variant, path, grid, batch)
+            cells.append(cell)
+            cell.skipped = skip_reason(cell, args, train)
+            if cell.skipped:
                 continue
-            block = make_block(kind, attention, device).eval()
+            block = make_block(variant, path, args.device).train(train)
 
-            def forward(block=block):
-                with torch.no_grad():
-                    block(x)  # (1, C, 128, 256) -> (1, C, 128, 256), dropped
+            def call(block=block) -> None:
+                with torch.set_grad_enabled(train), autocast(args.device, args.precision):
+                    y = block(x)  # (N, C, H, W)
+                if train:
+                    y.backward(grad_out)
 
-            spy = SdpaSpy()
-            with spy:
-                result.memory = measure_memory(forward, device, rss=True)  # also the warmup
-            result.kernel = spy.summary() if attention == "fused" else ""
-            calls[(kind, attention)] = forward
-            print(f"  whole image {kind} {attention}: {result.memory.extra_peak / MiB:.0f} MiB", flush=True)
-
-    seconds = time_round_robin(calls, args.whole_repeats, device)
-    for result in results:
-        if not result.skipped:
-            result.seconds = seconds[(result.kind, result.attention)].wall
-    return results
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------------------
-
-
-def method_lines(args: argparse.Namespace) -> list[str]:
-    memory = (
-        "`torch.cuda.max_memory_allocated` minus `torch.cuda.memory_allocated` before the call"
-        if args.device.type == "cuda"
-        else "CPU has no `max_memory_allocated`, so the call runs once under "
-        "`torch.profiler.profile(profile_memory=True)`, which records every allocation and free made "
-        "through c10's CPU allocator (outputs, saved activations, gradients, kernel scratch buffers); "
-        "the extra peak is the maximum of their running sum. Tensors that existed before the call "
-        "(input, upstream gradient, parameters) are the zero line. Not seen: MKL's private packing "
-        "buffers and allocations made on OpenMP worker threads (PyTorch's CPU kernels allocate on the "
-        "calling thread; the flash-attention scratch buffers, 1.5-2 MiB, are seen). As an independent check "
-        "the whole-image calls also record the process resident-set high-water mark above the resident set "
-        "before the call (`/proc/self/clear_refs`, `VmHWM`): it sees every allocator, but reads low when "
-        "glibc reuses pages freed earlier in the call"
-    )
-    return [
-        f"- time: wall clock, median of {args.repeats} timed rounds (whole image: {args.whole_repeats}) "
-        "after one untimed warmup (the memory run); in each round every configuration and the reference "
-        "matmul run once in turn, so load drifting over the run (this machine may be shared) hits all of "
-        "them alike. The CPU-time ratios use the process's CPU time (user + system, all threads) of the same "
-        "calls: other processes on the CPUs stretch wall time but hardly CPU time, so on a shared machine "
-        "they are the steadier ratio; the targets are judged on wall time.",
-        f"- extra peak memory: {memory}.",
-        "- training step: `block.train()`, default `BatchNorm2d` output norm with weight set to ones so "
-        "the gradient reaches every branch; input with `requires_grad=True`, `out.backward(g)` with a fixed "
-        "random g; fused and materialised blocks share weights.",
-        "- FLOP model (matmuls only, multiply-add = 2): attention forward F = 4 N P^2 C' (Q K^T and A V); "
-        "backward 2F (dV, dA, dQ, dK) plus 0.5F for the fused kernel, which recomputes Q K^T tile by tile "
-        "instead of keeping A: fused fwd+bwd = 3.5F = 14 N P^2 C'. 1x1 convs: forward 2 N P C (4 C' + 1) "
-        "(the +1: DNL's unary conv), backward 2x forward (~9% of the attention FLOPs at P = 9409). "
-        "Achieved rate = these FLOPs / wall time; its reference is the square matmul timed in the same rounds.",
-        "- SDPA kernel: the aten kernels that ran, and `torch._fused_sdp_choice(q, k, v)` "
-        "(as `torch.nn.attention.SDPBackend`) on the q/k/v the block passed to them.",
-    ]
+            cell.kernel = sdpa_kernel_of(call)  # also the warmup
+            x.grad = None  # the measured call starts with no gradients allocated
+            block.zero_grad(set_to_none=True)
+            cell.memory = measure_memory(call, args.device, rss=not train)
+            if train and path == "fused":
+                fused_grads[variant] = x.grad.clone()
+            elif train and path == "materialized":
+                cell.grad_difference = ((fused_grads[variant] - x.grad).abs().max() / x.grad.abs().max()).item()
+            calls[variant, path] = call
+            print(f"  P={cell.positions} {variant} {path}: {mib(cell.memory.extra_peak)} MiB", flush=True)
+    matmul, flops = reference_matmul(args)
+    repeats = args.repeats if train else args.whole_repeats
+    timings = time_interleaved({**calls, "matmul": matmul}, repeats, args.device)
+    for cell in cells:
+        cell.timing = timings.get((cell.variant, cell.path))
+        cell.matmul_rate = flops / timings["matmul"].wall / 1e9
+    return cells
 
 
-def training_table(results: list[TrainResult]) -> list[str]:
-    header = [
-        "block",
-        "P (H x W)",
-        "fused s",
-        "mat. s",
-        "time fused/mat.",
-        "CPU time fused/mat.",
-        "fused extra peak MiB",
-        "mat. extra peak MiB",
-        "memory fused/mat.",
-        "fused GFLOP/s",
-        "of matmul rate",
-        "dx rel. diff",
-    ]
+def attention_alone(grid: tuple[int, int], args) -> dict[str, Timing]:
+    """fwd+bwd of SDPA vs the plainest materialised softmax(Q K^T / sqrt(C')) V on the (N, 1, P, C') q/k/v the
+    blocks build: what their fused / materialised ratio is bounded by."""
+    p, cp = grid[0] * grid[1], CHANNELS // 2
+    q, k, v = (torch.randn(args.batch, 1, p, cp, device=args.device, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(args.batch, 1, p, cp, device=args.device)
+
+    def sdpa() -> None:
+        q.grad = k.grad = v.grad = None
+        F.scaled_dot_product_attention(q, k, v).backward(grad_out)
+
+    def plain() -> None:
+        q.grad = k.grad = v.grad = None
+        weights = torch.softmax(q @ k.transpose(-2, -1) * cp**-0.5, dim=-1)  # (N, 1, P, P)
+        (weights @ v).backward(grad_out)  # (N, 1, P, C')
+
+    time_interleaved({"SDPA": sdpa, "plain": plain}, 1, args.device)  # warmup
+    return time_interleaved({"SDPA": sdpa, "plain": plain}, args.repeats, args.device)
+
+
+def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
+    return "-" if a is None or b is None else f"{a / b:.{digits}f}"
+
+
+def table(cells: list[Cell], train: bool) -> list[str]:
+    """One row per variant and P: ours fused and materialised, mmseg's, and their ratios."""
+    by_key = {(c.variant, c.path, c.grid): c for c in cells}
     rows = []
-    for r in results:
-        fused, mat = r.memory["fused"], r.memory["materialized"]
+    for c in (c for c in cells if c.path == "fused"):
+        mat, mmseg = by_key.get((c.variant, "materialized", c.grid)), by_key.get((c.variant, "mmseg", c.grid))
+
+        def wall(cell):
+            return None if cell is None or cell.skipped else cell.timing.wall
+
+        def cpu(cell):
+            return None if cell is None or cell.skipped else cell.timing.cpu
+
+        def peak(cell):
+            return None if cell is None or cell.skipped else cell.memory.extra_peak
+
+        rate = c.rate(train)
         rows.append(
             [
-                r.kind,
-                f"{r.positions} ({r.grid[0]} x {r.grid[1]})",
-                f"{r.seconds['fused'].wall:.2f}",
-                f"{r.seconds['materialized'].wall:.2f}",
-                f"{r.time_ratio:.2f}",
-                f"{r.cpu_time_ratio:.2f}",
-                mib(fused.extra_peak),
-                mib(mat.extra_peak),
-                f"{r.memory_ratio:.3f}",
-                f"{r.fused_rate:.0f}",
-                f"{r.fused_rate / r.matmul_rate:.0%} of {r.matmul_rate:.0f}",
-                f"{r.grad_difference:.1e}",
+                VARIANTS[c.variant].label,
+                f"{c.positions} ({c.grid[0]} x {c.grid[1]})",
+                f"{c.timing.wall:.3f}",
+                "-" if wall(mat) is None else f"{wall(mat):.3f}",
+                ratio(wall(c), wall(mat)),
+                ratio(cpu(c), cpu(mat)),
+                mib(c.memory.extra_peak),
+                "-" if peak(mat) is None else mib(peak(mat)),
+                ratio(peak(c), peak(mat), 3),
+                "-" if rate is None else f"{rate:.0f} ({rate / c.matmul_rate:.0%})",
+                "-" if mat is None or mat.grad_difference is None else f"{mat.grad_difference:.1e}",
+                "-" if peak(mmseg) is None else mib(peak(mmseg)),
+                ratio(wall(c), wall(mmseg)),
+                ratio(cpu(c), cpu(mmseg)),
+                ratio(peak(c), peak(mmseg), 3),
             ]
+            + ([] if train else [mib(c.memory.rss_peak), mib(mat.memory.rss_peak) if peak(mat) else "-"])
         )
+        if mat is not None and mat.skipped:
+            rows[-1][3] = mat.skipped
+        if mmseg is not None and mmseg.skipped:
+            rows[-1][11] = mmseg.skipped
+    header = ["block", "P (H x W)", "fused s", "mat. s", "time fused/mat.", "CPU time fused/mat.", "fused MiB"]
+    header += ["mat. MiB", "memory fused/mat.", "fused GFLOP/s (of matmul)", "dx rel. diff", "mmseg MiB"]
+    header += ["time ours/mmseg", "CPU time ours/mmseg", "memory ours/mmseg"]
+    header += [] if train else ["fused RSS MiB", "mat. RSS MiB"]
     return markdown_table(header, rows)
 
 
-def core_table(core: CoreResult) -> list[str]:
-    header = [
-        "P (H x W)",
-        "SDPA s",
-        "plain materialised s",
-        "time SDPA/plain",
-        "CPU time SDPA/plain",
-        "SDPA GFLOP/s",
-        "of matmul rate",
-    ]
-    row = [
-        f"{core.grid[0] * core.grid[1]} ({core.grid[0]} x {core.grid[1]})",
-        f"{core.seconds['fused'].wall:.2f}",
-        f"{core.seconds['materialized'].wall:.2f}",
-        f"{core.seconds['fused'].wall / core.seconds['materialized'].wall:.2f}",
-        f"{core.seconds['fused'].cpu / core.seconds['materialized'].cpu:.2f}",
-        f"{core.rate:.0f}",
-        f"{core.rate / core.matmul_rate:.0%} of {core.matmul_rate:.0f}",
-    ]
-    return markdown_table(header, [row])
+def slope(cells: list[Cell], value) -> float | None:
+    """Least-squares exponent b of value ~ P^b (log-log) over the cells with P >= FIT_FROM (all, if < 2 are)."""
+    large = [c for c in cells if c.positions >= FIT_FROM]
+    points = [(math.log(c.positions), math.log(value(c))) for c in (large if len(large) >= 2 else cells)]
+    if len(points) < 2:
+        return None
+    mx, my = (sum(x) / len(points) for x in zip(*points, strict=True))
+    return sum((p - mx) * (v - my) for p, v in points) / sum((p - mx) ** 2 for p, _ in points)
 
 
-def inference_table(results: list[InferenceResult]) -> list[str]:
-    header = ["block", "attention", "s", "extra peak MiB", "RSS check MiB", "GFLOP/s", "note"]
-    rows = []
-    for r in results:
-        if r.skipped:
-            rows.append([r.kind, r.attention, "-", "-", "-", "-", r.skipped])
-            continue
-        rows.append(
-            [
-                r.kind,
-                r.attention,
-                f"{r.seconds:.2f}",
-                mib(r.memory.extra_peak),
-                mib(r.memory.rss_peak),
-                f"{r.rate:.0f}",
-                r.kernel,
-            ]
-        )
-    return markdown_table(header, rows)
+def series(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
+    out: dict[tuple[str, str], list[Cell]] = {}
+    for cell in (c for c in cells if not c.skipped):
+        out.setdefault((cell.variant, cell.path), []).append(cell)
+    return out
 
 
-def mmseg_tables(train: list[TrainResult], whole: list[InferenceResult]) -> list[str]:
-    """Our fused blocks against mmseg 1.2.2's (materialised) blocks, from the same interleaved rounds."""
-    if not any(MMSEG in r.seconds for r in train):
-        return ["mmsegmentation is not installed (the `parity` extra): no comparison with its blocks."]
-    header = [
-        "block",
-        "P (H x W)",
-        "mmseg s",
-        "ours fused s",
-        "time ours/mmseg",
-        "CPU time ours/mmseg",
-        "mmseg extra peak MiB",
-        "ours extra peak MiB",
-        "memory ours/mmseg",
-    ]
-    rows = []
-    for r in (r for r in train if MMSEG in r.seconds):
-        ours, theirs = r.seconds["fused"], r.seconds[MMSEG]
-        rows.append(
-            [
-                r.kind,
-                f"{r.positions} ({r.grid[0]} x {r.grid[1]})",
-                f"{theirs.wall:.2f}",
-                f"{ours.wall:.2f}",
-                f"{ours.wall / theirs.wall:.2f}",
-                f"{ours.cpu / theirs.cpu:.2f}",
-                mib(r.memory[MMSEG].extra_peak),
-                mib(r.memory["fused"].extra_peak),
-                f"{r.memory['fused'].extra_peak / r.memory[MMSEG].extra_peak:.3f}",
-            ]
-        )
-    lines = [
-        f"Training step, forward + backward, N={TRAIN_BATCH}, C={CHANNELS}, C'={CHANNELS // REDUCTION}:",
-        "",
-        *markdown_table(header, rows),
-        "",
-    ]
-    by_key = {(r.kind, r.attention): r for r in whole}
-    rows = []
-    for kind in BLOCKS:
-        ours, theirs = by_key.get((kind, "fused")), by_key.get((kind, MMSEG))
-        if ours is None or theirs is None or ours.skipped:
-            continue
-        if theirs.skipped:
-            rows.append([kind, "-", f"{ours.seconds:.2f}", "-", "-", mib(ours.memory.extra_peak), theirs.skipped])
-            continue
-        rows.append(
-            [
-                kind,
-                f"{theirs.seconds:.2f}",
-                f"{ours.seconds:.2f}",
-                f"{ours.seconds / theirs.seconds:.2f}",
-                mib(theirs.memory.extra_peak),
-                mib(ours.memory.extra_peak),
-                f"{ours.memory.extra_peak / theirs.memory.extra_peak:.3f}",
-            ]
-        )
-    hw = whole[0].grid if whole else WHOLE_IMAGE_GRID
-    header = [
-        "block",
-        "mmseg s",
-        "ours fused s",
-        "time ours/mmseg",
-        "mmseg extra peak MiB",
-        "ours extra peak MiB",
-        "memory ours/mmseg",
-    ]
-    lines += [
-        f"Whole-image inference, forward, eval, no_grad, N=1, P={hw[0] * hw[1]}:",
-        "",
-        *markdown_table(header, rows),
-    ]
+def growth_lines(cells: list[Cell]) -> list[str]:
+    lines = []
+    for (variant, path), run in series(cells).items():
+        memory, time = slope(run, lambda c: c.memory.extra_peak), slope(run, lambda c: c.timing.wall)
+        if memory is not None:
+            lines.append(f"- {VARIANTS[variant].label} {path}: memory ~ P^{memory:.2f}, time ~ P^{time:.2f}")
     return lines
 
 
-def target_lines(train: list[TrainResult], whole: list[InferenceResult]) -> list[str]:
-    def line(ok: bool, text: str) -> str:
+def plot(cells: list[Cell], args) -> str:
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
+    for (variant, path), run in series(cells).items():
+        style = {"linestyle": {"fused": "-", "materialized": "--"}.get(path, ":"), "marker": "o"}
+        for ax, value in zip(axes, (lambda c: c.timing.wall, lambda c: c.memory.extra_peak / 2**20), strict=True):
+            ax.plot([c.positions for c in run], [value(c) for c in run], **style, label=f"{variant} {path}")
+    for ax, label in zip(axes, ("fwd+bwd seconds", "extra peak MiB"), strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="positions P = H x W", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"context blocks fwd+bwd, N={args.batch}, C={CHANNELS}, {args.precision}, {args.device}", fontsize=9)
+    return save_figure(fig, args.output)
+
+
+def target_lines(train: list[Cell], whole: list[Cell], args) -> list[str]:
+    """The issue's targets on the cells that have them: P = 9409 ratios, the whole image's fused memory, and with
+    --scaling DNL's fused / materialised memory at the largest P where both ran."""
+
+    def verdict(ok: bool, text: str) -> str:
         return f"- {'PASS' if ok else 'FAIL'} {text}"
 
-    lines = []
-    for r in (r for r in train if r.grid == TARGET_GRID):
-        p = f"{r.kind} P={r.positions}"
+    lines, largest = [], {}
+    for cells, setting in ((train, "fwd+bwd"), (whole, "whole-image forward")):
+        ran = {(c.variant, c.path, c.grid): c for c in cells if not c.skipped}
+        for c in (c for c in cells if c.path == "fused" and (c.variant, "materialized", c.grid) in ran):
+            mat = ran[c.variant, "materialized", c.grid]
+            time, memory = c.timing.wall / mat.timing.wall, c.memory.extra_peak / mat.memory.extra_peak
+            name = f"{VARIANTS[c.variant].label} {setting} P={c.positions}"
+            if c.grid == (97, 97):
+                fraction = c.rate(True) / c.matmul_rate
+                lines.append(verdict(time <= TARGETS["time"], f"{name} fused/mat. time {time:.3f} <= 0.7"))
+                lines.append(verdict(memory <= TARGETS["memory"], f"{name} fused/mat. memory {memory:.3f} <= 0.2"))
+                lines.append(verdict(fraction >= TARGETS["rate"], f"{name} fused at {fraction:.0%} of matmul >= 70%"))
+            if c.variant == "dnl":
+                largest[setting] = (name, memory)
+    for c in (c for c in whole if c.path == "fused" and c.variant in MMSEG_KINDS):
+        gb = c.memory.extra_peak / 1e9
         lines.append(
-            line(
-                r.time_ratio <= TARGET_TIME_RATIO,
-                f"{p} fused/mat. wall time {r.time_ratio:.3f} <= {TARGET_TIME_RATIO} (CPU time {r.cpu_time_ratio:.3f})",
-            )
+            verdict(gb < 1.5, f"{VARIANTS[c.variant].label} whole image fused {gb:.2f} GB above the input < 1.5")
         )
+    for name, memory in largest.values() if args.scaling else ():
         lines.append(
-            line(
-                r.memory_ratio <= TARGET_MEMORY_RATIO,
-                f"{p} fused/mat. extra peak memory {r.memory_ratio:.3f} <= {TARGET_MEMORY_RATIO}",
-            )
-        )
-        fraction = r.fused_rate / r.matmul_rate
-        lines.append(
-            line(
-                fraction >= TARGET_MATMUL_FRACTION,
-                f"{p} fused fwd+bwd at {fraction:.0%} of the matmul rate ({r.fused_rate:.0f} of "
-                f"{r.matmul_rate:.0f} GFLOP/s) >= {TARGET_MATMUL_FRACTION:.0%}",
-            )
-        )
-    for r in (r for r in whole if r.attention == "fused" and r.memory is not None):
-        extra = r.memory.extra_peak
-        lines.append(
-            line(
-                extra < TARGET_WHOLE_IMAGE_BYTES,
-                f"{r.kind} whole image P={r.grid[0] * r.grid[1]} fused forward {extra / 1e9:.2f} GB above the input "
-                f"< {TARGET_WHOLE_IMAGE_BYTES / 1e9} GB",
-            )
+            verdict(memory <= TARGETS["scaling_memory"], f"{name} fused/mat. memory 1/{1 / memory:.0f} <= 1/20")
         )
     return lines
 
 
-def kernel_summary(train: list[TrainResult]) -> str:
-    kernels = {r.kernel for r in train}
-    if len(kernels) == 1:
-        return f"every block and P: {kernels.pop()}; q/k/v {train[-1].layout} at P={train[-1].positions}"
-    return "; ".join(f"{r.kind} P={r.positions}: {r.kernel}; q/k/v {r.layout}" for r in train)
-
-
-def report(args, rates, train, core, whole, clock: RunClock) -> str:
-    hw = args.whole_grid
-    lines = ["# Context blocks: NL vs DNL, fused vs materialised attention", ""]
-    lines += machine_lines(args, SEED)
+def report(train: list[Cell], whole: list[Cell], core: dict[str, Timing] | None, args) -> list[str]:
+    title = "Resolution scaling of the context blocks" if args.scaling else "Context blocks: fused vs materialised"
+    hw = whole[0].grid if whole else WHOLE_IMAGE
+    lines = args.run.header(title, args.device, SEED)
     lines += [
-        clock.line(),
+        f"- time: median of {args.repeats} interleaved rounds (whole image: {args.whole_repeats}) after a warmup and "
+        "the memory run; extra peak memory above the input: CUDA `max_memory_allocated`, CPU the running sum of "
+        "`torch.profiler` allocator events; RSS: resident-set high-water mark above the resident set before",
+        f"- C={CHANNELS}, C'={CHANNELS // 2} (GC: its own bottleneck), {args.precision}; mmseg: mmseg 1.2.2's "
+        "blocks, materialised" + ("" if args.mmseg else " (not installed or --no-mmseg: left out)"),
         "",
         "## Targets",
         "",
-        *target_lines(train, whole),
+        *target_lines(train, whole, args),
         "",
-        "## Method",
+        f"## Forward + backward, train mode, N={args.batch}",
         "",
-        *method_lines(args),
+        *table(train, train=True),
         "",
-        "## fp32 matmul rate",
+        "SDPA kernel: " + "; ".join(sorted({f"{c.variant}: {c.kernel}" for c in train if c.path == "fused"})),
         "",
-        *markdown_table(["matmul", "GFLOP/s"], [[name, f"{rate:.0f}"] for name, rate in rates]),
+        "## Growth with P (least squares on log-log)",
         "",
-        f"## Training step: forward + backward, N={TRAIN_BATCH}, C={CHANNELS}, C'={CHANNELS // REDUCTION}",
+        *growth_lines(train),
         "",
-        *training_table(train),
+        plot(train, args),
         "",
-        "SDPA kernel (fused path, training): " + kernel_summary(train),
+        f"## Whole-image forward, eval, no_grad, N=1, P={hw[0] * hw[1]} ({hw[0]} x {hw[1]})",
         "",
-        "### Diagnosis: the attention alone, fwd+bwd, same q/k/v layout (N, 1, P, C')",
-        "",
-        "What the blocks' fused/materialised ratios are measured against: the SDPA kernel vs the plainest "
-        "materialised softmax(Q K^T / sqrt(C')) V (no whitening, no unary, no (P, P) copies beyond the logits "
-        "and weights). The blocks' materialised paths build more (P, P) tensors than this: DNL adds "
-        "softmax(p) + softmax(u), NL keeps the scaled logits p, p + u and its softmax.",
-        "",
-        *core_table(core),
-        "",
-        f"## Whole-image inference: forward, eval, no_grad, N=1, {hw[0]} x {hw[1]} (P={hw[0] * hw[1]})",
-        "",
-        *inference_table(whole),
-        "",
-        "## Against mmsegmentation 1.2.2's blocks (mmcv NonLocal2d, mmseg DisentangledNonLocal2d)",
-        "",
-        *mmseg_tables(train, whole),
+        *table(whole, train=False),
         "",
     ]
-    return "\n".join(lines)
+    if core is not None:
+        p = args.grids[-1][0] * args.grids[-1][1]
+        lines += [f"## The attention alone, fwd+bwd, P={p}: SDPA vs plain softmax(Q K^T) V", ""]
+        lines += markdown_table(
+            ["SDPA s", "plain s", "time SDPA/plain", "CPU time SDPA/plain"],
+            [
+                [
+                    f"{core['SDPA'].wall:.3f}",
+                    f"{core['plain'].wall:.3f}",
+                    ratio(core["SDPA"].wall, core["plain"].wall),
+                    ratio(core["SDPA"].cpu, core["plain"].cpu),
+                ]
+            ],
+        )
+    return lines
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, Path(__file__).with_suffix(".md"))
-    parser.add_argument("--whole-repeats", type=int, default=None, help="timed rounds, whole image (default 1)")
-    parser.add_argument("--quick", action="store_true", help="1 round, no materialised whole image")
-    parser.add_argument("--tiny", action="store_true", help="12x12 and 16x32 grids, 1 round: checks the script runs")
-    parser.add_argument("--no-mmseg", action="store_true", help="leave mmseg's blocks out even where installed")
-    parser.add_argument(
-        "--paper", action="store_true", help="no-op for `make bench ARGS=--paper`: sizes are the paper's"
+def parse_args(argv: list[str] | None):
+    scaling = "--scaling" in (sys.argv[1:] if argv is None else argv)
+    parser = benchmark_parser(
+        __doc__, Path(__file__).with_name(f"{'resolution_scaling' if scaling else 'context_blocks'}.md")
     )
-    args = parser.parse_args(argv)
-    finish_arguments(parser, args, argv)
-    args.attentions = ATTENTIONS + ((MMSEG,) if not args.no_mmseg and mmseg_available() else ())
-    args.train_grids = {"tiny": (12, 12)} if args.tiny else TRAIN_GRIDS
-    args.core_grid = (12, 12) if args.tiny else TARGET_GRID
-    args.whole_grid = (16, 32) if args.tiny else WHOLE_IMAGE_GRID
-    args.repeats = args.repeats or (1 if args.quick or args.tiny else 3)
-    args.whole_repeats = args.whole_repeats or 1
+    names = [name for name, variant in VARIANTS.items() if variant.block is not None]
+    parser.add_argument("--variants", nargs="+", default=["dnl", "nl", "gc"], choices=names)
+    parser.add_argument("--scaling", action="store_true", help="N=1, P = 1024 ... 32768 -> resolution_scaling.md")
+    parser.add_argument("--batch", type=int, default=None, help="N (default 2; --scaling: 1, with --paper 2)")
+    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
+    parser.add_argument("--whole-repeats", type=int, default=1, help="timed rounds of the whole image")
+    parser.add_argument("--max-positions", type=int, default=32768, help="largest P of --scaling (--quick: 8192)")
+    parser.add_argument("--max-materialized-gib", type=float, default=18.0, help="skip larger materialised runs")
+    parser.add_argument("--no-mmseg", action="store_true", help="leave mmseg's blocks out even where installed")
+    args = parse(parser, argv)
+    args.mmseg = not args.no_mmseg and mmseg_available()
+    args.batch = args.batch or (1 if args.scaling and not args.paper else 2)
+    if args.quick:
+        args.max_positions = min(args.max_positions, 8192)
+    sweep = [g for g in SCALING_GRIDS if g[0] * g[1] <= args.max_positions]
+    args.grids = [(8, 8), (8, 16), (12, 12)] if args.tiny else sweep if args.scaling else CROP_GRIDS
+    args.whole = (16, 32) if args.tiny else WHOLE_IMAGE
+    args.repeats = args.repeats or (1 if args.quick or args.tiny else 2 if args.scaling else 3)
     args.square = 256 if args.tiny else 2048 if args.quick else 4096
-    args.reference_flops = matmul_flops(args.square, args.square, args.square)
     return args
 
 
-def main(argv: list[str] | None = None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    random.seed(SEED)
-    torch.manual_seed(SEED)
-    clock = RunClock()
-
-    print(f"matmul rates ({args.device}) ...", flush=True)
-    rates = measure_matmul_rates(args.square, args.repeats, args.device)
-    reference = matmul_call(args.square, args.square, args.square, args.device)
-
+def main(argv: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
+    args = parse_args(argv)
     train = []
-    for name, grid in args.train_grids.items():
-        print(f"training step at {grid[0]} x {grid[1]} ({name}) ...", flush=True)
-        train += bench_training(grid, args, reference)
-    print("attention core alone ...", flush=True)
-    core = bench_attention_core(args.core_grid, args, reference)
-    print("whole-image inference ...", flush=True)
-    whole = bench_whole_image(args)
-
-    text = report(args, rates, train, core, whole, clock)
-    print("\n" + text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"written to {args.output}")
+    for grid in args.grids:
+        print(f"forward + backward at {grid[0]} x {grid[1]} ...", flush=True)
+        train += bench(grid, args.batch, True, args)
+    print("whole-image forward ...", flush=True)
+    whole = bench(args.whole, 1, False, args)
+    core = None if args.scaling else attention_alone(args.grids[-1], args)
+    write_report(report(train, whole, core, args), args.output)
     return train, whole
 
 

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from functools import partial
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import lightning as L
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, find_context_blocks
+from dnlseg.context import VARIANTS, find_context_blocks
 from dnlseg.data import SyntheticDataModule
 from dnlseg.models import SegmentationModule
 
-CONTEXTS = {"nl": NonLocal2d, "dnl": DisentangledNonLocal2d}
-# The block variants of SCIENCE.md section 3 that log different attention terms.
-VARIANTS = {
-    **CONTEXTS,
-    "pairwise_nl": partial(DisentangledNonLocal2d, unary=None),
-    "unary_nl": partial(DisentangledNonLocal2d, pairwise=False),
-    "baseline": None,
-}
+
+def context_of(name: str | None) -> Callable[[int], nn.Module] | None:
+    """The ``context`` argument of a network for the variant ``name`` of ``dnlseg.context.VARIANTS``; None: baseline."""
+    return None if name is None or VARIANTS[name].block is None else VARIANTS[name].build
 
 
 class RecordingLogger:
@@ -80,7 +77,7 @@ def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwarg
         encoder_name="resnet18",
         head_channels=16,
         aux_channels=8,
-        context=CONTEXTS[context] if context else None,
+        context=context_of(context),
     )
     trainer = L.Trainer(
         max_steps=max_steps,
@@ -100,7 +97,7 @@ def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwarg
 
 
 def fit_with_validation(tmp_path, context, callbacks) -> L.Trainer:
-    """Two training steps of a ``VARIANTS[context]`` head on 64 px synthetic images, validating after them."""
+    """Two training steps of the ``context`` variant (``dnlseg.context.VARIANTS``) on 64 px images, then validation."""
     L.seed_everything(0, workers=True)
     data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
     model = SegmentationModule(
@@ -108,7 +105,7 @@ def fit_with_validation(tmp_path, context, callbacks) -> L.Trainer:
         encoder_name="resnet18",
         head_channels=16,
         aux_channels=8,
-        context=VARIANTS[context],
+        context=context_of(context),
     )
     trainer = L.Trainer(
         max_steps=2,

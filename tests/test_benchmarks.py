@@ -1,4 +1,4 @@
-"""Each benchmark script of the suite runs end to end at its ``--tiny`` size and writes its table and plot."""
+"""Each benchmark script of the suite runs end to end at its ``--tiny`` size and writes its table (and plot)."""
 
 import importlib
 import sys
@@ -8,28 +8,43 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("context_blocks", "training_step", "inference_modes", "data_pipeline", "startup_time", "analysis_memory")
 
 
 @pytest.fixture
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
     yield lambda name: importlib.import_module(name)
-    scripts = ("context_blocks", "resolution_scaling", "training_step", "inference_modes", "startup_time")
-    for name in ("_measure", *scripts):
+    for name in ("_measure", "callback_overhead", *SCRIPTS):
         sys.modules.pop(name, None)
 
 
 @pytest.mark.slow
-def test_resolution_scaling_writes_table_and_plot(scripts, tmp_path):
-    output = tmp_path / "scaling.md"
-    results = scripts("resolution_scaling").main(["--tiny", "--device", "cpu", "--output", str(output)])
-    assert {(c.kind, c.attention) for c in results.train} == {
-        (k, a) for k in ("DNL", "NL") for a in ("fused", "materialized")
+def test_context_blocks_compares_the_variants_fused_materialised_and_mmsegs(scripts, tmp_path):
+    output = tmp_path / "blocks.md"
+    train, whole = scripts("context_blocks").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    assert {(c.variant, c.path) for c in train} == {
+        *((v, p) for v in ("nl", "dnl") for p in ("fused", "materialized", "mmseg")),
+        ("gc", "fused"),
     }
-    assert all(c.memory.extra_peak > 0 and c.timing.wall > 0 for c in results.train)
+    assert all(c.memory.extra_peak > 0 and c.timing.wall > 0 for c in train + whole if not c.skipped)
+    assert all(c.grad_difference < 1e-4 for c in train if c.path == "materialized")
+    # The fused path runs PyTorch's flash kernel, the materialised paths (ours, mmseg's) no SDPA kernel at all.
+    assert all(c.kernel.startswith("FLASH_ATTENTION") for c in train if c.path == "fused" and c.variant != "gc")
+    assert all(c.kernel == "no fused SDPA kernel ran" for c in train if c.path != "fused" or c.variant == "gc")
     text = output.read_text()
-    assert "| 256 (16 x 16) |" in text and "memory ~ P^" in text
+    assert "| DNL | 144 (12 x 12) |" in text and "| GC (GCNet) | 144 (12 x 12) |" in text
+    assert "## Whole-image forward" in text and "memory ~ P^" in text
     assert output.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_context_blocks_scaling_sweep_writes_the_scaling_target(scripts, tmp_path):
+    output = tmp_path / "scaling.md"
+    argv = ["--tiny", "--scaling", "--variants", "dnl", "--no-mmseg", "--output", str(output)]
+    train, _ = scripts("context_blocks").main(argv)
+    assert [c.batch for c in train] == [1] * len(train)  # --scaling: N=1
+    assert "fwd+bwd P=144 fused/mat. memory 1/" in output.read_text()
 
 
 @pytest.mark.slow
@@ -37,11 +52,11 @@ def test_training_step_compares_heads_with_the_fast_path_options(scripts, tmp_pa
     output = tmp_path / "training.md"
     argv = ["--tiny", "--device", "cpu", "--precision", "bf16-mixed", "--channels-last", "--output", str(output)]
     results = scripts("training_step").main(argv)
-    assert list(results) == ["baseline", "NL", "DNL"]
+    assert list(results) == ["baseline", "nl", "dnl", "gc"]
     assert all(r.images_per_second > 0 and r.memory.extra_peak > 0 for r in results.values())
-    # The fused path's bf16 q/k/v reach PyTorch's flash kernel, not the MATH fallback.
-    assert results["baseline"].sdpa_kernel == ""
-    assert all(results[head].sdpa_kernel.startswith("FLASH_ATTENTION") for head in ("NL", "DNL"))
+    # The fused path's bf16 q/k/v reach PyTorch's flash kernel, not the MATH fallback; no attention, no kernel.
+    assert results["baseline"].sdpa_kernel == results["gc"].sdpa_kernel == ""
+    assert all(results[head].sdpa_kernel.startswith("FLASH_ATTENTION") for head in ("nl", "dnl"))
     text = output.read_text()
     assert "DNL step time / baseline step time" in text and "bf16-mixed, channels-last" in text
     assert output.with_suffix(".png").stat().st_size > 0
@@ -58,23 +73,38 @@ def test_inference_modes_times_whole_slide_and_multiscale_flip(scripts, tmp_path
     assert output.with_suffix(".png").stat().st_size > 0
 
 
-@pytest.mark.slow
-def test_context_blocks_compares_ours_with_mmsegs_blocks(scripts, tmp_path):
-    output = tmp_path / "blocks.md"
-    train, whole = scripts("context_blocks").main(["--tiny", "--device", "cpu", "--output", str(output)])
-    assert all(r.seconds["mmseg"].wall > 0 and r.memory["mmseg"].extra_peak > 0 for r in train)
-    assert {(r.kind, r.attention) for r in whole if not r.skipped} >= {("DNL", "mmseg"), ("NL", "mmseg")}
-    text = output.read_text()
-    assert "## Against mmsegmentation 1.2.2's blocks" in text and "| DNL | 144 (12 x 12) |" in text
-
-
-@pytest.mark.parametrize("name", ["context_blocks", "resolution_scaling", "training_step", "inference_modes"])
-def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypatch, name):
+@pytest.mark.parametrize(
+    ("name", "argv", "table"),
+    [
+        ("context_blocks", [], "context_blocks"),
+        ("context_blocks", ["--scaling"], "resolution_scaling"),
+        ("training_step", [], "training_step"),
+        ("inference_modes", [], "inference_modes"),
+    ],
+)
+def test_a_gpu_run_writes_its_own_table_and_leaves_the_cpu_one(scripts, monkeypatch, name, argv, table):
     """``make bench ARGS="--device cuda"`` must not overwrite the committed CPU tables ``benchmarks/<name>.md``."""
     script = scripts(name)
-    assert script.parse_args([]).output == BENCHMARKS / f"{name}.md"  # no GPU here: the CPU default
+    assert script.parse_args(argv).output == BENCHMARKS / f"{table}.md"  # no GPU here: the CPU default
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only argument parsing runs
-    assert script.parse_args(["--device", "cuda"]).output == BENCHMARKS / f"{name}_cuda.md"
+    assert script.parse_args([*argv, "--device", "cuda"]).output == BENCHMARKS / f"{table}_cuda.md"
+
+
+def test_data_pipeline_reports_throughput_per_worker_and_metric_memory(scripts, tmp_path):
+    output = tmp_path / "data.md"
+    throughput = scripts("data_pipeline").main(["--tiny", "--output", str(output)])
+    assert len(throughput) == 3 and min(throughput.values()) > 0  # two training crops and the evaluation item
+    text = output.read_text()
+    name = "train item, 769x769 crop (decode + augmentation)"
+    assert f"| {name} | {throughput[name]:.1f} |" in text and "| decode image PNG (OpenCV) |" in text
+
+
+@pytest.mark.slow
+def test_callback_overhead_times_the_three_callback_sets(scripts, tmp_path):
+    output = tmp_path / "callbacks.md"
+    medians = scripts("callback_overhead").main(["--tiny", "--output", str(output)])
+    assert list(medians) == ["none", "monitor", "monitor + probe"] and all(w > 0 for w, _ in medians.values())
+    assert "| monitor + probe |" in output.read_text()
 
 
 def test_startup_time_compares_checkouts_and_writes_its_table(scripts, monkeypatch, tmp_path):
@@ -86,3 +116,49 @@ def test_startup_time_compares_checkouts_and_writes_its_table(scripts, monkeypat
     assert set(results) == {("dnlseg --help", f"baseline ({src})"), ("dnlseg --help", "this checkout")}
     assert all(wall > 0 and cpu >= 0 for wall, cpu in results.values())
     assert "| `dnlseg --help` | this checkout |" in output.read_text()
+
+
+@pytest.mark.slow
+def test_analysis_memory_runs_dnlseg_analyze_and_reads_its_metrics(scripts, tmp_path):
+    output = tmp_path / "analysis.md"
+    results = scripts("analysis_memory").main(["--tiny", "--output", str(output)])
+    assert set(results) == {("this checkout", 64), ("this checkout", 128)}
+    for result in results.values():
+        assert result["returncode"] == 0 and result["peak_rss"] > 100 * 2**20 and result["figures"] == 1
+        assert all(value is not None for value in result["metrics"].values())
+    assert "| this checkout | 128 |" in output.read_text()
+
+
+def test_analysis_memory_judges_the_targets_and_says_what_the_baseline_cannot_run(scripts, monkeypatch, tmp_path):
+    """The table logic on stand-in runs: a metric left out is 'no', the targets are judged on peak RSS, and the
+    old sources get no (height, width) run."""
+    script = scripts("analysis_memory")
+    peaks = {16384: 1.4e9, 32768: 3.1e9}
+    monkeypatch.setattr(script, "fit_checkpoint", lambda src, config, folder: folder / "last.ckpt")
+
+    def analyze(src, config, ckpt, image_size, output):
+        positions = 16384 if image_size == "1024" else 32768
+        metrics = {name: 1.0 for name in script.METRICS}
+        if src != script.ROOT / "src":
+            metrics[script.METRICS[1]] = None  # the old code skipped one
+        return {
+            "peak_rss": peaks[positions],
+            "wall": 1.0,
+            "cpu": 1.0,
+            "returncode": 0,
+            "metrics": metrics,
+            "figures": 1,
+        }
+
+    monkeypatch.setattr(script, "analyze", analyze)
+    output = tmp_path / "analysis.md"
+    script.main(["--baseline-src", str(tmp_path / "before" / "src"), "--output", str(output)])
+    lines = output.read_text().splitlines()
+
+    def row(sources: str, positions: int) -> str:
+        (line,) = [line for line in lines if line.startswith(f"| {sources}") and f" | {positions} | " in line]
+        return line
+
+    assert "| no |" in row("before", 16384) and "not run" in row("before", 32768)
+    assert "| yes |" in row("this checkout", 16384) and "PASS <= 1.5 GB" in row("this checkout", 16384)
+    assert "FAIL <= 3 GB" in row("this checkout", 32768)

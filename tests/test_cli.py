@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
-from dnlseg.cli import run_cli
+from dnlseg.cli import resolve_config, run_cli
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +90,19 @@ def test_validate_reproduces_the_logged_miou_from_the_checkpoint(fitted_run, tmp
     assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(logged, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_the_saved_config_of_a_composed_recipe_resumes_the_run(fitted_run):
+    """The run's config.yaml is the whole config (no ``config:`` key naming the recipe's shared file): it resumes.
+    (After the validation above, which reads the run as the fit left it.)"""
+    save_dir, _ = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "config" not in saved and saved["trainer"]["max_steps"] == 4
+    assert saved["data"]["init_args"]["num_train"] == 16 and len(saved["trainer"]["callbacks"]) == 11
+    resumed = run_cli(["fit", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last", "--trainer.max_steps=5"])
+    assert resumed.trainer.global_step == 5 and resumed.trainer.logger.log_dir == str(run_dir)
+
+
 def test_print_config_shows_the_resolved_model_and_data():
     result = subprocess.run(
         [sys.executable, "-m", "dnlseg", "fit", "-c", str(ROOT / "configs/synthetic/dnl.yaml"), "--print_config"],
@@ -98,6 +113,12 @@ def test_print_config_shows_the_resolved_model_and_data():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class_path: dnlseg.context.DisentangledNonLocal2d" in result.stdout
     assert "temperature: 0.05" in result.stdout and "class_path: dnlseg.data.SyntheticDataModule" in result.stdout
+    # The whole config, the recipe's shared file merged in (max_steps, the callbacks): what resolve_config gives
+    printed = yaml.safe_load(result.stdout)
+    assert printed["trainer"]["max_steps"] == 800 and len(printed["trainer"]["callbacks"]) == 11
+    fit_only = {"ckpt_path", "weights_only"}  # arguments of the fit subcommand, not of a config file
+    whole = resolve_config(ROOT / "configs/synthetic/dnl.yaml")
+    assert {k: v for k, v in printed.items() if k not in fit_only} == whole
 
 
 def test_fit_help_offers_only_the_concrete_datamodules():
@@ -115,3 +136,13 @@ def test_fit_help_offers_only_the_concrete_datamodules():
         "dnlseg.data.ImageMaskDataModule",
         "dnlseg.data.SyntheticDataModule",
     ]  # not the abstract FolderDataModule / SegmentationDataModule, nor Lightning's base class
+
+
+def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run folder would appear here (runs/synthetic/...)
+    torch_seed = torch.initial_seed()
+    whole = resolve_config(ROOT / "configs/synthetic/gc.yaml", "--model.context.init_args.reduction=8")
+    assert whole["model"]["context"] == {"class_path": "dnlseg.context.GlobalContext2d", "init_args": {"reduction": 8}}
+    assert whole["trainer"]["max_steps"] == 800 and whole["trainer"]["logger"]["init_args"]["name"] == "gc"
+    assert whole["data"]["class_path"] == "dnlseg.data.SyntheticDataModule" and "config" not in whole
+    assert list(tmp_path.iterdir()) == [] and torch.initial_seed() == torch_seed  # no folder, no seeding

@@ -1,15 +1,13 @@
 """The ``dnlseg`` console script: a top-level help with every subcommand, one-line user errors, quiet third parties."""
 
-import logging
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 
 from dnlseg import command
-from dnlseg.command import DropLightningTips, main, silence_third_party
+from dnlseg.command import main
 from dnlseg.preflight import ConfigError
 from tests.test_reliability.runs import ROOT, tiny_config
 
@@ -55,19 +53,6 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(command, "run", fail)
     with pytest.raises(KeyError):
         main(["fit"])
-
-
-def test_third_party_tips_and_deprecations_are_silenced_in_one_place():
-    silence_third_party()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        silence_third_party()  # re-applied inside the catch: what the command does at start-up
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
-        warnings.warn("something the user can act on", UserWarning, stacklevel=1)
-    assert [str(w.message) for w in caught] == ["something the user can act on"]
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    tip = logging.LogRecord(rank_zero.name, logging.INFO, "", 0, "💡 Tip: For seamless cloud logging", None, None)
-    assert any(isinstance(f, DropLightningTips) for f in rank_zero.filters) and not rank_zero.filter(tip)
 
 
 @pytest.mark.slow

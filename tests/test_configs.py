@@ -1,6 +1,8 @@
-"""Every paper-recipe config loads, builds its model and data, and trains one step on a tiny fixture dataset."""
+"""Every recipe is found in configs/, composes its family's shared part, names its command, and (the recipes that
+mirror mmseg) loads, builds its model and data, trains one step and has the settings of mmseg's own config."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,38 +16,117 @@ from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data import ADE20KDataModule, CityscapesDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.mmseg_helpers import mirrored_config
-from tests.recipes import RECIPES
+from tests.recipes import (
+    CONFIGS,
+    MMSEG_FAMILIES,
+    MMSEG_RECIPES,
+    RECIPES,
+    SHARED_PREFIX,
+    recipe_id,
+    recipes,
+    resolved,
+    shared_files,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = RECIPES
 NAME = re.compile(r"(?P<variant>baseline|nl|dnl)_r(?P<depth>50|101)_d8_(?P<h>\d+)x(?P<w>\d+)_(?P<k>\d+)k")
 
 
-def test_the_recipe_configs_are_all_there():
-    names = {f"{p.parent.name}/{p.stem}" for p in CONFIGS}
-    assert names == {
-        "cityscapes/baseline_r50_d8_512x1024_80k",
-        "cityscapes/nl_r50_d8_512x1024_80k",
-        "cityscapes/dnl_r50_d8_512x1024_80k",
-        "cityscapes/nl_r101_d8_769x769_80k",
-        "cityscapes/dnl_r101_d8_769x769_80k",
-        "ade20k/nl_r50_d8_512x512_160k",
-        "ade20k/dnl_r50_d8_512x512_160k",
-        "ade20k/nl_r101_d8_512x512_160k",
-        "ade20k/dnl_r101_d8_512x512_160k",
-    }
+def test_a_new_recipe_file_is_found_without_naming_it(tmp_path):
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    assert [recipe_id(p) for p in recipes(configs)] == [recipe_id(p) for p in RECIPES]
+    (configs / "synthetic" / "new_head.yaml").write_text((configs / "synthetic" / "dnl.yaml").read_text())
+    (configs / "synthetic" / f"{SHARED_PREFIX}other_schedule.yaml").write_text("seed_everything: 1\n")
+    found = [recipe_id(p) for p in recipes(configs)]
+    assert "synthetic/new_head" in found and "synthetic/_other_schedule" not in found
+    assert len(found) == len(RECIPES) + 1
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_family_has_recipes_and_the_mmseg_families_mirror_distinct_configs():
+    assert {p.parent.name for p in RECIPES} >= {*MMSEG_FAMILIES, "synthetic", "own_data"}
+    mirrored = [mirrored_config(p) for p in MMSEG_RECIPES]
+    assert len(set(mirrored)) == len(mirrored) == len(MMSEG_RECIPES) > 0
+
+
+def own_keys(recipe_file: Path) -> dict:
+    """What a recipe file itself says: its dotted keys (``model.context``) and values, without ``config``."""
+    return {k: v for k, v in yaml.safe_load(recipe_file.read_text()).items() if k != "config"}
+
+
+def shared_part(recipe_file: Path) -> Path | None:
+    """The shared file a recipe composes (its ``config:`` key, relative to the recipe's folder), or None."""
+    name = yaml.safe_load(recipe_file.read_text()).get("config")
+    return None if name is None else recipe_file.parent / name
+
+
+def lookup(config: dict, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def drop(config: dict, dotted: str) -> None:
+    """Remove ``dotted`` from ``config`` where it is there."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        config = config.get(key) or {}
+    if isinstance(config, dict):
+        config.pop(last, None)
+
+
+def contains(whole, given) -> bool:
+    """Whether ``whole`` (a resolved config, every default filled in) holds everything ``given`` sets."""
+    if isinstance(given, dict):
+        return isinstance(whole, dict) and all(k in whole and contains(whole[k], v) for k, v in given.items())
+    if isinstance(given, list):
+        return isinstance(whole, list) and len(whole) == len(given) and all(map(contains, whole, given))
+    return whole == given
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
+def test_recipe_composes_one_shared_file_of_its_family(config):
+    shared = shared_part(config)
+    if shared is None:  # a family of one: the recipe is the whole file
+        return
+    assert shared.parent == config.parent and shared.name.startswith(SHARED_PREFIX) and shared.is_file()
+    assert "config" not in yaml.safe_load(shared.read_text())  # one level of composition, not a chain
+    assert all("." in key for key in own_keys(config)), "a nested section would replace the shared one whole"
+
+
+def test_every_shared_file_is_composed_by_a_recipe():
+    for shared in shared_files():
+        assert any(shared_part(p) == shared for p in RECIPES), f"{shared} is composed by no recipe"
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
+def test_recipe_resolves_to_its_shared_settings_and_its_own(config):
+    """What ``--print_config`` shows: every setting of the shared file unless the recipe sets it, and the recipe's."""
+    whole, own = resolved(config), own_keys(config)
+    assert "config" not in whole  # the whole config: it resumes without the shared file
+    for key, value in own.items():
+        assert contains(lookup(whole, key), value), (key, value)
+    shared = shared_part(config)
+    if shared is not None:
+        settings = yaml.safe_load(shared.read_text())
+        for key in own:  # the recipe's own value replaces the shared one
+            drop(settings, key)
+        assert contains(whole, settings)
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
+def test_recipe_header_gives_its_command(config):
+    assert f"dnlseg fit -c configs/{config.parent.name}/{config.name}" in config.read_text()
+
+
+@pytest.mark.parametrize("config", MMSEG_RECIPES, ids=recipe_id)
 def test_config_header_gives_the_command_and_the_reference(config):
     text = config.read_text()
-    assert f"dnlseg fit -c configs/{config.parent.name}/{config.name}" in text
-    assert "Reference mIoU (SCIENCE.md section 5" in text
+    assert "Reference mIoU (docs/science.md section 5" in text
     assert re.search(r"^# Mirrors mmsegmentation 1\.2\.2 configs/\S+\.py", text, re.M)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("config", MMSEG_RECIPES, ids=recipe_id)
 def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root, tmp_path):
     recipe = NAME.fullmatch(config.stem).groupdict()
     city = config.parent.name == "cityscapes"
@@ -84,9 +165,10 @@ def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root,
     assert isinstance(model.network.decode_head.context, context)
     assert trainer.max_steps == 1 and cli.config["trainer"]["max_steps"] == 1
     # The recipe's training settings, as in the file (before the overrides above).
-    raw = config.read_text()
-    assert f"max_steps: {int(recipe['k']) * 1000}" in raw and "sync_batchnorm: true" in raw and "strategy: ddp" in raw
-    assert f"crop_size: [{recipe['h']}, {recipe['w']}]" in raw
+    whole = resolved(config)
+    settings = (whole["trainer"]["max_steps"], whole["trainer"]["sync_batchnorm"], whole["trainer"]["strategy"])
+    assert settings == (int(recipe["k"]) * 1000, True, "ddp")
+    assert whole["data"]["init_args"]["augmentation"]["crop_size"] == [int(recipe["h"]), int(recipe["w"])]
     # Drop the checkpoint callback: a ResNet-101 checkpoint is hundreds of MB for nothing here.
     trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
     before = {k: v.clone() for k, v in model.network.decode_head.state_dict().items() if v.is_floating_point()}
@@ -100,10 +182,8 @@ def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root,
 
 def test_configs_that_ask_for_determinism_leave_cudnn_benchmark_off():
     """cuDNN autotuning picks kernels by timing, so results vary run to run: never on with ``deterministic``."""
-    import yaml
-
-    for config in ROOT.glob("configs/**/*.yaml"):
-        trainer = yaml.safe_load(config.read_text()).get("trainer") or {}
+    for config in RECIPES:
+        trainer = resolved(config)["trainer"]
         if trainer.get("deterministic"):
             assert not trainer.get("benchmark"), f"{config}: trainer.benchmark with trainer.deterministic"
 
@@ -122,13 +202,13 @@ def metafile_results(config_name: str) -> dict[str, float]:
     return results["Metrics"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("config", MMSEG_RECIPES, ids=recipe_id)
 def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     """Everything the mmseg config sets that the recipe can say, read from mmseg's own config file."""
     from mmseg_reference import load_config
 
     mm = load_config(mirrored_config(config))
-    ours = yaml.safe_load(config.read_text())
+    ours = resolved(config)
     model, data, trainer = ours["model"], ours["data"]["init_args"], ours["trainer"]
     backbone, head, aux = mm.model.backbone, mm.model.decode_head, mm.model.auxiliary_head
     # Encoder: ResNetV1c-50/101 at output stride 8 with contracted dilation = timm's resnet*c (tested for weights
@@ -158,7 +238,10 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     assert model["aux_weight"] == aux.loss_decode.loss_weight and head.loss_decode.loss_weight == 1.0
     # Optimiser and schedule; paramwise keys mmengine acts on (lr_mult / decay_mult; not the DNL config's wd_mult)
     optimizer = mm.optim_wrapper.optimizer
-    assert model["optimizer"]["init_args"] == {k: optimizer[k] for k in ("lr", "momentum", "weight_decay")}
+    assert model["optimizer"]["class_path"] == f"torch.optim.{optimizer.type}"
+    sgd = {k: optimizer[k] for k in ("lr", "momentum", "weight_decay")}
+    assert {k: model["optimizer"]["init_args"][k] for k in sgd} == sgd  # the rest: torch.optim.SGD's defaults
+    assert not model["optimizer"]["init_args"]["nesterov"] and model["optimizer"]["init_args"]["dampening"] == 0
     custom = mm.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys", {})
     assert model["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
     (poly,) = mm.param_scheduler
@@ -193,3 +276,34 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     header = next(line for line in config.read_text().splitlines() if line.startswith("# Reference mIoU"))
     for value in metafile_results(mirrored_config(config)).values():
         assert f"{value:.2f}" in header, (value, header)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
+def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
+    own = own_keys(config).get("model.context")
+    cli = run_cli(
+        [
+            "-c",
+            str(config),
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--model.head_channels=16",
+            "--model.aux_channels=8",
+            "--data.init_args.num_train=2",
+            "--data.init_args.num_val=1",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=2",
+        ],
+        run=False,
+    )
+    block = cli.model.network.decode_head.context
+    if own is None:  # the baseline
+        assert isinstance(block, nn.Identity)
+    else:
+        assert f"{type(block).__module__.rsplit('.', 1)[0]}.{type(block).__name__}" == own["class_path"]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])

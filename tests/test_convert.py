@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dnlseg.checkpoint_io import CheckpointMismatchError, WeightFileError
 from dnlseg.convert import convert
+from dnlseg.weight_files import CheckpointMismatchError, WeightFileError
 from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
 from tests.recipes import recipe
 

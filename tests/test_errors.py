@@ -2,11 +2,11 @@
 
 import pytest
 
-from dnlseg.checkpoint_io import CheckpointMismatchError
 from dnlseg.data import CorruptFileError, DatasetLayoutError
 from dnlseg.errors import UserError
 from dnlseg.models.nonfinite import NonFiniteLossError
 from dnlseg.preflight import ConfigError
+from dnlseg.weight_files import CheckpointMismatchError
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,7 @@ def write_report(out: Path, rows: list[dict], files: list[str], walls: dict, com
         "`BranchGradientMonitor` logs parameter-gradient norms per branch every step; `SeparationProbe` logs "
         "the logit gradients ||dL/dp||, ||dL/du|| and the cross-sensitivity ||g_u(p + dp) - g_u(p)|| / ||g_u(p)|| "
         "(upstream gradient held fixed, ||dp|| = 1% of ||p||) every 50 steps. For NL, p and u are its implicit "
-        "decomposition p_ij + u_j (SCIENCE.md section 2).",
+        "decomposition p_ij + u_j (docs/science.md section 2).",
         "",
         "| run | final val mIoU | best val mIoU | cross-sensitivity median (max) | dL/du : dL/dp (2nd half) "
         "| unary/pairwise param-grad ratio (last 200 steps) |",

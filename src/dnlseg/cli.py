@@ -19,7 +19,9 @@ import logging
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
@@ -27,10 +29,10 @@ from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.command import silence_third_party
 from dnlseg.data import SegmentationDataModule
 from dnlseg.models import SegmentationModule
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
+from dnlseg.third_party import silence_third_party
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,39 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
         run=run,
         only_subcommand=first[0] if run and first else None,
     )
+
+
+class ConfigReader(DnlsegCLI):
+    """Only parses: the config is merged and checked against the typed arguments; nothing is seeded or built."""
+
+    def parse_arguments(self, parser, args) -> None:
+        self.config = parser.parse_args(args)  # ``args`` only: the caller's own sys.argv is no command line here
+
+    def _parse_ckpt_path(self) -> None: ...
+
+    def _set_seed(self) -> None: ...
+
+    def before_instantiate_classes(self) -> None: ...
+
+    def instantiate_classes(self) -> None: ...
+
+
+def resolve_config(config_file: str | Path, *overrides: str) -> dict[str, Any]:
+    """The whole config that ``dnlseg fit -c config_file [overrides] --print_config`` shows, as a dict.
+
+    A recipe that composes its family's shared file (its ``config:`` key) comes back merged, every default filled
+    in: what a script that edits a recipe (tests, experiments) should start from, instead of the file's own YAML.
+    """
+    silence_third_party()
+    reader = ConfigReader(
+        SegmentationModule,
+        SegmentationDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        args=["-c", str(config_file), *overrides],
+        run=False,
+    )
+    return yaml.safe_load(reader.parser.dump(reader.config, skip_unset=False))
 
 
 def prepare(args: list[str]) -> None:

@@ -18,7 +18,8 @@ import argparse
 import logging
 import os
 import sys
-import warnings
+
+from dnlseg.third_party import silence_third_party
 
 EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
 DEBUG_FLAG = "--debug"
@@ -35,26 +36,6 @@ SUBCOMMANDS = {
     "convert": "write an mmsegmentation model-zoo checkpoint once as a dnlseg checkpoint (optional)",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-# Third-party messages a user cannot act on: Lightning's advertisement for its cloud logger, and deprecations
-# inside Lightning's and jsonargparse's own calls.
-LIGHTNING_TIP = "💡 Tip:"
-IGNORED_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
-
-
-class DropLightningTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LIGHTNING_TIP)
-
-
-def silence_third_party() -> None:
-    """Silence, in one place, the third-party tips and deprecation warnings a dnlseg user cannot act on."""
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    for message in IGNORED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, DropLightningTips) for f in rank_zero.filters):
-        rank_zero.addFilter(DropLightningTips())
 
 
 def show_own_logs() -> None:

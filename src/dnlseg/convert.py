@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning
 
-from dnlseg.checkpoint_io import AtomicCheckpointIO, CheckpointMismatchError, WeightFileError, read_torch_file
+from dnlseg.checkpoint_io import AtomicCheckpointIO
 from dnlseg.models.mmseg_checkpoint import (
     SEGMENTOR_KEYS,
     describe_mmseg,
@@ -26,6 +26,7 @@ from dnlseg.models.mmseg_checkpoint import (
     nested_state_dict,
     rename_all,
 )
+from dnlseg.weight_files import CheckpointMismatchError, WeightFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 

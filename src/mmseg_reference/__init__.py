@@ -4,7 +4,7 @@ Test and benchmark use only: it needs the ``parity`` extra (``mmsegmentation``, 
 test`` installs it) and ``dnlseg`` never imports it. mmcv-lite has no compiled ops, and importing ``mmseg.models``
 pulls ``mmcv.ops`` in; none of the ResNet, NLHead, DNLHead and FCNHead modules uses an op, so a stand-in
 ``mmcv.ops`` module whose every name is a class that refuses to be built is put in ``sys.modules`` first
-(SCIENCE.md section 6).
+(docs/science.md section 6.1).
 """
 
 from __future__ import annotations

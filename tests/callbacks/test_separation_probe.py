@@ -16,7 +16,7 @@ PREFIX = "separation/decode_head.context/"
 
 
 def closed_form_logit_gradients(module, batch):
-    """||dL/dp||, ||dL/du|| of DNL from g = dL/dw and SCIENCE.md section 2 (not from autograd through p, u):
+    """||dL/dp||, ||dL/du|| of DNL from g = dL/dw and docs/science.md section 2.1 (not from autograd through p, u):
     dL/dp_ij = a_ij (g_ij - sum_t a_it g_it), a = softmax_j(p);  dL/du_t = s_t sum_i (g_it - sum_j s_j g_ij)."""
     torch.manual_seed(0)
     with capture_attention(module) as captured:

@@ -1,4 +1,4 @@
-"""DisentangledNonLocal2d computes SCIENCE.md section 2 exactly, with each ablation of section 3."""
+"""DisentangledNonLocal2d computes docs/science.md section 2 exactly, with each ablation of section 3."""
 
 import math
 

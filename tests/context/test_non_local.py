@@ -1,4 +1,4 @@
-"""NonLocal2d computes SCIENCE.md section 1 exactly, and hands out the decomposition of section 2."""
+"""NonLocal2d computes docs/science.md section 1 exactly, and hands out the decomposition of section 2."""
 
 import math
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dnlseg.checkpoint_io import WeightFileError
 from dnlseg.errors import UserError
 from dnlseg.models.encoder import build_encoder
+from dnlseg.weight_files import WeightFileError
 
 
 def test_hub_weight_name_fails_fast_with_an_explanation():
@@ -120,7 +120,7 @@ def test_a_state_dict_of_another_network_names_the_layouts_it_expected(tmp_path)
 
 @pytest.mark.parametrize("output_stride, dilations", [(8, (2, 4)), (16, (1, 2)), (32, (1, 1))])
 def test_output_stride_sets_the_feature_size_and_the_dilation_of_the_last_stages(output_stride, dilations):
-    # The paper's dilated ResNet (SCIENCE.md section 4): stride 8 = layer3 dilation 2, layer4 dilation 4.
+    # The paper's dilated ResNet (docs/science.md section 4): stride 8 = layer3 dilation 2, layer4 dilation 4.
     encoder = build_encoder("resnet18", output_stride)
     features = encoder(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape[-2:]) for f in features[-2:]] == [

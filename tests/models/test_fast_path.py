@@ -2,20 +2,17 @@
 each gives the outputs of the plain fp32 contiguous network, to rounding."""
 
 import shutil
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, find_context_blocks
+from dnlseg.context import VARIANTS, find_context_blocks
 from dnlseg.models import SegmentationModule
+from tests.helpers import context_of
 
-CONTEXTS = {
-    "nl": partial(NonLocal2d, reduction=2),
-    "dnl": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
-}
+NAMES = ("nl", "dnl")  # of dnlseg.context.VARIANTS: the blocks with an attention kernel of their own
 
 
 def tiny_module(context, **kwargs) -> SegmentationModule:
@@ -54,10 +51,10 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.mark.parametrize("name", CONTEXTS)
+@pytest.mark.parametrize("name", NAMES)
 def test_channels_last_matches_contiguous_forward_and_gradients(name):
-    plain = tiny_module(CONTEXTS[name])
-    fast = tiny_module(CONTEXTS[name], channels_last=True)
+    plain = tiny_module(context_of(name))
+    fast = tiny_module(context_of(name), channels_last=True)
     fast.load_state_dict(plain.state_dict())
     conv = fast.network.encoder.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -81,9 +78,9 @@ def test_channels_last_matches_contiguous_forward_and_gradients(name):
         torch.testing.assert_close(fast.eval()(data["image"]), plain.eval()(data["image"]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", CONTEXTS)
+@pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast_matches_fp32_forward_and_backward(name):
-    module = tiny_module(CONTEXTS[name]).train()
+    module = tiny_module(context_of(name)).train()
     data = batch()
     loss, grads = loss_and_grads(module, data)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -123,7 +120,7 @@ def sdpa_input_dtypes(monkeypatch) -> list[tuple[torch.dtype, ...]]:
 
 @pytest.mark.parametrize(
     ("name", "learn_temperature"),
-    [(name, False) for name in CONTEXTS] + [(name, True) for name in CONTEXTS if name != "nl"],  # NL: no tau
+    [(name, False) for name in NAMES] + [(name, True) for name in NAMES if name != "nl"],  # NL: no tau
 )
 def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(
     name, learn_temperature, sdpa_input_dtypes
@@ -131,7 +128,7 @@ def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(
     """Flash and memory-efficient SDPA kernels need q, k and v of one dtype (fp16/bf16 on CUDA): the fp32
     temperature (a buffer or a learned parameter) must not promote the whitened query back to fp32."""
     kwargs = {"learn_temperature": True} if learn_temperature else {}
-    block = CONTEXTS[name](32, **kwargs)
+    block = VARIANTS[name].build(32, **kwargs)
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
     nn.init.ones_(block.out_norm.weight)
     grad_out = torch.randn(2, 32, 8, 8)
@@ -148,8 +145,8 @@ def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_matches_eager_and_keeps_state_dict_keys():
-    eager = tiny_module(CONTEXTS["dnl"])
-    compiled = tiny_module(CONTEXTS["dnl"], compile=True)
+    eager = tiny_module(context_of("dnl"))
+    compiled = tiny_module(context_of("dnl"), compile=True)
     assert compiled.network._compiled_call_impl is not None  # nn.Module.compile took effect
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())  # a checkpoint of the eager model loads as it is

@@ -1,4 +1,4 @@
-"""The decode heads of SCIENCE.md section 4: the context head around its block, and the auxiliary FCN head."""
+"""The decode heads of docs/science.md section 4: the context head around its block, and the auxiliary FCN head."""
 
 import pytest
 import torch

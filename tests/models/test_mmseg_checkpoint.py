@@ -7,10 +7,11 @@ from functools import partial
 import pytest
 import torch
 
-from dnlseg.checkpoint_io import AtomicCheckpointIO, CheckpointMismatchError, WeightFileError
+from dnlseg.checkpoint_io import AtomicCheckpointIO
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
 from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, is_mmseg_checkpoint
+from dnlseg.weight_files import CheckpointMismatchError, WeightFileError
 from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
 from tests.recipes import recipe
 

@@ -1,18 +1,13 @@
 """SegmentationNetwork: smp encoder + context head (+ aux head), for the baseline, NL and DNL."""
 
-from functools import partial
-
 import pytest
 import torch
 
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention, find_context_blocks
+from dnlseg.context import VARIANTS, capture_attention, find_context_blocks
 from dnlseg.models import SegmentationNetwork
+from tests.helpers import context_of
 
-CONTEXTS = {
-    "baseline": None,
-    "nl": partial(NonLocal2d, reduction=2),
-    "dnl": partial(DisentangledNonLocal2d, reduction=2, temperature=0.05),
-}
+NAMES = list(VARIANTS)  # every variant of the table, the baseline included
 
 
 def tiny(context=None, **kwargs):
@@ -21,10 +16,10 @@ def tiny(context=None, **kwargs):
     return SegmentationNetwork(**{**defaults, **kwargs})
 
 
-@pytest.mark.parametrize("name", CONTEXTS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_network_returns_logits_at_input_size(name, output_stride):
-    net = tiny(CONTEXTS[name], output_stride=output_stride).train()
+    net = tiny(context_of(name), output_stride=output_stride).train()
     out = net(torch.randn(2, 3, 64, 96))
     assert out.logits.shape == (2, 5, 64, 96)
     assert out.aux_logits.shape == (2, 5, 64, 96)
@@ -33,7 +28,7 @@ def test_network_returns_logits_at_input_size(name, output_stride):
 
 @pytest.mark.parametrize("output_stride, grid", [(8, (8, 12)), (16, (4, 6)), (32, (2, 3))])
 def test_context_block_runs_at_the_output_stride(output_stride, grid):
-    net = tiny(CONTEXTS["dnl"], output_stride=output_stride)
+    net = tiny(context_of("dnl"), output_stride=output_stride)
     with capture_attention(net) as captured:
         net.eval()(torch.randn(1, 3, 64, 96))
     assert captured["decode_head.context"][0].query_size == grid  # (64 / stride, 96 / stride)
@@ -42,20 +37,20 @@ def test_context_block_runs_at_the_output_stride(output_stride, grid):
 
 
 def test_aux_head_can_be_turned_off_and_is_not_run_in_eval():
-    net = tiny(CONTEXTS["nl"], aux_channels=0)
+    net = tiny(context_of("nl"), aux_channels=0)
     assert net.aux_head is None and net.train()(torch.randn(1, 3, 32, 32)).aux_logits is None
-    assert tiny(CONTEXTS["nl"]).eval()(torch.randn(1, 3, 32, 32)).aux_logits is None
+    assert tiny(context_of("nl")).eval()(torch.randn(1, 3, 32, 32)).aux_logits is None
 
 
 @pytest.mark.parametrize("size", [(65, 97), (33, 50)])
 def test_input_not_divisible_by_the_stride_is_handled(size):
-    out = tiny(CONTEXTS["dnl"]).eval()(torch.randn(1, 3, *size))
+    out = tiny(context_of("dnl")).eval()(torch.randn(1, 3, *size))
     assert out.logits.shape == (1, 5, *size)
 
 
 def test_baseline_head_differs_from_dnl_head_only_by_the_block():
     base = {n for n, _ in tiny(None).named_parameters()}
-    dnl = {n for n, _ in tiny(CONTEXTS["dnl"]).named_parameters()}
+    dnl = {n for n, _ in tiny(context_of("dnl")).named_parameters()}
     assert base < dnl
     assert {n.split(".")[2] for n in dnl - base} == {"query", "key", "value", "unary", "out", "out_norm"}
 
@@ -69,7 +64,7 @@ def test_bad_output_stride_and_encoder_name_raise():
 
 @pytest.mark.parametrize("depth", [3, 4])
 def test_shallow_resnet_encoder_feeds_both_heads_and_leaves_no_unused_parameter(depth):
-    net = tiny(CONTEXTS["dnl"], encoder_depth=depth).train()
+    net = tiny(context_of("dnl"), encoder_depth=depth).train()
     assert not hasattr(net.encoder, "layer4") and hasattr(net.encoder, f"layer{depth - 1}")
     out = net(torch.randn(2, 3, 64, 64))
     assert out.logits.shape == out.aux_logits.shape == (2, 5, 64, 64)

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "configs/synthetic/dnl.yaml"
+from tests.recipes import ROOT, recipe, resolved
+
+SHIPPED = recipe("synthetic/dnl")
 
 
 def tiny_config(
@@ -31,7 +32,7 @@ def tiny_config(
 
     12 images in batches of 2: an epoch is 6 steps, so 8 steps cross an epoch boundary.
     """
-    config = yaml.safe_load(SHIPPED.read_text())
+    config = resolved(SHIPPED)  # the whole config, its shared part merged in
     trainer = config["trainer"]
     trainer.update(
         max_steps=max_steps,

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from tests.datasets import write_image_mask
-from tests.test_reliability.runs import ROOT, dnlseg, error_line, run_files, tiny_config
+from tests.recipes import recipe, resolved
+from tests.test_reliability.runs import dnlseg, error_line, run_files, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def own_data_config(directory, empty_val: bool):
     if empty_val:
         for path in (root / "images" / "val").rglob("*.png"):
             path.unlink()
-    config = yaml.safe_load((ROOT / "configs/own_data/dnl_r50_d8_512x512_40k.yaml").read_text())
+    config = resolved(recipe("own_data/dnl_r50_d8_512x512_40k"))
     config["trainer"].update(accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, max_steps=2)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(directory / "runs")
     config["model"].update(encoder_name="resnet18", head_channels=8, aux_channels=8)

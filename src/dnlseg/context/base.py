@@ -7,7 +7,7 @@ Shape legend used throughout ``dnlseg.context``:
     Hk, Wk key grid,    Pk = Hk * Wk key/value positions (P, or about P / 4 with ``downsample``)
 
 A context block (``ContextBlock``) maps (N, C, H, W) -> (N, C, H, W) and is the identity at initialisation. Its
-attention is written as SCIENCE's decomposition (docs/science.md section 2):
+attention is written as the decomposition of docs/science.md section 2:
 
     p_ij = pairwise_query_i . pairwise_key_j          pairwise logits  (N, P, Pk)  -- never built by the contract
     u_j                                               unary logits     (N, 1, Pk)

@@ -1,6 +1,6 @@
 """Training augmentation of the recipes (mmsegmentation's pipeline, in albumentations 2.x) and its seeding.
 
-Train pipeline, in order (SCIENCE.md section 4):
+Train pipeline, in order (docs/science.md section 6.1):
 
 1. ``RandomRescale``: scale factor r ~ U(scale_range); the image is resized, keeping its aspect ratio, to
    fit in ``(r * long, r * short)`` of ``scale_base`` (mmseg ``Resize(img_scale, ratio_range)``); without a

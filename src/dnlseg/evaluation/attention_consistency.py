@@ -1,4 +1,4 @@
-"""What the attention terms attend to, as two numbers (SCIENCE.md section 2, the paper's Figure 1 claim).
+"""What the attention terms attend to, as two numbers (docs/science.md section 2.2, the paper's Figure 1 claim).
 
 Both are ratios against chance, so 1 means "no better than uniform attention":
 

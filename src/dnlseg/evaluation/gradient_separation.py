@@ -1,4 +1,4 @@
-"""The add-vs-multiply claim of SCIENCE.md section 2, as a number.
+"""The add-vs-multiply claim of docs/science.md section 2.1, as a number.
 
 Hold the upstream gradient G = dL/dw fixed and look at the gradient reaching the unary logits,
 

@@ -1,6 +1,6 @@
 """How a network is run on a full evaluation image: whole, sliding window, and multi-scale + flip.
 
-The recipes (SCIENCE.md section 4) evaluate at the original label resolution:
+The recipes (docs/science.md section 4) evaluate at the original label resolution:
 
 - whole image: the network sees the whole (1024x2048) image; logits are upsampled to the label size.
 - slide: windows of ``crop_size`` every ``stride`` (769/513), the last window of a row/column flush with the

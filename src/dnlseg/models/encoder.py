@@ -25,8 +25,8 @@ import torch
 from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
-from dnlseg.checkpoint_io import WeightFileError, read_torch_file
 from dnlseg.models.mmseg_checkpoint import RESNET_V1C_KEYS, nested_state_dict, rename
+from dnlseg.weight_files import WeightFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 

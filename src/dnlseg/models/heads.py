@@ -1,4 +1,4 @@
-"""Decode heads of SCIENCE.md section 4: the context head (NL/DNL/none) and the auxiliary FCN head."""
+"""Decode heads of docs/science.md section 4: the context head (NL/DNL/none) and the auxiliary FCN head."""
 
 from __future__ import annotations
 

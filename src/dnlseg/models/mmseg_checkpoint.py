@@ -1,4 +1,4 @@
-"""mmsegmentation checkpoints and ImageNet weights in dnlseg's key layout (SCIENCE.md section 6).
+"""mmsegmentation checkpoints and ImageNet weights in dnlseg's key layout (docs/science.md section 6.1).
 
 mmseg 1.2.2's model-zoo files hold ``{"meta": ..., "state_dict": ...}`` (older ones also ``"optimizer"``). Their
 keys, and the dnlseg ``SegmentationNetwork`` keys they become (``encoder`` = smp's ``tu-resnet50c`` /
@@ -37,7 +37,7 @@ from typing import Any
 import lightning
 from torch import Tensor, nn
 
-from dnlseg.checkpoint_io import CheckpointMismatchError, WeightFileError, check_state_dict_fits, read_torch_file
+from dnlseg.weight_files import CheckpointMismatchError, WeightFileError, check_state_dict_fits, read_torch_file
 
 MMSEG_KEY = "mmseg_checkpoint"  # what a Lightning checkpoint dict read from an mmseg file carries: path and meta
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"

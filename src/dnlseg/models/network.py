@@ -19,7 +19,7 @@ class SegmentationOutput(NamedTuple):
 
 
 class SegmentationNetwork(nn.Module):
-    """Encoder at output stride 8/16 with the decode head of SCIENCE.md section 4.
+    """Encoder at output stride 8/16 with the decode head of docs/science.md section 4.
 
     Inputs of any size work: logits are upsampled bilinearly to the input size, so H, W need not be
     multiples of the output stride.

@@ -1,4 +1,4 @@
-"""The poly learning-rate schedule of the recipes, as mmengine's ``PolyLR`` (SCIENCE.md section 6).
+"""The poly learning-rate schedule of the recipes, as mmengine's ``PolyLR`` (docs/science.md section 6.1).
 
     lr_t = eta_min + (lr_0 - eta_min) * (1 - t / T)^power,   t = 0 .. T,   then eta_min
 
