@@ -1,378 +1,450 @@
-"""The ablation of SCIENCE.md section 3 on the synthetic data: baseline, NL, pairwise NL, unary NL, DNL, DNL shared key.
+"""The ablation of docs/science.md section 3 on synthetic settings where the heads must differ, with learning curves.
 
-    make experiment-ablation                               # --steps 200 --seeds 3: ~70 min on 2 idle CPU cores
-    .venv/bin/python experiments/ablation/run.py           # the same
-    .venv/bin/python experiments/ablation/run.py --steps 1000 --seeds 5                  # scale up
+    make experiment-ablation                                   # the default below: 65 min on the shared 2-core CPU
+    .venv/bin/python experiments/ablation/run.py               # the same
+    .venv/bin/python experiments/ablation/run.py --variants nl dnl --settings pairwise --seeds 5 --steps 1000
     .venv/bin/python experiments/ablation/run.py --args "--trainer.accelerator=gpu"     # any CLI override
-    .venv/bin/python experiments/ablation/run.py --config my_synthetic.yaml --variants nl dnl --steps 10 --seeds 1
-    .venv/bin/python experiments/ablation/run.py --report-only        # re-read runs/, rewrite report.md
+    .venv/bin/python experiments/ablation/run.py --quick --out /tmp/ablation            # seconds: the machinery
+    .venv/bin/python experiments/ablation/run.py --report-only                          # re-read runs/, rewrite
 
-Every run is ``dnlseg fit -c <config>`` with only the context block replaced (``--model.context=...``) and the
-budget set (``--trainer.max_steps``, one validation at the end); encoder, head, data and schedule are whatever the
-base config says. Seeds 0 .. N-1 are passed as ``--seed_everything`` (the data seed is the config's: every run
-sees the same images). The consistency metrics are the ``AttentionConsistency`` values of that final validation
-(the config must list the callback, as the shipped ones do); figures come from ``dnlseg analyze`` on seed 0.
+A run is ``dnlseg fit -c <base> -c <setting>`` with the context block of a variant of ``dnlseg.context.VARIANTS``
+(``--model.context=<variant.context_config()>``), seed s as ``--seed_everything`` (the images are the setting's:
+every run of a setting sees the same data), ``--steps`` steps and a validation every ``--eval-every`` steps. The
+settings are the YAML files ``configs/synthetic/ablation/<setting>.yaml`` (their header says what each tests);
+the base recipe, ``configs/synthetic/ablation/base.yaml``, lists the callbacks whose scalars the report reads
+(``metrics.py``: what is read and how it is summarised; ``seed_stats.py``: the statistics).
 
-Writes under ``--out`` (default this folder): ``runs/`` (TensorBoard logs; of the checkpoints, ~100 MB each, only
-seed 0's ``last.ckpt`` is kept unless ``--keep-checkpoints``), ``figures/<variant>/*.png``, ``ablation.png``,
-``results.json`` and ``report.md``.
+Writes under ``--out`` (default this folder): ``runs/<setting>/<variant>/seed<s>`` (TensorBoard; only seed 0's
+``last.ckpt`` is kept, for the attention figures of ``--figure-variants``), ``curves_<setting>.png``,
+``figures/<setting>/<variant>/*.png``, ``results.json`` and ``report.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import math
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
+import _runner  # noqa: E402
+from metrics import SUMMARY, curves, summary  # noqa: E402
+from seed_stats import mean_std, ordering, paired_difference  # noqa: E402
+
+from dnlseg.context import VARIANTS  # noqa: E402
 from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-NL, DNL = "dnlseg.context.NonLocal2d", "dnlseg.context.DisentangledNonLocal2d"
-MIOU, PAIRWISE, UNARY = "val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"
-# name -> (label, pairwise term, unary term), SCIENCE.md section 3
-VARIANTS = {
-    "baseline": ("baseline", "-", "-"),
-    "nl": ("NL", "plain q.k", "implicit (inside softmax)"),
-    "pairwise_nl": ("pairwise NL", "whitened q.k, tau", "-"),
-    "unary_nl": ("unary NL", "-", "softmax(W_m x)"),
-    "dnl": ("DNL", "whitened q.k, tau", "softmax(W_m x)"),
-    "dnl_shared_key": ("DNL, shared key", "whitened q.k, tau", "softmax(mu_q . k_j)"),
-}
-DNL_FLAGS = {
-    "pairwise_nl": {"pairwise": True, "unary": None},
-    "unary_nl": {"pairwise": False, "unary": "conv"},
-    "dnl": {"pairwise": True, "unary": "conv"},
-    "dnl_shared_key": {"pairwise": True, "unary": "shared_key"},
-}
+ROOT = _runner.ROOT
+SETTINGS_DIR = ROOT / "configs" / "synthetic" / "ablation"
+BASE = SETTINGS_DIR / "base.yaml"
+DEFAULT_VARIANTS = ("baseline", "nl", "pairwise_nl", "unary_nl", "dnl")  # gc etc.: --variants
+DEFAULT_SETTINGS = ("pairwise", "boundary")
+# --quick: the whole machinery on tiny runs (the test suite runs it)
+QUICK = {"variants": ["nl", "unary_nl", "dnl"], "settings": ["pairwise"], "seeds": 2, "steps": 4, "eval_every": 2}
+QUICK_ARGS = "--data.init_args.image_size=32 --data.init_args.num_val=4 --data.init_args.batch_size=2"
+CURVE_PANELS = (("miou", "val mIoU"), ("member", "member-class IoU"), ("ratio", "||dL/du|| : ||dL/dp|| (probe)"))
+COLORS = {"baseline": "grey", "nl": "tab:red", "pairwise_nl": "tab:orange", "unary_nl": "tab:green"}
+COLORS |= {"dnl": "tab:blue", "dnl_shared_key": "tab:cyan", "gc": "tab:purple", "dnl_official": "navy"}
+COLORS |= {"nl_fork": "tab:brown"}
 
 
-def contexts(base_config: Path) -> dict[str, dict | None]:
-    """The context entry of each variant, derived from the base config's block (reduction, tau, attention path)."""
-    base = (yaml.safe_load(base_config.read_text()).get("model") or {}).get("context") or {}
-    args = dict(base.get("init_args") or {})
-    shared = {k: args[k] for k in ("reduction", "attention", "downsample") if k in args}
-    dnl_args = {**shared, "temperature": 0.05}
-    if base.get("class_path") == DNL:
-        dnl_args = {k: v for k, v in args.items() if k not in ("pairwise", "unary")}
-    nl_args = {**shared, "mode": "embedded_gaussian"}
-    if base.get("class_path") == NL:
-        nl_args = args
-    out: dict[str, dict | None] = {"baseline": None, "nl": {"class_path": NL, "init_args": nl_args}}
-    for name, flags in DNL_FLAGS.items():
-        out[name] = {"class_path": DNL, "init_args": {**dnl_args, **flags}}
-    return out
+def setting_file(name: str) -> Path:
+    return SETTINGS_DIR / f"{name}.yaml"
 
 
-def train(
-    config: Path,
-    name: str,
-    context: dict | None,
-    seed: int,
-    steps: int,
-    out: Path,
-    extra: list[str],
-    threads: int = 0,
-    quiet: bool = False,
-):
-    """One fit through the dnlseg CLI in a fresh process; returns its log dir and wall time.
-
-    ``threads`` > 0 sets OMP_NUM_THREADS; ``quiet`` drops its stdout (parallel fits would interleave it).
-    """
-    cmd = [
-        sys.executable, "-m", "dnlseg", "fit", "-c", str(config), f"--model.context={json.dumps(context)}",
-        f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-        "--trainer.check_val_every_n_epoch=null", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={name}",
-        f"--trainer.logger.init_args.version=seed{seed}", "--trainer.enable_progress_bar=false", *extra,
-    ]  # fmt: skip
-    print("$", shlex.join(cmd), flush=True)
-    start = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads > 0 else None
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL if quiet else None)
-    return out / "runs" / name / f"seed{seed}", time.perf_counter() - start
-
-
-def analyze(log_dir: Path, figures: Path, extra: list[str]) -> list[str]:
-    """``dnlseg analyze`` on the run's last checkpoint: attention figures of the first 2 val images."""
-    cmd = [
-        sys.executable, "-m", "dnlseg", "analyze", "-c", str(log_dir / "config.yaml"),
-        "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"), "--output", str(figures), "--num_images", "2",
-        "--limit_batches", "1", *extra,
-    ]  # fmt: skip
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return sorted(p.name for p in figures.glob("*.png"))
-
-
-def final(scalars: dict, tag: str) -> float:
-    return float(scalars[tag][1][-1]) if tag in scalars else float("nan")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.array([v for v in values if np.isfinite(v)])
-    if a.size == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def fmt(pair: tuple[float, float], digits: int = 3) -> str:
-    m, s = pair
-    return "-" if not np.isfinite(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def summarize(per_run: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    rows = {}
-    for name, seeds in per_run.items():
-        rows[name] = {key: mean_std([r[key] for r in seeds.values()]) for key in (MIOU, PAIRWISE, UNARY)} | {
-            "seeds": sorted(seeds)
-        }
-    return rows
-
-
-def summary_figure(per_run: dict[str, dict[int, dict]], rows: dict[str, dict], out: Path) -> str:
-    """Per metric: every seed as a dot, mean ± std as a bar; the consistency axes keep chance (1) in view."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    names = list(rows)
-    panels = [(MIOU, "val mIoU"), (PAIRWISE, "pairwise-category consistency"), (UNARY, "unary-boundary consistency")]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for x, name in enumerate(names):
-            seeds = [r[key] for r in per_run[name].values() if np.isfinite(r[key])]
-            ax.plot([x] * len(seeds), seeds, ".", color="grey", ms=6)
-            mean, std = rows[name][key]
-            if np.isfinite(mean):
-                ax.errorbar(x, mean, yerr=std, fmt="_", ms=18, capsize=5, color="tab:blue", mew=2)
-        ax.set_xticks(range(len(names)), [VARIANTS[n][0] for n in names], rotation=30, ha="right", fontsize=8)
-        ax.set_xlim(-0.5, len(names) - 0.5)
-        ax.set_title(title + " (dots: seeds; bar: mean ± std)", fontsize=9)
-        if key != MIOU:
-            ax.axhline(1.0, color="grey", ls="--", lw=1, label="chance")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=110)
-    plt.close(fig)
-    return "ablation.png"
-
-
-def spread(rows: dict[str, dict], a: str, b: str, key: str) -> str:
-    """Whether the means of variants a and b differ by more than the sum of their seed standard deviations."""
-    if min(len(rows[a]["seeds"]), len(rows[b]["seeds"])) < 2:
-        return "one seed: no spread to compare with"
-    (ma, sa), (mb, sb) = rows[a][key], rows[b][key]
-    return "beyond the sum of the two seed stds" if abs(ma - mb) > sa + sb else "within the sum of the two seed stds"
-
-
-def facts(rows: dict[str, dict]) -> list[str]:
-    """Neutral sentences that follow from the numbers (so a rerun cannot contradict its own report)."""
+def setting_summary(name: str) -> str:
+    """The setting's header comment (its first comment block) as one paragraph."""
     lines = []
-    have = [n for n in VARIANTS if n in rows and np.isfinite(rows[n][MIOU][0])]
-    ranked = sorted(have, key=lambda n: -rows[n][MIOU][0])
-    if ranked:
-        lines.append("- mIoU ranking (mean over seeds): " + " > ".join(VARIANTS[n][0] for n in ranked) + ".")
-    paper = [n for n in ("baseline", "nl", "unary_nl", "dnl") if n in have]
-    if len(paper) >= 2:
-        observed = sorted(paper, key=lambda n: rows[n][MIOU][0])
-        verdict = "matches" if observed == paper else "does not match"
-        lines.append(
-            "- Ordering of " + ", ".join(VARIANTS[n][0] for n in paper) + f" by mIoU {verdict} the paper's "
-            "none < NL < GC(~unary NL) < DNL: observed " + " < ".join(VARIANTS[n][0] for n in observed) + "."
-        )
-    for a, b in (("dnl", "nl"), ("dnl", "baseline"), ("nl", "baseline")):
-        if a in have and b in have:
-            diff = rows[a][MIOU][0] - rows[b][MIOU][0]
-            lines.append(f"- {VARIANTS[a][0]} - {VARIANTS[b][0]}: {diff:+.4f} mIoU ({spread(rows, a, b, MIOU)}).")
-    expectations = {
-        PAIRWISE: "The paper expects DNL's to be the higher one (NL's pairwise term stays weak).",
-        UNARY: "The paper expects DNL's unary term on boundaries (above 1); it makes no claim about NL's.",
-    }
-    for key, what in ((PAIRWISE, "pairwise-category"), (UNARY, "unary-boundary")):
-        expectation = expectations[key]
-        if "dnl" in rows and "nl" in rows and np.isfinite(rows["dnl"][key][0]) and np.isfinite(rows["nl"][key][0]):
-            d, n = rows["dnl"][key][0], rows["nl"][key][0]
-            bigger, sep = "DNL" if d > n else "NL", spread(rows, "dnl", "nl", key)
-            lines.append(f"- {what} consistency: DNL {d:.3f}, NL {n:.3f}; {bigger} is higher ({sep}). {expectation}")
-    for name in ("dnl", "nl"):
-        if name in rows and np.isfinite(rows[name][PAIRWISE][0]):
-            m, s = rows[name][PAIRWISE]
-            lines.append(
-                f"- {VARIANTS[name][0]}'s pairwise term puts {m:.2f}x the chance share of its mass on the query's own "
-                f"class (± {s:.2f}); its unary term {rows[name][UNARY][0]:.2f}x the chance share on boundaries."
-            )
+    for line in setting_file(name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(line for line in lines if line and not line.startswith("dnlseg fit"))
+
+
+def setting_steps(opts, name: str) -> int:
+    """``--steps``, else the setting's ``trainer.max_steps``, else the base recipe's."""
+    if opts.steps is not None:
+        return opts.steps
+    for config in (setting_file(name), opts.base):
+        steps = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("max_steps")
+        if steps is not None:
+            return int(steps)
+    raise ValueError(f"{_runner.shown(opts.base)}: no trainer.max_steps and no --steps")
+
+
+def log_dir(out: Path, setting: str, variant: str, seed: int) -> Path:
+    return out / "runs" / setting / variant / f"seed{seed}"
+
+
+def fit_command(opts, setting: str, variant: str, seed: int) -> list[str]:
+    context = VARIANTS[variant].context_config()
+    return _runner.dnlseg_command(
+        "fit",
+        *_runner.fit_args(
+            [opts.base, setting_file(setting)],
+            opts.out / "runs" / setting,
+            variant,
+            f"seed{seed}",
+            f"--model.context={json.dumps(context)}",
+            f"--seed_everything={seed}",
+            f"--trainer.max_steps={setting_steps(opts, setting)}",
+            f"--trainer.val_check_interval={opts.eval_every}",
+            *shlex.split(opts.args),
+        ),
+    )
+
+
+def analyze(opts, setting: str, variant: str) -> list[str]:
+    """``dnlseg analyze`` on seed 0's last checkpoint: attention figures of the first 2 val images."""
+    run = log_dir(opts.out, setting, variant, 0)
+    target = opts.out / "figures" / setting / variant
+    shutil.rmtree(target, ignore_errors=True)
+    device = [f"--accelerator={a.split('=', 1)[1]}" for a in shlex.split(opts.args) if a.startswith("--trainer.acc")]
+    cmd = _runner.dnlseg_command(
+        "analyze", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        "--output", str(target), "--num_images", "2", "--limit_batches", "1", *device,
+    )  # fmt: skip
+    _runner.run(cmd, quiet=True)
+    for numbers in ("metrics.json", "metrics.md"):
+        (target / numbers).unlink(missing_ok=True)  # the report's numbers are the training runs' own
+    return sorted(p.name for p in target.glob("*.png"))
+
+
+def train_all(opts, runs: list[tuple[int, str, str]]) -> dict[str, float]:
+    """Every (seed, setting, variant) fit, ``opts.jobs`` at a time on cpu_count / jobs threads; their wall times."""
+    walls: dict[str, float] = {}
+    threads = max(1, (_runner.os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else 0
+
+    def fit(run: tuple[int, str, str]) -> None:
+        seed, setting, variant = run
+        directory = log_dir(opts.out, setting, variant, seed)
+        shutil.rmtree(directory, ignore_errors=True)  # a rerun must not mix its events with an old run's
+        cmd = fit_command(opts, setting, variant, seed)
+        walls[f"{setting}/{variant}/seed{seed}"] = _runner.run(cmd, threads=threads, quiet=opts.jobs > 1)
+        for ckpt in (directory / "checkpoints").glob("*.ckpt"):  # only seed 0's last.ckpt is needed (figures)
+            if seed > 0 or ckpt.name != "last.ckpt":
+                ckpt.unlink()
+
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:  # each worker waits on one dnlseg process
+        list(pool.map(fit, runs))
+    return walls
+
+
+def walls_from_files(opts) -> dict[str, float]:
+    """Wall times of runs a stopped experiment did not record: config.yaml written (fit start, after the process's
+    start-up) -> last write to its TensorBoard event file; ``total`` from the first start to the last write."""
+    walls, starts, ends = {}, [], []
+    for setting in opts.settings:
+        for variant in opts.variants:
+            for seed in range(opts.seeds):
+                directory = log_dir(opts.out, setting, variant, seed)
+                events = list(directory.glob("events.out.tfevents.*"))
+                if not (directory / "config.yaml").is_file() or not events:
+                    continue
+                start, end = (directory / "config.yaml").stat().st_mtime, max(e.stat().st_mtime for e in events)
+                walls[f"{setting}/{variant}/seed{seed}"] = end - start
+                starts.append(start)
+                ends.append(end)
+    if starts:
+        walls["total"] = max(ends) - min(starts)
+    return walls
+
+
+def collect(opts) -> dict[str, dict[str, dict[int, dict]]]:
+    """setting -> variant -> seed -> {"summary": {...}, "curves": {name: (steps, values)}} from the logs."""
+    results: dict[str, dict[str, dict[int, dict]]] = {}
+    for setting in opts.settings:
+        for variant in opts.variants:
+            for seed in range(opts.seeds):
+                directory = log_dir(opts.out, setting, variant, seed)
+                if not directory.is_dir():
+                    continue
+                scalars = read_scalars(directory)
+                entry = {"summary": summary(scalars), "curves": curves(scalars)}
+                results.setdefault(setting, {}).setdefault(variant, {})[seed] = entry
+    return results
+
+
+def per_seed(runs: dict[int, dict], key: str) -> dict[int, float]:
+    return {seed: run["summary"][key] for seed, run in runs.items()}
+
+
+def fmt(pair: tuple[float, float], digits: int) -> str:
+    mean, std = pair
+    return "-" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path) -> str:
+    """Per panel: each variant's mean over seeds (line) ± std (band) at every logged step."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    for ax, (key, title) in zip(axes, CURVE_PANELS, strict=True):
+        for variant, runs in by_variant.items():
+            series = [r["curves"][key] for r in runs.values() if key in r["curves"]]
+            if not series:
+                continue
+            steps = series[0][0]
+            values = np.stack([v for s, v in series if np.array_equal(s, steps)])
+            mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(steps))
+            color = COLORS.get(variant)
+            ax.plot(steps, mean, color=color, label=f"{VARIANTS[variant].label} (n={len(values)})")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(title)
+        ax.set_title(f"{setting}: {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if key == "ratio":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.axhline(1.0, color="grey", ls="--", lw=1)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"Setting '{setting}': mean ± std over seeds", fontsize=11)
+    fig.tight_layout()
+    name = f"curves_{setting}.png"
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def facts(by_variant: dict[str, dict[int, dict]]) -> list[str]:
+    """Generated from the numbers: DNL - NL on every metric, then every other pair on the accuracy metrics."""
+    lines = []
+    if "dnl" in by_variant and "nl" in by_variant:
+        for key, (label, _) in SUMMARY.items():
+            diff = paired_difference(per_seed(by_variant["dnl"], key), per_seed(by_variant["nl"], key))
+            if diff.seeds:
+                lines.append(ordering("DNL", "NL", diff, label))
+    names = list(by_variant)
+    excluded = []
+    for key in ("final_member", "auc_member", "final_miou"):
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if {a, b} == {"dnl", "nl"}:
+                    continue
+                diff = paired_difference(per_seed(by_variant[a], key), per_seed(by_variant[b], key))
+                if diff.excludes_zero:
+                    excluded.append(ordering(VARIANTS[a].label, VARIANTS[b].label, diff, SUMMARY[key][0]))
+                else:
+                    excluded.append(None)
+    found = [line for line in excluded if line]
+    lines.append("")
+    lines.append(
+        f"Other pairs on member-class IoU (final, AUC) and final mIoU: {len(found)} of {len(excluded)} intervals "
+        "exclude 0" + (":" if found else ".")
+    )
+    lines += found
     return lines
 
 
-def shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+def setting_section(setting: str, by_variant: dict[str, dict[int, dict]], figure: str, shots: dict) -> list[str]:
+    keys = list(SUMMARY)
+    lines = [
+        f"## Setting `{setting}`",
+        "",
+        setting_summary(setting),
+        "",
+        "| variant | " + " | ".join(SUMMARY[k][0] for k in keys) + " | seeds |",
+        "|---|" + "---|" * (len(keys) + 1),
+    ]
+    for variant, runs in by_variant.items():
+        cells = [fmt(mean_std(list(per_seed(runs, k).values())), SUMMARY[k][1]) for k in keys]
+        lines.append(f"| {VARIANTS[variant].label} | " + " | ".join(cells) + f" | {len(runs)} |")
+    lines += ["", f"![{figure}]({figure})", "", "### Facts generated from the numbers", "", *facts(by_variant), ""]
+    for variant, files in shots.items():
+        lines += [f"Attention maps, {VARIANTS[variant].label}, seed 0, last step: "]
+        lines += [f"![{variant} {f}](figures/{setting}/{variant}/{f})" for f in files[:1]]
+        lines.append("")
+    return lines
 
 
-def write_report(out: Path, rows: dict, opts, figures: dict[str, list[str]], walls: dict, bars: str) -> Path:
+def per_seed_table(results: dict) -> list[str]:
+    keys = ("final_miou", "auc_miou", "final_member", "auc_member", "steps90_member", "ratio")
+    lines = ["| setting | variant | seed | " + " | ".join(SUMMARY[k][0] for k in keys) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(keys))
+    for setting, by_variant in results.items():
+        for variant, runs in by_variant.items():
+            for seed, run in sorted(runs.items()):
+                cells = []
+                for k in keys:
+                    v = run["summary"][k]
+                    cells.append("-" if not math.isfinite(v) else f"{v:.{SUMMARY[k][1]}f}")
+                lines.append(f"| {setting} | {VARIANTS[variant].label} | {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(opts, results: dict, walls: dict, loads: dict, figures: dict, shots: dict) -> Path:
     per_run = {k: v for k, v in walls.items() if k != "total"}
     total = walls.get("total", sum(per_run.values()))
     lines = [
-        "# Ablation: what the terms learn (SCIENCE.md sections 2-3)",
+        "# Ablation: which heads differ, and how they learn (docs/science.md sections 2-3)",
         "",
-        f"Command: `{opts.command}`  ",
-        f"Base config: `{shown(opts.config)}`"
-        f", {opts.steps} steps per run, seeds {', '.join(map(str, range(opts.seeds)))}; extra overrides: "
-        f"`{opts.args or '-'}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, {date.today().isoformat()}.  ",
+        f"Command: `{opts.trained_by}`"
+        + ("" if opts.trained_by == opts.command else f" (this report re-read its logs: `{opts.command}`)")
+        + "  ",
+        f"Base recipe `{_runner.shown(opts.base)}`; settings {', '.join(f'`{s}`' for s in opts.settings)} "
+        f"(`configs/synthetic/ablation/<setting>.yaml`); steps per run: "
+        + ", ".join(f"{s} {setting_steps(opts, s)}" for s in opts.settings)
+        + ", validation every "
+        f"{opts.eval_every}; seeds {', '.join(map(str, range(opts.seeds)))}; extra overrides `{opts.args or '-'}`.  ",
+        f"Machine: {_runner.machine_line(opts.threads)}.  ",
     ]
     if per_run:
         mean = sum(per_run.values()) / len(per_run)
+        how = (
+            "start-up and validations included"
+            if opts.walls_source == "measured"
+            else "from the runs' file times: config.yaml written -> last TensorBoard event, so each process's "
+            "start-up before its config (~10 s) is not included"
+        )
         lines.append(
-            f"Wall time: {total / 60:.1f} min for {len(per_run)} runs, {opts.jobs} at a time ({mean:.0f} s per run, "
-            f"{mean / opts.steps:.2f} s per step including start-up and the final validation)."
+            f"Wall time: **{total / 60:.1f} min** for {len(per_run)} runs, {opts.jobs} at a time ({mean:.0f} s per "
+            f"run on average, {how}). Load average (1, 5, 15 min) before: "
+            f"{loads.get('before', 'not recorded')}; after: {loads.get('after', 'not recorded')}. Other engineers "
+            "share this 2-core machine: a time measured under load is an upper bound of the idle-machine time."
         )
     lines += [
         "",
-        "Metrics (README *Attention consistency*; 1 = chance): **pairwise-category** = mean over sampled labelled "
-        "query cells of the pairwise attention mass softmax_j(p_ij) on the query's own class divided by that class's "
-        "area fraction; **unary-boundary** = mean over images of the unary attention mass softmax_j(u_j) within 1 "
-        "feature cell of a ground-truth boundary divided by the band's area fraction. For NL, p and u are its "
-        "implicit decomposition q_i.k_j = p_ij + u_j + const. Values from the final validation (the config's "
-        "whole val set).",
+        "Metrics (`experiments/ablation/metrics.py`): curves of val mIoU and of the **member-class IoU** (mean IoU "
+        "of the 4 foreground classes, whose pixels are mostly members: the pixels that need context); **AUC** = "
+        "the curve's mean over training (trapezoid / step span); **steps to 90%** = first validation step at 90% of "
+        "the run's best; **dL/du : dL/dp** = `SeparationProbe`'s unary over pairwise logit-gradient norm, geometric "
+        "mean over the probe steps (NL: its implicit decomposition; only blocks with both terms); the two "
+        "consistency metrics (`AttentionConsistency`, 1 = chance) at the last validation.",
         "",
-        "| variant | pairwise | unary | val mIoU | pairwise-category | unary-boundary | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "Statistics (`experiments/ablation/seed_stats.py`): mean ± sample std over seeds; for a difference A - B, "
+        "a 95% percentile-bootstrap interval of the mean per-seed difference, **paired by seed** (seed s of A vs "
+        "seed s of B), 10,000 resamples of the seeds (scipy.stats.bootstrap). An ordering is stated only when that "
+        f"interval excludes 0. With {opts.seeds} seeds the bootstrap distribution has few distinct values: the "
+        "intervals are crude (and narrower than t-intervals); read them as a screen, not a test.",
+        "",
     ]
-    for name, r in rows.items():
-        label, pairwise, unary = VARIANTS[name]
-        lines.append(
-            f"| {label} | {pairwise} | {unary} | {fmt(r[MIOU], 4)} | {fmt(r[PAIRWISE])} | {fmt(r[UNARY])} "
-            f"| {len(r['seeds'])} |"
-        )
+    for setting, by_variant in results.items():
+        lines += setting_section(setting, by_variant, figures[setting], shots.get(setting, {}))
     lines += [
-        "",
-        "The paper, for comparison (SCIENCE.md sections 2 and 5): per-variant numbers are given there only for COCO "
-        "Mask R-CNN R50-FPN box AP: none 38.8 < NL 39.6 < GC 40.1 < DNL 40.3 (GC, global context, is the closest "
-        "relative of unary NL). Qualitatively: DNL's pairwise term attends within the query's category and its unary "
-        "term to boundaries; NL's terms collapse into one unary-like map. So the expectation is a higher "
-        "pairwise-category consistency for DNL than for NL, and a unary-boundary consistency above 1 for DNL.",
-        "",
-        "## Facts generated from the numbers",
-        "",
-        *facts(rows),
-        "",
         "## Reading",
         "",
-        "<!-- HUMAN READING: written by a person from the table and figures above; the script never writes it. -->",
-        "_To be written after the default run: does the synthetic task reproduce the paper's ordering and its "
-        "qualitative claim, and how much do the seed spreads allow one to say?_",
+        "<!-- HUMAN READING: written by a person from the numbers above after the run; the script never writes "
+        "it. A rerun replaces it with this placeholder. -->",
+        "_To be written from this run's numbers: what agrees and what disagrees with the paper._",
         "",
-        f"![{bars}]({bars})",
+        "## Appendix: per-seed numbers",
         "",
-        "## Attention maps (seed 0, first validation images)",
+        *per_seed_table(results),
         "",
-        "Left: image, ground truth and query cells (1-3: the most interior cell of the largest classes, 4: a "
-        "boundary cell). Then the pairwise map softmax_j(p_ij) of each query and the unary map softmax_j(u_j), "
-        "upsampled from the feature grid and overlaid (each panel scaled to its own maximum; its title gives that "
-        "maximum over the uniform weight 1 / Pk).",
+        "The tuning measurements that chose the settings and the budget: `experiments/ablation/README.md`.",
         "",
     ]
-    for name in ("nl", "dnl"):
-        for f in figures.get(name, []):
-            lines += [f"**{VARIANTS[name][0]}** `{f}`", "", f"![{name} {f}](figures/{name}/{f})", ""]
-    others = [n for n in figures if n not in ("nl", "dnl") and figures[n]]
-    if others:
-        lines.append(
-            "Other variants: " + ", ".join(f"[{VARIANTS[n][0]}](figures/{n}/{figures[n][0]})" for n in others) + "."
-        )
-    lines.append("")
-    path = out / "report.md"
+    path = opts.out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def main() -> None:
+def jsonable(results: dict) -> dict:
+    def run(r: dict) -> dict:
+        return {"summary": r["summary"], "curves": {k: [s.tolist(), v.tolist()] for k, (s, v) in r["curves"].items()}}
+
+    return {
+        setting: {variant: {seed: run(r) for seed, r in runs.items()} for variant, runs in by_variant.items()}
+        for setting, by_variant in results.items()
+    }
+
+
+def parse(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/synthetic/dnl.yaml", help="base config")
-    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="configs/synthetic/ablation/")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant and setting")
+    parser.add_argument("--steps", type=int, default=None, help="default: each setting's trainer.max_steps")
+    parser.add_argument("--eval-every", type=int, default=50, help="validation interval: the curves' resolution")
+    parser.add_argument("--base", type=Path, default=BASE, help="the base recipe every setting overrides")
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--args", default="", help="extra LightningCLI overrides for every run, one string")
-    parser.add_argument("--report-only", action="store_true", help="re-read existing runs, do not train")
+    parser.add_argument("--args", default="", help="extra LightningCLI overrides for every fit, one string")
     parser.add_argument("--jobs", type=int, default=2, help="fits at a time, each on cpu_count/jobs threads")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of every seed")
-    opts = parser.parse_args()
-    if opts.jobs < 1:
-        parser.error(f"--jobs={opts.jobs} must be >= 1")
+    parser.add_argument("--figure-variants", nargs="*", default=["nl", "dnl"], help="attention figures (seed 0)")
+    parser.add_argument("--report-only", action="store_true", help="re-read existing runs, do not train")
+    parser.add_argument("--quick", action="store_true", help=f"tiny runs that test the machinery: {QUICK}")
+    opts = parser.parse_args(argv)
+    if opts.quick:
+        for key, value in QUICK.items():
+            setattr(opts, key, value)
+        opts.args = f"{QUICK_ARGS} {opts.args}".strip()
+        opts.figure_variants = []
+    for name in ("jobs", "seeds", "steps", "eval_every"):
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(opts, name)} must be >= 1")
+    missing = [s for s in opts.settings if not setting_file(s).is_file()]
+    if missing:
+        known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml") if p != BASE)
+        parser.error(f"--settings: no {', '.join(missing)} in {_runner.shown(SETTINGS_DIR)} (there: {known})")
+    opts.command = "make experiment-ablation" if argv == [] else shlex.join(["python", "run.py", *(argv or [])])
+    opts.trained_by = opts.command
+    opts.walls_source = "measured"  # or "files": walls_from_files
+    opts.threads = max(1, (_runner.os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
+    return opts
+
+
+def main(argv: list[str] | None = None) -> Path:
+    opts = parse(sys.argv[1:] if argv is None else argv)
     opts.out.mkdir(parents=True, exist_ok=True)
-    opts.command = "make experiment-ablation" if len(sys.argv) == 1 else shlex.join(["python", *sys.argv])
-    extra = shlex.split(opts.args)
-    blocks = contexts(opts.config)
-
-    per_run: dict[str, dict[int, dict]] = {}
-    walls: dict[str, float] = {}
     previous = opts.out / "results.json"
-    if opts.report_only and previous.is_file():  # keep the wall times of the run that trained
-        walls = json.loads(previous.read_text()).get("walls_s", {})
-    runs = [(seed, name) for seed in range(opts.seeds) for name in opts.variants]  # seed-major: a stopped
-    # experiment still has every variant at the first seeds
-    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else 0
-
-    def fit(seed: int, name: str) -> Path:
-        log_dir = opts.out / "runs" / name / f"seed{seed}"
-        if opts.report_only:
-            return log_dir
-        shutil.rmtree(log_dir, ignore_errors=True)  # a rerun must not mix its events with an old run's
-        log_dir, walls[f"{name}/seed{seed}"] = train(
-            opts.config, name, blocks[name], seed, opts.steps, opts.out, extra, threads, opts.jobs > 1
-        )
-        if not opts.keep_checkpoints:  # ~100 MB each: only seed 0's last.ckpt is needed (figures)
-            for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
-                if seed > 0 or ckpt.name != "last.ckpt":
-                    ckpt.unlink()
-        return log_dir
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:  # each worker waits on one dnlseg process
-        log_dirs = list(pool.map(lambda run: fit(*run), runs))
+    walls, loads = {}, {}
+    if opts.report_only and previous.is_file():  # keep the wall times and loads of the run that trained
+        saved = json.loads(previous.read_text())
+        walls, loads = saved.get("walls_s", {}), saved.get("load_average", {})
+        opts.walls_source = saved.get("walls_source", opts.walls_source)
+        opts.trained_by = saved.get("command", opts.trained_by)  # this command only re-reads the logs
+    if opts.report_only and not walls:  # e.g. a stopped experiment: no results.json of its own
+        walls, opts.walls_source = walls_from_files(opts), "files"
     if not opts.report_only:
+        # seed-major: an experiment stopped early still has every variant and setting at the first seeds
+        runs = [(seed, s, v) for seed in range(opts.seeds) for s in opts.settings for v in opts.variants]
+        loads["before"] = _runner.load_average()
+        start = time.perf_counter()
+        walls = train_all(opts, runs)
         walls["total"] = time.perf_counter() - start
-    for (seed, name), log_dir in zip(runs, log_dirs, strict=True):
-        scalars = read_scalars(log_dir)
-        per_run.setdefault(name, {})[seed] = {key: final(scalars, key) for key in (MIOU, PAIRWISE, UNARY)}
-
-    figures: dict[str, list[str]] = {}
-    device = [a for a in extra if a.startswith("--trainer.accelerator")]
-    for name in opts.variants:
-        log_dir = opts.out / "runs" / name / "seed0"
-        if blocks[name] is None or not (log_dir / "checkpoints" / "last.ckpt").is_file():
-            continue
-        target = opts.out / "figures" / name
-        if target.exists():
-            shutil.rmtree(target)
-        figures[name] = analyze(log_dir, target, [f"--accelerator={a.split('=', 1)[1]}" for a in device])
-        for extra_file in ("metrics.json", "metrics.md"):
-            (target / extra_file).unlink(missing_ok=True)  # the report's numbers are the training runs' own
-
-    rows = summarize(per_run)
-    (opts.out / "results.json").write_text(
-        json.dumps({"per_run": per_run, "walls_s": walls, "steps": opts.steps}, indent=2, default=str) + "\n"
+        loads["after"] = _runner.load_average()
+    results = collect(opts)
+    figures = {setting: curve_figure(setting, by_variant, opts.out) for setting, by_variant in results.items()}
+    shots: dict[str, dict[str, list[str]]] = {}
+    for setting in results:
+        for variant in opts.figure_variants:
+            if (log_dir(opts.out, setting, variant, 0) / "checkpoints" / "last.ckpt").is_file():
+                shots.setdefault(setting, {})[variant] = analyze(opts, setting, variant)
+    previous.write_text(
+        json.dumps(
+            {
+                "command": opts.trained_by,
+                "steps": {s: setting_steps(opts, s) for s in opts.settings},
+                "seeds": opts.seeds,
+                "walls_s": walls,
+                "walls_source": opts.walls_source,
+                "load_average": loads,
+                "results": jsonable(results),
+            },
+            indent=1,
+        )  # fmt: skip
+        + "\n"
     )
-    bars = summary_figure(per_run, rows, opts.out)
-    report = write_report(opts.out, rows, opts, figures, walls, bars)
+    report = write_report(opts, results, walls, loads, figures, shots)
     print(report.read_text())
+    return report
 
 
 if __name__ == "__main__":

@@ -12,12 +12,8 @@ Seed pinned by ``--seed`` (default 0), passed to both runs as ``--seed_everythin
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
-import subprocess
 import sys
-import time
-from datetime import date
 from pathlib import Path
 
 import matplotlib
@@ -25,27 +21,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
+import _runner  # noqa: E402
 
 from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = _runner.ROOT
 BLOCK = "decode_head.context"
 COLORS = {"nl": "tab:red", "dnl": "tab:blue"}
 
 
 def train(config: Path, name: str, seed: int, out: Path, extra: list[str]) -> tuple[Path, float]:
     """One fit through the dnlseg CLI in a fresh process; returns its log dir and wall time."""
-    cmd = [
-        sys.executable, "-m", "dnlseg", "fit", "-c", str(config), f"--seed_everything={seed}",
-        f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={name}",
-        f"--trainer.logger.init_args.version=seed{seed}", "--trainer.enable_progress_bar=false", *extra,
-    ]  # fmt: skip
-    print("$", shlex.join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out / "runs" / name / f"seed{seed}", time.perf_counter() - start
+    args = _runner.fit_args(config, out / "runs", name, f"seed{seed}", f"--seed_everything={seed}", *extra)
+    wall = _runner.run(_runner.dnlseg_command("fit", *args))
+    return out / "runs" / name / f"seed{seed}", wall
 
 
 def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
@@ -188,15 +180,14 @@ def write_report(out: Path, rows: list[dict], files: list[str], walls: dict, com
         "# Gradient separation: NL vs DNL",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, {date.today().isoformat()}. Wall time: "
+        f"Machine: {_runner.machine_line()}. Wall time: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items()),
         "",
         "Both runs use the same seed, data, encoder, head and schedule; only the context block differs. "
         "`BranchGradientMonitor` logs parameter-gradient norms per branch every step; `SeparationProbe` logs "
         "the logit gradients ||dL/dp||, ||dL/du|| and the cross-sensitivity ||g_u(p + dp) - g_u(p)|| / ||g_u(p)|| "
         "(upstream gradient held fixed, ||dp|| = 1% of ||p||) every 50 steps. For NL, p and u are its implicit "
-        "decomposition p_ij + u_j (SCIENCE.md section 2).",
+        "decomposition p_ij + u_j (docs/science.md section 2).",
         "",
         "| run | final val mIoU | best val mIoU | cross-sensitivity median (max) | dL/du : dL/dp (2nd half) "
         "| unary/pairwise param-grad ratio (last 200 steps) |",

@@ -21,24 +21,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
+import _runner  # noqa: E402
+
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = _runner.ROOT
 SHIPPED = ROOT / "configs/synthetic/dnl.yaml"
 
 
@@ -82,7 +83,7 @@ def signal_trial(sig: int, at_step: int) -> dict:
         step_file = directory / "step"
         config = shrunk_config(directory, step_file)
         process = subprocess.Popen(
-            [sys.executable, "-m", "dnlseg", "fit", "-c", str(config)],
+            _runner.dnlseg_command("fit", "-c", str(config)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -119,13 +120,7 @@ def ddp_run(directory: Path, processes: int) -> Path:
     if processes > 1:
         cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    subprocess.run(
-        [sys.executable, "-m", "dnlseg", "fit", "-c", str(config)],
-        check=True,
-        capture_output=True,
-        env=environment(),
-        cwd=ROOT,
-    )
+    _runner.run(_runner.dnlseg_command("fit", "-c", str(config)), env=environment(), capture=True)
     return directory / "runs/dnl/version_0"
 
 
@@ -169,7 +164,7 @@ def main() -> None:
         "# Reliability measurements",
         "",
         "Written by `experiments/reliability/measure.py` (module docstring: what is measured and how); "
-        f"{date.today().isoformat()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{_runner.machine_line()}, "
         f"seed {args.seed}, wall time {time.perf_counter() - started:.0f} s.",
         "",
         f"## Steps lost at the default checkpoint interval ({interval} steps, `configs/synthetic/dnl.yaml`)",

@@ -45,6 +45,7 @@ def write_cityscapes_layout(
     label_kinds: Sequence[str] = ("labelIds", "labelTrainIds"),
     difficulty: float = 0.5,
     groups: int = 1,
+    **scene,
 ) -> Path:
     """Write synthetic images in the Cityscapes on-disk layout under ``root``; returns ``root``.
 
@@ -62,6 +63,7 @@ def write_cityscapes_layout(
         label_kinds: subset of ("labelIds", "labelTrainIds", "color").
         difficulty: in [0, 1].
         groups: legend entries per image, 1 to 4.
+        scene: keyword options of ``generate_sample`` (``texture_levels``, ``ink``, ``boundary_void``).
     """
     height, width = image_shape(image_size)
     check_image_size("image_size", height)
@@ -91,7 +93,7 @@ def write_cityscapes_layout(
         for index in range(count):
             city, seq = cities[index % len(cities)], index // len(cities)
             stem = f"{city}_{seq:06d}_{CITYSCAPES_FRAME:06d}"
-            sample = generate_sample(seed, index, split, height, width, difficulty, groups)
+            sample = generate_sample(seed, index, split, height, width, difficulty, groups, **scene)
             image_dir = root / "leftImg8bit" / split / city
             label_dir = root / "gtFine" / split / city
             image_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from cityscapesscripts.helpers.labels import trainId2label
 from torch.utils.data import DataLoader
@@ -13,7 +14,14 @@ from dnlseg.data.folder import predict_folder_loader
 from dnlseg.data.loaders import build_loader, trainer_rank_and_world_size
 from dnlseg.data.synthetic.cityscapes_layout import CITYSCAPES_TRAIN_IDS, write_cityscapes_layout
 from dnlseg.data.synthetic.dataset import SyntheticSegmentation
-from dnlseg.data.synthetic.scene import CLASS_NAMES, check_difficulty, check_groups, check_image_size, image_shape
+from dnlseg.data.synthetic.scene import (
+    CLASS_NAMES,
+    check_difficulty,
+    check_groups,
+    check_image_size,
+    check_ink,
+    image_shape,
+)
 
 
 class SyntheticDataModule(SegmentationDataModule):
@@ -34,6 +42,15 @@ class SyntheticDataModule(SegmentationDataModule):
         groups: legend entries (texture -> class) per image, 1 to 4. 1: every member has the legend's
             class (a global cue); more: each member must find the entry of its own texture (a pairwise cue).
         pin_memory: DataLoader ``pin_memory``.
+        texture_levels: each texture also gets its own stripe brightness, an easy local cue: with ``groups >= 2``
+            it makes the pairwise match (which key shares a member's texture) learnable in a few hundred steps.
+            Tests whether a head learns the pairwise term (the ablation's ``pairwise`` setting).
+        ink: "stripes": the keys' stripes carry the class ink; "outline": the keys are grey and the ink lies on a
+            thin rim along the inside of their boundary, so the legend's information sits on region boundaries.
+            Tests whether a unary term finds boundaries when boundaries carry the information (``boundary``).
+        boundary_void: a void (ignore) band along every region boundary, as in Cityscapes. False: labels reach
+            the boundaries and label changes are changes of class only (a sharper boundary band for the
+            unary-boundary consistency).
         predict_dir: a folder of images (PNG/JPEG, any size, subfolders read) for ``dnlseg predict`` instead
             of the val images.
     """
@@ -50,6 +67,9 @@ class SyntheticDataModule(SegmentationDataModule):
         groups: int = 1,
         pin_memory: bool = False,
         predict_dir: str | None = None,
+        texture_levels: bool = False,
+        ink: Literal["stripes", "outline"] = "stripes",
+        boundary_void: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("num_train", num_train), ("num_val", num_val), ("batch_size", batch_size)):
@@ -59,6 +79,7 @@ class SyntheticDataModule(SegmentationDataModule):
             check_image_size("image_size", side)
         check_difficulty(difficulty)
         check_groups(groups)
+        check_ink(ink)
         if seed < 0:
             raise ValueError(f"seed={seed} must be >= 0")
         if num_workers < 0:
@@ -74,6 +95,7 @@ class SyntheticDataModule(SegmentationDataModule):
         self.groups = groups
         self.pin_memory = pin_memory
         self.predict_dir = predict_dir
+        self.scene = {"texture_levels": texture_levels, "ink": ink, "boundary_void": boundary_void}
         self.num_classes: int = len(CLASS_NAMES)
         self.class_names: list[str] = list(CLASS_NAMES)
         self.ignore_index: int = IGNORE_INDEX
@@ -84,8 +106,8 @@ class SyntheticDataModule(SegmentationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             args = (self.image_size, self.difficulty, self.seed, self.groups)
-            self.train_set = SyntheticSegmentation(self.num_train, "train", *args)
-            self.val_set = SyntheticSegmentation(self.num_val, "val", *args)
+            self.train_set = SyntheticSegmentation(self.num_train, "train", *args, **self.scene)
+            self.val_set = SyntheticSegmentation(self.num_val, "val", *args, **self.scene)
 
     def _loader(self, dataset: SyntheticSegmentation, train: bool) -> DataLoader:
         rank, world_size = trainer_rank_and_world_size(self)
@@ -119,12 +141,20 @@ class SyntheticDataModule(SegmentationDataModule):
     def write_cityscapes_layout(
         self, root: str | Path, label_kinds: Sequence[str] = ("labelIds", "labelTrainIds")
     ) -> Path:
-        """This module's train and val images (its sizes, seed, difficulty, groups) in the Cityscapes layout.
+        """This module's train and val images (its sizes, seed and scene options) in the Cityscapes layout.
 
         Args:
             root: output folder.
             label_kinds: subset of ("labelIds", "labelTrainIds", "color").
         """
         return write_cityscapes_layout(
-            root, self.num_train, self.num_val, self.image_size, self.seed, label_kinds, self.difficulty, self.groups
+            root,
+            self.num_train,
+            self.num_val,
+            self.image_size,
+            self.seed,
+            label_kinds,
+            self.difficulty,
+            self.groups,
+            **self.scene,
         )

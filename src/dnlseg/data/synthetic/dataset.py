@@ -28,10 +28,18 @@ class SyntheticSegmentation(Dataset):
         difficulty: in [0, 1].
         seed: dataset seed.
         groups: legend entries per image, 1 to 4.
+        scene: keyword options of ``generate_sample`` (``texture_levels``, ``ink``, ``boundary_void``).
     """
 
     def __init__(
-        self, length: int, split: str, image_size: int | tuple[int, int], difficulty: float, seed: int, groups: int = 1
+        self,
+        length: int,
+        split: str,
+        image_size: int | tuple[int, int],
+        difficulty: float,
+        seed: int,
+        groups: int = 1,
+        **scene,
     ) -> None:
         self.length = length
         self.split = split
@@ -39,6 +47,7 @@ class SyntheticSegmentation(Dataset):
         self.difficulty = difficulty
         self.seed = seed
         self.groups = groups
+        self.scene = scene
 
     def __len__(self) -> int:
         return self.length
@@ -47,7 +56,7 @@ class SyntheticSegmentation(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a {self.split} set of {self.length} images")
         height, width = image_shape(self.image_size)
-        return generate_sample(self.seed, index, self.split, height, width, self.difficulty, self.groups)
+        return generate_sample(self.seed, index, self.split, height, width, self.difficulty, self.groups, **self.scene)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         sample = self.sample(index)

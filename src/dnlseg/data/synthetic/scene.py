@@ -35,6 +35,18 @@ a deterministic function of the whole image:
   affinity the DNL paper finds in its pairwise term. That is a second-order problem (neither the
   texture nor the legend alone predicts the class), much slower to learn than the global cue.
 
+Three options change where the information lies (the ablation's settings, ``configs/synthetic/ablation/``):
+
+- ``texture_levels=True``: each texture also has its own brightness (``TEXTURE_LEVELS``: the stripes' light
+  level, on keys and members alike), an easy local cue, so that with ``groups >= 2`` the pairwise match "same
+  texture as that key" becomes learnable on a CPU budget. Which class a texture means is still redrawn per image.
+- ``ink="outline"``: the keys are striped in grey like members, and their class ink is drawn only on a thin rim
+  (``RIM_WIDTH``) along the inside of the key's boundary: the legend's information lies on region boundaries, so
+  a unary term that singles it out attends to boundaries (the DNL paper's claim about its unary term).
+- ``boundary_void=False``: no void band along region boundaries: labels reach the boundary, and label changes
+  (what the boundary band of ``AttentionConsistency`` is made of) are only the changes of class, not every
+  outline between two background regions. The 0-2 clutter blobs stay void.
+
 Difficulty ``d`` in [0, 1] sets the stripe contrast (0.8 - 0.3d), the ink saturation (1 - 0.5d), a
 per-region jitter of the stripe angle (up to 11d degrees) and the pixel noise (std 0.02 + 0.1d on
 [0, 1] intensities).
@@ -61,6 +73,9 @@ TEXTURE_ANGLES = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)  # stripe angl
 STRIPE_PERIOD = 8.0  # pixels at 128x128 (scaled with sqrt(H * W))
 GREY_LO, GREY_HI = 0.12, 0.88  # stripe colours of members
 OUTLINE = 0.05  # intensity of the region outlines
+TEXTURE_LEVELS = (0.45, 0.65, 0.85, 1.0)  # texture_levels=True: light level of each texture's stripes (x GREY_HI)
+RIM_WIDTH = 2.0  # ink="outline": width of the inked rim inside a key's boundary, pixels (scaled up above 128x128)
+INK_MODES = ("stripes", "outline")
 # Ink of the keys' stripes per class (RGB in [0, 1]); row 0 (background) is unused.
 INK = np.array(
     [[0.5, 0.5, 0.5], [0.9, 0.15, 0.15], [0.15, 0.8, 0.15], [0.2, 0.35, 0.95], [0.95, 0.85, 0.1]],
@@ -98,6 +113,11 @@ def check_difficulty(difficulty: float) -> None:
 def check_groups(groups: int) -> None:
     if not 1 <= groups <= NUM_FOREGROUND:
         raise ValueError(f"groups={groups} must be an int in [1, {NUM_FOREGROUND}] (legend entries per image)")
+
+
+def check_ink(ink: str) -> None:
+    if ink not in INK_MODES:
+        raise ValueError(f"ink={ink!r} must be one of {INK_MODES}")
 
 
 def image_shape(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -146,6 +166,10 @@ def generate_sample(
     width: int = 128,
     difficulty: float = 0.5,
     groups: int = 1,
+    *,
+    texture_levels: bool = False,
+    ink: str = "stripes",
+    boundary_void: bool = True,
 ) -> SyntheticSample:
     """Generate image ``index`` of ``split``; a pure function of its arguments (see the module docstring).
 
@@ -157,11 +181,15 @@ def generate_sample(
         width: image width in pixels.
         difficulty: in [0, 1]: lower stripe contrast and ink saturation, angle jitter, more noise.
         groups: legend entries (texture -> class) per image, 1 to 4.
+        texture_levels: each texture also has its own stripe brightness (``TEXTURE_LEVELS``).
+        ink: "stripes" (the keys' stripes are inked) or "outline" (grey keys, ink on a rim inside their boundary).
+        boundary_void: label a band along every region boundary void (``IGNORE_INDEX``).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {SPLITS}")
     check_difficulty(difficulty)
     check_groups(groups)
+    check_ink(ink)
     d = float(difficulty)
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     side = math.sqrt(height * width)  # the side of a square image of the same area
@@ -194,8 +222,14 @@ def generate_sample(
     shade = 0.5 + 0.5 * (0.8 - 0.3 * d) * stripes  # (H, W) in [0, 1]
     region_class = np.where(group >= 0, group_class[g], 0).astype(np.uint8)  # (R,)
     saturation = 1.0 - 0.5 * d
-    hi = np.where(is_key[:, None], (1 - saturation) * GREY_HI + saturation * INK[region_class], GREY_HI)
+    inked = (1 - saturation) * GREY_HI + saturation * INK[region_class]  # (R, 3) light colour of inked stripes
+    hi = np.where((is_key & (ink == "stripes"))[:, None], inked, GREY_HI)  # (R, 3)
+    if texture_levels:
+        hi = hi * np.where(group >= 0, np.asarray(TEXTURE_LEVELS)[group_texture[g]], 1.0)[:, None]
     image = GREY_LO + (hi[region] - GREY_LO) * shade[..., None]  # (H, W, 3)
+    if ink == "outline":  # the rim: from the dark outline to RIM_WIDTH px further inside (gap ~ 2 x distance)
+        rim = is_key[region] & (gap < 1.2 * max(scale, 0.5) + 2 * RIM_WIDTH * max(scale, 1.0))  # (H, W)
+        image[rim] = inked[region[rim]]
 
     blotches = cv2.resize(rng.normal(0, 0.1, size=(5, 5)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
     level = rng.uniform(0.35, 0.6) * (1 + rng.uniform(-0.05, 0.05, size=3))
@@ -204,7 +238,8 @@ def generate_sample(
 
     mask = region_class[region]  # (H, W)
     image[gap < 1.2 * max(scale, 0.5)] = OUTLINE
-    mask[gap < 2.0 * max(scale, 0.5)] = IGNORE_INDEX
+    if boundary_void:
+        mask[gap < 2.0 * max(scale, 0.5)] = IGNORE_INDEX
 
     for _ in range(rng.integers(0, 3)):  # void blobs of clutter
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)

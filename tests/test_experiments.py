@@ -1,0 +1,175 @@
+"""The ablation's report machinery: curve summaries, the paired bootstrap interval and the facts lines it allows
+(hand-computed cases), and the whole experiment in its quick mode; the other experiments on the shared runner."""
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture
+def ablation(monkeypatch):
+    """The ablation's modules, imported as its script imports them (``_runner`` from experiments/)."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    monkeypatch.syspath_prepend(str(EXPERIMENTS / "ablation"))
+    names = ("_runner", "metrics", "seed_stats", "run")
+    yield {name: importlib.import_module(name) for name in names}
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_area_under_curve_is_the_trapezoid_mean_over_the_step_span(ablation):
+    m = ablation["metrics"]
+    # trapezoid over [0, 10, 20] of [0, 1, 1]: 5 + 10 = 15, over a span of 20
+    assert m.area_under_curve(np.array([0, 10, 20]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.75)
+    assert m.area_under_curve(np.array([5]), np.array([0.3])) == pytest.approx(0.3)
+
+
+def test_steps_to_90_percent_is_the_first_step_at_90_percent_of_the_best(ablation):
+    m = ablation["metrics"]
+    steps, values = np.array([50, 100, 150, 200]), np.array([0.1, 0.5, 0.95, 1.0])
+    assert m.steps_to_fraction(steps, values) == 150  # 0.95 >= 0.9 * 1.0; 0.5 is not
+    assert m.steps_to_fraction(steps, np.array([0.1, 0.5, 0.89, 1.0])) == 200
+    assert m.steps_to_fraction(steps, np.array([0.1, 0.9, 0.95, 1.0])) == 100  # exactly 90% counts as reached
+
+
+def test_summary_reads_member_iou_and_the_logit_gradient_ratio_from_logged_scalars(ablation):
+    m = ablation["metrics"]
+    steps = np.array([10, 20])
+    scalars = {
+        "val/mIoU": (steps, np.array([0.4, 0.6])),
+        "val/IoU/background": (steps, np.array([0.9, 0.9])),
+        "val/IoU/red": (steps, np.array([0.2, 0.4])),
+        "val/IoU/green": (steps, np.array([0.4, np.nan])),  # absent at step 20: left out of the mean
+        "separation/decode_head.context/unary_logit_grad": (steps, np.array([2.0, 8.0])),
+        "separation/decode_head.context/pairwise_logit_grad": (steps, np.array([1.0, 1.0])),
+        "val/unary_boundary_consistency": (steps, np.array([1.1, 1.3])),
+    }
+    s = m.summary(scalars)
+    assert s["final_member"] == pytest.approx(0.4) and s["auc_member"] == pytest.approx((0.3 + 0.4) / 2)
+    assert s["final_miou"] == pytest.approx(0.6) and s["steps90_miou"] == 20
+    assert s["ratio"] == pytest.approx(4.0)  # geometric mean of 2 and 8
+    assert s["ratio_late"] == pytest.approx(8.0)  # the steps after 20 / 2: step 20 only
+    assert s["unary_boundary"] == pytest.approx(1.3) and math.isnan(s["pairwise_category"])
+
+
+def test_paired_bootstrap_interval_of_two_seeds_spans_the_two_differences(ablation):
+    st = ablation["seed_stats"]
+    # d = (0, 1): resampled means are 0 (p 1/4), 0.5 (1/2), 1 (1/4): the 2.5 and 97.5 percentiles are 0 and 1
+    diff = st.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 1.0})
+    assert (diff.mean, diff.low, diff.high, diff.seeds) == (0.5, 0.0, 1.0, 2)
+    assert not diff.excludes_zero  # the interval touches 0
+
+
+def test_paired_bootstrap_pairs_by_seed_not_by_position(ablation):
+    st = ablation["seed_stats"]
+    # d = a_s - b_s = (0.1, 0.15, 0.2): every resampled mean lies in [0.1, 0.2], and P(all 0.1) = 1/27 > 2.5%
+    a = {0: 0.5, 1: 0.6, 2: 0.7}
+    b = {2: 0.5, 0: 0.4, 1: 0.45}
+    diff = st.paired_difference(a, b)
+    assert diff.mean == pytest.approx(0.15)
+    assert diff.low == pytest.approx(0.1) and diff.high == pytest.approx(0.2)
+    assert diff.excludes_zero
+    # orders that disagree between the variants: d = (0.7, 0.05, 0.05) paired, (0.1, 0.25, 0.45) if sorted apart;
+    # P(mean* = 0.05) = (2/3)^3 = 8/27 > 2.5%, P(mean* = 0.7) = 1/27 > 2.5%: the interval is [0.05, 0.7]
+    crossed = st.paired_difference({0: 0.9, 1: 0.3, 2: 0.5}, {0: 0.2, 1: 0.25, 2: 0.45})
+    assert crossed.low == pytest.approx(0.05) and crossed.high == pytest.approx(0.7)
+
+
+def test_facts_state_an_ordering_only_when_the_interval_excludes_zero(ablation):
+    st = ablation["seed_stats"]
+    clear = st.paired_difference({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.45, 2: 0.5})
+    assert st.ordering("DNL", "NL", clear, "final mIoU").endswith("**DNL > NL**.")
+    # d = (-0.1, 0.2, 0.3): the resampled mean -0.1 has probability 1/27 > 2.5%, so the interval reaches below 0
+    mixed = st.paired_difference({0: 0.4, 1: 0.7, 2: 0.8}, {0: 0.5, 1: 0.5, 2: 0.5})
+    assert mixed.low == pytest.approx(-0.1) and mixed.high == pytest.approx(0.3)
+    line = st.ordering("DNL", "NL", mixed, "final mIoU")
+    assert "includes 0, no ordering" in line and ">" not in line and "<" not in line
+    lower = st.paired_difference({0: 0.1, 1: 0.2}, {0: 0.3, 1: 0.5})
+    assert st.ordering("DNL", "NL", lower, "AUC").endswith("**DNL < NL**.")
+    one = st.paired_difference({0: 0.9}, {0: 0.1, 1: 0.2})
+    assert one.seeds == 1 and "1 seed: no interval, no ordering stated" in st.ordering("DNL", "NL", one, "m")
+
+
+def test_the_facts_of_a_setting_compare_dnl_with_nl_on_every_metric_and_list_other_clear_pairs(ablation):
+    run, metrics = ablation["run"], ablation["metrics"]
+
+    def runs(final_member):
+        return {
+            seed: {"summary": dict.fromkeys(metrics.SUMMARY, 0.5) | {"final_member": v}, "curves": {}}
+            for seed, v in enumerate(final_member)
+        }
+
+    by_variant = {"nl": runs([0.3, 0.35, 0.4]), "dnl": runs([0.5, 0.6, 0.62]), "unary_nl": runs([0.31, 0.34, 0.41])}
+    lines = run.facts(by_variant)
+    dnl_nl = [line for line in lines if "DNL - NL" in line]
+    assert len(dnl_nl) == len(metrics.SUMMARY)
+    assert [line for line in dnl_nl if "final member-class IoU" in line][0].endswith("**DNL > NL**.")
+    assert all("no ordering" in line for line in dnl_nl if "final member-class IoU" not in line)  # all equal
+    others = [line for line in lines if "**" in line and "DNL - NL" not in line]
+    assert len(others) == 1 and others[0].endswith("**DNL > unary NL**.")  # NL vs unary NL: interval spans 0
+    assert "final member-class IoU" in others[0]
+
+
+@pytest.mark.slow
+def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_path):
+    report = ablation["run"].main(["--quick", "--out", str(tmp_path)])
+    text = report.read_text()
+    results = json.loads((tmp_path / "results.json").read_text())["results"]["pairwise"]
+    assert set(results) == {"nl", "unary_nl", "dnl"} and all(len(v) == 2 for v in results.values())
+    curve = results["dnl"]["0"]["curves"]["miou"]
+    assert curve[0] == [1, 3]  # validations after steps 2 and 4 (0-based global steps as logged)
+    assert "## Setting `pairwise`" in text and "DNL - NL" in text and "95% CI" in text
+    assert "Load average (1, 5, 15 min) before" in text
+    assert (tmp_path / "curves_pairwise.png").stat().st_size > 10_000
+    assert "## Reading" in text and "HUMAN READING" in text
+
+
+def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path):
+    runner = ablation["_runner"]
+    args = runner.fit_args([Path("a.yaml"), Path("b.yaml")], tmp_path, "dnl", "seed3", "--x=1")
+    assert args[:4] == ["-c", "a.yaml", "-c", "b.yaml"]
+    assert f"--trainer.logger.init_args.save_dir={tmp_path}" in args and args[-1] == "--x=1"
+    assert "--trainer.logger.init_args.version=seed3" in args
+    assert runner.dnlseg_command("fit", "-c", "x")[1:] == ["-m", "dnlseg", "fit", "-c", "x"]
+
+
+@pytest.mark.parametrize("setting", ["pairwise", "boundary"])
+def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_documents(setting, tmp_path):
+    from dnlseg.cli import run_cli
+
+    settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
+    cli = run_cli(
+        ["-c", str(settings / "base.yaml"), "-c", str(settings / f"{setting}.yaml"),
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        run=False,
+    )  # fmt: skip
+    expected = {
+        "pairwise": {"groups": 2, "texture_levels": True, "ink": "stripes", "boundary_void": True},
+        "boundary": {"groups": 1, "texture_levels": False, "ink": "outline", "boundary_void": False},
+    }[setting]
+    assert {k: cli.datamodule.hparams[k] for k in expected} == expected
+    assert cli.datamodule.hparams["image_size"] == 64
+    assert cli.trainer.max_steps == {"pairwise": 600, "boundary": 300}[setting]
+
+
+def test_wall_times_of_a_stopped_experiment_come_from_config_and_event_file_times(ablation, tmp_path):
+    import os
+
+    run = ablation["run"]
+    opts = run.parse(["--out", str(tmp_path), "--variants", "nl", "dnl", "--settings", "pairwise", "--seeds", "1"])
+    for variant, (start, end) in {"nl": (1000.0, 1100.0), "dnl": (1050.0, 1300.0)}.items():
+        directory = run.log_dir(tmp_path, "pairwise", variant, 0)
+        directory.mkdir(parents=True)
+        (directory / "config.yaml").write_text("x")
+        (directory / "events.out.tfevents.1").write_text("x")
+        os.utime(directory / "config.yaml", (start, start))
+        os.utime(directory / "events.out.tfevents.1", (end, end))
+    walls = run.walls_from_files(opts)
+    assert walls == {"pairwise/nl/seed0": 100.0, "pairwise/dnl/seed0": 250.0, "total": 300.0}
