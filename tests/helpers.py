@@ -153,3 +153,18 @@ class TensorSizes(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         self.sizes.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(t))
         return out
+
+
+# CLI overrides that shrink a synthetic recipe to a seconds-long fit (64 px images, narrow heads).
+TINY = [
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--model.head_channels=16",
+    "--model.aux_channels=8",
+    "--data.init_args.num_train=16",
+    "--data.init_args.num_val=4",
+    "--data.init_args.image_size=64",
+    "--data.init_args.batch_size=2",
+]

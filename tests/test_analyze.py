@@ -10,7 +10,9 @@ import pytest
 from dnlseg.analyze import analyze
 from dnlseg.cli import run_cli
 from dnlseg.preflight import ConfigError
-from tests.test_cli import ROOT, TINY
+from tests.helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,16 @@ def test_analyze_writes_metrics_and_figures_for_a_checkpoint(tiny_checkpoint, tm
     assert all((out / name).stat().st_size > 0 for name in record["figures"])
     assert "val/pairwise_category_consistency" in (out / "metrics.md").read_text()
     assert "val/unary_boundary_consistency" in result.stderr  # logged summary
+
+
+def test_analyze_reads_a_recipe_that_composes_its_family_file(tiny_checkpoint, tmp_path):
+    """A recipe (not a run's config) names its shared file relative to itself; analyze must still find it."""
+    _, ckpt = tiny_checkpoint
+    recipe = ROOT / "configs/synthetic/nl.yaml"
+    model = [arg for arg in TINY if arg.startswith(("--model.", "--data."))]
+    args = ["-c", str(recipe), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1", *model]
+    metrics = analyze([*args, "--output_dir", str(tmp_path / "out")])
+    assert "val/pairwise_category_consistency" in metrics and (tmp_path / "out" / "metrics.json").is_file()
 
 
 def test_analyze_names_a_missing_checkpoint(tmp_path):

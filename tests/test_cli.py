@@ -13,20 +13,9 @@ import yaml
 
 from dnlseg.cli import resolve_config, run_cli
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--trainer.max_steps=4",
-    "--trainer.val_check_interval=2",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-    "--model.head_channels=16",
-    "--model.aux_channels=8",
-    "--data.init_args.num_train=16",
-    "--data.init_args.num_val=4",
-    "--data.init_args.image_size=64",
-    "--data.init_args.batch_size=2",
-]
 
 
 def dnlseg_executable() -> str:

@@ -112,4 +112,9 @@ def read_config(path: Path) -> dict:
         )
     for key in SUBCOMMAND_KEYS:  # without a subcommand they are not options
         config.pop(key, None)
+    shared = config.get("config")  # a recipe's family file, relative to the recipe: absolute for the copy
+    if isinstance(shared, str):
+        config["config"] = str((path.parent / shared).resolve())
+    elif isinstance(shared, list):
+        config["config"] = [str((path.parent / name).resolve()) for name in shared]
     return config
