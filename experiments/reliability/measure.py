@@ -36,6 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
 
+from dnlseg.cli import resolve_config
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ def environment() -> dict[str, str]:
 
 def shrunk_config(directory: Path, step_file: Path | None = None, **trainer) -> Path:
     """The shipped config, checkpoint interval and schedule kept, model and images shrunk."""
-    config = yaml.safe_load(SHIPPED.read_text())
+    config = resolve_config(SHIPPED)  # the recipe merged with its family's shared file
     config["trainer"].update(enable_progress_bar=False, enable_model_summary=False, **trainer)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(directory / "runs")
     callbacks = [c for c in config["trainer"]["callbacks"] if not c["class_path"].endswith("SeparationProbe")]
@@ -65,7 +66,7 @@ def shrunk_config(directory: Path, step_file: Path | None = None, **trainer) -> 
 
 
 def checkpoint_interval() -> int:
-    callbacks = yaml.safe_load(SHIPPED.read_text())["trainer"]["callbacks"]
+    callbacks = resolve_config(SHIPPED)["trainer"]["callbacks"]
     return next(c["init_args"]["every_n_train_steps"] for c in callbacks if c["init_args"].get("save_last"))
 
 
