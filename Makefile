@@ -90,7 +90,7 @@ bench-analysis: $(STAMP) ## peak memory of `dnlseg analyze` at P = 16384 and 327
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")
 
-experiment-ablation: $(STAMP) ## 5 variants x 2 synthetic settings x 3 seeds, learning curves + bootstrap CIs -> experiments/ablation/report.md
+experiment-ablation: $(STAMP) ## 6 variants x 2 synthetic settings x 3 seeds, learning curves + bootstrap CIs -> experiments/ablation/report.md
 	$(BIN)/python experiments/ablation/run.py $(ABLATION_ARGS) $(if $(ARGS),--args "$(ARGS)")
 
 experiment-reliability: $(STAMP) ## steps lost to SIGTERM/SIGKILL, DDP parity -> experiments/reliability/results.md

@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT
 SETTINGS_DIR = ROOT / "configs" / "synthetic" / "ablation"
 BASE = SETTINGS_DIR / "base.yaml"
-DEFAULT_VARIANTS = ("baseline", "nl", "pairwise_nl", "unary_nl", "dnl")  # gc etc.: --variants
+DEFAULT_VARIANTS = ("baseline", "nl", "pairwise_nl", "unary_nl", "dnl", "gc")  # others: --variants
 DEFAULT_SETTINGS = ("pairwise", "boundary")
 # --quick: the whole machinery on tiny runs (the test suite runs it)
 QUICK = {"variants": ["nl", "unary_nl", "dnl"], "settings": ["pairwise"], "seeds": 2, "steps": 4, "eval_every": 2}
