@@ -75,3 +75,12 @@ def test_captured_factors_are_the_input_tokens_on_the_query_grid_and_combine_is_
     torch.testing.assert_close(record.output, torch.softmax(u, -1) @ record.values)
     torch.testing.assert_close(record.weights(), torch.softmax(u, dim=-1))
     torch.testing.assert_close(block.combine(None, u), torch.softmax(u, dim=-1))
+
+
+def test_only_the_transforms_last_conv_starts_at_zero_and_its_layer_norm_at_the_identity():
+    """GC starts as the identity because W_2 is zero (GCNet's init), not because the LayerNorm is switched off."""
+    block = GlobalContext2d(16)
+    first, norm, _, last = block.out
+    assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.count_nonzero(norm.bias) == 0
+    assert torch.count_nonzero(first.weight) == first.weight.numel()  # W_1 keeps its random init
