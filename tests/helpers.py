@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from dnlseg.context import VARIANTS, find_context_blocks
 from dnlseg.data import SyntheticDataModule
+from dnlseg.data.synthetic import CLASS_NAMES
 from dnlseg.models import SegmentationModule
 
 
@@ -67,21 +68,19 @@ def tiny_batch(n: int = 2, size: int = 32, num_classes: int = 3, seed: int = 0) 
     }
 
 
-def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwargs) -> L.Trainer:
-    """Fit a resnet18 + context head for a few steps on 64 px synthetic images; returns the trainer."""
+def _fit_on_synthetic(tmp_path, context, callbacks, num_val, module_kwargs, **trainer_kwargs) -> L.Trainer:
+    """Seeded fit of a resnet18 + 16-channel head with the ``context`` variant on 64 px synthetic images."""
     L.seed_everything(0, workers=True)
-    data = SyntheticDataModule(num_train=8, num_val=2, image_size=64, batch_size=2, seed=0)
+    data = SyntheticDataModule(num_train=8, num_val=num_val, image_size=64, batch_size=2, seed=0)
     model = SegmentationModule(
         num_classes=data.num_classes,
-        class_names=data.class_names,
         encoder_name="resnet18",
         head_channels=16,
         aux_channels=8,
         context=context_of(context),
+        **module_kwargs,
     )
     trainer = L.Trainer(
-        max_steps=max_steps,
-        limit_val_batches=0,
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context or "baseline"),
         callbacks=list(callbacks),
         enable_progress_bar=False,
@@ -89,38 +88,26 @@ def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwarg
         enable_checkpointing=False,
         deterministic=True,
         accelerator="cpu",
-        log_every_n_steps=1,
         **trainer_kwargs,
     )
     trainer.fit(model, data)
     return trainer
 
 
+def tiny_fit(tmp_path, context="dnl", callbacks=(), max_steps=4, **trainer_kwargs) -> L.Trainer:
+    """Fit a resnet18 + context head for a few steps on 64 px synthetic images; returns the trainer."""
+    module_kwargs = {"class_names": list(CLASS_NAMES)}
+    return _fit_on_synthetic(
+        tmp_path, context, callbacks, 2, module_kwargs, max_steps=max_steps, limit_val_batches=0, log_every_n_steps=1,
+        **trainer_kwargs,
+    )  # fmt: skip
+
+
 def fit_with_validation(tmp_path, context, callbacks) -> L.Trainer:
     """Two training steps of the ``context`` variant (``dnlseg.context.VARIANTS``) on 64 px images, then validation."""
-    L.seed_everything(0, workers=True)
-    data = SyntheticDataModule(num_train=8, num_val=4, image_size=64, batch_size=2, seed=0)
-    model = SegmentationModule(
-        num_classes=data.num_classes,
-        encoder_name="resnet18",
-        head_channels=16,
-        aux_channels=8,
-        context=context_of(context),
+    return _fit_on_synthetic(
+        tmp_path, context, callbacks, 4, {}, max_steps=2, val_check_interval=2, num_sanity_val_steps=1
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        val_check_interval=2,
-        num_sanity_val_steps=1,
-        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name=context),
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-        accelerator="cpu",
-    )
-    trainer.fit(model, data)
-    return trainer
 
 
 def final_weights(trainer) -> dict[str, torch.Tensor]:
