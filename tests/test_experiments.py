@@ -18,7 +18,7 @@ def ablation(monkeypatch):
     """The ablation's modules, imported as its script imports them (``_runner`` from experiments/)."""
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     monkeypatch.syspath_prepend(str(EXPERIMENTS / "ablation"))
-    names = ("_runner", "metrics", "seed_stats", "run")
+    names = ("_runner", "metrics", "seed_stats", "reference_levels", "run")
     yield {name: importlib.import_module(name) for name in names}
     for name in names:
         sys.modules.pop(name, None)
@@ -57,6 +57,29 @@ def test_summary_reads_member_iou_and_the_logit_gradient_ratio_from_logged_scala
     assert s["ratio"] == pytest.approx(4.0)  # geometric mean of 2 and 8
     assert s["ratio_late"] == pytest.approx(8.0)  # the steps after 20 / 2: step 20 only
     assert s["unary_boundary"] == pytest.approx(1.3) and math.isnan(s["pairwise_category"])
+
+
+def test_reference_levels_are_the_member_iou_of_guessing_among_all_classes_or_the_legends(ablation):
+    from dnlseg.data.synthetic.scene import SyntheticSample
+
+    levels = ablation["reference_levels"]
+    # one row of 5 pixels: background, key of class 1, key of class 2, a member of class 1, a void pixel
+    mask = np.array([[0, 1, 2, 1, 255]], dtype=np.uint8)
+    sample = SyntheticSample(
+        image=np.zeros((1, 5, 3), np.uint8),
+        mask=mask,
+        region=np.arange(5, dtype=np.int16)[None],
+        group=np.array([[-1, 0, 1, 0, 0]], dtype=np.int16),
+        texture=np.array([[-1, 0, 1, 0, 0]], dtype=np.int16),
+        key=np.array([[False, True, True, False, False]]),
+    )
+    # legend: the member goes 1/2 to class 1, 1/2 to class 2. IoU_1 = 1.5 / (2 + 1.5 - 1.5), IoU_2 = 1 / (1 + 1.5 - 1);
+    # classes 3 and 4 are in neither labels nor guesses: left out
+    assert levels.reference_levels([sample])["legend"] == pytest.approx((0.75 + 1 / 1.5) / 2)
+    # local: 1/4 to each of classes 1-4. IoU_1 = 1.25 / 2, IoU_2 = 1 / 1.25, IoU_3 = IoU_4 = 0
+    assert levels.reference_levels([sample])["local"] == pytest.approx((0.625 + 0.8 + 0 + 0) / 4)
+    with pytest.raises(ValueError, match="guess='oracle'"):
+        levels.expected_confusion([sample], "oracle")
 
 
 def test_paired_bootstrap_interval_of_two_seeds_spans_the_two_differences(ablation):
@@ -121,12 +144,17 @@ def test_the_facts_of_a_setting_compare_dnl_with_nl_on_every_metric_and_list_oth
 def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_path):
     report = ablation["run"].main(["--quick", "--out", str(tmp_path)])
     text = report.read_text()
-    results = json.loads((tmp_path / "results.json").read_text())["results"]["pairwise"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    results = saved["results"]["pairwise"]
     assert set(results) == {"nl", "unary_nl", "dnl"} and all(len(v) == 2 for v in results.values())
     curve = results["dnl"]["0"]["curves"]["miou"]
     assert curve[0] == [1, 3]  # validations after steps 2 and 4 (0-based global steps as logged)
     assert "## Setting `pairwise`" in text and "DNL - NL" in text and "95% CI" in text
     assert "Load average (1, 5, 15 min) before" in text
+    # the quick runs' own val images (32 px, 4 images): levels of those, not of the 64 px setting
+    levels = saved["reference_levels"]["pairwise"]
+    assert 0 < levels["local"] < levels["legend"] < 1
+    assert f"legend, no match **{levels['legend']:.3f}**" in text
     assert (tmp_path / "curves_pairwise.png").stat().st_size > 10_000
     assert "## Reading" in text and "HUMAN READING" in text
 
@@ -140,7 +168,7 @@ def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path
     assert runner.dnlseg_command("fit", "-c", "x")[1:] == ["-m", "dnlseg", "fit", "-c", "x"]
 
 
-@pytest.mark.parametrize("setting", ["pairwise", "boundary"])
+@pytest.mark.parametrize("setting", ["pairwise", "pairwise_random", "boundary"])
 def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_documents(setting, tmp_path):
     from dnlseg.cli import run_cli
 
@@ -151,12 +179,13 @@ def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_do
         run=False,
     )  # fmt: skip
     expected = {
-        "pairwise": {"groups": 2, "texture_levels": True, "ink": "stripes", "boundary_void": True},
+        "pairwise": {"groups": 2, "texture_levels": True, "random_textures": False, "ink": "stripes"},
+        "pairwise_random": {"groups": 2, "texture_levels": True, "random_textures": True, "ink": "stripes"},
         "boundary": {"groups": 1, "texture_levels": False, "ink": "outline", "boundary_void": False},
     }[setting]
     assert {k: cli.datamodule.hparams[k] for k in expected} == expected
     assert cli.datamodule.hparams["image_size"] == 64
-    assert cli.trainer.max_steps == {"pairwise": 600, "boundary": 300}[setting]
+    assert cli.trainer.max_steps == {"pairwise": 600, "pairwise_random": 600, "boundary": 300}[setting]
 
 
 def test_wall_times_of_a_stopped_experiment_come_from_config_and_event_file_times(ablation, tmp_path):

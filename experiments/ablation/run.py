@@ -1,6 +1,6 @@
 """The ablation of docs/science.md section 3 on synthetic settings where the heads must differ, with learning curves.
 
-    make experiment-ablation                                   # the default below: 65 min on the shared 2-core CPU
+    make experiment-ablation                                   # the default below: 22 min on the 2-core CPU
     .venv/bin/python experiments/ablation/run.py               # the same
     .venv/bin/python experiments/ablation/run.py --variants nl dnl --settings pairwise --seeds 5 --steps 1000
     .venv/bin/python experiments/ablation/run.py --args "--trainer.accelerator=gpu"     # any CLI override
@@ -42,9 +42,12 @@ import yaml  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
 from metrics import SUMMARY, curves, summary  # noqa: E402
+from reference_levels import LEVELS, reference_levels  # noqa: E402
 from seed_stats import mean_std, ordering, paired_difference  # noqa: E402
 
+from dnlseg.cli import resolve_config  # noqa: E402
 from dnlseg.context import VARIANTS  # noqa: E402
+from dnlseg.data import SyntheticDataModule  # noqa: E402
 from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +88,16 @@ def setting_steps(opts, name: str) -> int:
         if steps is not None:
             return int(steps)
     raise ValueError(f"{_runner.shown(opts.base)}: no trainer.max_steps and no --steps")
+
+
+def setting_levels(opts, setting: str) -> dict[str, float]:
+    """Member-class IoU of the idealised predictors of ``reference_levels.py`` on the setting's val images."""
+    config = resolve_config(opts.base, "-c", str(setting_file(setting)), *shlex.split(opts.args))
+    if not config["data"]["class_path"].endswith("SyntheticDataModule"):
+        return {}
+    data = SyntheticDataModule(**config["data"]["init_args"])
+    data.setup("validate")
+    return reference_levels([data.val_set.sample(i) for i in range(len(data.val_set))])
 
 
 def log_dir(out: Path, setting: str, variant: str, seed: int) -> Path:
@@ -189,8 +202,9 @@ def fmt(pair: tuple[float, float], digits: int) -> str:
     return "-" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path) -> str:
-    """Per panel: each variant's mean over seeds (line) ± std (band) at every logged step."""
+def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path, levels: dict[str, float]) -> str:
+    """Per panel: each variant's mean over seeds (line) ± std (band) at every logged step; the member-class IoU
+    panel also shows the reference ``levels`` (dashed)."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     for ax, (key, title) in zip(axes, CURVE_PANELS, strict=True):
         for variant, runs in by_variant.items():
@@ -213,6 +227,10 @@ def curve_figure(setting: str, by_variant: dict[str, dict[int, dict]], out: Path
             ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.axhline(1.0, color="grey", ls="--", lw=1)
+        if key == "member":
+            for (guess, level), style in zip(levels.items(), (":", "--"), strict=False):
+                if level < 1.0:  # "legend, no match" is 1 with one legend entry: nothing to read against
+                    ax.axhline(level, color="black", ls=style, lw=1, label=f"{LEVELS[guess]} ({level:.2f})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(f"Setting '{setting}': mean ± std over seeds", fontsize=11)
@@ -253,13 +271,33 @@ def facts(by_variant: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
-def setting_section(setting: str, by_variant: dict[str, dict[int, dict]], figure: str, shots: dict) -> list[str]:
+def levels_line(levels: dict[str, float]) -> list[str]:
+    if not levels:
+        return []
+    shown = ", ".join(f"{LEVELS[guess]} **{level:.3f}**" for guess, level in levels.items())
+    reading = (
+        "A head above the second has learned some of the match; at it, only which inks the legend holds."
+        if levels["legend"] < 1.0
+        else "With one legend entry, knowing the legend decides every member: a head is read against the first."
+    )
+    return [
+        f"Reference levels of the member-class IoU on these val images (`reference_levels.py`, exact expected "
+        f"values of idealised predictors that guess a member's class among the 4 foreground classes / among the "
+        f"legend's classes): {shown}. {reading}",
+        "",
+    ]
+
+
+def setting_section(
+    setting: str, by_variant: dict[str, dict[int, dict]], figure: str, shots: dict, levels: dict[str, float]
+) -> list[str]:
     keys = list(SUMMARY)
     lines = [
         f"## Setting `{setting}`",
         "",
         setting_summary(setting),
         "",
+        *levels_line(levels),
         "| variant | " + " | ".join(SUMMARY[k][0] for k in keys) + " | seeds |",
         "|---|" + "---|" * (len(keys) + 1),
     ]
@@ -289,7 +327,9 @@ def per_seed_table(results: dict) -> list[str]:
     return lines
 
 
-def write_report(opts, results: dict, walls: dict, loads: dict, figures: dict, shots: dict) -> Path:
+def write_report(
+    opts, results: dict, walls: dict, loads: dict, figures: dict, shots: dict, levels: dict[str, dict[str, float]]
+) -> Path:
     per_run = {k: v for k, v in walls.items() if k != "total"}
     total = walls.get("total", sum(per_run.values()))
     lines = [
@@ -336,7 +376,7 @@ def write_report(opts, results: dict, walls: dict, loads: dict, figures: dict, s
         "",
     ]
     for setting, by_variant in results.items():
-        lines += setting_section(setting, by_variant, figures[setting], shots.get(setting, {}))
+        lines += setting_section(setting, by_variant, figures[setting], shots.get(setting, {}), levels[setting])
     lines += [
         "## Reading",
         "",
@@ -421,7 +461,8 @@ def main(argv: list[str] | None = None) -> Path:
         walls["total"] = time.perf_counter() - start
         loads["after"] = _runner.load_average()
     results = collect(opts)
-    figures = {setting: curve_figure(setting, by_variant, opts.out) for setting, by_variant in results.items()}
+    levels = {setting: setting_levels(opts, setting) for setting in results}
+    figures = {s: curve_figure(s, by_variant, opts.out, levels[s]) for s, by_variant in results.items()}
     shots: dict[str, dict[str, list[str]]] = {}
     for setting in results:
         for variant in opts.figure_variants:
@@ -436,13 +477,14 @@ def main(argv: list[str] | None = None) -> Path:
                 "walls_s": walls,
                 "walls_source": opts.walls_source,
                 "load_average": loads,
+                "reference_levels": levels,
                 "results": jsonable(results),
             },
             indent=1,
         )  # fmt: skip
         + "\n"
     )
-    report = write_report(opts, results, walls, loads, figures, shots)
+    report = write_report(opts, results, walls, loads, figures, shots, levels)
     print(report.read_text())
     return report
 

@@ -7,7 +7,7 @@ import pytest
 
 from dnlseg.data import SyntheticDataModule, generate_sample
 from dnlseg.data.synthetic import INK
-from dnlseg.data.synthetic.scene import GREY_HI, GREY_LO, TEXTURE_LEVELS
+from dnlseg.data.synthetic.scene import GREY_HI, GREY_LO, TEXTURE_ANGLES, TEXTURE_LEVELS
 
 SIZE = 128
 
@@ -111,7 +111,7 @@ def test_without_boundary_void_labels_reach_the_boundaries_and_only_the_blobs_st
 
 
 def test_data_module_passes_the_scene_options_to_its_images():
-    scene = {"texture_levels": True, "ink": "outline", "boundary_void": False}
+    scene = {"texture_levels": True, "random_textures": True, "ink": "outline", "boundary_void": False}
     dm = SyntheticDataModule(num_train=2, num_val=1, image_size=64, difficulty=0.0, groups=2, seed=3, **scene)
     assert all(dm.hparams[k] == v for k, v in scene.items())
     sample = dm.train_dataloader().dataset.sample(1)
@@ -125,3 +125,66 @@ def test_unknown_ink_raises_value_error_naming_it():
         SyntheticDataModule(ink="rims")
     with pytest.raises(ValueError, match="ink="):
         generate_sample(0, 0, ink="rims")
+
+
+def stripe_angle(grey: np.ndarray, cells: np.ndarray) -> float:
+    """Stripe angle in [0, pi) of ``cells`` (H, W bool) from the image's gradient structure tensor: the stripes
+    vary along (cos a, sin a), so the gradients point along a (mod pi)."""
+    gx = cv2.Sobel(grey, cv2.CV_64F, 1, 0, ksize=3)[cells]
+    gy = cv2.Sobel(grey, cv2.CV_64F, 0, 1, ksize=3)[cells]
+    return float(0.5 * np.arctan2(2 * (gx * gy).sum(), (gx**2 - gy**2).sum())) % np.pi
+
+
+def interior(s, region: int) -> np.ndarray:
+    own = (s.region == region).astype(np.uint8)
+    return cv2.distanceTransform(own, cv2.DIST_L2, 5) > 3
+
+
+def angle_gap(a: float, b: float) -> float:
+    d = abs(a - b) % np.pi
+    return min(d, np.pi - d)
+
+
+def test_random_textures_turn_each_images_angles_and_members_keep_their_keys_angle():
+    offsets = []
+    for s in samples(8, groups=2, random_textures=True):
+        grey = s.image.mean(axis=-1)
+        key_angle = {}
+        for g in range(2):
+            (key_region,) = np.unique(s.region[(s.group == g) & s.key])
+            key_angle[g] = stripe_angle(grey, interior(s, key_region))
+        assert angle_gap(key_angle[0], key_angle[1]) > np.radians(35)  # distinct textures stay 45 degrees apart
+        for region in np.unique(s.region[(s.group >= 0) & ~s.key]):
+            g = int(s.group[s.region == region][0])
+            assert angle_gap(stripe_angle(grey, interior(s, region)), key_angle[g]) < np.radians(8)
+            key_class = np.unique(s.mask[s.key & (s.group == g) & (s.mask != 255)])
+            assert (s.mask[(s.region == region) & (s.mask != 255)] == key_class).all()
+        offset = np.degrees(key_angle[0]) % 45
+        offsets.append(min(offset, 45 - offset))  # distance to the nearest fixed angle: ~0 without the turn
+    assert np.ptp(offsets) > 6, offsets
+
+
+def test_without_random_textures_the_angles_are_the_fixed_texture_angles():
+    for s in samples(4, groups=2):
+        grey = s.image.mean(axis=-1)
+        for region in np.unique(s.region[s.group >= 0]):
+            texture = int(s.texture[s.region == region][0])
+            assert angle_gap(stripe_angle(grey, interior(s, region)), TEXTURE_ANGLES[texture]) < np.radians(8)
+
+
+def test_random_textures_draw_each_groups_level_per_image_shared_by_its_members():
+    levels = []
+    for s in samples(8, groups=2, texture_levels=True, random_textures=True):
+        for g in range(2):
+            brightest = [
+                np.percentile(s.image[interior(s, r)].mean(axis=-1), 98)
+                for r in np.unique(s.region[(s.group == g) & ~s.key])
+            ]
+            if len(brightest) >= 2:
+                assert np.ptp(brightest) < 12  # one level per group
+            if brightest:
+                levels.append(np.mean(brightest) / 255)
+    # level x GREY_HI of the brightest stripe at difficulty 0: GREY_LO + (GREY_HI * level - GREY_LO) * 0.9
+    drawn = (np.array(levels) - GREY_LO * 0.1) / (0.9 * GREY_HI)
+    fixed = np.abs(drawn[:, None] - np.array(TEXTURE_LEVELS)[None]).min(axis=1)
+    assert (drawn > 0.40).all() and (drawn < 1.05).all() and fixed.max() > 0.04, drawn

@@ -63,7 +63,8 @@ def write_cityscapes_layout(
         label_kinds: subset of ("labelIds", "labelTrainIds", "color").
         difficulty: in [0, 1].
         groups: legend entries per image, 1 to 4.
-        scene: keyword options of ``generate_sample`` (``texture_levels``, ``ink``, ``boundary_void``).
+        scene: keyword options of ``generate_sample`` (``texture_levels``, ``random_textures``, ``ink``,
+            ``boundary_void``).
     """
     height, width = image_shape(image_size)
     check_image_size("image_size", height)

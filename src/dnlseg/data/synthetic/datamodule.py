@@ -42,9 +42,14 @@ class SyntheticDataModule(SegmentationDataModule):
         groups: legend entries (texture -> class) per image, 1 to 4. 1: every member has the legend's
             class (a global cue); more: each member must find the entry of its own texture (a pairwise cue).
         pin_memory: DataLoader ``pin_memory``.
-        texture_levels: each texture also gets its own stripe brightness, an easy local cue: with ``groups >= 2``
-            it makes the pairwise match (which key shares a member's texture) learnable in a few hundred steps.
-            Tests whether a head learns the pairwise term (the ablation's ``pairwise`` setting).
+        texture_levels: each texture also gets its own stripe brightness, an easy local cue for the pairwise
+            match (which key shares a member's texture) with ``groups >= 2``. Tests whether a head learns the
+            pairwise term (the ablation's ``pairwise`` setting).
+        random_textures: each image draws its own textures (the stripe angles turned by one random angle in
+            [0, 45) degrees; with ``texture_levels``, levels drawn per group), so no fixed texture stands for a
+            fixed binding "this texture -> the ink next to it": with ``groups >= 2``, a head that pools the legend
+            into one vector must carry the binding for a continuum of textures, a pairwise term only compares
+            a member's texture with each key's (the ablation's ``pairwise_random`` setting).
         ink: "stripes": the keys' stripes carry the class ink; "outline": the keys are grey and the ink lies on a
             thin rim along the inside of their boundary, so the legend's information sits on region boundaries.
             Tests whether a unary term finds boundaries when boundaries carry the information (``boundary``).
@@ -68,6 +73,7 @@ class SyntheticDataModule(SegmentationDataModule):
         pin_memory: bool = False,
         predict_dir: str | None = None,
         texture_levels: bool = False,
+        random_textures: bool = False,
         ink: Literal["stripes", "outline"] = "stripes",
         boundary_void: bool = True,
     ) -> None:
@@ -95,7 +101,12 @@ class SyntheticDataModule(SegmentationDataModule):
         self.groups = groups
         self.pin_memory = pin_memory
         self.predict_dir = predict_dir
-        self.scene = {"texture_levels": texture_levels, "ink": ink, "boundary_void": boundary_void}
+        self.scene = {
+            "texture_levels": texture_levels,
+            "random_textures": random_textures,
+            "ink": ink,
+            "boundary_void": boundary_void,
+        }
         self.num_classes: int = len(CLASS_NAMES)
         self.class_names: list[str] = list(CLASS_NAMES)
         self.ignore_index: int = IGNORE_INDEX

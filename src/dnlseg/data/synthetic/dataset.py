@@ -28,7 +28,8 @@ class SyntheticSegmentation(Dataset):
         difficulty: in [0, 1].
         seed: dataset seed.
         groups: legend entries per image, 1 to 4.
-        scene: keyword options of ``generate_sample`` (``texture_levels``, ``ink``, ``boundary_void``).
+        scene: keyword options of ``generate_sample`` (``texture_levels``, ``random_textures``, ``ink``,
+            ``boundary_void``).
     """
 
     def __init__(

@@ -35,11 +35,16 @@ a deterministic function of the whole image:
   affinity the DNL paper finds in its pairwise term. That is a second-order problem (neither the
   texture nor the legend alone predicts the class), much slower to learn than the global cue.
 
-Three options change where the information lies (the ablation's settings, ``configs/synthetic/ablation/``):
+Four options change where the information lies (the ablation's settings, ``configs/synthetic/ablation/``):
 
 - ``texture_levels=True``: each texture also has its own brightness (``TEXTURE_LEVELS``: the stripes' light
   level, on keys and members alike), an easy local cue, so that with ``groups >= 2`` the pairwise match "same
   texture as that key" becomes learnable on a CPU budget. Which class a texture means is still redrawn per image.
+- ``random_textures=True``: each image draws its own textures (the four angles turned by one random angle in
+  [0, 45) degrees; with ``texture_levels``, each group's level uniform in ``RANDOM_LEVELS``). With fixed textures a
+  head can pool the legend into a fixed code "texture t has ink c" (4 x 4 conjunctions) and read it with the
+  member's own texture, with no pairwise match; with a continuum of textures only a comparison of the member's
+  texture with each key's (a pairwise term) stays simple.
 - ``ink="outline"``: the keys are striped in grey like members, and their class ink is drawn only on a thin rim
   (``RIM_WIDTH``) along the inside of the key's boundary: the legend's information lies on region boundaries, so
   a unary term that singles it out attends to boundaries (the DNL paper's claim about its unary term).
@@ -74,6 +79,7 @@ STRIPE_PERIOD = 8.0  # pixels at 128x128 (scaled with sqrt(H * W))
 GREY_LO, GREY_HI = 0.12, 0.88  # stripe colours of members
 OUTLINE = 0.05  # intensity of the region outlines
 TEXTURE_LEVELS = (0.45, 0.65, 0.85, 1.0)  # texture_levels=True: light level of each texture's stripes (x GREY_HI)
+RANDOM_LEVELS = (0.45, 1.0)  # random_textures=True: range of the levels drawn per image and group
 RIM_WIDTH = 2.0  # ink="outline": width of the inked rim inside a key's boundary, pixels (scaled up above 128x128)
 INK_MODES = ("stripes", "outline")
 # Ink of the keys' stripes per class (RGB in [0, 1]); row 0 (background) is unused.
@@ -93,7 +99,7 @@ class SyntheticSample:
         region: (H, W) int16 Voronoi region id.
         group: (H, W) int16 group of key and member regions; -1 on background.
         texture: (H, W) int16 index into ``TEXTURE_ANGLES`` of key and member regions (the same local
-            appearance in every image); -1 on background.
+            appearance in every image, unless ``random_textures`` turns this image's angles); -1 on background.
         key: (H, W) bool, True on the legend's keys.
     """
 
@@ -168,6 +174,7 @@ def generate_sample(
     groups: int = 1,
     *,
     texture_levels: bool = False,
+    random_textures: bool = False,
     ink: str = "stripes",
     boundary_void: bool = True,
 ) -> SyntheticSample:
@@ -182,6 +189,8 @@ def generate_sample(
         difficulty: in [0, 1]: lower stripe contrast and ink saturation, angle jitter, more noise.
         groups: legend entries (texture -> class) per image, 1 to 4.
         texture_levels: each texture also has its own stripe brightness (``TEXTURE_LEVELS``).
+        random_textures: each image draws its own textures: the angles rotated by one random angle in
+            [0, 45) degrees, the levels (with ``texture_levels``) uniform in ``RANDOM_LEVELS`` per group.
         ink: "stripes" (the keys' stripes are inked) or "outline" (grey keys, ink on a rim inside their boundary).
         boundary_void: label a band along every region boundary void (``IGNORE_INDEX``).
     """
@@ -210,10 +219,15 @@ def generate_sample(
     group[is_member] = rng.integers(0, groups, size=int(is_member.sum()))
     group_class = rng.permutation(NUM_FOREGROUND)[:groups] + 1  # distinct classes
     group_texture = rng.permutation(len(TEXTURE_ANGLES))[:groups]  # distinct textures
+    group_angle = np.asarray(TEXTURE_ANGLES)[group_texture]  # (G,)
+    group_level = np.asarray(TEXTURE_LEVELS)[group_texture]  # (G,)
+    if random_textures:  # this image's own textures: still 45 degrees apart, levels independent
+        group_angle = group_angle + rng.uniform(0, math.pi / 4)
+        group_level = rng.uniform(*RANDOM_LEVELS, size=groups)
 
     # Stripes at the group's angle (jittered per region with difficulty): inked on keys, grey on members.
     g = np.maximum(group, 0)
-    angle = np.asarray(TEXTURE_ANGLES)[group_texture[g]] + rng.uniform(-1, 1, num_regions) * d * math.pi / 16
+    angle = group_angle[g] + rng.uniform(-1, 1, num_regions) * d * math.pi / 16
     k = 2 * math.pi / max(4.0, STRIPE_PERIOD * scale)
     ky, kx = (k * np.sin(angle)).astype(np.float32), (k * np.cos(angle)).astype(np.float32)
     phase = rng.uniform(0, 2 * math.pi, num_regions).astype(np.float32)
@@ -225,7 +239,7 @@ def generate_sample(
     inked = (1 - saturation) * GREY_HI + saturation * INK[region_class]  # (R, 3) light colour of inked stripes
     hi = np.where((is_key & (ink == "stripes"))[:, None], inked, GREY_HI)  # (R, 3)
     if texture_levels:
-        hi = hi * np.where(group >= 0, np.asarray(TEXTURE_LEVELS)[group_texture[g]], 1.0)[:, None]
+        hi = hi * np.where(group >= 0, group_level[g], 1.0)[:, None]
     image = GREY_LO + (hi[region] - GREY_LO) * shade[..., None]  # (H, W, 3)
     if ink == "outline":  # the rim: from the dark outline to RIM_WIDTH px further inside (gap ~ 2 x distance)
         rim = is_key[region] & (gap < 1.2 * max(scale, 0.5) + 2 * RIM_WIDTH * max(scale, 1.0))  # (H, W)
