@@ -173,3 +173,12 @@ def test_captured_softmaxes_are_computed_in_float32_from_half_precision_factors(
     mass = record.pairwise_mass(values)
     assert mass.dtype == torch.float32
     torch.testing.assert_close(mass, torch.softmax(logits.float(), -1)[..., :1], atol=1e-3, rtol=0)
+
+
+def test_captured_softmaxes_keep_float64_factors_in_float64():
+    logits = torch.randn(1, 2, 3, dtype=torch.float64)
+    record = CapturedAttention(logits, torch.eye(3, dtype=torch.float64)[None], logits[:, :1], logits, logits,
+                               (1, 2), (1, 3), None)  # fmt: skip
+    assert record.pairwise_attention().dtype == torch.float64 and record.unary_attention().dtype == torch.float64
+    torch.testing.assert_close(record.pairwise_attention(), torch.softmax(logits, -1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(record.unary_attention(), torch.softmax(logits[:, 0], -1), atol=1e-12, rtol=0)

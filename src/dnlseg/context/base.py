@@ -84,11 +84,19 @@ class CapturedAttention:
     def pairwise_attention(self, rows: Tensor | None = None) -> Tensor | None:
         """a_ij = softmax_j(p_ij) for the rows ``rows`` (N, Q) -> (N, Q, Pk), float32 or wider."""
         logits = self.pairwise_logits(rows)
-        return None if logits is None else torch.softmax(logits.float(), dim=-1)
+        return (
+            None
+            if logits is None
+            else torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        )
 
     def unary_attention(self) -> Tensor | None:
         """s_j = softmax_j(u_j), (N, Pk), float32 or wider."""
-        return None if self.unary_logits is None else torch.softmax(self.unary_logits[:, 0].float(), dim=-1)
+        if self.unary_logits is None:
+            return None
+        return torch.softmax(
+            self.unary_logits[:, 0].to(torch.promote_types(self.unary_logits.dtype, torch.float32)), dim=-1
+        )
 
     def weights(self, rows: Tensor | None = None) -> Tensor:
         """w for the rows ``rows`` (N, Q) -> (N, Q, Pk) (all rows when None), from ``combine``."""
