@@ -41,3 +41,48 @@ def test_a_stale_temporary_of_a_killed_write_is_removed_by_the_next_save(tmp_pat
     (tmp_path / ".other.ckpt.abc.tmp").write_bytes(b"another checkpoint's")
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.ckpt.abc.tmp", "last.ckpt"]
+
+
+def test_a_lightning_checkpoint_loads_on_the_cpu_as_it_was_saved(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(
+        {"pytorch-lightning_version": "2.6", "state_dict": {"w": torch.arange(3.0)}}, tmp_path / "a.ckpt"
+    )
+    loaded = io.load_checkpoint(tmp_path / "a.ckpt")
+    assert set(loaded) == {"pytorch-lightning_version", "state_dict"} and loaded["pytorch-lightning_version"] == "2.6"
+    assert loaded["state_dict"]["w"].tolist() == [0.0, 1.0, 2.0] and loaded["state_dict"]["w"].device.type == "cpu"
+
+
+def test_an_mmseg_model_zoo_file_comes_back_as_a_lightning_checkpoint_of_its_weights(tmp_path):
+    import lightning
+
+    path = tmp_path / "dnl_r50.pth"
+    weights = {"backbone.conv1.weight": torch.ones(2), "decode_head.conv_seg.bias": torch.zeros(1)}
+    torch.save({"meta": {"epoch": 80}, "state_dict": weights}, path)
+    loaded = AtomicCheckpointIO().load_checkpoint(path)
+    assert loaded["pytorch-lightning_version"] == lightning.__version__
+    assert loaded["mmseg_checkpoint"] == {"path": str(path), "meta": {"epoch": 80}}
+    assert {k: v.tolist() for k, v in loaded["state_dict"].items()} == {k: v.tolist() for k, v in weights.items()}
+
+
+def test_unreadable_checkpoints_raise_naming_the_ckpt_path_and_missing_ones_stay_file_not_found(tmp_path):
+    import argparse
+
+    from dnlseg.weight_files import WeightFileError
+
+    io = AtomicCheckpointIO()
+    with pytest.raises(FileNotFoundError):
+        io.load_checkpoint(tmp_path / "none.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(WeightFileError) as error:
+        io.load_checkpoint(tmp_path / "text.ckpt")
+    assert str(error.value).startswith(
+        f"--ckpt_path {tmp_path / 'text.ckpt'} is not a file torch.load (or safetensors) can read ("
+    )
+    torch.save({"hparams": argparse.Namespace(lr=0.1)}, tmp_path / "objects.ckpt")
+    with pytest.raises(WeightFileError) as error:
+        io.load_checkpoint(tmp_path / "objects.ckpt")
+    assert str(error.value).startswith(f"--ckpt_path {tmp_path / 'objects.ckpt'} holds Python objects besides tensors")
+    assert str(error.value).endswith("if you trust the file, --weights_only=false")
+    trusted = io.load_checkpoint(tmp_path / "objects.ckpt", weights_only=False)  # the option it names works
+    assert trusted["hparams"].lr == 0.1

@@ -58,3 +58,48 @@ def test_non_tensor_entries_are_not_shape_checked():
     state = {**model().state_dict()}
     state["1.num_batches_tracked"] = 3  # an int where the model has a tensor: no shape to compare
     check_state_dict_fits(model(), state)
+
+
+def test_a_state_dict_file_and_a_safetensors_file_are_read_on_the_cpu(tmp_path):
+    from safetensors.torch import save_file
+
+    from dnlseg.weight_files import read_torch_file
+
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "w.pth")
+    save_file({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    assert read_torch_file(tmp_path / "w.pth", "key")["w"].tolist() == [0.0, 1.0, 2.0]
+    loaded = read_torch_file(tmp_path / "w.safetensors", "key")["w"]
+    assert loaded.tolist() == [1.0, 1.0] and loaded.device.type == "cpu"
+
+
+def test_unreadable_weight_files_raise_naming_the_key_the_file_and_why(tmp_path):
+    import argparse
+    import pickle
+
+    from dnlseg.weight_files import WeightFileError, WeightFileNotFoundError, read_torch_file
+
+    with pytest.raises(WeightFileNotFoundError, match=f"^model.weights: no file at {tmp_path / 'none.pth'}$"):
+        read_torch_file(tmp_path / "none.pth", "model.weights")
+    torch.save({"args": argparse.Namespace(lr=0.1)}, tmp_path / "objects.pth")
+    with pytest.raises(WeightFileError) as error:
+        read_torch_file(tmp_path / "objects.pth", "model.weights")
+    assert str(error.value) == (
+        f"model.weights: {tmp_path / 'objects.pth'} holds Python objects besides tensors (argparse.Namespace), "
+        "which loading with weights_only refuses; if you trust the file, load it into a state dict and save that"
+    )
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(WeightFileError) as error:
+        read_torch_file(tmp_path / "plain.pkl", "model.weights")
+    assert str(error.value) == (
+        f"model.weights: {tmp_path / 'plain.pkl'} is not a file torch.load (or safetensors) can read "
+        "(not a PyTorch pickle)"
+    )
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(WeightFileError) as error:
+        read_torch_file(tmp_path / "text.pth", "model.weights")
+    assert str(error.value).startswith(
+        f"model.weights: {tmp_path / 'text.pth'} is not a file torch.load (or safetensors) can read (KeyError: "
+    )
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(WeightFileError, match=r"bad.safetensors is not a file torch.load \(or safetensors\) can read"):
+        read_torch_file(tmp_path / "bad.safetensors", "model.weights")

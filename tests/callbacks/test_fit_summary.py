@@ -51,3 +51,56 @@ def test_summary_without_validation_or_checkpoints(caplog):
 def test_checkpoint_callbacks_without_paths_show_dashes(caplog):
     lines = summary(caplog, callback_metrics={}, log_dir="/runs/v2", checkpoint_callbacks=[object()])
     assert lines[2:] == ["checkpoints: -", "  last: -", "  best: -"]
+
+
+def test_a_resumed_run_that_was_already_complete_says_so_with_its_best_score(caplog, tmp_path):
+    (tmp_path / "best.ckpt").write_bytes(b"")
+    best = SimpleNamespace(
+        dirpath=str(tmp_path),
+        last_model_path="",
+        best_model_path=str(tmp_path / "best.ckpt"),
+        best_model_score=torch.tensor(0.56789),
+        monitor="val/mIoU",
+    )
+    trainer = SimpleNamespace(
+        callback_metrics={"val/mIoU": torch.tensor(0.1)},  # restored, not computed by this fit
+        log_dir="/runs/v3",
+        checkpoint_callbacks=[best],
+        global_step=40,
+        max_steps=40,
+    )
+    callback = FitSummary()
+    callback.trained = True  # left over from an earlier fit with this callback
+    with caplog.at_level("INFO"):
+        callback.on_fit_start(None, None)  # on_train_start is not called: nothing to train
+        callback.on_fit_end(trainer, None)
+    assert caplog.records[-1].getMessage().splitlines() == [
+        "the run was already complete at step 40 (max_steps=40): nothing trained",
+        "best val/mIoU: 0.5679",
+        "logs: /runs/v3",
+        f"checkpoints: {tmp_path}",
+        "  last: -",
+        f"  best: {tmp_path / 'best.ckpt'}",
+    ]
+    best.best_model_score = None  # no score recorded: no best line
+    with caplog.at_level("INFO"):
+        callback.on_fit_end(trainer, None)
+    assert caplog.records[-1].getMessage().splitlines()[:2] == [
+        "the run was already complete at step 40 (max_steps=40): nothing trained",
+        "logs: /runs/v3",
+    ]
+    assert FitSummary().trained is False
+
+
+def test_a_complete_run_without_checkpoint_callbacks_gives_no_best_line(caplog):
+    trainer = SimpleNamespace(
+        callback_metrics={}, log_dir="/runs/v4", checkpoint_callbacks=[], global_step=5, max_steps=5
+    )
+    callback = FitSummary()
+    with caplog.at_level("INFO"):
+        callback.on_fit_start(None, None)
+        callback.on_fit_end(trainer, None)
+    assert caplog.records[-1].getMessage().splitlines() == [
+        "the run was already complete at step 5 (max_steps=5): nothing trained",
+        "logs: /runs/v4",
+    ]

@@ -127,3 +127,40 @@ def test_the_count_is_reset_at_predict_start_and_reported_at_the_end(tmp_path, c
     with caplog.at_level("INFO"):
         writer.on_predict_end(SimpleNamespace(), None)
     assert f"wrote 0 predictions (labels/, color/, overlay/) to {tmp_path}" in caplog.text
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_an_overlay_weight_outside_zero_to_one_is_refused(alpha):
+    with pytest.raises(ValueError, match=rf"^overlay_alpha={alpha} must be in \[0, 1\]$"):
+        PredictionWriter(overlay_alpha=alpha)
+    PredictionWriter(overlay_alpha=0.0), PredictionWriter(overlay_alpha=1.0)  # the ends are valid
+
+
+def test_the_overlay_blends_the_image_and_the_colours_exactly_and_counts_add_up_over_batches(tmp_path, caplog):
+    from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    rgb = np.array([[[200, 100, 50], [0, 255, 128]]], dtype=np.float64)  # (1, 2, 3)
+    image = torch.from_numpy(((rgb / 255 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)).float()
+    trainer = SimpleNamespace(
+        log_dir=str(tmp_path / "run"), datamodule=SimpleNamespace(palette=[(0, 0, 0), (90, 60, 30)])
+    )
+    writer = PredictionWriter(overlay_alpha=0.25)
+    prediction = {"name": ["a"], "prediction": torch.tensor([[[1, 0]]])}
+    writer.write_on_batch_end(trainer, None, prediction, None, {"image": image[None]}, batch_idx=0)
+    overlay = np.asarray(Image.open(tmp_path / "run" / "predictions" / "overlay" / "a.png"))
+    colour = np.array([[[90, 60, 30], [0, 0, 0]]])
+    # rounded (and float32): within half a level of the blend in 0..255; in 0..256 the 255 would be 0.75 off
+    np.testing.assert_allclose(overlay, 0.75 * rgb + 0.25 * colour, atol=0.51)
+    with pytest.raises(ValueError):  # one name for two predictions: not silently cut to one
+        writer.write_on_batch_end(
+            trainer, None, {"name": ["b"], "prediction": torch.zeros(2, 1, 2, dtype=torch.long)}, None, None, 1
+        )
+    writer.write_on_batch_end(
+        trainer, None, {"name": ["c", "d"], "prediction": torch.zeros(2, 1, 2, dtype=torch.long)}, None, None, 2
+    )
+    assert writer.written == 3  # 1 + 2 (the refused batch wrote its first file before failing, uncounted)
+    plain = PredictionWriter(color=False)
+    plain.written = 2
+    with caplog.at_level("INFO"):
+        plain.on_predict_end(trainer, None)
+    assert f"wrote 2 predictions (labels/) to {tmp_path / 'run' / 'predictions'}" in caplog.text

@@ -66,3 +66,125 @@ def test_files_of_another_callback_or_unreadable_files_are_left_out(tmp_path):
     kept = write_best(tmp_path, "step2.ckpt", 0.3, callback)
     callback.load_state_dict(restored_state(kept, 0.3) | {"dirpath": callback.dirpath})
     assert list(callback.best_k_models) == [str(kept)]
+
+
+def ranked_callback(folder, mode, top_k):
+    callback = ResumableModelCheckpoint(
+        dirpath=str(folder), monitor="val/mIoU", mode=mode, save_top_k=top_k, filename="step{step}"
+    )
+    for step, score in ((2, 0.3), (4, 0.7), (6, 0.5)):
+        write_best(folder, f"step{step}.ckpt", score, callback)
+    callback.load_state_dict(restored_state(folder / "step2.ckpt", 0.3) | {"dirpath": str(folder)})
+    return callback
+
+
+@pytest.mark.parametrize(
+    "mode, top_k, kept", [("max", 2, [4, 6]), ("min", 2, [2, 6]), ("max", -1, [4, 6, 2]), ("min", 1, [2])]
+)
+def test_the_best_k_files_are_ranked_by_their_scores_in_the_callbacks_mode(tmp_path, mode, top_k, kept):
+    callback = ranked_callback(tmp_path, mode, top_k)
+    paths = [str(tmp_path / f"step{step}.ckpt") for step in kept]
+    scores = {2: 0.3, 4: 0.7, 6: 0.5}
+    assert list(callback.best_k_models) == paths
+    assert [float(v) for v in callback.best_k_models.values()] == pytest.approx([scores[s] for s in kept])
+    assert callback.best_model_path == paths[0] and float(callback.best_model_score) == pytest.approx(scores[kept[0]])
+    if top_k == len(kept):  # the k-th best is the worst kept one
+        assert callback.kth_best_model_path == paths[-1] and float(callback.kth_value) == pytest.approx(
+            scores[kept[-1]]
+        )
+    else:  # fewer files than k (all kept): no k-th best yet, the worst possible score
+        assert callback.kth_best_model_path == "" and float(callback.kth_value) == -float("inf")
+
+
+def test_with_fewer_files_than_k_the_kth_value_is_the_worst_score_of_the_mode(tmp_path):
+    for mode, worst in (("max", -float("inf")), ("min", float("inf"))):
+        folder = tmp_path / mode
+        folder.mkdir()
+        callback = ResumableModelCheckpoint(dirpath=str(folder), monitor="val/mIoU", mode=mode, save_top_k=3)
+        kept = write_best(folder, "a.ckpt", 0.4, callback)
+        callback.load_state_dict(restored_state(kept, 0.4) | {"dirpath": str(folder)})
+        assert callback.kth_best_model_path == "" and float(callback.kth_value) == worst
+    empty = ResumableModelCheckpoint(dirpath=str(tmp_path / "none"), monitor="val/mIoU", mode="max")
+    empty.load_state_dict(restored_state(tmp_path / "gone.ckpt", 0.4) | {"dirpath": str(tmp_path / "none")})
+    assert empty.best_k_models == {} and empty.best_model_path == "" and empty.best_model_score is None
+
+
+def test_last_files_and_hidden_files_are_not_best_k_files(tmp_path):
+    callback = best_callback(tmp_path)
+    for name in ("last.ckpt", "last-v1.ckpt", ".step9.ckpt"):
+        write_best(tmp_path, name, 0.9, callback)  # each records a better score for itself
+    kept = write_best(tmp_path, "step2.ckpt", 0.3, callback)
+    callback.load_state_dict(restored_state(kept, 0.3) | {"dirpath": callback.dirpath})
+    assert list(callback.best_k_models) == [str(kept)]
+
+
+def test_a_score_the_record_holds_wins_over_the_score_the_file_holds(tmp_path):
+    callback = best_callback(tmp_path)
+    kept = write_best(tmp_path, "step2.ckpt", 0.3, callback)
+    callback.load_state_dict(restored_state(kept, 0.8) | {"dirpath": callback.dirpath})
+    assert float(callback.best_model_score) == pytest.approx(0.8)
+
+
+def test_stale_entries_are_logged_when_dropped(tmp_path, caplog):
+    callback = best_callback(tmp_path)
+    kept = write_best(tmp_path, "step8.ckpt", 0.7, callback)
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.resumable_checkpoint"):
+        callback.load_state_dict(restored_state(tmp_path / "step6.ckpt", 0.5) | {"dirpath": callback.dirpath})
+    message = caplog.records[-1].getMessage()
+    stale, now = [str(tmp_path / "step6.ckpt")], [str(kept)]
+    assert message == f"checkpoint record: {stale} no longer on disk or not among the best; using {now}"
+
+
+def test_without_a_monitor_or_with_top_k_zero_only_an_existing_best_path_is_kept(tmp_path):
+    exists = tmp_path / "best.ckpt"
+    exists.write_bytes(b"x")
+    for monitor, top_k in ((None, 1), ("val/mIoU", 0)):
+        for best, expected in ((exists, str(exists)), (tmp_path / "gone.ckpt", "")):
+            callback = ResumableModelCheckpoint(dirpath=str(tmp_path), monitor=monitor, save_top_k=top_k)
+            callback.load_state_dict(restored_state(best, 0.5) | {"monitor": monitor, "dirpath": str(tmp_path)})
+            assert callback.best_model_path == expected
+            assert list(callback.best_k_models) == [str(best)]  # the record is not rebuilt without ranking
+
+
+def test_without_a_dirpath_or_save_last_the_record_is_restored_as_it_was(tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    callback = ResumableModelCheckpoint(monitor="val/mIoU", save_last=True)  # no dirpath yet: nothing to look at
+    callback.load_state_dict(restored_state(tmp_path / "gone.ckpt", 0.5) | {"dirpath": str(tmp_path)})
+    assert callback.best_model_path == str(tmp_path / "gone.ckpt") and callback.last_model_path == ""
+    no_last = ResumableModelCheckpoint(dirpath=str(tmp_path), save_top_k=0)
+    no_last.load_state_dict(
+        restored_state("", 0.0) | {"monitor": None, "dirpath": str(tmp_path), "last_model_path": "old"}
+    )
+    assert no_last.last_model_path == "old"  # save_last off: last.ckpt is not this callback's
+
+
+def test_own_score_reads_the_score_a_file_recorded_for_itself_or_none(tmp_path):
+    from dnlseg.callbacks.resumable_checkpoint import own_score
+
+    callback = best_callback(tmp_path)
+    assert float(own_score(write_best(tmp_path, "a.ckpt", 0.25, callback), callback.state_key)) == 0.25
+    assert own_score(tmp_path / "a.ckpt", "another callback") is None
+    torch.save([1, 2], tmp_path / "list.ckpt")  # not a dict
+    assert own_score(tmp_path / "list.ckpt", callback.state_key) is None
+    path = tmp_path / "float.ckpt"
+    torch.save({"callbacks": {callback.state_key: {"best_k_models": {str(path): 0.5}}}}, path)  # not a tensor
+    assert own_score(path, callback.state_key) is None
+    other = tmp_path / "b.ckpt"
+    torch.save(
+        {"callbacks": {callback.state_key: {"best_k_models": {str(tmp_path / "c.ckpt"): torch.tensor(1.0)}}}}, other
+    )
+    assert own_score(other, callback.state_key) is None  # it records another file's score, not its own
+
+
+def test_own_score_runs_no_code_from_a_file_and_reads_files_without_callbacks_as_none(tmp_path):
+    import argparse
+
+    from dnlseg.callbacks.resumable_checkpoint import own_score
+
+    callback = best_callback(tmp_path)
+    path = tmp_path / "objects.ckpt"
+    state = {"best_k_models": {str(path): torch.tensor(0.5)}}
+    torch.save({"callbacks": {callback.state_key: state}, "hparams": argparse.Namespace(lr=0.1)}, path)
+    assert own_score(path, callback.state_key) is None  # weights_only refuses the pickled object: not loaded
+    torch.save({"state_dict": {}}, tmp_path / "weights.ckpt")  # a dict without callbacks
+    assert own_score(tmp_path / "weights.ckpt", callback.state_key) is None

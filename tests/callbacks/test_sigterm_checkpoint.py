@@ -56,3 +56,16 @@ def test_without_a_checkpoint_directory_it_warns_and_saves_nothing(caplog):
     assert (
         saved == [] and caplog.records[-1].getMessage() == "SIGTERM: no ModelCheckpoint with a directory; nothing saved"
     )
+
+
+def test_the_sigterm_file_is_recorded_as_the_callbacks_last_checkpoint_before_it_is_written(tmp_path):
+    callback = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    recorded = []
+    trainer = SimpleNamespace(
+        checkpoint_callbacks=[callback],
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        global_step=3,
+        save_checkpoint=lambda path: recorded.append(callback.last_model_path),  # the state the file will hold
+    )
+    CheckpointOnSigterm().on_exception(trainer, None, SIGTERMException())
+    assert recorded == [str(tmp_path / "last.ckpt")] and callback.last_model_path == str(tmp_path / "last.ckpt")

@@ -82,6 +82,12 @@ def test_biases_and_the_zero_initialised_layer_follow_use_out_and_the_norm(
     assert torch.count_nonzero(getattr(kept, zeroed).weight) > 0  # the layer's default initialisation
 
 
+def test_by_default_the_value_is_reduced_and_an_out_conv_restores_the_channels():
+    block = NonLocalBase(8)  # reduction 2, use_out: the paper's W_v C -> C' and W_out C' -> C
+    assert (block.value.in_channels, block.value.out_channels) == (8, 4)
+    assert block.out is not None and (block.out.in_channels, block.out.out_channels) == (4, 8)
+
+
 def test_channels_must_divide_by_the_reduction():
     with pytest.raises(ValueError, match=r"^in_channels=10 is not divisible by reduction=4: choose a reduction"):
         NonLocalBase(10, 4)

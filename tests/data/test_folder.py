@@ -147,7 +147,7 @@ def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, 
     assert torch.equal(loader.dataset[0]["image"], first)
     seed_transform(loader.dataset.transform, worker_seed(7, 1 - rank))
     assert not torch.equal(loader.dataset[0]["image"], first)
-    assert len(loader.sampler) == 2  # 4 train images over 2 ranks
+    assert len(loader.sampler) == 2 and loader.sampler.rank == rank  # 4 train images over 2 ranks
 
 
 class TwoSplits(FolderDataModule):
@@ -262,3 +262,163 @@ def test_at_most_twenty_invalid_values_are_listed(tmp_path):
     path = write_label(tmp_path / "many.png", np.arange(30, 60, dtype=np.uint8)[None])
     with pytest.raises(DatasetLayoutError, match=r"holds values \[30, 31, .*, 49\] outside"):
         read_label(path, lookup_table({0: 0}))
+
+
+class NoFiles(FolderDataModule):
+    def find_pairs(self, split, labelled):
+        return []
+
+
+@pytest.mark.parametrize(
+    "batch_size, val_batch_size, num_workers, message",
+    [
+        (0, 1, 0, r"^batch_size=0 must be >= 1$"),
+        (1, 0, 0, r"^val_batch_size=0 must be >= 1$"),
+        (1, 1, -1, r"^num_workers=-1 must be >= 0$"),
+    ],
+)
+def test_batch_sizes_below_one_and_negative_workers_are_refused_naming_the_argument(
+    batch_size, val_batch_size, num_workers, message
+):
+    with pytest.raises(ValueError, match=message):
+        NoFiles(TrainAugmentation(), batch_size, val_batch_size, num_workers, False, 0, True, 1)
+    NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1)  # the smallest valid values
+
+
+def test_a_32_bit_label_is_read_and_negative_values_are_refused(tmp_path):
+    # PIL's 32-bit mode "I" (PNG cannot hold it; a TIFF can, and labels are opened by content, not suffix)
+    path = write_label(tmp_path / "l32.tif", np.array([[0, 7], [255, 3]], dtype=np.int32))
+    assert Image.open(path).mode == "I"
+    assert read_label(path, None).tolist() == [[0, 7], [255, 3]]
+    negative = write_label(tmp_path / "neg.tif", np.array([[0, -1]], dtype=np.int32))
+    with pytest.raises(DatasetLayoutError, match=r"neg.tif holds values outside 0..255 \(dtype int32\)"):
+        read_label(negative, None)
+
+
+def test_colour_images_are_read_as_rgb_whatever_their_channels(tmp_path):
+    pixels = np.array([[[255, 0, 0], [0, 128, 255]]], dtype=np.uint8)  # red, and a blue-ish colour: order shows
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    Image.fromarray(np.concatenate([pixels, np.full((1, 2, 1), 9, dtype=np.uint8)], axis=-1)).save(tmp_path / "a.png")
+    for name in ("rgb.png", "a.png"):
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.tolist() == pixels.tolist()
+
+
+def test_label_values_are_described_as_ranges_pairs_and_singles():
+    from dnlseg.data.folder import describe_values
+
+    assert describe_values([9, 0, 1, 2, 5, 6, 255]) == "0..2, 5, 6, 9, 255"  # a run of 2 is a pair, not 5..6
+
+
+def test_check_pairs_logs_a_duration_in_seconds(tmp_path, caplog):
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    with caplog.at_level("INFO", logger="dnlseg.data.folder"):
+        check_pairs([FilePair("s", tmp_path / "image.png")], "split")
+    assert float(caplog.records[-1].getMessage().split(" in ")[-1].removesuffix(" s")) < 60
+
+
+def save_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((2, 3, 3), dtype=np.uint8)).save(path)
+
+
+def test_a_predict_folder_lists_image_files_only_skipping_hidden_ones(tmp_path):
+    from dnlseg.data.folder import image_folder_pairs
+
+    for name in ("b.png", "city/a.JPG", ".hidden.png", ".cache/c.png"):
+        save_image(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "folder.png").mkdir()  # an image suffix on a folder
+    pairs = image_folder_pairs(tmp_path)
+    assert [(p.name, p.image, p.label) for p in pairs] == [
+        ("b", tmp_path / "b.png", None),
+        ("city/a", tmp_path / "city" / "a.JPG", None),
+    ]
+
+
+def test_a_predict_folder_that_is_missing_empty_or_has_name_clashes_is_refused(tmp_path):
+    from dnlseg.data.folder import image_folder_pairs
+
+    with pytest.raises(DatasetLayoutError) as error:
+        image_folder_pairs(tmp_path / "none")
+    assert str(error.value) == f"predict_dir {tmp_path / 'none'} does not exist or is not a folder"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError) as error:
+        image_folder_pairs(tmp_path / "empty")
+    assert str(error.value) == f"predict_dir {tmp_path / 'empty'} holds no images (.png/.jpg/.jpeg, subfolders read)"
+    for stem in "abcdef":
+        save_image(tmp_path / "clash" / f"{stem}.png")
+        save_image(tmp_path / "clash" / f"{stem}.jpg")
+    with pytest.raises(DatasetLayoutError) as error:
+        image_folder_pairs(tmp_path / "clash")
+    assert str(error.value) == (
+        f"predict_dir {tmp_path / 'clash'}: images of the same name with other suffixes: "
+        "['a', 'b', 'c', 'd', 'e']"  # the first five of six
+    )
+
+
+def test_the_predict_folder_loader_keeps_order_and_names_the_folder_of_a_bad_file(tmp_path, monkeypatch):
+    from dnlseg.data.folder import predict_folder_loader
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pin_memory would be honoured
+    for name in ("c.png", "a.png", "b.png"):
+        save_image(tmp_path / name)
+    loader = predict_folder_loader(tmp_path)
+    assert type(loader) is torch.utils.data.DataLoader and loader.num_workers == 0 and not loader.pin_memory
+    assert [batch["name"][0] for batch in loader] == ["a", "b", "c"] and not loader.drop_last
+    (tmp_path / "d.png").write_bytes(b"broken")
+    with pytest.raises(DatasetLayoutError, match=f"^1 bad samples in predict_dir {tmp_path}:"):
+        predict_folder_loader(tmp_path)
+
+
+def test_an_unknown_stage_sets_up_the_fit_splits(tmp_path):
+    dm = TwoSplits(tmp_path)
+    dm.setup("sanity_check")
+    assert dm.found == ["tr", "va"] and dm.splits == {"train": "tr", "val": "va", "test": "va", "predict": "pr"}
+    assert NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1).splits == {}  # a subclass fills them in
+
+
+def test_the_predict_dir_argument_is_what_the_predict_loader_reads(tmp_path):
+    save_image(tmp_path / "images" / "x.png")
+    dm = NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1, predict_dir=str(tmp_path / "images"))
+    dm.setup("predict")  # no predict split needed
+    assert [batch["name"][0] for batch in dm.predict_dataloader()] == ["x"]
+
+
+def test_with_a_predict_dir_only_the_predict_split_is_skipped(tmp_path, monkeypatch):
+    save_image(tmp_path / "images" / "x.png")
+    dm = TwoSplits(tmp_path, num_workers=1, pin_memory=True)
+    dm.predict_dir = str(tmp_path / "images")
+    dm.setup("predict")
+    dm.setup("fit")
+    assert dm.found == ["tr", "va"]  # the predict split is never looked for
+    assert [batch["name"][0] for batch in dm.predict_dataloader()] == ["x"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pin_memory is honoured (not iterated here)
+    loader = dm.predict_dataloader()
+    assert loader.num_workers == 1 and loader.pin_memory
+
+
+def test_setup_checks_label_values_only_when_asked_names_the_split_and_logs_its_size(tmp_path, caplog):
+    dm = TwoSplits(tmp_path)
+    dm.find_pairs = lambda split, labelled: pairs_with_bad_values(tmp_path, 2)
+    with pytest.raises(DatasetLayoutError, match="^2 bad samples in TwoSplits tr:"):
+        dm.setup("fit")
+    relaxed = TwoSplits(tmp_path)
+    relaxed.check_label_values = False
+    relaxed.find_pairs = dm.find_pairs
+    with caplog.at_level("INFO", logger="dnlseg.data.folder"):
+        relaxed.setup("fit")  # the values are checked when a label is loaded
+    assert [r.getMessage() for r in caplog.records if "images" in r.getMessage()] == [
+        "TwoSplits tr: 2 images",
+        "TwoSplits va: 2 images",
+    ]
+
+
+def test_the_train_augmentation_uses_the_datamodules_ignore_index(tmp_path):
+    from dnlseg.data.transforms import CategoryBalancedCrop
+
+    dm = TwoSplits(tmp_path)
+    dm.ignore_index = 100
+    dm.setup("fit")
+    crop = next(t for t in dm.datasets["train"].transform.transforms if isinstance(t, CategoryBalancedCrop))
+    assert crop.ignore_index == 100

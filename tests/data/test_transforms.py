@@ -14,13 +14,18 @@ from torch.utils.data import DataLoader
 
 from dnlseg.data.folder import FilePair, SegmentationFiles
 from dnlseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     CategoryBalancedCrop,
     RandomRescale,
     TrainAugmentation,
+    eval_transform,
     init_worker,
+    photometric_distortion,
     rescale_size,
     seed_transform,
     train_transform,
+    unnormalize,
     worker_seed,
 )
 
@@ -260,3 +265,158 @@ def test_albumentations_update_check_does_not_run_when_the_dnlseg_command_is_imp
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["0", "1"]  # no update check; the variable is set for the workers too
+
+
+def test_photometric_distortion_has_mmsegs_ranges_each_step_at_half_probability():
+    # mmseg PhotoMetricDistortion(brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
+    # hue_delta=18), each step with p = 0.5; albumentations takes brightness as a share of 255 and contrast as r - 1.
+    brightness, contrast, saturation, hue = photometric_distortion()
+    delta = 32 / 255
+    assert isinstance(brightness, A.RandomBrightnessContrast) and isinstance(contrast, A.RandomBrightnessContrast)
+    assert brightness.get_transform_init_args() == {
+        "brightness_limit": (-delta, delta), "contrast_limit": (0.0, 0.0), "brightness_by_max": True,
+        "ensure_safe_range": False, "p": 0.5,
+    }  # fmt: skip
+    assert contrast.get_transform_init_args()["brightness_limit"] == (0.0, 0.0)
+    assert contrast.get_transform_init_args()["contrast_limit"] == (-0.5, 0.5) and contrast.p == 0.5
+    assert isinstance(saturation, A.ColorJitter) and saturation.get_transform_init_args() == {
+        "brightness": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (0.5, 1.5), "hue": (0.0, 0.0), "p": 0.5,
+    }  # fmt: skip
+    assert isinstance(hue, A.HueSaturationValue) and hue.get_transform_init_args() == {
+        "hue_shift_limit": (-18, 18), "sat_shift_limit": (0, 0), "val_shift_limit": (0, 0), "p": 0.5,
+    }  # fmt: skip
+
+
+def test_photometric_distortion_changes_colours_only_when_switched_on():
+    image, mask = image_and_mask(24, 32)
+    normalised = (image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    for photometric in (False, True):
+        aug = TrainAugmentation(crop_size=(24, 32), scale_range=(1.0, 1.0), flip_prob=0.0, photometric=photometric)
+        transform = train_transform(aug)
+        seed_transform(transform, 0)
+        outs = [transform(image=image, mask=mask)["image"] for _ in range(8)]
+        same = [np.allclose(out, normalised, atol=1e-4) for out in outs]
+        # off: every output is the normalised image; on: 15 of 16 draws change it (1 - 0.5^4), so most of 8 do
+        assert all(same) if not photometric else sum(same) <= 3
+
+
+def test_eval_transform_only_normalises_with_the_imagenet_statistics():
+    image, mask = image_and_mask(5, 7)
+    out = eval_transform()(image=image, mask=mask)
+    expected = (image / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out["image"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["mask"], mask)
+
+
+def test_rescale_never_shrinks_a_side_below_one_pixel():
+    assert rescale_size(10, 1000, None, 0.01) == (1, 10)  # 10 * 0.01 + 0.5 rounds to 0: kept at 1
+    assert rescale_size(1000, 10, None, 0.01) == (10, 1)
+
+
+def test_train_pipeline_rescales_relative_to_the_scale_base():
+    # 40 x 50 image, base (long 20, short 10), factor 1: min(20 / 50, 10 / 40) = 0.25 -> 10 x 13 (12.5 rounds up),
+    # padded to the 64 x 96 crop with the ignore label: the labelled region is the rescaled image.
+    aug = TrainAugmentation(
+        crop_size=(64, 96), scale_range=(1.0, 1.0), scale_base=(20, 10), flip_prob=0.0, photometric=False
+    )
+    image, mask = image_and_mask(40, 50)
+    out = train_transform(aug, ignore_index=200)(image=image, mask=mask)["mask"]
+    labelled = np.argwhere(out != 200)
+    assert labelled.max(axis=0).tolist() == [9, 12] and len(labelled) == 10 * 13
+
+
+def test_train_pipeline_crops_with_the_recipes_ratio_and_ignore_label():
+    aug = TrainAugmentation(crop_size=(8, 8), cat_max_ratio=0.6)
+    crops = [t for t in train_transform(aug, ignore_index=100).transforms if isinstance(t, CategoryBalancedCrop)]
+    assert [(c.height, c.width, c.cat_max_ratio, c.ignore_index) for c in crops] == [(8, 8, 0.6, 100)]
+    assert CategoryBalancedCrop(3, 4).get_transform_init_args() == {
+        "height": 3, "width": 4, "cat_max_ratio": 0.75, "ignore_index": 255,
+    }  # fmt: skip
+
+
+def test_a_pipeline_not_yet_seeded_starts_from_the_same_fixed_stream():
+    image, mask = image_and_mask()
+    runs = [
+        [train_transform(TrainAugmentation(crop_size=(32, 48)))(image=image, mask=mask)["image"] for _ in range(1)]
+        for _ in range(2)
+    ]
+    assert np.array_equal(runs[0][0], runs[1][0])
+
+
+def test_seed_transform_also_seeds_the_numpy_stream():
+    # GaussNoise draws its noise from the numpy generator (the flip and crops use the Python one)
+    image = np.full((8, 8, 3), 128, dtype=np.uint8)
+    outs = []
+    for _ in range(2):
+        transform = A.Compose([A.GaussNoise(std_range=(0.1, 0.2), p=1.0)])
+        seed_transform(transform, 3)
+        outs.append(transform(image=image)["image"])
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], image)
+
+
+def counted_boxes(crop, image, mask=None):
+    """How many random boxes ``crop`` draws for one call (the first one plus its retries)."""
+    calls = []
+    draw = crop._random_box
+
+    def counting(height, width):
+        calls.append(1)
+        return draw(height, width)
+
+    crop._random_box = counting
+    transform = A.Compose([crop])
+    seed_transform(transform, 0)
+    transform(image=image) if mask is None else transform(image=image, mask=mask)
+    return len(calls)
+
+
+def test_balanced_crop_retries_nine_times_then_keeps_the_tenth_box():
+    one_class = np.zeros((20, 20), dtype=np.uint8)
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    # one class in every 2 x 2 crop: never balanced (were the ignore label counted as 1 pixel, 4 / 5 < 0.9 would pass)
+    assert counted_boxes(CategoryBalancedCrop(2, 2, 0.9), image, one_class) == 10
+
+
+def test_balanced_crop_accepts_a_share_below_the_ratio_counting_single_pixels_as_classes():
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    three_and_one = np.array([[0, 0], [0, 1]], dtype=np.uint8)  # class 0 covers 3 / 4 of the (only) crop
+    assert counted_boxes(CategoryBalancedCrop(2, 2, 0.8), image, three_and_one) == 1  # 0.75 < 0.8: accepted
+    assert counted_boxes(CategoryBalancedCrop(2, 2, 0.75), image, three_and_one) == 10  # 0.75 is not < 0.75
+
+
+def test_balanced_crop_takes_the_first_box_without_a_ratio_below_one_or_without_a_label():
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    one_class = np.zeros((20, 20), dtype=np.uint8)
+    assert counted_boxes(CategoryBalancedCrop(2, 2, 1.0), image, one_class) == 1
+    assert counted_boxes(CategoryBalancedCrop(2, 2, None), image, one_class) == 1
+    assert counted_boxes(CategoryBalancedCrop(2, 2, 0.5), image) == 1  # an image without a label
+    assert CategoryBalancedCrop(2, 2).cat_max_ratio == 0.75  # mmseg's default
+
+
+def fake_worker(monkeypatch, dataset, seed=1234):
+    info = SimpleNamespace(seed=seed, id=0, num_workers=1, dataset=dataset)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+
+
+def test_a_worker_without_a_rank_seeds_as_rank_zero_and_uses_one_opencv_thread(monkeypatch):
+    import cv2
+
+    threads = cv2.getNumThreads()
+    fake_worker(monkeypatch, dataset=[1, 2, 3])  # a dataset without a transform: only the global streams
+    try:
+        init_worker(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(threads)
+    assert random.random() == random.Random(worker_seed(1234, 0)).random()
+
+
+def test_unnormalize_inverts_the_imagenet_normalisation_and_clips_to_the_unit_range():
+    rgb = np.random.default_rng(0).random((2, 3, 3))  # (H, W, 3) in [0, 1]: H != W so a wrong permute shows
+    rgb[0, 0] = (1.5, -0.5, 0.5)  # out of range: clipped to 1 and 0
+    normalised = (rgb - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    out = unnormalize(torch.from_numpy(normalised.transpose(2, 0, 1).copy()))
+    assert out.shape == (2, 3, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.clip(rgb, 0, 1), atol=1e-6)
+    other = unnormalize(torch.zeros(3, 1, 1), mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 1.0))
+    np.testing.assert_allclose(other[0, 0], [0.1, 0.2, 0.3], atol=1e-7)

@@ -144,3 +144,40 @@ def test_labels_on_grid_keeps_integer_labels_above_255():
     mask = torch.tensor([[[300, 1], [2, 65535]]])
     grid = labels_on_grid(mask, (2, 2))
     assert grid.dtype == torch.long and grid.tolist() == [[[300, 1], [2, 65535]]]
+
+
+def test_queries_of_a_class_missing_from_the_keys_are_skipped_through_the_fused_kernel():
+    # Keys hold classes 0 and 2 only; queries of class 1 (inside the class range) and 4 (above every key class,
+    # no ignored query to widen the range) have no own-class area: skipped, not 0 / 0 nor an index error.
+    captured = random_capture(seed=3, n=1, p=4, pk=12)
+    query_labels = torch.tensor([[0, 1, 2, 4]])
+    key_labels = torch.tensor([[0, 0, 0, 2, 2, 2, 2, 2, 2, 0, 0, 0]])
+    values = category_consistency(captured, query_labels, key_labels)
+    a = torch.softmax(captured.pairwise_logits(), dim=-1)[0]  # (4, 12)
+    own = key_labels[0] == 0
+    expected = torch.stack([a[0, own].sum() / 0.5, a[2, ~own].sum() / 0.5])  # classes 0 and 2, area 6 / 12 each
+    torch.testing.assert_close(values, expected, check_dtype=False)
+
+
+def test_one_class_with_ignored_keys_and_queries_uses_the_default_ignore_label():
+    # only class 0 besides the ignore label 255 (the default): one class column; an ignored key takes mass but no
+    # class, an ignored query gives no value
+    captured = random_capture(seed=4, n=1, p=3, pk=4)
+    query_labels, key_labels = torch.tensor([[0, 255, 0]]), torch.tensor([[0, 255, 0, 0]])
+    values = category_consistency(captured, query_labels, key_labels)
+    a = torch.softmax(captured.pairwise_logits(), dim=-1)[0]  # (3, 4)
+    own = key_labels[0] == 0
+    torch.testing.assert_close(values, torch.stack([a[0, own].sum(), a[2, own].sum()]) / 0.75, check_dtype=False)
+    rows = torch.tensor([[0, 1]])
+    sampled = sampled_category_consistency(captured, query_labels, key_labels, rows)
+    torch.testing.assert_close(sampled, values[:1], check_dtype=False)  # query 1 is ignored by default
+
+
+def test_boundary_consistency_defaults_to_a_band_of_one_cell():
+    # one row of 8 keys, a class change between cells 5 and 6: the band of radius 1 is cells 4..7, of radius 2 3..7
+    generator = torch.Generator().manual_seed(5)
+    unary = torch.randn(1, 1, 8, generator=generator) * 3
+    captured = captured_from_logits(torch.zeros(1, 8, 8), unary, (1, 8), (1, 8))
+    key_labels = torch.tensor([[[0, 0, 0, 0, 0, 0, 1, 1]]])
+    s = torch.softmax(unary[0, 0], dim=-1)
+    torch.testing.assert_close(boundary_consistency(captured, key_labels), (s[4:].sum() / (4 / 8))[None])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dnlseg.evaluation import Inference, slide_windows
@@ -164,3 +165,20 @@ def test_smallest_valid_settings_are_accepted(kwargs):
 def test_invalid_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Inference(**kwargs)
+
+
+def test_logits_are_resized_with_the_networks_align_corners_for_one_view_and_several():
+    # a model whose logits are half the image size: they are upsampled to the label size with align_corners
+    # (random logits: the class margins vary over the image, so the softmax of the views sees the resizing too)
+    half = torch.randn(1, 2, 3, 4, generator=torch.Generator().manual_seed(0)) * 3
+
+    def half_size(x):
+        return half.expand(x.shape[0], -1, -1, -1)
+
+    images = torch.zeros(1, 3, 6, 8)
+    logits = half_size(images)
+    for align in (False, True):
+        expected = F.interpolate(logits, size=(6, 8), mode="bilinear", align_corners=align)
+        torch.testing.assert_close(Inference()(half_size, images, align_corners=align), expected)
+        views = Inference(scales=(1.0, 1.0))(half_size, images, align_corners=align)  # log of the mean softmax
+        torch.testing.assert_close(views, expected.softmax(dim=1).log())
