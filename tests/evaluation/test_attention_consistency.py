@@ -125,7 +125,7 @@ def test_sampled_rows_give_the_materialised_metric_of_those_queries():
     picked = torch.gather(attention, 1, rows[..., None].expand(-1, -1, 12))
     expected = pairwise_category_consistency(picked, torch.gather(QUERY_LABELS, 1, rows), KEY_LABELS, 7)
     assert values.shape == (2 + 3,)
-    torch.testing.assert_close(values, expected.float())  # the captured softmax rows are float32
+    torch.testing.assert_close(values, expected)  # float64 factors: float64 softmax rows, as materialised
 
 
 def test_boundary_consistency_of_a_capture_is_the_unary_mass_on_the_band():
@@ -133,7 +133,7 @@ def test_boundary_consistency_of_a_capture_is_the_unary_mass_on_the_band():
     key_labels = KEY_LABELS.reshape(2, 3, 4)
     for radius in (0, 1):
         band = boundary_band(key_labels, radius).flatten(1)  # (N, Pk)
-        s = torch.softmax(captured.unary_logits[:, 0].float(), dim=-1)  # the captured softmax is float32
+        s = torch.softmax(captured.unary_logits[:, 0], dim=-1)  # float64 factors: a float64 softmax
         expected = (s * band).sum(-1) / band.float().mean(-1)
         torch.testing.assert_close(boundary_consistency(captured, key_labels, radius), expected)
     default = boundary_consistency(captured, key_labels)  # radius 1
