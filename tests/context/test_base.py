@@ -188,3 +188,22 @@ def test_captured_softmaxes_keep_float64_factors_in_float64():
     assert record.pairwise_attention().dtype == torch.float64 and record.unary_attention().dtype == torch.float64
     torch.testing.assert_close(record.pairwise_attention(), torch.softmax(logits, -1), atol=1e-12, rtol=0)
     torch.testing.assert_close(record.unary_attention(), torch.softmax(logits[:, 0], -1), atol=1e-12, rtol=0)
+
+
+def test_captured_pairwise_attention_of_sampled_rows_is_the_softmax_of_those_rows():
+    q, k = torch.randn(2, 5, 3), torch.randn(2, 4, 3)
+    record = CapturedAttention(q, k, None, torch.randn(2, 4, 1), torch.randn(2, 5, 1), (1, 5), (1, 4), None)
+    rows = torch.tensor([[4, 0], [2, 2]])
+    full = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # (N, P, Pk)
+    expected = torch.stack([full[0, [4, 0]], full[1, [2, 2]]])
+    torch.testing.assert_close(record.pairwise_attention(rows), expected)
+
+
+def test_a_capture_without_a_pairwise_term_has_no_pairwise_attention_and_no_weights():
+    u = torch.randn(1, 1, 4)
+    record = CapturedAttention(None, None, u, torch.randn(1, 4, 2), torch.randn(1, 1, 2), (2, 2), (2, 2), None)
+    assert record.pairwise_logits() is None and record.pairwise_attention() is None
+    assert record.pairwise_mass(torch.ones(1, 4, 1)) is None
+    torch.testing.assert_close(record.unary_attention(), torch.softmax(u[:, 0], dim=-1))
+    with pytest.raises(ValueError, match="weights are not a function of its pairwise and unary logits"):
+        record.weights()
