@@ -205,5 +205,5 @@ def test_a_capture_without_a_pairwise_term_has_no_pairwise_attention_and_no_weig
     assert record.pairwise_logits() is None and record.pairwise_attention() is None
     assert record.pairwise_mass(torch.ones(1, 4, 1)) is None
     torch.testing.assert_close(record.unary_attention(), torch.softmax(u[:, 0], dim=-1))
-    with pytest.raises(ValueError, match="weights are not a function of its pairwise and unary logits"):
+    with pytest.raises(ValueError, match="^this block's weights are not a function of its pairwise and unary logits$"):
         record.weights()
