@@ -196,3 +196,27 @@ def test_probe_on_sampled_rows_takes_the_reference_gradient_of_those_rows():
     rows = probe.sample_rows(42, 1, torch.Generator().manual_seed(0))[0]  # the rows the probe drew first
     assert rows.unique().numel() == 5
     torch.testing.assert_close(metrics["separation/b/pairwise_logit_grad"], grad_p[0, rows].norm().float())
+
+
+def test_probe_reports_every_context_block_of_a_model_with_two():
+    module, batch = tiny_module(DisentangledNonLocal2d, aux_weight=0), tiny_batch()
+    second = DisentangledNonLocal2d(16)
+    torch.nn.init.ones_(second.out_norm.weight)  # as tiny_module does: the loss depends on its attention
+    module.network.decode_head.context = torch.nn.Sequential(module.network.decode_head.context, second)
+    metrics = SeparationProbe().probe(fake_trainer(), module, batch)
+    blocks = {tag.rsplit("/", 1)[0] for tag in metrics}
+    assert blocks == {"separation/decode_head.context.0", "separation/decode_head.context.1"}
+    assert len(metrics) == 6 and all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_a_block_whose_weights_are_not_a_function_of_logits_is_skipped_without_error():
+    # NL's dot-product mode has no softmax: its capture has no combine, there is nothing to probe
+    module = tiny_module(partial(NonLocal2d, mode="dot_product"))
+    assert SeparationProbe().probe(fake_trainer(), module, tiny_batch()) == {}
+
+
+def test_the_probe_takes_256_query_rows_by_default_and_at_least_one():
+    assert SeparationProbe().num_queries == 256
+    assert SeparationProbe(num_queries=1).num_queries == 1
+    with pytest.raises(ValueError, match="^num_queries=0 must be >= 1$"):
+        SeparationProbe(num_queries=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dnlseg.context import DisentangledNonLocal2d, capture_attention
-from tests.context.reference import conv1x1
+from tests.context.reference import conv1x1, whiten
 
 
 def reference_dnl(block: DisentangledNonLocal2d, x):
@@ -107,3 +107,23 @@ def test_captured_attention_records_the_query_and_key_grids():
     (m,) = captured[""]
     assert (m.query_size, m.key_size) == ((5, 7), (3, 4))  # keys 2x2 max-pooled, ceil mode
     assert m.weights().shape == m.pairwise_logits().shape == (1, 35, 12) and m.unary_logits.shape == (1, 1, 12)
+
+
+@pytest.mark.parametrize("kind", ["spatial", "ln_nostd"])
+def test_the_captured_key_is_whitened_like_the_query(kind):
+    # channel whitening of the key alone would not show (softmax_j drops q . mean(k)); these kinds change k_j
+    torch.manual_seed(0)
+    block = DisentangledNonLocal2d(8, whitening=kind).double()
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
+    with capture_attention(block) as captured:
+        block(x)
+    (record,) = captured[""]
+    xf = x.flatten(2)  # (N, C, P)
+    expected_key = whiten(conv1x1(block.key, xf), kind).transpose(1, 2)  # (N, P, C')
+    expected_query = whiten(conv1x1(block.query, xf), kind).transpose(1, 2) * block.logit_scale()
+    torch.testing.assert_close(record.pairwise_key, expected_key)
+    torch.testing.assert_close(record.pairwise_query, expected_query)
+
+
+def test_default_temperature_is_mmsegs_0_05():
+    assert DisentangledNonLocal2d(8).temperature.item() == pytest.approx(0.05)

@@ -178,3 +178,32 @@ def test_gaussian_mode_has_no_query_or_key_embedding():
     block = NonLocal2d(8, mode="gaussian")
     assert block.query is None and block.key is None
     assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"value", "out", "out_norm"}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(whitening="channel"), dict(temperature=0.5), dict(learn_temperature=True)],
+    ids=["whitening", "temperature", "learned temperature"],
+)
+def test_dot_product_mode_refuses_each_softmax_option_on_its_own(options):
+    message = "^mode='dot_product' has no softmax: whitening and temperature apply to the other modes$"
+    with pytest.raises(ValueError, match=message):
+        NonLocal2d(8, mode="dot_product", **options)
+    NonLocal2d(8, mode="embedded_gaussian", **options)  # the softmax modes take it
+
+
+def test_non_local_without_out_conv_keeps_the_value_at_full_width():
+    block = NonLocal2d(8, use_out=False)
+    assert block.out is None and block.value.out_channels == 8 and block.query.out_channels == 4
+
+
+def test_unfixed_scale_multiplies_the_logits_by_sqrt_of_the_key_channels():
+    torch.testing.assert_close(NonLocal2d(8, fixbug=False).logit_scale(), torch.tensor(math.sqrt(4.0)))
+    torch.testing.assert_close(NonLocal2d(8).logit_scale(), torch.tensor(1 / math.sqrt(4.0)))
+
+
+@pytest.mark.parametrize("whitening", ["bn", "bn_affine"])
+def test_batchnorm_whitening_normalises_the_key_channels_of_query_and_key(whitening):
+    block = NonLocal2d(8, whitening=whitening)
+    assert block.query_whiten.norm.num_features == 4 and block.key_whiten.norm.num_features == 4
+    assert block(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
