@@ -33,7 +33,7 @@ def expected_confusion(samples: Iterable[SyntheticSample], guess: str) -> np.nda
     confusion = np.zeros((classes, classes))
     for s in samples:
         valid = s.mask != IGNORE_INDEX
-        member = valid & (s.group >= 0) & ~s.key
+        member = valid & s.member
         decided = valid & ~member  # background and keys: right
         np.add.at(confusion, (s.mask[decided], s.mask[decided]), 1.0)
         if guess == "local":

@@ -207,3 +207,10 @@ def test_a_capture_without_a_pairwise_term_has_no_pairwise_attention_and_no_weig
     torch.testing.assert_close(record.unary_attention(), torch.softmax(u[:, 0], dim=-1))
     with pytest.raises(ValueError, match="^this block's weights are not a function of its pairwise and unary logits$"):
         record.weights()
+
+
+def test_a_capture_without_a_unary_term_has_no_unary_attention():
+    q, k = torch.randn(1, 3, 2), torch.randn(1, 4, 2)
+    record = CapturedAttention(q, k, None, torch.randn(1, 4, 2), torch.randn(1, 3, 2), (1, 3), (2, 2), None)
+    assert record.unary_attention() is None
+    torch.testing.assert_close(record.pairwise_attention(), torch.softmax(q @ k.transpose(1, 2), dim=-1))

@@ -84,19 +84,11 @@ class CapturedAttention:
     def pairwise_attention(self, rows: Tensor | None = None) -> Tensor | None:
         """a_ij = softmax_j(p_ij) for the rows ``rows`` (N, Q) -> (N, Q, Pk), float32 or wider."""
         logits = self.pairwise_logits(rows)
-        return (
-            None
-            if logits is None
-            else torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        )
+        return None if logits is None else torch.softmax(at_least_float32(logits), dim=-1)
 
     def unary_attention(self) -> Tensor | None:
         """s_j = softmax_j(u_j), (N, Pk), float32 or wider."""
-        if self.unary_logits is None:
-            return None
-        return torch.softmax(
-            self.unary_logits[:, 0].to(torch.promote_types(self.unary_logits.dtype, torch.float32)), dim=-1
-        )
+        return None if self.unary_logits is None else torch.softmax(at_least_float32(self.unary_logits[:, 0]), dim=-1)
 
     def weights(self, rows: Tensor | None = None) -> Tensor:
         """w for the rows ``rows`` (N, Q) -> (N, Q, Pk) (all rows when None), from ``combine``."""
@@ -112,9 +104,13 @@ class CapturedAttention:
         """
         if self.pairwise_query is None:
             return None
-        dtype = torch.promote_types(self.pairwise_query.dtype, torch.float32)
-        q, k = self.pairwise_query.to(dtype), self.pairwise_key.to(dtype)
-        return fused_attention(q, k, key_values.to(dtype), scale=1.0)
+        q = at_least_float32(self.pairwise_query)
+        return fused_attention(q, self.pairwise_key.to(q.dtype), key_values.to(q.dtype), scale=1.0)
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32, or in its own dtype when that is wider (float64 factors keep float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def select_rows(t: Tensor, rows: Tensor) -> Tensor:

@@ -111,6 +111,11 @@ class SyntheticSample:
     texture: np.ndarray
     key: np.ndarray
 
+    @property
+    def member(self) -> np.ndarray:
+        """(H, W) bool, True on member regions (grouped, not a key): the pixels whose class needs the legend."""
+        return (self.group >= 0) & ~self.key
+
 
 def check_difficulty(difficulty: float) -> None:
     if not 0.0 <= difficulty <= 1.0:
@@ -287,5 +292,5 @@ def local_only_accuracy_bound(samples: Sequence[SyntheticSample]) -> float:
     for s in samples:
         valid = s.mask != IGNORE_INDEX
         labelled += int(valid.sum())
-        member += int((valid & (s.group >= 0) & ~s.key).sum())
+        member += int((valid & s.member).sum())
     return 1.0 - member / labelled * (1.0 - 1.0 / NUM_FOREGROUND)
