@@ -120,3 +120,38 @@ def test_resuming_a_finished_run_says_so_and_prints_checkpoints_that_exist(unint
     printed = printed_checkpoints(output)
     assert Path(printed["last"]).is_file() and Path(printed["best"]).is_file(), printed
     assert Path(printed["best"]).name.startswith("step8-")
+
+
+def logged_validations(run: Path) -> list[int]:
+    """The global steps whose validation is in the events (Lightning logs it at the step's 0-based batch count)."""
+    steps, _ = read_scalars(run)["val/mIoU"]
+    return [int(step) + 1 for step in steps]
+
+
+def test_a_fit_ending_between_save_and_validation_steps_ends_validated_and_saved_and_resumes_to_that_end(tmp_path):
+    """max_steps=7 with last.ckpt every 2 and validation every 4: the final step 7 is validated and saved, named by
+    the summary, and a run stopped by SIGTERM and resumed ends the same way, bitwise."""
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    reference.mkdir()
+    interrupted.mkdir()
+    result = dnlseg("fit", "-c", str(tiny_config(reference, max_steps=7)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert saved_step(last_ckpt(reference)) == 7
+    assert logged_validations(run_dir(reference)) == [4, 7]
+    _, values = read_scalars(run_dir(reference))["val/mIoU"]
+    output = result.stderr + result.stdout
+    assert f"final val/mIoU: {values[-1]:.4f} (step 7)" in output
+    assert f"last: {last_ckpt(reference)} (step 7)" in output
+
+    config = tiny_config(interrupted, max_steps=7)
+    status, output = interrupt_at(["fit", "-c", str(config)], interrupted, step=2, sig=signal.SIGTERM)
+    assert status == 143 and saved_step(last_ckpt(interrupted)) < 7, output[-3000:]
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert logged_validations(run_dir(interrupted)) == [4, 7]
+    a, b = training_state(last_ckpt(interrupted)), training_state(last_ckpt(reference))
+    assert a["global_step"] == b["global_step"] == 7 and a["epoch"] == b["epoch"]
+    assert a["batches_that_stepped"] == b["batches_that_stepped"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
