@@ -1,4 +1,5 @@
-"""A fit stopped by SIGTERM or killed by SIGKILL resumes with ``--ckpt_path last`` to exactly the uninterrupted run.
+"""A fit stopped by SIGTERM or Ctrl-C, or killed by SIGKILL, resumes with ``--ckpt_path last`` to exactly the
+uninterrupted run; a fit that ends validates and saves its final step.
 
 Tiny runs through the ``dnlseg`` command: 8 steps over 12 images in batches of 2 (epochs of 6 steps, so the
 interruptions fall mid-epoch and the resumed run crosses an epoch boundary), last.ckpt every 2 steps,
@@ -155,3 +156,58 @@ def test_a_fit_ending_between_save_and_validation_steps_ends_validated_and_saved
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
+
+def test_ctrl_c_saves_last_ckpt_exits_130_and_resume_is_bitwise_exact_in_the_same_folder(uninterrupted, tmp_path):
+    config = tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    marker = tmp_path / "step3.done"
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "tests.test_reliability.faults.MarkStep", "init_args": {"step": 3, "marker": str(marker)}}
+    )
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    status, output = signal_when(["fit", "-c", str(config)], marker.exists, signal.SIGINT)
+    assert status == 130, output[-3000:]
+    stopped_at = saved_step(last_ckpt(tmp_path))
+    assert stopped_at is not None and 3 <= stopped_at < 8, output[-3000:]
+    assert f"SIGINT at step {stopped_at}: saved {last_ckpt(tmp_path)}; resume with" in output
+    assert "KeyboardInterrupt" not in output
+
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run_dir(tmp_path).parent.iterdir()) == ["version_0"]  # resumed where it stopped
+    assert_same_training_state(tmp_path, uninterrupted)
+
+
+def test_ctrl_c_during_the_first_validation_leaves_a_last_ckpt_that_resumes_in_the_same_folder(tmp_path):
+    """No periodic save before step 50: the validation of step 4 is interrupted; last.ckpt of step 4 is saved."""
+    config = tiny_config(tmp_path, every_n_train_steps=50)
+    cfg = yaml.safe_load(config.read_text())
+    marker = tmp_path / "validating"
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "tests.test_reliability.faults.MarkValidation", "init_args": {"marker": str(marker)}}
+    )
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    status, output = signal_when(["fit", "-c", str(config)], marker.exists, signal.SIGINT)
+    assert status == 130, output[-3000:]
+    assert saved_step(last_ckpt(tmp_path)) == 4, output[-3000:]
+    assert "SIGINT at step 4: saved" in output
+
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run_dir(tmp_path).parent.iterdir()) == ["version_0"]
+    assert saved_step(last_ckpt(tmp_path)) == 8
+
+
+def test_ctrl_c_before_the_first_training_step_leaves_no_run_folder(tmp_path):
+    """Nothing trained, nothing to resume: the new run's folder is removed, so `--ckpt_path last` skips nothing."""
+    config = tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    marker = tmp_path / "starting"
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "tests.test_reliability.faults.StallBeforeTraining", "init_args": {"marker": str(marker)}}
+    )
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    status, output = signal_when(["fit", "-c", str(config)], marker.exists, signal.SIGINT)
+    assert status == 130, output[-3000:]
+    assert "SIGINT before the first training step of this fit: nothing trained, nothing saved" in output
+    assert not (tmp_path / "runs" / "dnl").exists(), output[-3000:]
