@@ -129,3 +129,10 @@ class StallBeforeTraining(L.Callback):
         Path(self.marker).touch()
         time.sleep(self.seconds)
 
+
+class FailBeforeTraining(L.Callback):
+    """Raises in ``on_train_start``: after the fit wrote its config, events and hparams and restored its checkpoint,
+    before its first step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("injected failure before the first training step")
