@@ -155,3 +155,36 @@ TINY = [
     "--data.init_args.image_size=64",
     "--data.init_args.batch_size=2",
 ]
+
+
+class TinyRegression(L.LightningModule):
+    """A one-weight LightningModule for tests of the fit's lifecycle (steps, validations, checkpoints).
+
+    Each training batch is one random vector; each validation logs ``val/mIoU`` = the global step / 1000 (a score
+    that tells which step it was computed at) and counts the validations in ``validated_at``.
+    """
+
+    def __init__(self, num_train: int = 4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(3))
+        self.num_train = num_train
+        self.validated_at: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return ((self.weight - batch) ** 2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/mIoU", self.global_step / 1000)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at.append(self.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.randn(self.num_train, 3, generator=torch.Generator().manual_seed(0)))
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(1, 3))

@@ -55,6 +55,49 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["fit"])
 
 
+def lightning_ctrl_c_exit():
+    """What Lightning raises after a KeyboardInterrupt during a fit: ``sys.exit(1)`` inside its ``except``."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+@pytest.mark.parametrize(
+    ("stop", "status"),
+    [
+        ("sigterm", 143),  # Lightning's SIGTERMException
+        ("sigint", 130),  # the same, after a Ctrl-C (CheckpointOnSigterm marks it)
+        ("second-ctrl-c", 130),  # Lightning's exit(1) after a KeyboardInterrupt
+        ("ctrl-c-while-building", 130),  # a KeyboardInterrupt outside Lightning
+        ("exit-1", 1),  # any other exit keeps its status
+    ],
+)
+def test_a_fit_stopped_by_a_signal_exits_with_128_plus_its_number(monkeypatch, stop, status):
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dnlseg.callbacks.sigterm_checkpoint import SIGNAL_ATTRIBUTE
+
+    def fail(argv, from_sys_argv=False):
+        if stop.startswith("sig"):
+            error = SIGTERMException()
+            if stop == "sigint":
+                setattr(error, SIGNAL_ATTRIBUTE, signal.SIGINT)
+            raise error
+        if stop == "second-ctrl-c":
+            lightning_ctrl_c_exit()
+        if stop == "ctrl-c-while-building":
+            raise KeyboardInterrupt
+        sys.exit(1)
+
+    monkeypatch.setattr(command, "run", fail)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit"])
+    assert exit_.value.code == status
+
+
 @pytest.mark.slow
 def test_a_fit_prints_no_lightning_tip_and_no_pytree_deprecation(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings as a user sees them

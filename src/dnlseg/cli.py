@@ -33,6 +33,7 @@ from dnlseg.data import SegmentationDataModule
 from dnlseg.models import SegmentationModule
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
 from dnlseg.third_party import silence_third_party
+from dnlseg.weight_files import check_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,17 @@ class DnlsegCLI(LightningCLI):
         self.output_folder: Path | None = None  # the run or evaluation folder this command writes
         self.output_folder_existed = True
         self.created_root: Path | None = None
+        self.run_folder: run_dirs.RunFolder | None = None  # a fit's claimed (and locked) run folder
+        self.run_snapshot: run_dirs.Snapshot | None = None  # an existing run folder before this fit wrote it
+        self.resume_step: int | None = 0  # the global step the fit starts from (None: unknown)
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
             self.remove_unfinished_output()
             raise
+        finally:
+            if self.run_folder is not None:
+                self.run_folder.release()
 
     def subcommands(self) -> dict[str, set[str]]:
         everything = LightningCLI.subcommands()
@@ -95,10 +102,15 @@ class DnlsegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_config(config, self.subcommand)
         if self.subcommand == "fit":
-            run_dir = run_dirs.resolve_logger_version(config)
-            if config.ckpt_path == "last" and run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                check_checkpoint_file(str(run_dir / "checkpoints" / "last.ckpt"), "ckpt_path (last)")
-            self.claim_output_folder(run_dir)
+            self.run_folder = run_dirs.claim_run_folder(config)
+            if self.run_folder is not None:
+                self.output_folder, self.created_root = self.run_folder.path, self.run_folder.created
+                self.output_folder_existed = self.run_folder.created is None
+                if self.output_folder_existed and run_dirs.launching_process():
+                    self.run_snapshot = run_dirs.snapshot(self.run_folder.path)
+            last = self.resume_checkpoint(config)
+            if config.ckpt_path == "last" and last is not None:
+                check_checkpoint_file(last, "ckpt_path (last)")
         elif self.subcommand in EVALUATIONS:
             self.choose_evaluation_folder(config)
 
@@ -147,14 +159,34 @@ class DnlsegCLI(LightningCLI):
         while folder is not None and not folder.parent.exists() and folder.parent != folder:
             folder = self.created_root = folder.parent
 
+    def resume_checkpoint(self, config) -> str | None:
+        """The checkpoint file a ``fit`` config resumes from: ``--ckpt_path``, or the run's ``last.ckpt`` for ``last``
+        (None: a new run)."""
+        if config.ckpt_path != "last":
+            return config.ckpt_path
+        last = self.output_folder / "checkpoints" / "last.ckpt" if self.output_folder is not None else None
+        return str(last) if last is not None and last.is_file() else None
+
+    def before_fit(self) -> None:
+        """Before the fit writes anything: the checkpoint it resumes from must fit the model built from the config."""
+        ckpt_path = self.resume_checkpoint(self.config[self.subcommand])
+        self.resume_step = check_resume_checkpoint(self.model, ckpt_path) if ckpt_path is not None else 0
+
     def remove_unfinished_output(self) -> None:
-        """After a failure: remove the folder this command created if it did not get to write a result."""
-        if self.output_folder is None or self.output_folder_existed:
+        """After a failure: remove the folder this command created if it did not get to write a result; put back an
+        existing run folder as it was if the fit did not train a step (``run_dirs.restore``)."""
+        if self.output_folder is None:
             return
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and (trainer.global_step > 0 or not trainer.is_global_zero):
-            return  # a fit that trained keeps its events; other processes leave the folder to rank zero
-        run_dirs.remove_unfinished(self.output_folder, self.created_root)
+        if trainer is not None and not trainer.is_global_zero:
+            return  # other processes leave the folder to rank zero
+        # A fit that trained keeps what it wrote (its events, checkpoints); one that did not leaves no trace.
+        untrained = trainer is None or trainer.global_step in (0, self.resume_step)
+        if self.output_folder_existed:
+            if self.run_snapshot is not None and untrained:
+                run_dirs.restore(self.output_folder, self.run_snapshot)
+        elif untrained:
+            run_dirs.remove_unfinished(self.output_folder, self.created_root)
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section."""

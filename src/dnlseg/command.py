@@ -21,7 +21,9 @@ import sys
 
 from dnlseg.third_party import silence_third_party
 
-EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "pre-empted"
+# A fit stopped by a signal exits with the shell's status for it, 128 + the signal: 143 for SIGTERM (schedulers read
+# it as "pre-empted"), 130 for Ctrl-C (SIGINT).
+EXIT_SIGINT = 128 + 2
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "DNLSEG_DEBUG"
 
@@ -107,8 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"dnlseg: {error}")
     except SystemExit as error:  # Lightning's SIGTERMException is a SystemExit (status 0 unless we say otherwise)
         if is_lightning_sigterm(error):
-            sys.exit(EXIT_SIGTERM)  # last.ckpt was saved (CheckpointOnSigterm); non-zero: the run is not done
+            from dnlseg.callbacks.sigterm_checkpoint import exit_status
+
+            sys.exit(exit_status(error))  # 143 or 130: last.ckpt was saved (CheckpointOnSigterm); the run is not done
+        if isinstance(error.__context__, KeyboardInterrupt):  # Lightning's exit(1) after a second Ctrl-C
+            sys.exit(EXIT_SIGINT)
         raise
+    except KeyboardInterrupt:  # Ctrl-C outside a fit's training (while building, loading): nothing to save
+        sys.exit(EXIT_SIGINT)
 
 
 def is_lightning_sigterm(error: BaseException) -> bool:

@@ -83,3 +83,22 @@ def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor],
         lines.append(f"{len(extra)} parameter(s) of the {source} are not in the model: {', '.join(extra[:10])}")
     lines.append("resume with the config the checkpoint was trained with (the run's saved config.yaml)")
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def check_resume_checkpoint(model: nn.Module, path: str | Path) -> int | None:
+    """Before a fit resumes from the Lightning checkpoint ``path`` and writes anything: raise
+    ``CheckpointMismatchError`` if its weights do not fit ``model``; return its global step.
+
+    Read with ``mmap`` (no weights loaded). None, and nothing checked, for a file that is not a Lightning checkpoint
+    read with ``weights_only`` (an mmseg model-zoo file, pickled objects): the fit's own loading reports those.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        return None
+    if isinstance(checkpoint.get("state_dict"), dict):
+        check_state_dict_fits(model, checkpoint["state_dict"])
+    step = checkpoint.get("global_step")
+    return step if isinstance(step, int) else None

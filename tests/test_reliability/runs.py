@@ -150,10 +150,10 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def printed_checkpoints(output: str) -> dict[str, str]:
-    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``)."""
+    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``), without the steps."""
     found = {}
     for line in output.splitlines():
         for kind in ("last", "best"):
             if line.strip().startswith(f"{kind}: "):
-                found[kind] = line.strip().split(": ", 1)[1]
+                found[kind] = line.strip().split(": ", 1)[1].split(" (step ")[0]
     return found
