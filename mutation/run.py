@@ -70,7 +70,12 @@ EXTRA_TESTS = {
     "src/dnlseg/models/heads.py": ("tests/models/test_network.py",),
     "src/dnlseg/evaluation/metrics.py": ("tests/evaluation/test_cityscapes_parity.py",),
     "src/dnlseg/evaluation/attention_consistency.py": ("tests/callbacks/test_attention_consistency.py",),
-    "src/dnlseg/data/folder.py": ("tests/data/test_cityscapes.py", "tests/data/test_ade20k.py"),
+    "src/dnlseg/data/folder.py": (
+        "tests/data/test_cityscapes.py",
+        "tests/data/test_ade20k.py",
+        "tests/data/test_image_mask.py",
+        "tests/data/test_voc.py",
+    ),
     "src/dnlseg/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
 }
 # Tests left out of a module's (or folder's) mutant runs, as a pytest -k expression: the contract suite's float64

@@ -1,8 +1,9 @@
-"""Fixtures shared across the test folders: tiny Cityscapes and ADE20K datasets in their real on-disk formats."""
+"""Fixtures shared across the test folders: tiny Cityscapes, ADE20K, Pascal VOC and own datasets in their real on-disk
+formats."""
 
 import pytest
 
-from tests.datasets import write_ade20k, write_cityscapes, write_image_mask
+from tests.datasets import write_ade20k, write_cityscapes, write_image_mask, write_voc
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,9 @@ def ade20k_root(tmp_path_factory):
 def image_mask_root(tmp_path_factory):
     """An own dataset (ImageMaskDataModule layout): 4 train + 2 val images, masks, classes.yaml. Read-only."""
     return write_image_mask(tmp_path_factory.mktemp("own_data"))
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory):
+    """VOCdevkit/VOC2012: 3 train + 2 val ids (palette PNGs), 2 SBD aug ids, the lists, an unlisted image. Read-only."""
+    return write_voc(tmp_path_factory.mktemp("voc"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -12,8 +13,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from dnlseg.context import VARIANTS, find_context_blocks
-from dnlseg.data import SyntheticDataModule
-from dnlseg.data.synthetic import CLASS_NAMES
+from dnlseg.data import LoaderOptions, SyntheticDataModule
+from dnlseg.data.synthetic import CLASS_NAMES, SYNTHETIC_LOADER
 from dnlseg.models import SegmentationModule
 
 
@@ -60,6 +61,12 @@ def tiny_module(context=None, num_classes: int = 3, **kwargs) -> SegmentationMod
     return module
 
 
+def synthetic_loader(**changes) -> LoaderOptions:
+    """The synthetic DataModule's loader options with ``changes`` (e.g. ``batch_size=2``): batches of one size for
+    training and evaluation, loaded in the main process."""
+    return dataclasses.replace(SYNTHETIC_LOADER, **changes)
+
+
 def tiny_batch(n: int = 2, size: int = 32, num_classes: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -71,7 +78,9 @@ def tiny_batch(n: int = 2, size: int = 32, num_classes: int = 3, seed: int = 0) 
 def _fit_on_synthetic(tmp_path, context, callbacks, num_val, module_kwargs, **trainer_kwargs) -> L.Trainer:
     """Seeded fit of a resnet18 + 16-channel head with the ``context`` variant on 64 px synthetic images."""
     L.seed_everything(0, workers=True)
-    data = SyntheticDataModule(num_train=8, num_val=num_val, image_size=64, batch_size=2, seed=0)
+    data = SyntheticDataModule(
+        num_train=8, num_val=num_val, image_size=64, loader=synthetic_loader(batch_size=2), seed=0
+    )
     model = SegmentationModule(
         num_classes=data.num_classes,
         encoder_name="resnet18",
@@ -153,7 +162,7 @@ TINY = [
     "--data.init_args.num_train=16",
     "--data.init_args.num_val=4",
     "--data.init_args.image_size=64",
-    "--data.init_args.batch_size=2",
+    "--data.init_args.loader.batch_size=2",
 ]
 
 

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_PREFIX = "_"
 MIRRORS = re.compile(r"^# Mirrors mmsegmentation 1\.2\.2 configs/(\S+\.py)", re.M)
-MMSEG_FAMILIES = ("cityscapes", "ade20k")  # the recipes that mirror an mmseg config (tests/test_configs.py)
+MMSEG_FAMILIES = ("cityscapes", "ade20k", "voc")  # the recipes that mirror an mmseg config (tests/test_configs.py)
+# Recipes of those families with no mmseg config to mirror, and why (each still composes its family's shared file).
+NOT_MIRRORED = {"voc/dnl_r50_d8_512x512_20k": "mmsegmentation 1.2.2 has no DNL config for Pascal VOC"}
 
 
 def recipes(configs: Path = CONFIGS) -> list[Path]:
@@ -30,13 +32,13 @@ def shared_files(configs: Path = CONFIGS) -> list[Path]:
     return sorted(configs.glob(f"*/{SHARED_PREFIX}*.yaml"))
 
 
-RECIPES = recipes()
-MMSEG_RECIPES = [p for p in RECIPES if p.parent.name in MMSEG_FAMILIES]
-
-
 def recipe_id(path: Path) -> str:
     """``configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml`` -> ``cityscapes/dnl_r50_d8_512x1024_80k`` (test ids)."""
     return f"{path.parent.name}/{path.stem}"
+
+
+RECIPES = recipes()
+MMSEG_RECIPES = [p for p in RECIPES if p.parent.name in MMSEG_FAMILIES and recipe_id(p) not in NOT_MIRRORED]
 
 
 def recipe(name: str) -> Path:
@@ -68,5 +70,5 @@ def recipe_cpu_args(recipe_file: Path, data_root: Path, save_dir: Path) -> list[
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={save_dir}",
         f"--data.init_args.root={data_root}",
-        "--data.init_args.num_workers=0",
+        "--data.init_args.loader.num_workers=0",
     ]

@@ -47,7 +47,7 @@ from seed_stats import mean_std, ordering, paired_difference  # noqa: E402
 
 from dnlseg.cli import resolve_config  # noqa: E402
 from dnlseg.context import VARIANTS  # noqa: E402
-from dnlseg.data import SyntheticDataModule  # noqa: E402
+from dnlseg.data import LoaderOptions, SyntheticDataModule  # noqa: E402
 from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +58,7 @@ DEFAULT_VARIANTS = ("baseline", "nl", "pairwise_nl", "unary_nl", "dnl", "gc")  #
 DEFAULT_SETTINGS = ("pairwise", "boundary")
 # --quick: the whole machinery on tiny runs (the test suite runs it)
 QUICK = {"variants": ["nl", "unary_nl", "dnl"], "settings": ["pairwise"], "seeds": 2, "steps": 4, "eval_every": 2}
-QUICK_ARGS = "--data.init_args.image_size=32 --data.init_args.num_val=4 --data.init_args.batch_size=2"
+QUICK_ARGS = "--data.init_args.image_size=32 --data.init_args.num_val=4 --data.init_args.loader.batch_size=2"
 CURVE_PANELS = (("miou", "val mIoU"), ("member", "member-class IoU"), ("ratio", "||dL/du|| : ||dL/dp|| (probe)"))
 COLORS = {"baseline": "grey", "nl": "tab:red", "pairwise_nl": "tab:orange", "unary_nl": "tab:green"}
 COLORS |= {"dnl": "tab:blue", "dnl_shared_key": "tab:cyan", "gc": "tab:purple", "dnl_official": "navy"}
@@ -95,7 +95,8 @@ def setting_levels(opts, setting: str) -> dict[str, float]:
     config = resolve_config(opts.base, "-c", str(setting_file(setting)), *shlex.split(opts.args))
     if not config["data"]["class_path"].endswith("SyntheticDataModule"):
         return {}
-    data = SyntheticDataModule(**config["data"]["init_args"])
+    init_args = config["data"]["init_args"]
+    data = SyntheticDataModule(**{**init_args, "loader": LoaderOptions(**init_args["loader"])})
     data.setup("validate")
     return reference_levels([data.val_set.sample(i) for i in range(len(data.val_set))])
 

@@ -59,7 +59,8 @@ def shrunk_config(directory: Path, step_file: Path | None = None, **trainer) -> 
         callbacks.append({"class_path": "progress.StepFile", "init_args": {"path": str(step_file)}})
     config["trainer"]["callbacks"] = callbacks
     config["model"].update(head_channels=8, aux_channels=8)
-    config["data"]["init_args"].update(num_train=1200, num_val=4, image_size=32, batch_size=2)
+    config["data"]["init_args"].update(num_train=1200, num_val=4, image_size=32)
+    config["data"]["init_args"]["loader"]["batch_size"] = 2
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -116,7 +117,8 @@ def ddp_run(directory: Path, processes: int) -> Path:
     )
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["dropout"] = 0.0
-    cfg["data"]["init_args"].update(num_train=12, batch_size=4 // processes)
+    cfg["data"]["init_args"]["num_train"] = 12
+    cfg["data"]["init_args"]["loader"]["batch_size"] = 4 // processes
     cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 4
     if processes > 1:
         cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})

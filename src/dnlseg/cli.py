@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.data import SegmentationDataModule
+from dnlseg.data import SegmentationDataModule, renamed_keys
 from dnlseg.models import SegmentationModule
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
 from dnlseg.third_party import silence_third_party
@@ -53,6 +53,8 @@ class DnlsegCLI(LightningCLI):
         self.run_folder: run_dirs.RunFolder | None = None  # a fit's claimed (and locked) run folder
         self.run_snapshot: run_dirs.Snapshot | None = None  # an existing run folder before this fit wrote it
         self.resume_step: int | None = 0  # the global step the fit starts from (None: unknown)
+        # Config files are read with the data keys renamed since issue #22 moved to their new places (old run folders).
+        kwargs.setdefault("parser_kwargs", {"parser_mode": renamed_keys.parser_mode()})
         try:
             super().__init__(*args, **kwargs)
         except BaseException:

@@ -72,7 +72,7 @@ def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> N
 
 
 def check_data(config: Any, subcommand: str | None = None) -> None:
-    """Crop or image size against the output stride, ``num_workers`` >= 0, the dataset root exists.
+    """Crop or image size against the output stride, ``loader.num_workers`` >= 0, the dataset root exists.
 
     ``predict`` with ``data.init_args.predict_dir`` reads only that folder: no dataset root is needed then.
     """
@@ -87,9 +87,9 @@ def check_data(config: Any, subcommand: str | None = None) -> None:
         check_stride(
             "data.init_args.image_size", image_size if isinstance(image_size, int) else list(image_size), output_stride
         )
-    num_workers = _get(args, "num_workers")
+    num_workers = _get(args, "loader.num_workers")
     if num_workers is not None and num_workers < 0:
-        raise ConfigError(f"data.init_args.num_workers={num_workers} must be >= 0 (0: load in the main process)")
+        raise ConfigError(f"data.init_args.loader.num_workers={num_workers} must be >= 0 (0: load in the main process)")
     predict_dir = _get(args, "predict_dir")
     if predict_dir is not None and subcommand == "predict":
         if not Path(predict_dir).expanduser().is_dir():

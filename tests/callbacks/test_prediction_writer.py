@@ -11,10 +11,11 @@ from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
 from dnlseg.callbacks.prediction_writer import palette_table
-from dnlseg.data import ADE20KDataModule, SyntheticDataModule
+from dnlseg.data import ADE20KDataModule, LoaderOptions, SyntheticDataModule
 from dnlseg.data.folder import read_image
 from dnlseg.models import SegmentationModule
 from tests.datasets import ADE_SIZES, write_image_folder
+from tests.helpers import synthetic_loader
 
 
 def predict(datamodule, out, color=True):
@@ -34,7 +35,7 @@ def predict(datamodule, out, color=True):
 
 
 def test_ade20k_predictions_are_written_as_1_to_150_at_each_image_size(ade20k_root, tmp_path):
-    dm = ADE20KDataModule(str(ade20k_root), num_workers=0)
+    dm = ADE20KDataModule(str(ade20k_root), loader=LoaderOptions(num_workers=0))
     _, returned = predict(dm, tmp_path)
     for (h, w), index, batch in zip(ADE_SIZES["validation"], (1, 2), returned, strict=True):
         labels = np.asarray(Image.open(tmp_path / "labels" / f"ADE_val_{index:08d}.png"))
@@ -47,7 +48,7 @@ def test_ade20k_predictions_are_written_as_1_to_150_at_each_image_size(ade20k_ro
 
 
 def test_a_datamodule_without_a_benchmark_encoding_gets_class_ids(tmp_path):
-    dm = SyntheticDataModule(num_train=2, num_val=2, image_size=32, batch_size=2)
+    dm = SyntheticDataModule(num_train=2, num_val=2, image_size=32, loader=synthetic_loader(batch_size=2))
     _, returned = predict(dm, tmp_path, color=False)
     labels = np.asarray(Image.open(tmp_path / "labels" / "synthetic_val_000001.png"))
     np.testing.assert_array_equal(labels, returned[0]["prediction"][1].numpy())

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
 from dnlseg.cli import run_cli
-from dnlseg.data import CityscapesDataModule
+from dnlseg.data import CityscapesDataModule, LoaderOptions
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from dnlseg.evaluation import SegmentationIoU, confusion_summary
 from tests.recipes import recipe, recipe_cpu_args
@@ -45,7 +45,7 @@ def official_evaluation(cityscapes_root, prediction_dir) -> dict:
 
 def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, tmp_path):
     """Known predictions: ground truth with 30% of the pixels (ignored ones included) set to random classes."""
-    dm = CityscapesDataModule(str(cityscapes_root), num_workers=0)
+    dm = CityscapesDataModule(str(cityscapes_root), loader=LoaderOptions(num_workers=0))
     dm.setup("validate")
     metric = SegmentationIoU(19)
     out = tmp_path / "labels"

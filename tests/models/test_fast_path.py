@@ -200,7 +200,7 @@ def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
             "--data.init_args.num_train=4",
             "--data.init_args.num_val=1",
             "--data.init_args.image_size=64",
-            "--data.init_args.batch_size=2",
+            "--data.init_args.loader.batch_size=2",
         ]
     )
     assert cli.trainer.global_step == 2 and cli.trainer.precision == "bf16-mixed"

@@ -51,7 +51,8 @@ def tiny_config(
     # 0.1 s after each step: a signal sent once a checkpoint appears lands mid-run even on a fast machine.
     trainer["callbacks"].append({"class_path": "tests.test_reliability.faults.SlowSteps"})
     config["model"].update(head_channels=8, aux_channels=8, **model)
-    config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32, batch_size=batch_size)
+    config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32)
+    config["data"]["init_args"]["loader"]["batch_size"] = batch_size
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

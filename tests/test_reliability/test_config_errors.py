@@ -29,7 +29,10 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
             ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.augmentation.crop_size=[500, 500]"],
             "data.init_args.augmentation.crop_size=[500, 500] does not fit model.output_stride=8",
         ),
-        (["-c", SYNTHETIC, "--data.init_args.num_workers=-1"], "data.init_args.num_workers=-1 must be >= 0"),
+        (
+            ["-c", SYNTHETIC, "--data.init_args.loader.num_workers=-1"],
+            "data.init_args.loader.num_workers=-1 must be >= 0",
+        ),
         (
             ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.root=/no/such/cityscapes"],
             "data.init_args.root=/no/such/cityscapes does not exist",

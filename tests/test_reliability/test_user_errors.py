@@ -33,7 +33,8 @@ def own_data_config(directory, empty_val: bool):
     config["trainer"].update(accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, max_steps=2)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(directory / "runs")
     config["model"].update(encoder_name="resnet18", head_channels=8, aux_channels=8)
-    config["data"]["init_args"].update(root=str(root), num_workers=0, batch_size=2)
+    config["data"]["init_args"].update(root=str(root))
+    config["data"]["init_args"]["loader"].update(num_workers=0, batch_size=2)
     config["data"]["init_args"]["augmentation"]["crop_size"] = [32, 32]
     path = directory / "own.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -107,7 +108,8 @@ def test_a_mistake_is_one_line_with_a_non_zero_exit_and_leaves_no_folder(case, t
 def test_an_empty_split_fails_before_training_and_removes_the_run_folder_it_made(tmp_path):
     result = dnlseg("fit", "-c", str(own_data_config(tmp_path, empty_val=True)))
     assert result.returncode == 1
-    assert error_line(result).startswith("dnlseg: no images in ") and "images/val (empty split)" in result.stderr
+    assert error_line(result).startswith("dnlseg: dataset val (") and ": no images " in error_line(result)
+    assert "images/val (empty split)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "dnl_r50_d8_512x512_40k" / "version_0").exists()
 

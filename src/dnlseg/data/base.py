@@ -9,7 +9,8 @@ The CLI accepts as ``--data`` any concrete subclass of ``SegmentationDataModule`
 - ``predict_dir``: a folder of images for ``dnlseg predict`` (None: the dataset's own predict split);
 
 and implements ``predict_dataloader`` (``dnlseg.data.folder.predict_folder_loader`` reads ``predict_dir``).
-``encode_prediction`` maps train ids to the dataset's label-file encoding (identity here).
+``encode_prediction`` maps train ids to the dataset's label-file encoding (identity here); ``label_palette``, where
+a dataset's label files are palette PNGs (Pascal VOC), is the palette ``dnlseg predict`` writes into its label PNGs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
     ignore_index: int
     palette: list[tuple[int, int, int]]
     predict_dir: str | None = None
+    label_palette: list[tuple[int, int, int]] | None = None  # None: label PNGs are plain 8-bit (mode L)
 
     @abstractmethod
     def predict_dataloader(self) -> DataLoader:

@@ -1,0 +1,96 @@
+"""Config files written before the DataModules grouped their options still load: the old keys, renamed on reading.
+
+Until issue #22 a DataModule took its loader and check options as flat arguments (``data.init_args.batch_size``);
+they now live in groups (``data.init_args.loader.batch_size``, ``LoaderOptions``; ``checks.label_values``,
+``SetupChecks``). The ``config.yaml`` of a run folder written before keeps the old keys, and
+``dnlseg validate -c <run>/config.yaml --ckpt_path last`` should still work: the ``dnlseg`` command reads every
+config file through ``load`` (the jsonargparse parser mode ``PARSER_MODE``), which moves the old keys of a
+dnlseg DataModule's ``init_args`` to their new places (``RENAMED``, the one table) and logs once which it moved.
+Only config files are read this way; on the command line the new names are needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dnlseg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PARSER_MODE = "dnlseg_yaml"
+DATAMODULES = "dnlseg.data."  # the class paths whose init_args are renamed (a DataModule of your own keeps its keys)
+
+# old key of data.init_args -> its new place (issue #22)
+RENAMED = {
+    "batch_size": "loader.batch_size",
+    "val_batch_size": "loader.val_batch_size",
+    "num_workers": "loader.num_workers",
+    "pin_memory": "loader.pin_memory",
+    "check_label_values": "checks.label_values",
+    "check_threads": "checks.threads",
+}
+
+_reported: set[str] = set()  # old keys already logged in this process
+
+
+class RenamedKeyError(UserError, ValueError):
+    """A config gives an option under its old and its new name."""
+
+
+def rename_init_args(init_args: dict[str, Any]) -> list[str]:
+    """Move the old keys of one DataModule's ``init_args`` (in place) to their new places; returns the keys moved."""
+    moved = []
+    for old, new in RENAMED.items():
+        if old not in init_args:
+            continue
+        group, key = new.split(".")
+        target = init_args.setdefault(group, {})
+        if not isinstance(target, dict) or key in target:
+            raise RenamedKeyError(
+                f"data.init_args gives both {old} (its name before dnlseg issue #22) and {new}: keep {new} only"
+            )
+        target[key] = init_args.pop(old)
+        moved.append(old)
+    return moved
+
+
+def rename_old_keys(config: Any) -> Any:
+    """``config`` (a loaded YAML value) with the old keys of a dnlseg DataModule's ``init_args`` renamed.
+
+    A DataModule section is the value of a top-level ``data`` key, or the whole value (``--data <file>``): a
+    mapping whose ``class_path`` starts with ``dnlseg.data.`` and that has ``init_args``. Anything else is
+    returned as it is.
+    """
+    if not isinstance(config, dict):
+        return config
+    section = config.get("data", config)
+    if not isinstance(section, dict) or not str(section.get("class_path", "")).startswith(DATAMODULES):
+        return config
+    init_args = section.get("init_args")
+    moved = rename_init_args(init_args) if isinstance(init_args, dict) else []
+    new = [key for key in moved if key not in _reported]
+    if new:
+        _reported.update(new)
+        log.warning(
+            "config: data.init_args keys read under their new names (dnlseg issue #22): %s; write the new names "
+            "to silence this",
+            ", ".join(f"{key} -> {RENAMED[key]}" for key in new),
+        )
+    return config
+
+
+def load(text: str) -> Any:
+    """jsonargparse's YAML loader, then ``rename_old_keys``."""
+    from jsonargparse import get_loader
+
+    return rename_old_keys(get_loader("yaml")(text))
+
+
+def parser_mode() -> str:
+    """Register ``load`` with jsonargparse (once) and return its parser mode, for LightningCLI's ``parser_kwargs``."""
+    import yaml
+    from jsonargparse import set_loader
+
+    set_loader(PARSER_MODE, load, exceptions=(yaml.YAMLError,))
+    return PARSER_MODE
