@@ -151,10 +151,16 @@ def test_listed_samples_keep_the_list_order_once_each_and_missing_files_are_coun
     assert str(error.value) == f"list x: 6 listed files do not exist: {missing} and 3 more"
 
 
-def test_a_subclass_records_its_own_and_the_shared_arguments_as_hyperparameters(tmp_path):
-    dm = TwoSplits(tmp_path, seed=3)
-    assert dm.hparams["folder"] == tmp_path and dm.hparams["seed"] == 3
-    assert dm.hparams["loader"] == LoaderOptions(batch_size=2, val_batch_size=1, num_workers=0, pin_memory=False)
+@pytest.mark.parametrize("name", ["CityscapesDataModule", "ADE20KDataModule", "VOCDataModule", "ImageMaskDataModule"])
+def test_every_file_datamodule_records_its_own_and_the_shared_arguments_as_hyperparameters(name):
+    import dnlseg.data
+
+    loader = LoaderOptions(batch_size=3, num_workers=0)
+    classes = [{"name": "a", "color": [1, 2, 3]}] if name == "ImageMaskDataModule" else None
+    extra = {"classes": classes} if classes else {}
+    dm = getattr(dnlseg.data, name)("somewhere", loader=loader, predict_split="other", predict_dir="x", **extra)
+    assert dm.hparams["loader"] is loader and dm.hparams["checks"] == SetupChecks()
+    assert (dm.hparams["root"], dm.hparams["predict_split"], dm.hparams["predict_dir"]) == ("somewhere", "other", "x")
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -389,7 +395,7 @@ def test_the_predict_folder_loader_keeps_order_and_names_the_folder_of_a_bad_fil
     assert type(loader) is torch.utils.data.DataLoader and loader.num_workers == 0 and not loader.pin_memory
     assert [batch["name"][0] for batch in loader] == ["a", "b", "c"] and not loader.drop_last
     (tmp_path / "d.png").write_bytes(b"broken")
-    with pytest.raises(DatasetLayoutError, match=f"^1 bad samples in predict_dir {tmp_path}:"):
+    with pytest.raises(DatasetLayoutError, match=f"^predict_dir {tmp_path}: cannot read image {tmp_path / 'd.png'}:"):
         predict_folder_loader(tmp_path)
 
 

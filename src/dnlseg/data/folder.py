@@ -173,6 +173,8 @@ def check_pair(pair: FilePair, check_values: bool) -> str | None:
 def check_pairs(pairs: Sequence[FilePair], what: str, check_values: bool = True, num_threads: int = 8) -> None:
     """Raise ``DatasetLayoutError`` listing every unreadable file, size mismatch and invalid label value.
 
+    One problem is reported in one line, ``<what>: <problem>``; several as a count and one line each.
+
     Image headers are read; labels are decoded in full when ``check_values`` (threads: PNG decoding releases
     the GIL).
 
@@ -186,6 +188,8 @@ def check_pairs(pairs: Sequence[FilePair], what: str, check_values: bool = True,
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         problems = [p for p in pool.map(partial(check_pair, check_values=check_values), pairs) if p]
     log.info("checked %d samples of %s in %.1f s", len(pairs), what, time.perf_counter() - start)
+    if len(problems) == 1:
+        raise DatasetLayoutError(f"{what}: {problems[0]}")  # one line
     if problems:
         listed = "\n  ".join(problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -403,7 +407,8 @@ DEFAULT_CHECKS = SetupChecks()
 class FolderDataModule(SegmentationDataModule):
     """What the file datasets share; a subclass sets its classes and splits and implements ``find_pairs``.
 
-    A subclass sets in ``__init__``, after ``super().__init__(...)`` with its keyword arguments: ``num_classes``,
+    A subclass calls ``super().__init__(...)`` with its keyword arguments and ``self.save_hyperparameters()``
+    (its own signature holds every argument), then sets ``num_classes``,
     ``class_names``, ``palette`` (linked into the model by the CLI; ``ignore_index`` is 255 here) and ``splits``
     (stage -> the dataset's split name); as class attributes ``dataset`` (its name in messages), ``env_var``
     (where ``root`` may come from) and ``layout`` (the expected layout, for error messages).
@@ -434,7 +439,6 @@ class FolderDataModule(SegmentationDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # with the subclass's own arguments (Lightning reads every __init__ frame)
         self.root = root
         self.augmentation = augmentation
         self.loader = loader

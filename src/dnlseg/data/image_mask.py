@@ -151,6 +151,7 @@ class ImageMaskDataModule(FolderDataModule):
         super().__init__(
             root=root, augmentation=augmentation, loader=loader, checks=checks, seed=seed, predict_dir=predict_dir
         )
+        self.save_hyperparameters()
         if classes is None:
             if root is None:
                 raise DatasetLayoutError("ImageMaskDataModule needs `root` (with root/classes.yaml) or `classes`")

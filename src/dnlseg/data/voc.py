@@ -168,6 +168,7 @@ class VOCDataModule(FolderDataModule):
         super().__init__(
             root=root, augmentation=augmentation, loader=loader, checks=checks, seed=seed, predict_dir=predict_dir
         )
+        self.save_hyperparameters()
         self.num_classes: int = NUM_CLASSES
         self.class_names: list[str] = list(CLASS_NAMES)
         self.palette: list[tuple[int, int, int]] = list(PALETTE)
