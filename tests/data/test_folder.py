@@ -144,11 +144,57 @@ def test_listed_samples_keep_the_list_order_once_each_and_missing_files_are_coun
         ("b", image("b"), label("b"), True),
         ("a", image("a"), label("a"), True),
     ]
-    assert [p.label for p in listed_pairs(["a"], image, None, table, "x")] == [None]  # images only
+    assert [(p.label, p.label_map) for p in listed_pairs(["a"], image, None, table, "x")] == [(None, None)]
     with pytest.raises(DatasetLayoutError) as error:
         listed_pairs(["a", "c", "d", "e"], image, label, table, "list x")
     missing = ", ".join(str(tmp_path / f) for f in ("c.jpg", "c.png", "d.jpg"))
     assert str(error.value) == f"list x: 6 listed files do not exist: {missing} and 3 more"
+    for count, more in ((3, ""), (4, " and 1 more")):  # three are named, the rest counted
+        with pytest.raises(DatasetLayoutError) as error:
+            listed_pairs([f"m{i}" for i in range(count)], image, None, table, "list y")
+        assert str(error.value).endswith(f"{tmp_path / 'm2.jpg'}{more}")
+
+
+def test_unpaired_folder_files_are_named_with_the_split_and_the_expected_layout(tmp_path):
+    from dnlseg.data.folder import folder_pairs
+
+    for name in ("a", "b"):
+        save_image(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "labels").mkdir()
+    write_label(tmp_path / "labels" / "a.png", np.zeros((2, 2), dtype=np.uint8))
+    listing = {"list_images": lambda d: {p.stem: p for p in sorted(d.glob("*.png"))}, "image_pattern": "*.png"}
+    with pytest.raises(DatasetLayoutError) as error:
+        folder_pairs(
+            tmp_path / "images",
+            tmp_path / "labels",
+            True,
+            **listing,
+            list_labels=listing["list_images"],
+            label_map=lookup_table({0: 0}),
+            what="Own val (/r)",
+            layout="  the layout",
+        )
+    message = str(error.value)
+    assert message.startswith("Own val (/r): 1 images without labels") and message.endswith("layout:\n  the layout")
+
+
+def test_roots_are_named_with_the_dataset_or_the_class_and_the_environment_variable_only_where_there_is_one(
+    tmp_path, monkeypatch
+):
+    from dnlseg.data import CityscapesDataModule, ImageMaskDataModule
+
+    monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
+    assert CityscapesDataModule().describe("val") == "Cityscapes val ($CITYSCAPES_ROOT)"
+    own = ImageMaskDataModule(classes=[{"name": "a", "color": [0, 0, 0]}])
+    with pytest.raises(DatasetLayoutError) as error:
+        own.setup("fit")
+    assert (
+        str(error.value) == "no dataset root: set the DataModule's `root` (e.g. --data.init_args.root=/path/to/dataset)"
+    )
+    with pytest.raises(
+        DatasetLayoutError, match=rf"^NoFiles root {tmp_path / 'none'} does not exist or is not a folder"
+    ):
+        no_files(root=str(tmp_path / "none")).dataset_root()
 
 
 @pytest.mark.parametrize("name", ["CityscapesDataModule", "ADE20KDataModule", "VOCDataModule", "ImageMaskDataModule"])

@@ -358,7 +358,7 @@ def predict_folder_loader(folder: str | Path, num_workers: int = 0, pin_memory: 
     return build_loader(dataset, train=False, batch_size=1, seed=0, num_workers=num_workers, pin_memory=pin_memory)
 
 
-def resolve_root(root: str | Path | None, env_var: str, dataset: str, layout: str = "") -> Path:
+def resolve_root(root: str | Path | None, env_var: str, dataset: str, layout: str) -> Path:
     """``root``, else ``$env_var``; raise naming both when neither is set, and naming the path when it is no folder."""
     if root is None:
         root = os.environ.get(env_var) if env_var else None
