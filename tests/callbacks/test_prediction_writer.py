@@ -103,6 +103,18 @@ def test_without_an_output_dir_predictions_go_under_the_runs_log_dir(tmp_path):
     assert writer.resolve_dir(no_log_dir) == Path(".") / "predictions"
 
 
+def test_a_datamodules_label_palette_makes_the_label_files_palette_pngs_of_the_encoded_values(tmp_path):
+    label_palette = [(0, 0, 0), (10, 20, 30), (200, 100, 50)]  # e.g. Pascal VOC's colour map
+    datamodule = SimpleNamespace(palette=None, encode_prediction=lambda ids: ids + 1, label_palette=label_palette)
+    write_batch(PredictionWriter(str(tmp_path)), SimpleNamespace(datamodule=datamodule), [[[0, 1]]], names=["p"])
+    with Image.open(tmp_path / "labels" / "p.png") as written:
+        assert written.mode == "P" and np.asarray(written).tolist() == [[1, 2]]
+        assert written.getpalette()[:9] == [0, 0, 0, 10, 20, 30, 200, 100, 50]
+    datamodule.label_palette = None  # the other datasets: plain 8-bit values
+    write_batch(PredictionWriter(str(tmp_path)), SimpleNamespace(datamodule=datamodule), [[[0, 1]]], names=["q"])
+    assert Image.open(tmp_path / "labels" / "q.png").mode == "L"
+
+
 def test_class_ids_above_255_are_refused_before_an_8_bit_png_wraps_them(tmp_path):
     trainer = SimpleNamespace(log_dir=None, datamodule=None)
     writer = PredictionWriter(str(tmp_path), color=False)
