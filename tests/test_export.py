@@ -17,10 +17,11 @@ from PIL import Image
 from dnlseg.data.cityscapes import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dnlseg.data.folder import image_folder_pairs, read_image
 from dnlseg.deploy import ExportError
-from dnlseg.deploy.onnx_model import read_metadata
+from dnlseg.deploy.onnx_model import onnxruntime_session, read_metadata, relative_error
 from dnlseg.deploy.torchscript import read_torchscript_metadata
 from dnlseg.export import build, export
-from tests.helpers import wake_context_blocks
+from tests.helpers import uint8_images, wake_context_blocks
+from tests.mmseg_helpers import mmseg_model, save_mmseg_checkpoint
 from tests.test_reliability.runs import ROOT, dnlseg
 
 CITYSCAPES = str(ROOT / "configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml")
@@ -105,6 +106,25 @@ def test_predict_the_onnx_example_and_torchscript_agree_on_a_cityscapes_fixture(
         assert metadata["output_stride"] == "8" and metadata["checkpoint"] == "trained.ckpt"
         assert "encoder_name: resnet18" in metadata["config"] and "DisentangledNonLocal2d" in metadata["config"]
     assert json.loads(read_metadata(onnx_file)["attention"])["formulation"] == "chunked"
+
+
+@pytest.mark.slow
+def test_an_mmseg_zoo_checkpoint_exports_to_mmsegs_own_logits(tmp_path):
+    """The recipe's ResNetV1c-50-D8 DNL network from an mmseg-format file, exported at 64x96: onnxruntime's logits
+    against mmseg's ``encode_decode`` of the same weights (random, BatchNorm statistics included)."""
+    reference = mmseg_model(Path(CITYSCAPES))
+    zoo = save_mmseg_checkpoint(reference, tmp_path / "dnl_r50-d8_zoo.pth", list(CLASS_NAMES))
+    output = tmp_path / "dnl.onnx"
+    model = export(["-c", CITYSCAPES, "--ckpt_path", str(zoo), "--output", str(output), "--input_size", "64", "96"])
+    images = uint8_images(2, 3, 64, 96)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        want = reference.encode_decode(
+            (images / 255 - mean) / std, [{"img_shape": (64, 96), "ori_shape": (64, 96)}] * 2
+        )
+    got = onnxruntime_session(model).run(["logits"], {"image": images.numpy()})[0]
+    assert relative_error(got, want) <= 1e-4
+    assert read_metadata(model)["checkpoint"] == "dnl_r50-d8_zoo.pth"
 
 
 @pytest.mark.slow
