@@ -123,7 +123,10 @@ def test_an_mmseg_zoo_checkpoint_exports_to_mmsegs_own_logits(tmp_path):
             (images / 255 - mean) / std, [{"img_shape": (64, 96), "ori_shape": (64, 96)}] * 2
         )
     got = onnxruntime_session(model).run(["logits"], {"image": images.numpy()})[0]
-    assert relative_error(got, want) <= 1e-4
+    # Two implementations (mmseg's materialised attention, ours fused; 50 layers with random BatchNorm statistics),
+    # per pixel: seen 2.8e-4. A wrong key mapping or normalisation is O(1). The export itself is checked against
+    # dnlseg's eager network at <= 1e-4 when it is written.
+    assert relative_error(got, want) <= 1e-3
     assert read_metadata(model)["checkpoint"] == "dnl_r50-d8_zoo.pth"
 
 
