@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -142,6 +143,12 @@ class TensorSizes(TorchFunctionMode):
         return out
 
 
+# What torch 2.14 raises when the CPU allocator fails, as it is (a test raises it rather than exhaust the memory).
+CPU_OUT_OF_MEMORY = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "35184372088832 bytes. Error code 12 (Cannot allocate memory)"
+)
+
 # CLI overrides that shrink a synthetic recipe to a seconds-long fit (64 px images, narrow heads).
 TINY = [
     "--trainer.max_steps=4",
@@ -155,3 +162,46 @@ TINY = [
     "--data.init_args.image_size=64",
     "--data.init_args.batch_size=2",
 ]
+
+
+def saved_lightning_checkpoint(path) -> Path:
+    """A real Lightning checkpoint (weights, optimiser, loops, callbacks) of a 1-step tiny fit, saved at ``path``
+    through dnlseg's ``AtomicCheckpointIO``."""
+    from dnlseg.checkpoint_io import AtomicCheckpointIO
+
+    path = Path(path)
+    trainer = tiny_fit(path.parent, max_steps=1, plugins=[AtomicCheckpointIO()])
+    trainer.save_checkpoint(path)
+    return path
+
+
+def damage(source: Path, target: Path, offset: int, size: int = 1024) -> Path:
+    """``target``: a copy of ``source`` with ``size`` bytes from ``offset`` on changed (each XOR 0x5A): a 1 KB
+    stretch of a file overwritten in place, the file as long as before."""
+    data = bytearray(source.read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0x5A for b in data[offset : offset + size])
+    target.write_bytes(bytes(data))
+    return target
+
+
+def damage_points(path: Path) -> dict[str, int]:
+    """Offsets (1 KB before the end of what they name) in a ``torch.save`` zip file: inside the pickle, in the
+    middle of the bytes of its largest tensor, in the zip index (central directory) at the end."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        records = archive.infolist()
+
+        def data_start(info: zipfile.ZipInfo) -> int:  # local header (30 bytes), file name, extra field, data
+            f.seek(info.header_offset + 26)
+            name_length, extra_length = struct.unpack("<HH", f.read(4))
+            return info.header_offset + 30 + name_length + extra_length
+
+        pickle = next(info for info in records if info.filename.endswith("/data.pkl"))
+        tensor = max((info for info in records if "/data/" in info.filename), key=lambda info: info.file_size)
+        return {
+            "pickle": data_start(pickle) + max(0, pickle.file_size // 2 - 512),
+            "tensor data": data_start(tensor) + tensor.file_size // 2,
+            "zip index": archive.start_dir,
+        }

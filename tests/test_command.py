@@ -8,6 +8,7 @@ import pytest
 
 from dnlseg import command
 from dnlseg.command import main
+from dnlseg.errors import DEBUG_ENV
 from dnlseg.preflight import ConfigError
 from tests.test_reliability.runs import ROOT, tiny_config
 
@@ -26,7 +27,7 @@ def test_a_user_error_is_one_line_and_exit_status_1(monkeypatch, capsys):
         raise ConfigError("data.init_args.root=/x does not exist or is not a directory")
 
     monkeypatch.setattr(command, "run", fail)
-    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
+    monkeypatch.setenv(DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "-c", "x.yaml"])
     assert exit_.value.code == "dnlseg: data.init_args.root=/x does not exist or is not a directory"  # status 1
@@ -38,12 +39,24 @@ def test_debug_lets_the_user_error_through_with_its_traceback(monkeypatch):
         raise ConfigError("bad")
 
     monkeypatch.setattr(command, "run", fail)
-    monkeypatch.setenv(command.DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
+    monkeypatch.setenv(DEBUG_ENV, "0")  # "0": off; restored afterwards (main sets it for --debug)
     with pytest.raises(ConfigError):
         main(["--debug", "fit"])
-    monkeypatch.setenv(command.DEBUG_ENV, "1")
+    monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ConfigError):
         main(["fit"])
+
+
+def test_no_verify_is_taken_off_the_command_line_and_passed_on_through_the_environment(monkeypatch):
+    from dnlseg.weight_files import NO_VERIFY_ENV, verification_off
+
+    seen = []
+    monkeypatch.setattr(command, "run", lambda argv, from_sys_argv=False: seen.append((argv, verification_off())))
+    monkeypatch.setenv(NO_VERIFY_ENV, "0")  # "0": off; restored afterwards (main sets it to "1")
+    main(["validate", "-c", "x.yaml"])
+    main(["validate", "--no_verify", "-c", "x.yaml"])  # anywhere on the line, as --debug
+    assert seen == [(["validate", "-c", "x.yaml"], False), (["validate", "-c", "x.yaml"], True)]
+    assert os.environ[NO_VERIFY_ENV] == "1"  # what DDP worker processes inherit
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
