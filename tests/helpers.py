@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,3 +206,16 @@ def damage_points(path: Path) -> dict[str, int]:
             "tensor data": data_start(tensor) + tensor.file_size // 2,
             "zip index": archive.start_dir,
         }
+
+
+WARNING_LINE = re.compile(
+    r"^\S+\.py:\d+: "  # warnings.warn's format, and Lightning's (rank_zero_warn: the category left out)
+    r"|\b\w*Warning\b"  # UserWarning, PossibleUserWarning, FutureWarning, ...; torch's C++ "[W...] Warning:"
+    r"|\bwarn(ing)?s?\.warn\("  # the source line Python prints under a warning
+)
+
+
+def warning_lines(output: str) -> list[str]:
+    """The lines of a command's output that are warnings (``WARNING_LINE``); progress-bar redraws split apart."""
+    lines = output.replace("\r", "\n").splitlines()
+    return [line for line in lines if WARNING_LINE.search(line)]

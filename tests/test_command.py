@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from dnlseg import command
 from dnlseg.command import main
 from dnlseg.errors import DEBUG_ENV
 from dnlseg.preflight import ConfigError
-from tests.test_reliability.runs import ROOT, tiny_config
+from tests.helpers import warning_lines
+from tests.test_reliability.runs import dnlseg, run_dir, tiny_config
 
 
 def test_help_lists_every_subcommand_without_importing_lightning():
@@ -69,12 +71,20 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_fit_prints_no_lightning_tip_and_no_pytree_deprecation(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings as a user sees them
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
-    config = tiny_config(tmp_path, max_steps=1, val_check_interval=1)
-    cmd = [sys.executable, "-m", "dnlseg", "fit", "-c", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
+def test_a_default_fit_validate_and_predict_print_no_warning(tmp_path):
+    config = tiny_config(tmp_path, max_steps=4, val_check_interval=2)
+    content = yaml.safe_load(config.read_text())
+    for key in ("enable_progress_bar", "enable_model_summary", "num_sanity_val_steps"):
+        del content["trainer"][key]  # Lightning's defaults, as a user has them: bar, summary, sanity check
+    config.write_text(yaml.safe_dump(content, sort_keys=False))
+    fit = dnlseg("fit", "-c", str(config), show_warnings=True)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    output = fit.stdout + fit.stderr
+    assert warning_lines(output) == []
     assert "Tip:" not in output and "LeafSpec" not in output and "final val/mIoU" in output
+    assert "step 4/4" in output and "Epoch" not in output and "flops" not in output.lower()
+    saved = str(run_dir(tmp_path) / "config.yaml")
+    for subcommand in ("validate", "predict"):
+        result = dnlseg(subcommand, "-c", saved, "--ckpt_path", "last", show_warnings=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert warning_lines(result.stdout + result.stderr) == [], subcommand

@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
+from dnlseg.callbacks.progress import display_callbacks
 from dnlseg.data import SegmentationDataModule
 from dnlseg.errors import UserError, debug_mode
 from dnlseg.models import SegmentationModule
@@ -179,6 +180,10 @@ class DnlsegCLI(LightningCLI):
             if user_error is not None:
                 raise user_error  # noqa: B904 -- it carries its own cause (the file's error); ``error`` only wraps it
             raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        """Lightning's, with dnlseg's progress bar (in steps) and model summary as the defaults (callbacks.progress)."""
+        return super()._instantiate_trainer(config, [*callbacks, *display_callbacks(config)])
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.

@@ -188,3 +188,18 @@ def test_own_score_runs_no_code_from_a_file_and_reads_files_without_callbacks_as
     assert own_score(path, callback.state_key) is None  # weights_only refuses the pickled object: not loaded
     torch.save({"state_dict": {}}, tmp_path / "weights.ckpt")  # a dict without callbacks
     assert own_score(tmp_path / "weights.ckpt", callback.state_key) is None
+
+
+def test_restoring_a_record_of_another_folder_says_nothing(tmp_path):
+    import warnings
+
+    run, evaluation = tmp_path / "checkpoints", tmp_path / "eval" / "last" / "validate-0" / "checkpoints"
+    run.mkdir()
+    best = write_best(run, "step4.ckpt", 0.4, best_callback(run))
+    state = restored_state(best, 0.4) | {"dirpath": str(run)}
+    with warnings.catch_warnings(record=True) as caught:  # validate/test/predict restore every callback's state
+        warnings.simplefilter("always")
+        callback = best_callback(evaluation)
+        callback.load_state_dict(state)
+    assert [str(w.message) for w in caught] == []
+    assert callback.best_k_models == {}  # nothing of the run folder's record
