@@ -32,6 +32,7 @@ def bar_lines(output: str) -> list[str]:
     return [line.strip() for line in re.split(r"[\r\n]", output) if line.strip().startswith("step ")]
 
 
+@pytest.mark.slow  # two fits (33 s on the shared 2-core CPU)
 def test_the_training_bar_counts_steps_across_epochs_and_from_the_step_a_resumed_run_is_at(tmp_path, capsys):
     trainer = fit(tmp_path, max_steps=4)  # two epochs of 3 steps
     out = capsys.readouterr().out
