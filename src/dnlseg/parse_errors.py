@@ -6,7 +6,7 @@ error of a Union-typed key (``model.context``, ``data``, ``trainer.precision``) 
 ``argparse.ArgumentError``; ``one_line`` reduces its text to what was wrong where:
 
     dnlseg: unknown option --model.head_chanels (did you mean --model.head_channels?); `dnlseg fit --help` ...
-    dnlseg: unknown key model.context.init_args.tempreature (DisentangledNonLocal2d takes no tempreature; did ...
+    dnlseg: unknown key model.context.init_args.tempreature (DisentangledNonLocal2d takes no argument tempreature; ...
     dnlseg: model.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null
     dnlseg: --config empty.yaml: the file is empty ...
 
@@ -244,8 +244,10 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
         return f"a config file is not valid YAML: {' '.join(message.split(':', 1)[1].split())}"
 
     if outer:
-        inner = message[message.rfind('Parser key "') :] if len(keys) > 1 else message
-        key = f"{outer}.init_args.{keys[-1]}" if len(keys) > 1 and class_path else keys[-1] if len(keys) > 1 else outer
+        key, inner = outer, message
+        if len(keys) > 1:  # a key inside a class's init_args, which jsonargparse names on its own
+            key = f"{outer}.init_args.{keys[-1]}" if class_path else keys[-1]
+            inner = message[message.rfind('Parser key "') :]
         value, expected = given_value(inner), expected_types(inner)
         if expected:
             given = f"={value}" if value is not None else ""
