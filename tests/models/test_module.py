@@ -59,3 +59,39 @@ def test_training_loss_is_main_plus_aux_weight_times_aux():
     assert losses["main_loss"].item() != pytest.approx(losses["aux_loss"].item())
     no_aux = tiny_module(aux_weight=0).losses(batch)
     assert set(no_aux) == {"loss", "main_loss"} and torch.equal(no_aux["loss"], no_aux["main_loss"])
+
+
+def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_dist_warning():
+    import warnings
+
+    import lightning as L
+    import torch.distributed as dist
+    from lightning.pytorch.trainer.connectors.logger_connector.result import warning_cache
+
+    from dnlseg.data import SyntheticDataModule
+    from dnlseg.evaluation.metrics import confusion_summary
+
+    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, batch_size=2)
+    module = tiny_module(num_classes=data.num_classes, class_names=data.class_names)
+    summaries = []
+    original = confusion_summary
+
+    def recording(*args, **kwargs):  # what the module computed from the confusion matrix, before logging
+        summary = original(*args, **kwargs)
+        summaries.append(dict(summary))  # the module pops from the one it gets
+        return summary
+
+    warning_cache.clear()  # Lightning warns once per process
+    try:
+        with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as patch:
+            warnings.simplefilter("always")
+            patch.setattr("dnlseg.models.module.confusion_summary", recording)
+            trainer = L.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False, enable_progress_bar=False)
+            (metrics,) = trainer.validate(module, data, verbose=False)  # a process group of one: gloo, in this process
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert [str(w.message) for w in caught if "sync_dist" in str(w.message)] == []
+    (summary,) = summaries
+    assert metrics["val/mIoU"] == summary["mIoU"].float().item()  # bit for bit
+    assert metrics["val/pixel_acc"] == summary["pixel_acc"].float().item()
