@@ -165,6 +165,43 @@ TINY = [
 ]
 
 
+def wake_context_blocks(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every zero-initialised parameter of the context blocks in ``module`` random values (the output norm, GC's
+    last conv, gamma), so that the attention changes the logits: a block that starts as the identity would let a
+    wrong attention go unseen. Returns ``module``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in find_context_blocks(module).values():
+            for param in block.parameters():
+                if not param.any():
+                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+    return module
+
+
+def tiny_segmenter(variant: str, num_classes: int = 5):
+    """A ``dnlseg.deploy.ImageSegmenter`` (uint8 images -> logits) over a resnet18 (up to layer2) + 16-channel head
+    with the ``dnlseg.context.VARIANTS`` head ``variant``, its blocks woken (``wake_context_blocks``), in eval mode."""
+    from dnlseg.data import IMAGENET_MEAN, IMAGENET_STD
+    from dnlseg.deploy import ImageSegmenter
+
+    torch.manual_seed(0)
+    module = SegmentationModule(
+        num_classes,
+        encoder_name="resnet18",
+        encoder_depth=3,
+        head_channels=16,
+        aux_channels=8,
+        context=context_of(variant),
+    )
+    wake_context_blocks(module)
+    return ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def uint8_images(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Random uint8 images of ``shape`` (N, 3, H, W)."""
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
 class TinyRegression(L.LightningModule):
     """A one-weight LightningModule for tests of the fit's lifecycle (steps, validations, checkpoints).
 

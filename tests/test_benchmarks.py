@@ -15,7 +15,7 @@ SCRIPTS = ("context_blocks", "training_step", "inference_modes", "data_pipeline"
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
     yield lambda name: importlib.import_module(name)
-    for name in ("_measure", "callback_overhead", *SCRIPTS):
+    for name in ("_measure", "callback_overhead", "export", *SCRIPTS):
         sys.modules.pop(name, None)
 
 
@@ -162,3 +162,16 @@ def test_analysis_memory_judges_the_targets_and_says_what_the_baseline_cannot_ru
     assert "| no |" in row("before", 16384) and "not run" in row("before", 32768)
     assert "| yes |" in row("this checkout", 16384) and "PASS <= 1.5 GB" in row("this checkout", 16384)
     assert "FAIL <= 3 GB" in row("this checkout", 32768)
+
+
+@pytest.mark.slow
+def test_export_benchmark_compares_onnxruntime_with_pytorch_per_head(scripts, tmp_path):
+    output = tmp_path / "export.md"
+    results = scripts("export").main(["--tiny", "--heads", "dnl", "--formulations", "chunked", "--output", str(output)])
+    record = results["dnl", "chunked"]
+    assert record["export"]["bytes"] > 0 and record["export"]["ops"] == "Loop 1, Softmax 1, MatMul 1"
+    for size in ((64, 128), (96, 160)):
+        for runtime in ("onnxruntime", "pytorch"):
+            assert record[size, runtime]["latency"] > 0 and record[size, runtime]["peak"] > 0
+    text = output.read_text()
+    assert "| DNL | " in text and "onnxruntime peak" in text and "(target <= 1.5x)" in text

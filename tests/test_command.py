@@ -19,7 +19,7 @@ def test_help_lists_every_subcommand_without_importing_lightning():
     code = "import sys\nfrom dnlseg.command import main\nmain(['--help'])\nprint('lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for name in ("fit", "validate", "test", "predict", "analyze", "prepare", "convert"):
+    for name in ("fit", "validate", "test", "predict", "analyze", "prepare", "convert", "export"):
         assert f"    {name} " in result.stdout
     assert result.stdout.strip().endswith("False")  # no Lightning, no torch: answers at once
 

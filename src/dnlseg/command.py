@@ -5,6 +5,7 @@
     dnlseg analyze -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
     dnlseg prepare cityscapes --root /data/cityscapes
     dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt
+    dnlseg export -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt --output model.onnx
     dnlseg --debug fit ...                          # or DNLSEG_DEBUG=1: full tracebacks for user errors too
     dnlseg --no_verify validate ...                 # or DNLSEG_NO_VERIFY=1: load a damaged checkpoint anyway
 
@@ -40,6 +41,7 @@ SUBCOMMANDS = {
     "analyze": "attention consistency metrics and attention-map figures of a checkpoint (no training)",
     "prepare": "one-off dataset preparation (prepare cityscapes: labelTrainIds PNGs)",
     "convert": "write an mmsegmentation model-zoo checkpoint once as a dnlseg checkpoint (optional)",
+    "export": "a checkpoint's network as ONNX or TorchScript (uint8 images in, logits out) with its metadata",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -90,6 +92,10 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
         from dnlseg.convert import convert
 
         convert(argv[1:])
+    elif argv[0] == "export":
+        from dnlseg.export import export
+
+        export(argv[1:])
     else:
         from dnlseg.cli import run_cli
 
