@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -33,8 +34,9 @@ class RecordingLogger:
 
 
 def fake_trainer(global_step: int = 0, global_rank: int = 0, **attributes) -> SimpleNamespace:
-    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context."""
+    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context; a fit."""
     defaults = dict(
+        state=SimpleNamespace(fn="fit"),
         global_step=global_step,
         global_rank=global_rank,
         is_global_zero=global_rank == 0,
@@ -155,3 +157,15 @@ TINY = [
     "--data.init_args.image_size=64",
     "--data.init_args.batch_size=2",
 ]
+
+
+# A warning line as Python's ``warnings`` prints it (``<file>.py:12: UserWarning: text``) and as Lightning's
+# ``rank_zero_warn`` does (``<file>.py:12: text``), or any line that calls itself a warning.
+WARNING_LINE = re.compile(r"\.py:\d+: |\bwarn(ing)?s?\b", re.IGNORECASE)
+
+
+def warning_lines(output: str) -> list[str]:
+    """The lines of a command's output that are warnings (``WARNING_LINE``), and every line printed twice."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    repeated = sorted({line for line in lines if lines.count(line) > 1})
+    return [line for line in lines if WARNING_LINE.search(line)] + [f"printed twice: {line}" for line in repeated]
