@@ -191,21 +191,6 @@ def remove_unfinished(folder: Path, created_root: Path | None = None) -> bool:
     return True
 
 
-def checkpoint_step(ckpt_path: str | None) -> int | None:
-    """The ``global_step`` a Lightning checkpoint was saved at (None without a checkpoint, for an mmseg model-zoo
-    file or any file that is not read this way: the record then says so, the command goes on)."""
-    if ckpt_path is None:
-        return None
-    import torch
-
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:
-        return None
-    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
-    return int(step) if step is not None else None
-
-
 def write_metrics(folder: Path, record: dict[str, Any], figures: list[Path] = ()) -> Path:
     """``<folder>/metrics.json`` (``record`` with NaN as null) and ``metrics.md`` (a table, then the figures)."""
     metrics = {k: float(v) for k, v in sorted(record["metrics"].items())}
@@ -214,7 +199,8 @@ def write_metrics(folder: Path, record: dict[str, Any], figures: list[Path] = ()
     path = folder / "metrics.json"
     path.write_text(json.dumps({**record, "metrics": finite}, indent=2, allow_nan=False) + "\n")
     lines = [f"# {record.get('subcommand', 'evaluation')} of `{record.get('ckpt_path')}`", ""]
-    lines += [f"Config: `{record.get('config')}`, checkpoint step: {record.get('step')}", ""]
+    source = f" ({record['step_source']})" if record.get("step_source") else ""
+    lines += [f"Config: `{record.get('config')}`, checkpoint step: {record.get('step')}{source}", ""]
     lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in metrics.items()]]
     lines += ["", *[f"![{p.name}]({p.name})" for p in figures], ""]
     (folder / "metrics.md").write_text("\n".join(lines))
