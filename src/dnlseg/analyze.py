@@ -104,7 +104,7 @@ def analyze(args: list[str]) -> dict[str, float]:
     (metrics,) = trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     record = {"subcommand": "analyze", "config": str(opts.config), "ckpt_path": str(ckpt)}
-    record |= {"step": model.evaluated_step, "step_source": model.loaded_step_source}
+    record |= {"step": model.evaluated_step, "step_source": model.weights_step_source}
     record |= {"metrics": metrics, "figures": [p.name for p in figures.written]}
     run_dirs.write_metrics(output, record, figures.written)
     for key in ("val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"):

@@ -206,7 +206,7 @@ class DnlsegCLI(LightningCLI):
             "config": [str(path) for path in config.get("config") or []],
             "ckpt_path": config.ckpt_path,
             "step": self.model.evaluated_step,  # its TensorBoard scalars are logged at this step too
-            "step_source": self.model.loaded_step_source,
+            "step_source": self.model.weights_step_source,
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
         }
         self.report("metrics", [run_dirs.write_metrics(self.output_folder, record)])

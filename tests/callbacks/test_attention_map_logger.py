@@ -3,6 +3,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -222,6 +223,23 @@ def test_outside_a_fit_the_figures_carry_the_step_and_head_of_the_loaded_checkpo
     assert args[7] == "NL (decode_head.context), step 800, image 0"
     assert [p.name for p in callback.written] == ["step000800_nl_decode_head.context_image0.png"]
     assert [kwargs["global_step"] for *_, kwargs in trainer.loggers[0].experiment.figures] == [800]
+
+
+class PlainModule(L.LightningModule):
+    """A LightningModule with a context block but without ``evaluated_step`` (not a ``SegmentationModule``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.network = tiny_module(DisentangledNonLocal2d).network
+
+    def forward(self, images):
+        return self.network(images).logits
+
+
+def test_a_module_without_an_evaluated_step_gets_figures_at_the_trainers_step(figure_calls, tmp_path):
+    AttentionMapLogger(num_images=1).draw(tensorboard_trainer(tmp_path, Images(), global_step=12), PlainModule())
+    ((args, _),) = figure_calls
+    assert args[7] == "DNL (decode_head.context), step 12, image 0"  # find_context_blocks drops "network."
 
 
 def test_scale_two_enlarges_the_image_bilinearly_without_aligned_corners(figure_calls, tmp_path):

@@ -75,10 +75,10 @@ class Batches(torch.utils.data.Dataset):
         return {"image": batch["image"][0], "mask": batch["mask"][0]}
 
 
-def evaluation_trainer(log_dir) -> L.Trainer:
+def evaluation_trainer(log_dir, **kwargs) -> L.Trainer:
     return L.Trainer(
         logger=TensorBoardLogger(log_dir, name="", version=""), accelerator="cpu", enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_checkpointing=False, **kwargs,
     )  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def evaluate(stage: str, module, trainer: L.Trainer) -> None:
 def test_an_evaluation_logs_at_the_step_of_the_loaded_checkpoint_and_gives_the_loop_its_step_back(stage, tmp_path):
     module = tiny_module()
     module.on_load_checkpoint({"global_step": 800, "state_dict": module.state_dict()})
-    assert (module.evaluated_step, module.loaded_step_source) == (800, "global_step of the checkpoint")
+    assert (module.evaluated_step, module.weights_step_source) == (800, "global_step of the checkpoint")
     trainer = evaluation_trainer(tmp_path)
     # Lightning's logging step of an evaluation outside a fit, which ``log_at_evaluated_step`` lends the step to:
     assert hasattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped"), (
@@ -105,11 +105,11 @@ def test_an_evaluation_logs_at_the_step_of_the_loaded_checkpoint_and_gives_the_l
 
 def test_an_evaluation_without_a_checkpoint_logs_at_step_0_and_says_why(tmp_path):
     module = tiny_module()
-    assert module.evaluated_step == 0 and "no checkpoint loaded" in module.loaded_step_source
+    assert module.evaluated_step == 0 and "no checkpoint loaded" in module.weights_step_source
     evaluate("validate", module, evaluation_trainer(tmp_path))
     assert read_scalars(tmp_path)["val/mIoU"][0].tolist() == [0]
     module.on_load_checkpoint({"state_dict": module.state_dict()})  # a file without global_step
-    assert module.evaluated_step == 0 and "records no global_step" in module.loaded_step_source
+    assert module.evaluated_step == 0 and "records no global_step" in module.weights_step_source
 
 
 def test_during_a_fit_the_evaluated_step_is_the_trainers():
@@ -119,3 +119,12 @@ def test_during_a_fit_the_evaluated_step_is_the_trainers():
     assert module.evaluated_step == 803
     module.trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), global_step=0)
     assert module.evaluated_step == 800
+
+
+def test_an_evaluation_after_a_fit_in_the_same_process_logs_at_the_step_the_fit_ended(tmp_path):
+    module = tiny_module()
+    trainer = evaluation_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, torch.utils.data.DataLoader(Batches(), batch_size=1))  # no validation in the fit
+    evaluate("validate", module, trainer)
+    assert read_scalars(tmp_path)["val/mIoU"][0].tolist() == [3]
+    assert module.weights_step_source == "global_step at the end of the fit that trained the weights"

@@ -90,13 +90,15 @@ def variant_of(block: nn.Module) -> tuple[str, str]:
     other arguments no entry sets are not compared.
     """
     settings = _settings(block)
-    best, best_count = None, -1
-    for name, distinguishing in _distinguishing(type(block)).items():
-        if len(distinguishing) > best_count and all(settings.get(k) == v for k, v in distinguishing.items()):
-            best, best_count = name, len(distinguishing)
-    if best is None:
+    matching = [
+        (name, distinguishing)
+        for name, distinguishing in _distinguishing(type(block)).items()
+        if all(settings.get(k) == v for k, v in distinguishing.items())
+    ]
+    if not matching:
         return type(block).__name__, type(block).__name__
-    return best, VARIANTS[best].label
+    name, _ = max(matching, key=lambda match: len(match[1]))  # the most specific
+    return name, VARIANTS[name].label
 
 
 @functools.cache
@@ -114,11 +116,7 @@ def _distinguishing(block_class: type) -> dict[str, dict[str, Any]]:
 
 def _settings(block: nn.Module) -> dict[str, Any]:
     """A block's configuration as it shows: each submodule's and parameter's class (None when absent) and each
-    plain attribute (bool, number, string, None)."""
-    settings: dict[str, Any] = {k: type(m).__name__ if m is not None else None for k, m in block._modules.items()}
-    settings |= {k: p is not None for k, p in block._parameters.items()}
-    plain = (bool, int, float, str, type(None))
-    settings |= {
-        k: v for k, v in vars(block).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)
-    }
-    return settings
+    plain attribute (bool, number, string, None). Only what differs between two builds of a class is compared."""
+    parts = {**block._modules, **block._parameters}
+    settings: dict[str, Any] = {k: type(v).__name__ if v is not None else None for k, v in parts.items()}
+    return settings | {k: v for k, v in vars(block).items() if isinstance(v, (bool, int, float, str, type(None)))}

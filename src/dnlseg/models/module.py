@@ -140,9 +140,10 @@ class SegmentationModule(L.LightningModule):
         self.inference = inference if inference is not None else Inference()
         self.val_iou = SegmentationIoU(num_classes, ignore_index)
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
-        # The training step of the weights outside a fit, set by ``on_load_checkpoint`` (``evaluated_step``).
-        self.loaded_step: int | None = None
-        self.loaded_step_source = "no checkpoint loaded: the initial weights, shown at step 0"
+        # The training step of the weights held outside a fit (``evaluated_step``): set by ``on_load_checkpoint``
+        # and at the end of a fit.
+        self.weights_step: int | None = None
+        self.weights_step_source = "no checkpoint loaded: the initial weights, shown at step 0"
         self._fit_loop_step: int | None = None  # the fit loop's logging step while an evaluation borrows it
 
     def forward(self, images: Tensor) -> Tensor:
@@ -182,10 +183,14 @@ class SegmentationModule(L.LightningModule):
     def evaluated_step(self) -> int:
         """The training step of the weights being evaluated, the one place that knows it: the trainer's
         ``global_step`` during a fit; otherwise the loaded checkpoint's (its ``global_step``, or an mmseg file's
-        ``meta.iter``), 0 when it records none (``loaded_step_source`` says which)."""
+        ``meta.iter``) or the step a fit ended at, 0 when there is none (``weights_step_source`` says which)."""
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             return self.trainer.global_step
-        return self.loaded_step or 0
+        return self.weights_step or 0
+
+    def on_fit_end(self) -> None:
+        self.weights_step = self.trainer.global_step  # e.g. for ``trainer.validate(model)`` after the fit
+        self.weights_step_source = "global_step at the end of the fit that trained the weights"
 
     def on_validation_start(self) -> None:
         self.log_at_evaluated_step()
@@ -261,17 +266,17 @@ class SegmentationModule(L.LightningModule):
                     f"state to resume; start a fit from its weights with --model.init_weights={source}"
                 )
             checkpoint["state_dict"] = mmseg_state_dict_for(self, checkpoint["state_dict"], source)
-            self.loaded_step = mmseg_iteration(checkpoint[MMSEG_KEY].get("meta"))
-            self.loaded_step_source = (
+            self.weights_step = mmseg_iteration(checkpoint[MMSEG_KEY].get("meta"))
+            self.weights_step_source = (
                 "meta.iter of the mmsegmentation checkpoint"
-                if self.loaded_step is not None
+                if self.weights_step is not None
                 else "the mmsegmentation checkpoint records no iteration (meta.iter): shown at step 0"
             )
         else:
-            self.loaded_step = checkpoint.get("global_step")
-            self.loaded_step_source = (
+            self.weights_step = checkpoint.get("global_step")
+            self.weights_step_source = (
                 "global_step of the checkpoint"
-                if self.loaded_step is not None
+                if self.weights_step is not None
                 else "the checkpoint records no global_step: shown at step 0"
             )
         check_state_dict_fits(self, checkpoint["state_dict"])  # names every differing shape, before loading
