@@ -53,3 +53,21 @@ def test_a_block_of_no_variant_is_named_by_its_class():
         pass
 
     assert variant_of(MyBlock()) == ("MyBlock", "MyBlock")
+
+
+def test_an_entry_that_differs_by_a_submodules_class_only_is_told_apart_and_the_most_specific_entry_wins(
+    monkeypatch,
+):
+    """A table entry whose block differs from the default only by the class of a submodule (``out_norm``:
+    Identity instead of BatchNorm2d), named so that it sorts before ``nl``: a block built so is that entry (the
+    more specific match), a default block is still ``nl``."""
+    from dnlseg.context import variants
+
+    table = {"a_plain_norm": variants.Variant("NL, no output norm", NonLocal2d, {"norm_layer": None}), **VARIANTS}
+    monkeypatch.setattr(variants, "VARIANTS", table)
+    variants._distinguishing.cache_clear()
+    try:
+        assert variant_of(NonLocal2d(32, norm_layer=None)) == ("a_plain_norm", "NL, no output norm")
+        assert variant_of(NonLocal2d(32)) == ("nl", "NL")
+    finally:
+        variants._distinguishing.cache_clear()
