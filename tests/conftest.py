@@ -21,3 +21,11 @@ def ade20k_root(tmp_path_factory):
 def image_mask_root(tmp_path_factory):
     """An own dataset (ImageMaskDataModule layout): 4 train + 2 val images, masks, classes.yaml. Read-only."""
     return write_image_mask(tmp_path_factory.mktemp("own_data"))
+
+
+@pytest.fixture(scope="session")
+def lightning_checkpoint(tmp_path_factory):
+    """A real Lightning checkpoint of a 1-step tiny fit, saved by ``AtomicCheckpointIO``. Read-only."""
+    from tests.helpers import saved_lightning_checkpoint
+
+    return saved_lightning_checkpoint(tmp_path_factory.mktemp("checkpoint") / "last.ckpt")

@@ -14,7 +14,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnlseg.cli import resolve_config, run_cli
+from dnlseg.errors import UserError
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.preflight import ConfigError
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,3 +158,39 @@ def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_buil
     assert whole["trainer"]["max_steps"] == 800 and whole["trainer"]["logger"]["init_args"]["name"] == "gc"
     assert whole["data"]["class_path"] == "dnlseg.data.SyntheticDataModule" and "config" not in whole
     assert list(tmp_path.iterdir()) == [] and torch.initial_seed() == torch_seed  # no folder, no seeding
+
+
+OWN_DATA = str(ROOT / "configs/own_data/dnl_r50_d8_512x512_40k.yaml")
+ON_CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.sync_batchnorm=false",
+]
+
+
+def test_a_bad_file_behind_a_config_value_is_reported_with_its_own_message_naming_the_file(image_mask_root, tmp_path):
+    text = tmp_path / "resnet50.pth"
+    text.write_text("not weights\n")
+    with pytest.raises(UserError) as error:
+        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), f"--model.encoder_weights={text}"], run=False)
+    assert str(error.value) == (
+        f"encoder_weights: {text} is not a file torch.load (or safetensors) can read (not a PyTorch pickle)"
+    )
+    root = tmp_path / "own"
+    shutil.copytree(image_mask_root, root)
+    (root / "classes.yaml").write_text("- name: [a, b\n")
+    with pytest.raises(UserError) as error:
+        run_cli(["-c", OWN_DATA, *ON_CPU, f"--data.init_args.root={root}"], run=False)
+    assert str(error.value) == (
+        f"class list {root / 'classes.yaml'}: expected a YAML list of {{name: ..., color: [r, g, b], value: "
+        "(optional)} (while parsing a flow sequence: expected ',' or ']', but got '<stream end>' at line 2, column 1)"
+    )
+
+
+def test_a_trainer_value_lightning_refuses_is_one_line_naming_the_trainer():
+    with pytest.raises(ConfigError) as error:
+        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), "--trainer.max_steps=-5"], run=False)
+    assert str(error.value) == (
+        "trainer (Trainer): `max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."
+    )

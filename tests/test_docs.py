@@ -92,3 +92,23 @@ def test_the_readme_python_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md (The context blocks in Python)", "exec"), namespace)
     assert namespace["w"].shape == (1, 2, namespace["call"].pairwise_key.shape[1])
+
+
+def test_the_readme_lists_every_subcommand_of_the_command():
+    from dnlseg.command import SUBCOMMANDS
+
+    text = (ROOT / "README.md").read_text()
+    listed = re.search(r"`dnlseg --help` lists every subcommand \(([^)]*)\)", text)
+    assert listed, "README.md no longer says which subcommands `dnlseg --help` lists"
+    assert re.findall(r"`(\w+)`", listed.group(1)) == list(SUBCOMMANDS)
+
+
+def test_the_readme_quotes_what_the_cpu_answers_to_16_mixed():
+    import pytest
+
+    from dnlseg.preflight import ConfigError, check_hardware
+
+    with pytest.raises(ConfigError) as refused:
+        check_hardware({"trainer": {"accelerator": "cpu", "precision": "16-mixed"}})
+    text = " ".join((ROOT / "README.md").read_text().split())  # the quote may wrap across lines
+    assert f"`dnlseg: {refused.value}`" in text

@@ -22,17 +22,22 @@ from types import TracebackType
 from typing import Any
 
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
+from dnlseg.callbacks.progress import display_callbacks
 from dnlseg.data import SegmentationDataModule
+from dnlseg.errors import UserError, debug_mode
 from dnlseg.models import SegmentationModule
+from dnlseg.parse_errors import one_line_parse_errors
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
 from dnlseg.third_party import silence_third_party
+from dnlseg.weight_files import check_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,27 @@ class DnlsegCLI(LightningCLI):
         self.output_folder: Path | None = None  # the run or evaluation folder this command writes
         self.output_folder_existed = True
         self.created_root: Path | None = None
+        self.run_folder: run_dirs.RunFolder | None = None  # a fit's claimed (and locked) run folder
+        self.run_snapshot: run_dirs.Snapshot | None = None  # an existing run folder before this fit wrote it
+        self.resume_step: int | None = 0  # the global step the fit starts from (None: unknown)
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
             self.remove_unfinished_output()
             raise
+        finally:
+            if self.run_folder is not None:
+                self.run_folder.release()
+
+    def init_parser(self, **kwargs: Any):
+        # A parse error is raised, not printed with the whole usage, and reported in one line (parse_errors);
+        # --debug keeps jsonargparse's own report.
+        kwargs.setdefault("exit_on_error", debug_mode())
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        with one_line_parse_errors(parser, args, self.only_subcommand):
+            super().parse_arguments(parser, args)
 
     def subcommands(self) -> dict[str, set[str]]:
         everything = LightningCLI.subcommands()
@@ -95,10 +116,15 @@ class DnlsegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_config(config, self.subcommand)
         if self.subcommand == "fit":
-            run_dir = run_dirs.resolve_logger_version(config)
-            if config.ckpt_path == "last" and run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                check_checkpoint_file(str(run_dir / "checkpoints" / "last.ckpt"), "ckpt_path (last)")
-            self.claim_output_folder(run_dir)
+            self.run_folder = run_dirs.claim_run_folder(config)
+            if self.run_folder is not None:
+                self.output_folder, self.created_root = self.run_folder.path, self.run_folder.created
+                self.output_folder_existed = self.run_folder.created is None
+                if self.output_folder_existed and run_dirs.launching_process():
+                    self.run_snapshot = run_dirs.snapshot(self.run_folder.path)
+            last = self.resume_checkpoint(config)
+            if config.ckpt_path == "last" and last is not None:
+                check_checkpoint_file(last, "ckpt_path (last)")
         elif self.subcommand in EVALUATIONS:
             self.choose_evaluation_folder(config)
 
@@ -155,21 +181,49 @@ class DnlsegCLI(LightningCLI):
         while folder is not None and not folder.parent.exists() and folder.parent != folder:
             folder = self.created_root = folder.parent
 
+    def resume_checkpoint(self, config) -> str | None:
+        """The checkpoint file a ``fit`` config resumes from: ``--ckpt_path``, or the run's ``last.ckpt`` for ``last``
+        (None: a new run)."""
+        if config.ckpt_path != "last":
+            return config.ckpt_path
+        last = self.output_folder / "checkpoints" / "last.ckpt" if self.output_folder is not None else None
+        return str(last) if last is not None and last.is_file() else None
+
+    def before_fit(self) -> None:
+        """Before the fit writes anything: the checkpoint it resumes from must fit the model built from the config."""
+        ckpt_path = self.resume_checkpoint(self.config[self.subcommand])
+        self.resume_step = check_resume_checkpoint(self.model, ckpt_path) if ckpt_path is not None else 0
+
     def remove_unfinished_output(self) -> None:
-        """After a failure: remove the folder this command created if it did not get to write a result."""
-        if self.output_folder is None or self.output_folder_existed:
+        """After a failure: remove the folder this command created if it did not get to write a result; put back an
+        existing run folder as it was if the fit did not train a step (``run_dirs.restore``)."""
+        if self.output_folder is None:
             return
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and (trainer.global_step > 0 or not trainer.is_global_zero):
-            return  # a fit that trained keeps its events; other processes leave the folder to rank zero
-        run_dirs.remove_unfinished(self.output_folder, self.created_root)
+        if trainer is not None and not trainer.is_global_zero:
+            return  # other processes leave the folder to rank zero
+        # A fit that trained keeps what it wrote (its events, checkpoints); one that did not leaves no trace.
+        untrained = trainer is None or trainer.global_step in (0, self.resume_step)
+        if self.output_folder_existed:
+            if self.run_snapshot is not None and untrained:
+                run_dirs.restore(self.output_folder, self.run_snapshot)
+        elif untrained:
+            run_dirs.remove_unfinished(self.output_folder, self.created_root)
 
     def instantiate_classes(self) -> None:
-        """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section."""
+        """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section,
+        unless dnlseg's own ``UserError`` (naming the key and the file itself) is in the chain: that one is raised."""
         try:
             super().instantiate_classes()
-        except ValueError as error:
+        except (ValueError, MisconfigurationException) as error:
+            user_error = outermost_user_error(error)
+            if user_error is not None:
+                raise user_error  # noqa: B904 -- it carries its own cause (the file's error); ``error`` only wraps it
             raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        """Lightning's, with dnlseg's progress bar (in steps) and model summary as the defaults (callbacks.progress)."""
+        return super()._instantiate_trainer(config, [*callbacks, *display_callbacks(config)])
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
@@ -219,7 +273,7 @@ class DnlsegCLI(LightningCLI):
 def config_section(error: BaseException) -> str:
     """The config section whose class raised ``error`` in its ``__init__``: model, data, trainer.callbacks, ..."""
     sections = ((LightningModule, "model"), (LightningDataModule, "data"), (Callback, "trainer.callbacks"))
-    sections += ((Logger, "trainer.logger"),)
+    sections += ((Logger, "trainer.logger"), (Trainer, "trainer"))
     tb: TracebackType | None = root_exception(error).__traceback__
     section = "config"
     while tb is not None:  # outermost first: the config's own class, not the module it builds inside
@@ -229,6 +283,18 @@ def config_section(error: BaseException) -> str:
                 return f"{name} ({type(owner).__name__})"
         tb = tb.tb_next
     return section
+
+
+def outermost_user_error(error: BaseException) -> UserError | None:
+    """The first ``UserError`` of a chain, from the outermost exception in (jsonargparse wraps what an ``__init__``
+    raised in a ``ValueError`` of its own, with the subtypes it tried)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def root_exception(error: BaseException) -> BaseException:
@@ -266,7 +332,8 @@ class ConfigReader(DnlsegCLI):
     """Only parses: the config is merged and checked against the typed arguments; nothing is seeded or built."""
 
     def parse_arguments(self, parser, args) -> None:
-        self.config = parser.parse_args(args)  # ``args`` only: the caller's own sys.argv is no command line here
+        with one_line_parse_errors(parser, args):
+            self.config = parser.parse_args(args)  # ``args`` only: the caller's own sys.argv is no command line here
 
     def _parse_ckpt_path(self) -> None: ...
 

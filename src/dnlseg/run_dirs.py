@@ -13,6 +13,21 @@ A version given in the config (a run's saved ``config.yaml`` holds its own) is k
 folder that already holds checkpoints only to continue that run (``--ckpt_path last``, or a checkpoint of that
 folder): anything else would overwrite the run's ``last.ckpt``.
 
+**Claiming the folder** (``claim_run_folder``). Two fits started at once would both see the same folders on disk
+and choose the same new version. A new run's folder is therefore created with ``os.mkdir``, which only one process
+can do: a process that finds the version taken tries the next one. Then the fit holds an exclusive ``flock`` on its
+run folder until it ends, so that two fits resuming one run at once cannot both write it: the second stops with one
+line before it writes anything. Only the process that was started by the user claims: the DDP worker processes
+(``LOCAL_RANK`` > 0, ``RANK`` > 0 under torchrun, ``SLURM_PROCID`` > 0 under srun) take the folder they are given.
+Where the file system has no ``flock`` (some network file systems) the lock is skipped with a warning; the
+``mkdir`` claim still separates new runs.
+
+**A failed fit leaves an existing run as it was** (``snapshot`` / ``restore``). A fit into an existing run folder
+writes its ``config.yaml``, a new TensorBoard events file and ``hparams.yaml`` before it loads the checkpoint and
+trains. When it fails before training a step (a refused checkpoint, a setup error, a signal), the folder is put
+back as it was: files it added are removed, the small files it changed get their bytes back. A new run's folder
+that holds no result is removed instead (``remove_unfinished``).
+
 **Evaluation folders** (``validate``, ``test``, ``predict``, ``analyze``). They never write into a run's own
 files. Everything one evaluation writes (its resolved ``config.yaml``, TensorBoard events, ``metrics.json``,
 ``predictions/``, figures) goes to a new folder tied to the checkpoint it evaluated::
@@ -32,10 +47,16 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dnlseg.preflight import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the mkdir claim of new runs still holds
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +95,12 @@ def choose_version(run_root: Path, resume_last: bool) -> int:
         log.warning("--ckpt_path last: no checkpoints/last.ckpt under %s; starting a new run", run_root)
     versions = existing_versions(run_root)
     return versions[-1] + 1 if versions else 0
+
+
+def launching_process() -> bool:
+    """Whether this process chooses and claims the output folder: not a DDP worker started beside rank zero (by
+    Lightning: ``LOCAL_RANK``, torchrun: ``RANK``, srun: ``SLURM_PROCID``)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
 
 
 def logger_args(config: Any) -> Any | None:
@@ -129,8 +156,102 @@ def resolve_logger_version(fit_config: Any) -> Path | None:
     run_dir = run_root / (version if isinstance(version, str) else f"version_{version}")
     check_resumes_its_own_run(run_dir, fit_config.ckpt_path)
     os.environ[FOLDER_ENV] = str(run_dir)
-    log.info("run folder: %s", run_dir)
+    log.log(logging.INFO if launching_process() else logging.DEBUG, "run folder: %s", run_dir)
     return run_dir
+
+
+@dataclass
+class RunFolder:
+    """The run folder of a fit, claimed by this process (``claim_run_folder``).
+
+    Attributes:
+        path: the run folder.
+        created: the outermost folder this process created for it (``path`` or an ancestor); None if it existed.
+        lock: an open descriptor of ``path`` holding its ``flock`` (None: not locked); ``release`` closes it.
+    """
+
+    path: Path
+    created: Path | None
+    lock: int | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+
+def make_folder(path: Path, exclusive: bool) -> Path | None:
+    """Create ``path`` and its missing parents; return the outermost folder created, None if ``path`` existed.
+
+    ``exclusive``: raise ``FileExistsError`` if ``path`` exists (another process created it first).
+    """
+    outermost = path
+    while not outermost.parent.exists() and outermost.parent != outermost:
+        outermost = outermost.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if exclusive:
+            raise
+        return None
+    return outermost
+
+
+def lock_folder(path: Path) -> int | None:
+    """An open descriptor of ``path`` that holds an exclusive ``flock`` on it (released when closed or at exit).
+
+    Raises ``ConfigError`` when another process holds it; None where the file system cannot lock (a warning).
+    """
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"trainer.logger.init_args.version: {path} is being written by another dnlseg fit (it holds the run "
+            "folder's lock); wait for that fit to end: two fits writing one run would mix its checkpoints and events"
+        ) from None
+    except OSError as error:
+        os.close(fd)
+        log.warning(
+            "could not lock %s (%s): another fit resuming this run at the same time would not be stopped", path, error
+        )
+        return None
+    return fd
+
+
+def claim_run_folder(fit_config: Any) -> RunFolder | None:
+    """Choose the run folder of a parsed ``fit`` config (``resolve_logger_version``), create it and lock it.
+
+    A new run takes the first free ``version_<n>`` that this process can create itself (module docstring). None when
+    the logger writes no run folder; a DDP worker process only resolves the folder (no creation, no lock).
+    """
+    init_args = logger_args(fit_config)
+    if init_args is None:
+        return None
+    if not launching_process():
+        return RunFolder(resolve_logger_version(fit_config), created=None)
+    run_root = logger_root(fit_config)
+    resume = fit_config.ckpt_path == "last"
+    if getattr(init_args, "version", None) is None and not (resume and latest_with_last(run_root) is not None):
+        if resume:
+            log.warning("--ckpt_path last: no checkpoints/last.ckpt under %s; starting a new run", run_root)
+        version = choose_version(run_root, resume_last=False)
+        while True:
+            try:
+                created = make_folder(run_root / f"version_{version}", exclusive=True)
+                break
+            except FileExistsError:  # another fit took it since it was chosen
+                version += 1
+        init_args.version = version
+        run_dir = resolve_logger_version(fit_config)
+    else:
+        run_dir = resolve_logger_version(fit_config)
+        created = make_folder(run_dir, exclusive=False)
+    return RunFolder(run_dir, created, lock_folder(run_dir))
 
 
 def evaluation_base(ckpt_path: Path) -> Path:
@@ -189,6 +310,94 @@ def remove_unfinished(folder: Path, created_root: Path | None = None) -> bool:
         parent.rmdir()
         parent = parent.parent
     return True
+
+
+SMALL_FILE = 1 << 20  # files up to this size are kept whole by ``snapshot`` (config.yaml, hparams.yaml, ...)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A file as ``snapshot`` found it: size, modification time, and the bytes of a small file."""
+
+    size: int
+    mtime_ns: int
+    content: bytes | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The files and folders below a run folder (``eval/`` left out: evaluations write there on their own)."""
+
+    files: dict[Path, FileState]
+    folders: frozenset[Path]
+
+
+def own_paths(folder: Path) -> list[Path]:
+    """Every path below ``folder`` except the evaluation folders ``eval/``."""
+    return [p for p in folder.rglob("*") if p.relative_to(folder).parts[0] != EVAL_DIR]
+
+
+def snapshot(folder: Path) -> Snapshot:
+    """What ``restore`` needs to put ``folder`` back as it is now (module docstring)."""
+    files, folders = {}, set()
+    for path in own_paths(folder):
+        if path.is_dir():
+            folders.add(path)
+        elif path.is_file():
+            stat = path.stat()
+            content = path.read_bytes() if stat.st_size <= SMALL_FILE else None
+            files[path] = FileState(stat.st_size, stat.st_mtime_ns, content)
+    return Snapshot(files, frozenset(folders))
+
+
+def restore(folder: Path, before: Snapshot) -> None:
+    """Put ``folder`` back as ``before`` found it: files and folders added since are removed, changed or removed small
+    files get their bytes (and times) back, a large file that grew (an events file) is cut back to its size."""
+    removed = [p for p in own_paths(folder) if p.is_file() and p not in before.files]
+    for path in removed:
+        path.unlink()
+    restored = []
+    for path, state in before.files.items():
+        now = path.stat() if path.is_file() else None
+        if now is not None and (now.st_size, now.st_mtime_ns) == (state.size, state.mtime_ns):
+            continue
+        if state.content is not None:
+            path.write_bytes(state.content)
+        elif now is not None and now.st_size > state.size:
+            os.truncate(path, state.size)
+        else:
+            log.warning("could not restore %s: it changed and is too large to have been kept", path)
+            continue
+        os.utime(path, ns=(state.mtime_ns, state.mtime_ns))
+        restored.append(path)
+    new_folders = sorted(
+        (p for p in own_paths(folder) if p.is_dir() and p not in before.folders), key=lambda p: -len(p.parts)
+    )
+    for path in new_folders:
+        if not any(path.iterdir()):
+            path.rmdir()
+    if removed or restored or new_folders:
+        log.info(
+            "%s is as it was before the failed fit (removed: %s; restored: %s)",
+            folder,
+            ", ".join(str(p.relative_to(folder)) for p in removed + new_folders) or "-",
+            ", ".join(str(p.relative_to(folder)) for p in restored) or "-",
+        )
+
+
+def checkpoint_step(ckpt_path: str | None) -> int | None:
+    """The ``global_step`` a Lightning checkpoint was saved at (None without a checkpoint, for an mmseg model-zoo
+    file or any file that is not read this way: the record then says so, the command goes on)."""
+    if ckpt_path is None:
+        return None
+    import torch
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return int(step) if step is not None else None
 
 
 def write_metrics(folder: Path, record: dict[str, Any], figures: list[Path] = ()) -> Path:

@@ -128,3 +128,39 @@ def test_an_evaluation_after_a_fit_in_the_same_process_logs_at_the_step_the_fit_
     evaluate("validate", module, trainer)
     assert read_scalars(tmp_path)["val/mIoU"][0].tolist() == [3]
     assert module.weights_step_source == "global_step at the end of the fit that trained the weights"
+
+
+def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_dist_warning():
+    import warnings
+
+    import lightning as L
+    import torch.distributed as dist
+    from lightning.pytorch.trainer.connectors.logger_connector.result import warning_cache
+
+    from dnlseg.data import SyntheticDataModule
+    from dnlseg.evaluation.metrics import confusion_summary
+
+    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, batch_size=2)
+    module = tiny_module(num_classes=data.num_classes, class_names=data.class_names)
+    summaries = []
+    original = confusion_summary
+
+    def recording(*args, **kwargs):  # what the module computed from the confusion matrix, before logging
+        summary = original(*args, **kwargs)
+        summaries.append(dict(summary))  # the module pops from the one it gets
+        return summary
+
+    warning_cache.clear()  # Lightning warns once per process
+    try:
+        with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as patch:
+            warnings.simplefilter("always")
+            patch.setattr("dnlseg.models.module.confusion_summary", recording)
+            trainer = L.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False, enable_progress_bar=False)
+            (metrics,) = trainer.validate(module, data, verbose=False)  # a process group of one: gloo, in this process
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert [str(w.message) for w in caught if "sync_dist" in str(w.message)] == []
+    (summary,) = summaries
+    assert metrics["val/mIoU"] == summary["mIoU"].float().item()  # bit for bit
+    assert metrics["val/pixel_acc"] == summary["pixel_acc"].float().item()

@@ -57,17 +57,22 @@ def tiny_config(
     return path
 
 
-def env() -> dict[str, str]:
-    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings."""
+def env(show_warnings: bool = False) -> dict[str, str]:
+    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings
+    (``show_warnings``: warnings as a user sees them)."""
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if show_warnings:
+        del environment["PYTHONWARNINGS"]
+    return environment
 
 
-def dnlseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def dnlseg(*args: str, timeout: float = 300, show_warnings: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dnlseg ARGS`` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT
-    )
+        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout,
+        env=env(show_warnings), cwd=ROOT,
+    )  # fmt: skip
 
 
 def run_dir(directory: Path) -> Path:
@@ -150,10 +155,10 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def printed_checkpoints(output: str) -> dict[str, str]:
-    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``)."""
+    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``), without the steps."""
     found = {}
     for line in output.splitlines():
         for kind in ("last", "best"):
             if line.strip().startswith(f"{kind}: "):
-                found[kind] = line.strip().split(": ", 1)[1]
+                found[kind] = line.strip().split(": ", 1)[1].split(" (step ")[0]
     return found

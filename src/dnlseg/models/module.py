@@ -244,8 +244,11 @@ class SegmentationModule(L.LightningModule):
         with metric.sync_context():  # the dataset-level confusion matrix summed over all ranks
             summary = confusion_summary(metric.confmat, self.class_names)
         metric.reset()
-        self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True)
-        self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()})
+        # The same values on every rank: a max over the ranks keeps them exact (a mean could move the last bit) and
+        # tells Lightning they are synchronised (it warns about every epoch-level value logged without sync_dist).
+        synced = {"sync_dist": True, "reduce_fx": "max"}
+        self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True, **synced)
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()}, **synced)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """{"name": the batch's names, "prediction": (N, H, W) class ids at the input images' size}."""
