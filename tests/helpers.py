@@ -35,8 +35,9 @@ class RecordingLogger:
 
 
 def fake_trainer(global_step: int = 0, global_rank: int = 0, **attributes) -> SimpleNamespace:
-    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context."""
+    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context; a fit."""
     defaults = dict(
+        state=SimpleNamespace(fn="fit"),
         global_step=global_step,
         global_rank=global_rank,
         is_global_zero=global_rank == 0,

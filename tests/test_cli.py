@@ -1,5 +1,6 @@
 """The ``dnlseg`` command as a user runs it: fit through the console script, then validate the checkpoint."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnlseg.cli import resolve_config, run_cli
 from dnlseg.errors import UserError
@@ -79,6 +81,25 @@ def test_validate_reproduces_the_logged_miou_from_the_checkpoint(fitted_run, tmp
         ]
     )
     assert cli.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(logged, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_validate_logs_at_the_checkpoints_step_in_an_eval_run_of_its_own(fitted_run):
+    """A step-4 checkpoint's evaluation plots at step 4 beside the training curve (not at step 0), in a TensorBoard
+    run of its own under ``<run>/eval/``, its attention figures too; metrics.json says the step and its source."""
+    save_dir, _ = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    cli = run_cli(["validate", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last"])
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert log_dir.parent == run_dir / "eval" / "last"
+    scalars = read_scalars(log_dir)
+    assert scalars["val/mIoU"][0].tolist() == [4] and scalars["val/loss"][0].tolist() == [4]
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    accumulator.Reload()
+    images = accumulator.Tags()["images"]
+    assert images and all([e.step for e in accumulator.Images(tag)] == [4] for tag in images)
+    record = json.loads((log_dir / "metrics.json").read_text())
+    assert (record["step"], record["step_source"]) == (4, "global_step of the checkpoint")
 
 
 @pytest.mark.slow

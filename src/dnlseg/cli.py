@@ -130,14 +130,7 @@ class DnlsegCLI(LightningCLI):
 
     def choose_evaluation_folder(self, config) -> None:
         """Send this evaluation's outputs to its own folder (``run_dirs.evaluation_dir``), never into the run."""
-        if config.ckpt_path == "last":
-            config.ckpt_path = self.latest_last_checkpoint(config)
-            check_checkpoint_file(config.ckpt_path, "ckpt_path (last)")
-        elif config.ckpt_path in ("best", "hpc", "registry"):
-            raise ConfigError(
-                f"ckpt_path={config.ckpt_path}: give the checkpoint file to evaluate "
-                "(e.g. runs/<dataset>/<name>/version_<n>/checkpoints/step...-miou....ckpt) or `last`"
-            )
+        config.ckpt_path = self.evaluated_checkpoint(config, config.ckpt_path)
         if config.ckpt_path is None:
             log.warning(
                 "%s without --ckpt_path: the model keeps its initial, untrained weights; "
@@ -148,6 +141,21 @@ class DnlsegCLI(LightningCLI):
         folder = run_dirs.evaluation_dir(self.subcommand, config.ckpt_path, config.output_dir, untrained_root)
         run_dirs.redirect_outputs(config, folder)
         self.claim_output_folder(folder)
+
+    @staticmethod
+    def evaluated_checkpoint(config, ckpt_path: str | None) -> str | None:
+        """The file an evaluation (validate, test, predict, ``dnlseg analyze``) loads for ``--ckpt_path``: ``last``
+        is the run's ``last.ckpt`` (``latest_last_checkpoint``), a file is itself; Lightning's other keywords are
+        refused."""
+        if ckpt_path == "last":
+            ckpt_path = DnlsegCLI.latest_last_checkpoint(config)
+            check_checkpoint_file(ckpt_path, "ckpt_path (last)")
+        elif ckpt_path in ("best", "hpc", "registry"):
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: give the checkpoint file to evaluate "
+                "(e.g. runs/<dataset>/<name>/version_<n>/checkpoints/step...-miou....ckpt) or `last`"
+            )
+        return ckpt_path
 
     @staticmethod
     def latest_last_checkpoint(config) -> str:
@@ -251,7 +259,8 @@ class DnlsegCLI(LightningCLI):
             "subcommand": subcommand,
             "config": [str(path) for path in config.get("config") or []],
             "ckpt_path": config.ckpt_path,
-            "step": run_dirs.checkpoint_step(config.ckpt_path),
+            "step": self.model.evaluated_step,  # its TensorBoard scalars are logged at this step too
+            "step_source": self.model.weights_step_source,
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
         }
         self.report("metrics", [run_dirs.write_metrics(self.output_folder, record)])
@@ -299,14 +308,15 @@ def root_cause(error: BaseException) -> str:
     return str(root_exception(error))
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
+def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[DnlsegCLI] = DnlsegCLI) -> DnlsegCLI:
     """Parse ``args`` (default: sys.argv), run the subcommand, return the CLI (trainer, model, datamodule).
 
     With ``run=False`` ``args`` has no subcommand: the config is parsed and everything instantiated, nothing run.
+    ``cli_class``: a ``DnlsegCLI`` subclass (``dnlseg analyze`` builds its own trainer).
     """
     silence_third_party()
     first = (sys.argv[1:] if args is None else list(args))[:1]
-    return DnlsegCLI(
+    return cli_class(
         SegmentationModule,
         SegmentationDataModule,
         subclass_mode_data=True,
