@@ -1,8 +1,20 @@
 """Fixtures shared across the test folders: tiny Cityscapes and ADE20K datasets in their real on-disk formats."""
 
+import os
+
 import pytest
 
 from tests.datasets import write_ade20k, write_cityscapes, write_image_mask
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Put ``os.environ`` back after each test: an in-process DDP trainer sets ``LOCAL_RANK``, ``MASTER_PORT`` and
+    more there, and a later subprocess fit that inherited ``LOCAL_RANK`` would wait for workers nobody starts."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

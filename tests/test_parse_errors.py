@@ -101,7 +101,8 @@ def test_an_unknown_subcommand_gets_a_did_you_mean_over_every_subcommand(word, m
     with pytest.raises(SystemExit) as exit_:
         command.main([word, "-c", SYNTHETIC])
     assert exit_.value.code == 2
+    every = "fit, validate, test, predict, analyze, prepare, convert, export"
+    assert list(command.SUBCOMMANDS) == every.split(", ")  # the list below is the command's own
     assert capsys.readouterr().err == (
-        f"dnlseg: unknown subcommand {word!r} (did you mean {meant}?); the subcommands: fit, validate, test, "
-        "predict, analyze, prepare, convert\n"
+        f"dnlseg: unknown subcommand {word!r} (did you mean {meant}?); the subcommands: {every}\n"
     )

@@ -57,11 +57,16 @@ def tiny_config(
     return path
 
 
+# What a DDP launch sets in its process: a child that inherits LOCAL_RANK thinks its workers are started for it.
+DDP_LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def env(show_warnings: bool = False) -> dict[str, str]:
     """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings
     (``show_warnings``: warnings as a user sees them)."""
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    inherited = {name: value for name, value in os.environ.items() if name not in DDP_LAUNCH_VARIABLES}
+    environment = {**inherited, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if show_warnings:
         del environment["PYTHONWARNINGS"]
     return environment
