@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -34,8 +36,9 @@ class RecordingLogger:
 
 
 def fake_trainer(global_step: int = 0, global_rank: int = 0, **attributes) -> SimpleNamespace:
-    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context."""
+    """What the callbacks read from a Trainer, without running one: step, rank, loggers, precision context; a fit."""
     defaults = dict(
+        state=SimpleNamespace(fn="fit"),
         global_step=global_step,
         global_rank=global_rank,
         is_global_zero=global_rank == 0,
@@ -151,6 +154,12 @@ class TensorSizes(TorchFunctionMode):
         return out
 
 
+# What torch 2.14 raises when the CPU allocator fails, as it is (a test raises it rather than exhaust the memory).
+CPU_OUT_OF_MEMORY = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "35184372088832 bytes. Error code 12 (Cannot allocate memory)"
+)
+
 # CLI overrides that shrink a synthetic recipe to a seconds-long fit (64 px images, narrow heads).
 TINY = [
     "--trainer.max_steps=4",
@@ -164,6 +173,43 @@ TINY = [
     "--data.init_args.image_size=64",
     "--data.init_args.loader.batch_size=2",
 ]
+
+
+def wake_context_blocks(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every zero-initialised parameter of the context blocks in ``module`` random values (the output norm, GC's
+    last conv, gamma), so that the attention changes the logits: a block that starts as the identity would let a
+    wrong attention go unseen. Returns ``module``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in find_context_blocks(module).values():
+            for param in block.parameters():
+                if not param.any():
+                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+    return module
+
+
+def tiny_segmenter(variant: str, num_classes: int = 5):
+    """A ``dnlseg.deploy.ImageSegmenter`` (uint8 images -> logits) over a resnet18 (up to layer2) + 16-channel head
+    with the ``dnlseg.context.VARIANTS`` head ``variant``, its blocks woken (``wake_context_blocks``), in eval mode."""
+    from dnlseg.data import IMAGENET_MEAN, IMAGENET_STD
+    from dnlseg.deploy import ImageSegmenter
+
+    torch.manual_seed(0)
+    module = SegmentationModule(
+        num_classes,
+        encoder_name="resnet18",
+        encoder_depth=3,
+        head_channels=16,
+        aux_channels=8,
+        context=context_of(variant),
+    )
+    wake_context_blocks(module)
+    return ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def uint8_images(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Random uint8 images of ``shape`` (N, 3, H, W)."""
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 class TinyRegression(L.LightningModule):
@@ -197,3 +243,59 @@ class TinyRegression(L.LightningModule):
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(torch.zeros(1, 3))
+
+
+def saved_lightning_checkpoint(path) -> Path:
+    """A real Lightning checkpoint (weights, optimiser, loops, callbacks) of a 1-step tiny fit, saved at ``path``
+    through dnlseg's ``AtomicCheckpointIO``."""
+    from dnlseg.checkpoint_io import AtomicCheckpointIO
+
+    path = Path(path)
+    trainer = tiny_fit(path.parent, max_steps=1, plugins=[AtomicCheckpointIO()])
+    trainer.save_checkpoint(path)
+    return path
+
+
+def damage(source: Path, target: Path, offset: int, size: int = 1024) -> Path:
+    """``target``: a copy of ``source`` with ``size`` bytes from ``offset`` on changed (each XOR 0x5A): a 1 KB
+    stretch of a file overwritten in place, the file as long as before."""
+    data = bytearray(source.read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0x5A for b in data[offset : offset + size])
+    target.write_bytes(bytes(data))
+    return target
+
+
+def damage_points(path: Path) -> dict[str, int]:
+    """Offsets (1 KB before the end of what they name) in a ``torch.save`` zip file: inside the pickle, in the
+    middle of the bytes of its largest tensor, in the zip index (central directory) at the end."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        records = archive.infolist()
+
+        def data_start(info: zipfile.ZipInfo) -> int:  # local header (30 bytes), file name, extra field, data
+            f.seek(info.header_offset + 26)
+            name_length, extra_length = struct.unpack("<HH", f.read(4))
+            return info.header_offset + 30 + name_length + extra_length
+
+        pickle = next(info for info in records if info.filename.endswith("/data.pkl"))
+        tensor = max((info for info in records if "/data/" in info.filename), key=lambda info: info.file_size)
+        return {
+            "pickle": data_start(pickle) + max(0, pickle.file_size // 2 - 512),
+            "tensor data": data_start(tensor) + tensor.file_size // 2,
+            "zip index": archive.start_dir,
+        }
+
+
+WARNING_LINE = re.compile(
+    r"^\S+\.py:\d+: "  # warnings.warn's format, and Lightning's (rank_zero_warn: the category left out)
+    r"|\b\w*Warning\b"  # UserWarning, PossibleUserWarning, FutureWarning, ...; torch's C++ "[W...] Warning:"
+    r"|\bwarn(ing)?s?\.warn\("  # the source line Python prints under a warning
+)
+
+
+def warning_lines(output: str) -> list[str]:
+    """The lines of a command's output that are warnings (``WARNING_LINE``); progress-bar redraws split apart."""
+    lines = output.replace("\r", "\n").splitlines()
+    return [line for line in lines if WARNING_LINE.search(line)]

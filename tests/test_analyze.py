@@ -1,16 +1,18 @@
 """``dnlseg analyze``: consistency metrics and attention figures of a checkpoint, without training."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dnlseg import run_dirs
 from dnlseg.analyze import analyze
 from dnlseg.cli import run_cli
 from dnlseg.preflight import ConfigError
-from tests.helpers import TINY
+from tests.helpers import TINY, warning_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,7 @@ def test_analyze_writes_metrics_and_figures_for_a_checkpoint(tiny_checkpoint, tm
     assert {"val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"} <= metrics.keys()
     assert metrics["val/pairwise_category_consistency"] > 0 and metrics["val/unary_boundary_consistency"] > 0
     # labelled with the checkpoint's step
-    assert sorted(record["figures"]) == [f"step000002_decode_head.context_image{i}.png" for i in (0, 1)]
+    assert sorted(record["figures"]) == [f"step000002_nl_decode_head.context_image{i}.png" for i in (0, 1)]
     assert all((out / name).stat().st_size > 0 for name in record["figures"])
     assert "val/pairwise_category_consistency" in (out / "metrics.md").read_text()
     assert "val/unary_boundary_consistency" in result.stderr  # logged summary
@@ -81,3 +83,30 @@ def test_default_output_is_a_new_folder_in_the_runs_eval_folder_of_the_checkpoin
     assert written == pytest.approx({k: v if v == v else None for k, v in metrics.items()})  # NaN -> null
     analyze(args)
     assert (out.parent / "analyze-1" / "metrics.json").is_file()  # a second analysis does not overwrite the first
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_analyzes_the_weights_validate_evaluates_into_the_runs_eval_folder_without_warnings(
+    tiny_checkpoint, tmp_path
+):
+    """``--ckpt_path last`` is the run's last.ckpt in analyze as in validate (not the untrained model), the output
+    goes to ``<run>/eval/last/analyze-<n>`` (not ``./eval`` of the working folder), and a default analyze prints
+    no warning: a subprocess as a user runs it, from another folder, with Python's default warning filters."""
+    config, ckpt = tiny_checkpoint
+    expected = run_dirs.next_free(ckpt.parent.parent / "eval" / "last", "analyze")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dnlseg", "analyze", "-c", str(config), "--ckpt_path", "last"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not (tmp_path / "eval").exists()
+    analyzed = json.loads((expected / "metrics.json").read_text())
+    assert analyzed["ckpt_path"] == str(ckpt) and analyzed["step"] == 2
+
+    validate = run_cli(["validate", "-c", str(config), "--ckpt_path", "last", "--trainer.enable_progress_bar=false"])
+    validated = validate.trainer.callback_metrics
+    for key in ("val/mIoU", "val/loss", "val/pixel_acc"):  # the loss tells any other weights apart
+        assert analyzed["metrics"][key] == pytest.approx(validated[key].item(), rel=1e-6), key
+
+    assert warning_lines(result.stderr + result.stdout) == []
+    assert "limit_val_batches" not in result.stderr  # Lightning's note on a limit analyze did not ask for
+    assert result.stderr.count("GPU available") == 1

@@ -1,6 +1,7 @@
 """The ``dnlseg`` command as a user runs it: fit through the console script, then validate the checkpoint."""
 
 import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -11,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dnlseg.data
 from dnlseg.cli import resolve_config, run_cli
 from dnlseg.data import SegmentationDataModule
+
+from dnlseg.errors import UserError
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.preflight import ConfigError
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +88,25 @@ def test_validate_reproduces_the_logged_miou_from_the_checkpoint(fitted_run, tmp
 
 
 @pytest.mark.slow
+def test_validate_logs_at_the_checkpoints_step_in_an_eval_run_of_its_own(fitted_run):
+    """A step-4 checkpoint's evaluation plots at step 4 beside the training curve (not at step 0), in a TensorBoard
+    run of its own under ``<run>/eval/``, its attention figures too; metrics.json says the step and its source."""
+    save_dir, _ = fitted_run
+    (run_dir,) = [p for p in save_dir.glob("dnl/version_*")]
+    cli = run_cli(["validate", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last"])
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert log_dir.parent == run_dir / "eval" / "last"
+    scalars = read_scalars(log_dir)
+    assert scalars["val/mIoU"][0].tolist() == [4] and scalars["val/loss"][0].tolist() == [4]
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    accumulator.Reload()
+    images = accumulator.Tags()["images"]
+    assert images and all([e.step for e in accumulator.Images(tag)] == [4] for tag in images)
+    record = json.loads((log_dir / "metrics.json").read_text())
+    assert (record["step"], record["step_source"]) == (4, "global_step of the checkpoint")
+
+
+@pytest.mark.slow
 def test_the_saved_config_of_a_composed_recipe_resumes_the_run(fitted_run):
     """The run's config.yaml is the whole config (no ``config:`` key naming the recipe's shared file): it resumes.
     (After the validation above, which reads the run as the fit left it.)"""
@@ -137,3 +161,39 @@ def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_buil
     assert whole["trainer"]["max_steps"] == 800 and whole["trainer"]["logger"]["init_args"]["name"] == "gc"
     assert whole["data"]["class_path"] == "dnlseg.data.SyntheticDataModule" and "config" not in whole
     assert list(tmp_path.iterdir()) == [] and torch.initial_seed() == torch_seed  # no folder, no seeding
+
+
+OWN_DATA = str(ROOT / "configs/own_data/dnl_r50_d8_512x512_40k.yaml")
+ON_CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.sync_batchnorm=false",
+]
+
+
+def test_a_bad_file_behind_a_config_value_is_reported_with_its_own_message_naming_the_file(image_mask_root, tmp_path):
+    text = tmp_path / "resnet50.pth"
+    text.write_text("not weights\n")
+    with pytest.raises(UserError) as error:
+        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), f"--model.encoder_weights={text}"], run=False)
+    assert str(error.value) == (
+        f"encoder_weights: {text} is not a file torch.load (or safetensors) can read (not a PyTorch pickle)"
+    )
+    root = tmp_path / "own"
+    shutil.copytree(image_mask_root, root)
+    (root / "classes.yaml").write_text("- name: [a, b\n")
+    with pytest.raises(UserError) as error:
+        run_cli(["-c", OWN_DATA, *ON_CPU, f"--data.init_args.root={root}"], run=False)
+    assert str(error.value) == (
+        f"class list {root / 'classes.yaml'}: expected a YAML list of {{name: ..., color: [r, g, b], value: "
+        "(optional)} (while parsing a flow sequence: expected ',' or ']', but got '<stream end>' at line 2, column 1)"
+    )
+
+
+def test_a_trainer_value_lightning_refuses_is_one_line_naming_the_trainer():
+    with pytest.raises(ConfigError) as error:
+        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), "--trainer.max_steps=-5"], run=False)
+    assert str(error.value) == (
+        "trainer (Trainer): `max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."
+    )

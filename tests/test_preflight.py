@@ -1,9 +1,12 @@
-"""preflight.check_hardware: the accelerator a config asks for exists and can run its precision (GPUs faked)."""
+"""preflight: the accelerator a config asks for exists and can run its precision (GPUs faked); a checkpoint file
+is complete and intact before anything is built."""
 
 import pytest
 import torch
 
-from dnlseg.preflight import ConfigError, check_hardware
+from dnlseg.preflight import ConfigError, check_checkpoint_file, check_hardware, check_sync_batchnorm
+from dnlseg.weight_files import NO_VERIFY_ENV, ChecksumMismatchError
+from tests.helpers import damage, damage_points
 
 
 def config(**trainer):
@@ -64,3 +67,59 @@ def test_fp16_needs_a_gpu_and_auto_without_one_is_the_cpu(gpus):
 def test_an_accelerator_object_is_left_to_lightning(gpus):
     gpus(count=0)
     check_hardware(config(accelerator=object(), precision="16-mixed"))
+
+
+@pytest.mark.parametrize("where", ["pickle", "tensor data"])
+def test_a_damaged_checkpoint_fails_the_early_check_in_one_line_unless_no_verify(
+    lightning_checkpoint, tmp_path, monkeypatch, where
+):
+    check_checkpoint_file(str(lightning_checkpoint))
+    damaged = damage(lightning_checkpoint, tmp_path / "last.ckpt", damage_points(lightning_checkpoint)[where])
+    with pytest.raises(ChecksumMismatchError) as error:
+        check_checkpoint_file(str(damaged), "ckpt_path (last)")
+    assert str(error.value).startswith(f"ckpt_path (last)={damaged}: the file is damaged, record archive/")
+    assert "\n" not in str(error.value)
+    monkeypatch.setenv(NO_VERIFY_ENV, "1")
+    check_checkpoint_file(str(damaged), "ckpt_path (last)")
+
+
+PLUGIN = "dnlseg.sync_batchnorm.SyncBatchNormPlugin"
+SYNC_BN_FIX = "add --trainer.plugins+=dnlseg.sync_batchnorm.SyncBatchNormPlugin (SyncBatchNorm with a CPU path)"
+
+
+def test_sync_batchnorm_with_several_cpu_processes_needs_dnlsegs_plugin(gpus):
+    gpus(count=0)
+    own_data = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "sync_batchnorm": True}
+    with pytest.raises(ConfigError) as error:
+        check_sync_batchnorm(config(**own_data))
+    assert str(error.value).startswith("trainer.sync_batchnorm=true with 2 CPU processes (trainer.accelerator=cpu")
+    assert SYNC_BN_FIX in str(error.value)
+    with pytest.raises(ConfigError, match="with 2 CPU processes"):
+        check_sync_batchnorm(config(**{**own_data, "accelerator": "auto"}))  # auto without a GPU: the CPU
+    plugin = {"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"}
+    check_sync_batchnorm(
+        config(**own_data, plugins=[{"class_path": "dnlseg.checkpoint_io.AtomicCheckpointIO"}, plugin])
+    )
+    check_sync_batchnorm(config(**own_data, plugins="dnlseg.sync_batchnorm.SyncBatchNormPlugin"))
+    check_sync_batchnorm(config(**{**own_data, "sync_batchnorm": False}))
+    check_sync_batchnorm(config(**{**own_data, "devices": 1, "strategy": "auto"}))  # one process: nothing to sync
+    gpus(count=2)
+    check_sync_batchnorm(config(**{**own_data, "accelerator": "gpu"}))
+
+
+def test_the_own_data_recipe_on_two_cpu_processes_fails_before_anything_is_built(image_mask_root, monkeypatch):
+    from dnlseg.cli import run_cli
+    from tests.recipes import ROOT
+
+    built = []
+    monkeypatch.setattr("dnlseg.cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
+    args = [
+        "-c",
+        str(ROOT / "configs/own_data/dnl_r50_d8_512x512_40k.yaml"),
+        f"--data.init_args.root={image_mask_root}",
+    ]
+    with pytest.raises(ConfigError, match=r"trainer.sync_batchnorm=true with 2 CPU processes") as error:
+        run_cli([*args, "--trainer.accelerator=cpu", "--trainer.devices=2"], run=False)
+    assert SYNC_BN_FIX in str(error.value) and built == []
+    run_cli([*args, "--trainer.accelerator=cpu", "--trainer.devices=2", f"--trainer.plugins+={PLUGIN}"], run=False)
+    assert len(built) == 1  # the fix it names is accepted

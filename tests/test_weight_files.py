@@ -1,10 +1,19 @@
-"""weight_files: the checkpoint/model fit check names every differing, missing and extra parameter."""
+"""weight_files: the checkpoint/model fit check names every differing, missing and extra parameter; a file whose
+bytes changed after it was saved is refused before it loads."""
 
 import pytest
 import torch
 from torch import nn
 
-from dnlseg.weight_files import CheckpointMismatchError, check_state_dict_fits
+from dnlseg.weight_files import (
+    NO_VERIFY_ENV,
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    check_state_dict_fits,
+    read_torch_file,
+    verify_checksums,
+)
+from tests.helpers import damage, damage_points
 
 
 def model():
@@ -97,9 +106,55 @@ def test_unreadable_weight_files_raise_naming_the_key_the_file_and_why(tmp_path)
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(WeightFileError) as error:
         read_torch_file(tmp_path / "text.pth", "model.weights")
-    assert str(error.value).startswith(
-        f"model.weights: {tmp_path / 'text.pth'} is not a file torch.load (or safetensors) can read (KeyError: "
+    assert str(error.value) == (  # torch's own reason would be "KeyError: 104" (the byte "h")
+        f"model.weights: {tmp_path / 'text.pth'} is not a file torch.load (or safetensors) can read "
+        "(not a PyTorch pickle)"
     )
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 3)
     with pytest.raises(WeightFileError, match=r"bad.safetensors is not a file torch.load \(or safetensors\) can read"):
         read_torch_file(tmp_path / "bad.safetensors", "model.weights")
+
+
+@pytest.mark.parametrize("where", ["pickle", "tensor data", "zip index"])
+def test_a_checkpoint_with_1kb_overwritten_is_refused_in_one_line_naming_it(lightning_checkpoint, tmp_path, where):
+    damaged = damage(lightning_checkpoint, tmp_path / "damaged.ckpt", damage_points(lightning_checkpoint)[where])
+    with pytest.raises(ChecksumMismatchError) as error:
+        read_torch_file(damaged, "model.init_weights")
+    message = str(error.value)
+    assert message.startswith(f"model.init_weights: {damaged}: the file is damaged, ") and "\n" not in message
+    assert message.endswith("use an intact copy or another checkpoint, or load it anyway with dnlseg --no_verify")
+
+
+def test_no_verify_loads_the_damaged_file_as_it_is(lightning_checkpoint, tmp_path, monkeypatch):
+    name, intact = max(torch.load(lightning_checkpoint)["state_dict"].items(), key=lambda item: item[1].numel())
+    where = damage_points(lightning_checkpoint)["tensor data"]
+    damaged = damage(lightning_checkpoint, tmp_path / "damaged.ckpt", where)
+    monkeypatch.setenv(NO_VERIFY_ENV, "1")
+    loaded = read_torch_file(damaged, "model.init_weights")["state_dict"][name]  # torch.load itself does not notice
+    assert loaded.shape == intact.shape and (loaded != intact).sum() > 0
+
+
+def test_intact_files_pass_and_files_without_checksums_load_unchecked(lightning_checkpoint, tmp_path):
+    assert verify_checksums(lightning_checkpoint, "x") is True
+    zoo = {"meta": {"iter": 80000}, "state_dict": {"backbone.conv1.weight": torch.arange(6.0)}}
+    torch.save(zoo, tmp_path / "zoo.pth")  # an mmseg model-zoo file: torch.save of a dict
+    torch.save(zoo, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)  # torch < 1.6: no zip, no CRC
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(zoo, tmp_path / "no_crc.pth")  # every CRC written as 0
+    finally:
+        torch.serialization.set_crc32_options(True)
+    for name, checked in (("zoo.pth", True), ("legacy.pth", False), ("no_crc.pth", False)):
+        assert verify_checksums(tmp_path / name, "x") is checked
+        assert read_torch_file(tmp_path / name, "x")["state_dict"]["backbone.conv1.weight"].tolist() == list(range(6))
+
+
+def test_a_file_changed_after_it_was_checked_is_checked_again(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(4096.0)}, path)
+    assert verify_checksums(path, "x") is True
+    data = path.read_bytes()
+    damage(path, path, damage_points(path)["tensor data"], size=64)
+    assert len(path.read_bytes()) == len(data)
+    with pytest.raises(ChecksumMismatchError, match=r"record w/data/0 \(16384 bytes at byte \d+\): its CRC-32"):
+        verify_checksums(path, "x")

@@ -8,13 +8,19 @@ at any moment leaves either the previous ``last.ckpt`` or the new one, both comp
 falls back to a non-atomic copy when that directory is on another filesystem (the usual case on clusters:
 local ``/tmp``, shared checkpoint storage), and never fsyncs. A temporary file left by a killed write is
 removed by the next successful save of the same checkpoint. Remote URLs (``s3://`` ...) are left to Lightning.
+
+Every file it writes carries torch's CRC-32 of each record (turned on for the save whatever
+``torch.serialization.set_crc32_options`` says) and is created with the user's umask, like every other file of a
+run (``tempfile.mkstemp`` would make it 0600). Loading checks those CRCs first (``weight_files.verify_checksums``):
+a damaged file is one line naming it instead of silently changed weights.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dnlseg.models.mmseg_checkpoint import as_lightning_checkpoint, is_mmseg_checkpoint
-from dnlseg.weight_files import WeightFileError, unreadable
+from dnlseg.weight_files import WeightFileError, unreadable, verify_checksums
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,14 +43,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with crc32_on():
+            torch.save(checkpoint, buffer)
+        fd, tmp = create_temporary(path)
         try:
             with os.fdopen(fd, "wb") as f:
                 self.write(f, buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as error:  # a full disk, ...: named with the checkpoint's path (a write's error has none)
+            Path(tmp).unlink(missing_ok=True)
+            if error.filename is None and error.errno is not None:
+                raise OSError(error.errno, error.strerror, str(path)) from error
+            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -59,7 +71,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         """Lightning's loading, plus mmsegmentation model-zoo files (``dnlseg.models.mmseg_checkpoint``): they come
         back as a Lightning checkpoint of their weights, which ``SegmentationModule.on_load_checkpoint`` maps.
-        A file that is not a checkpoint raises ``WeightFileError`` naming it."""
+        A file that is not a checkpoint, or whose bytes do not match its checksums, raises ``WeightFileError``
+        naming it."""
+        if "://" not in str(path) and Path(path).is_file():
+            verify_checksums(path, f"--ckpt_path {path}")
         try:
             checkpoint = super().load_checkpoint(path, map_location or "cpu", weights_only)
         except FileNotFoundError:
@@ -69,6 +84,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if is_mmseg_checkpoint(checkpoint):
             return as_lightning_checkpoint(checkpoint, path)
         return checkpoint
+
+
+@contextmanager
+def crc32_on():
+    """``torch.save`` with a CRC-32 of every record inside, whatever the process-wide option says."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
+
+
+def create_temporary(path: Path) -> tuple[int, str]:
+    """(descriptor, name) of a new hidden file ``.<name>.<random>.tmp`` beside ``path``, created with the user's
+    umask (mode 0666 & ~umask, as ``open`` creates every other file), never an existing one."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def fsync_directory(directory: Path) -> None:

@@ -22,15 +22,19 @@ from types import TracebackType
 from typing import Any
 
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import Logger
 
 from dnlseg import run_dirs
 from dnlseg.callbacks import PredictionWriter
+from dnlseg.callbacks.progress import display_callbacks
 from dnlseg.data import SegmentationDataModule, renamed_keys
+from dnlseg.errors import UserError, debug_mode
 from dnlseg.models import SegmentationModule
+from dnlseg.parse_errors import one_line_parse_errors
 from dnlseg.preflight import ConfigError, check_checkpoint_file, check_config
 from dnlseg.third_party import silence_third_party
 from dnlseg.weight_files import check_resume_checkpoint
@@ -63,6 +67,16 @@ class DnlsegCLI(LightningCLI):
         finally:
             if self.run_folder is not None:
                 self.run_folder.release()
+
+    def init_parser(self, **kwargs: Any):
+        # A parse error is raised, not printed with the whole usage, and reported in one line (parse_errors);
+        # --debug keeps jsonargparse's own report.
+        kwargs.setdefault("exit_on_error", debug_mode())
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        with one_line_parse_errors(parser, args, self.only_subcommand):
+            super().parse_arguments(parser, args)
 
     def subcommands(self) -> dict[str, set[str]]:
         everything = LightningCLI.subcommands()
@@ -118,14 +132,7 @@ class DnlsegCLI(LightningCLI):
 
     def choose_evaluation_folder(self, config) -> None:
         """Send this evaluation's outputs to its own folder (``run_dirs.evaluation_dir``), never into the run."""
-        if config.ckpt_path == "last":
-            config.ckpt_path = self.latest_last_checkpoint(config)
-            check_checkpoint_file(config.ckpt_path, "ckpt_path (last)")
-        elif config.ckpt_path in ("best", "hpc", "registry"):
-            raise ConfigError(
-                f"ckpt_path={config.ckpt_path}: give the checkpoint file to evaluate "
-                "(e.g. runs/<dataset>/<name>/version_<n>/checkpoints/step...-miou....ckpt) or `last`"
-            )
+        config.ckpt_path = self.evaluated_checkpoint(config, config.ckpt_path)
         if config.ckpt_path is None:
             log.warning(
                 "%s without --ckpt_path: the model keeps its initial, untrained weights; "
@@ -136,6 +143,21 @@ class DnlsegCLI(LightningCLI):
         folder = run_dirs.evaluation_dir(self.subcommand, config.ckpt_path, config.output_dir, untrained_root)
         run_dirs.redirect_outputs(config, folder)
         self.claim_output_folder(folder)
+
+    @staticmethod
+    def evaluated_checkpoint(config, ckpt_path: str | None) -> str | None:
+        """The file an evaluation (validate, test, predict, ``dnlseg analyze``) loads for ``--ckpt_path``: ``last``
+        is the run's ``last.ckpt`` (``latest_last_checkpoint``), a file is itself; Lightning's other keywords are
+        refused."""
+        if ckpt_path == "last":
+            ckpt_path = DnlsegCLI.latest_last_checkpoint(config)
+            check_checkpoint_file(ckpt_path, "ckpt_path (last)")
+        elif ckpt_path in ("best", "hpc", "registry"):
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: give the checkpoint file to evaluate "
+                "(e.g. runs/<dataset>/<name>/version_<n>/checkpoints/step...-miou....ckpt) or `last`"
+            )
+        return ckpt_path
 
     @staticmethod
     def latest_last_checkpoint(config) -> str:
@@ -191,11 +213,19 @@ class DnlsegCLI(LightningCLI):
             run_dirs.remove_unfinished(self.output_folder, self.created_root)
 
     def instantiate_classes(self) -> None:
-        """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section."""
+        """Build model, data and trainer; a value an ``__init__`` refuses is a ``ConfigError`` naming the section,
+        unless dnlseg's own ``UserError`` (naming the key and the file itself) is in the chain: that one is raised."""
         try:
             super().instantiate_classes()
-        except ValueError as error:
+        except (ValueError, MisconfigurationException) as error:
+            user_error = outermost_user_error(error)
+            if user_error is not None:
+                raise user_error  # noqa: B904 -- it carries its own cause (the file's error); ``error`` only wraps it
             raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        """Lightning's, with dnlseg's progress bar (in steps) and model summary as the defaults (callbacks.progress)."""
+        return super()._instantiate_trainer(config, [*callbacks, *display_callbacks(config)])
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
@@ -231,7 +261,8 @@ class DnlsegCLI(LightningCLI):
             "subcommand": subcommand,
             "config": [str(path) for path in config.get("config") or []],
             "ckpt_path": config.ckpt_path,
-            "step": run_dirs.checkpoint_step(config.ckpt_path),
+            "step": self.model.evaluated_step,  # its TensorBoard scalars are logged at this step too
+            "step_source": self.model.weights_step_source,
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()},
         }
         self.report("metrics", [run_dirs.write_metrics(self.output_folder, record)])
@@ -244,7 +275,7 @@ class DnlsegCLI(LightningCLI):
 def config_section(error: BaseException) -> str:
     """The config section whose class raised ``error`` in its ``__init__``: model, data, trainer.callbacks, ..."""
     sections = ((LightningModule, "model"), (LightningDataModule, "data"), (Callback, "trainer.callbacks"))
-    sections += ((Logger, "trainer.logger"),)
+    sections += ((Logger, "trainer.logger"), (Trainer, "trainer"))
     tb: TracebackType | None = root_exception(error).__traceback__
     section = "config"
     while tb is not None:  # outermost first: the config's own class, not the module it builds inside
@@ -254,6 +285,18 @@ def config_section(error: BaseException) -> str:
                 return f"{name} ({type(owner).__name__})"
         tb = tb.tb_next
     return section
+
+
+def outermost_user_error(error: BaseException) -> UserError | None:
+    """The first ``UserError`` of a chain, from the outermost exception in (jsonargparse wraps what an ``__init__``
+    raised in a ``ValueError`` of its own, with the subtypes it tried)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def root_exception(error: BaseException) -> BaseException:
@@ -267,14 +310,15 @@ def root_cause(error: BaseException) -> str:
     return str(root_exception(error))
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> DnlsegCLI:
+def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[DnlsegCLI] = DnlsegCLI) -> DnlsegCLI:
     """Parse ``args`` (default: sys.argv), run the subcommand, return the CLI (trainer, model, datamodule).
 
     With ``run=False`` ``args`` has no subcommand: the config is parsed and everything instantiated, nothing run.
+    ``cli_class``: a ``DnlsegCLI`` subclass (``dnlseg analyze`` builds its own trainer).
     """
     silence_third_party()
     first = (sys.argv[1:] if args is None else list(args))[:1]
-    return DnlsegCLI(
+    return cli_class(
         SegmentationModule,
         SegmentationDataModule,
         subclass_mode_data=True,
@@ -290,7 +334,8 @@ class ConfigReader(DnlsegCLI):
     """Only parses: the config is merged and checked against the typed arguments; nothing is seeded or built."""
 
     def parse_arguments(self, parser, args) -> None:
-        self.config = parser.parse_args(args)  # ``args`` only: the caller's own sys.argv is no command line here
+        with one_line_parse_errors(parser, args):
+            self.config = parser.parse_args(args)  # ``args`` only: the caller's own sys.argv is no command line here
 
     def _parse_ckpt_path(self) -> None: ...
 

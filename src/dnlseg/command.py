@@ -5,11 +5,15 @@
     dnlseg analyze -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
     dnlseg prepare cityscapes --root /data/cityscapes
     dnlseg convert --ckpt_path mmseg_zoo.pth --output dnlseg.ckpt
+    dnlseg export -c <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt --output model.onnx
     dnlseg --debug fit ...                          # or DNLSEG_DEBUG=1: full tracebacks for user errors too
+    dnlseg --no_verify validate ...                 # or DNLSEG_NO_VERIFY=1: load a damaged checkpoint anyway
 
 A mistake the user can fix (a ``dnlseg.errors.UserError``: config value, file, checkpoint, dataset layout)
-ends the command with ``dnlseg: <message>`` on stderr and exit status 1, no traceback; anything else is a bug
-and keeps its traceback. This module imports nothing heavy at import time: ``dnlseg --help`` stays fast.
+ends the command with ``dnlseg: <message>`` on stderr and exit status 1, no traceback; so does a failure of the
+machine (a full or read-only disk, out of memory: ``dnlseg.errors.machine_failure``). A command line the parser
+refuses exits with status 2, as argparse does. Anything else is a bug and keeps its traceback. This module
+imports nothing heavy at import time: ``dnlseg --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import logging
 import os
 import sys
 
+from dnlseg.errors import DEBUG_ENV, UsageError, UserError, debug_mode, machine_failure
 from dnlseg.third_party import silence_third_party
 
 # A fit stopped by a signal exits with the shell's status for it, 128 + the signal: 143 for SIGTERM (schedulers read
 # it as "pre-empted"), 130 for Ctrl-C (SIGINT).
 EXIT_SIGINT = 128 + 2
-DEBUG_FLAG = "--debug"
-DEBUG_ENV = "DNLSEG_DEBUG"
+DEBUG_FLAG = "--debug"  # sets dnlseg.errors.DEBUG_ENV
+NO_VERIFY_FLAG = "--no_verify"  # sets dnlseg.weight_files.NO_VERIFY_ENV: checkpoints load without their checksums
 
 # name -> one-line description, in the order ``dnlseg --help`` lists them.
 SUBCOMMANDS = {
@@ -36,6 +41,7 @@ SUBCOMMANDS = {
     "analyze": "attention consistency metrics and attention-map figures of a checkpoint (no training)",
     "prepare": "one-off dataset preparation (prepare cityscapes: labelTrainIds PNGs)",
     "convert": "write an mmsegmentation model-zoo checkpoint once as a dnlseg checkpoint (optional)",
+    "export": "a checkpoint's network as ONNX or TorchScript (uint8 images in, logits out) with its metadata",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -56,7 +62,8 @@ def top_level_parser() -> argparse.ArgumentParser:
         prog="dnlseg",
         description="Non-Local (NL) and Disentangled Non-Local (DNL) context heads for semantic segmentation.",
         epilog="`dnlseg <subcommand> --help` lists the options of one subcommand. --debug (or DNLSEG_DEBUG=1) shows "
-        "the full traceback of an error that is otherwise reported in one line.",
+        "the full traceback of an error that is otherwise reported in one line. --no_verify (or DNLSEG_NO_VERIFY=1) "
+        "loads a checkpoint or weight file whose checksums do not match (a damaged file) anyway.",
     )
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
     for name, description in SUBCOMMANDS.items():
@@ -69,6 +76,10 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         top_level_parser().print_help()
         return
+    if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        from dnlseg.parse_errors import unknown_subcommand
+
+        raise UsageError(unknown_subcommand(argv[0], SUBCOMMANDS))
     if argv[0] == "prepare":
         from dnlseg.cli import prepare
 
@@ -81,6 +92,10 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
         from dnlseg.convert import convert
 
         convert(argv[1:])
+    elif argv[0] == "export":
+        from dnlseg.export import export
+
+        export(argv[1:])
     else:
         from dnlseg.cli import run_cli
 
@@ -91,21 +106,27 @@ def main(argv: list[str] | None = None) -> None:
     """The ``dnlseg`` console script (and ``python -m dnlseg``)."""
     from_sys_argv = argv is None
     argv = list(sys.argv[1:] if from_sys_argv else argv)
-    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    debug = DEBUG_FLAG in argv or debug_mode()
+    no_verify = NO_VERIFY_FLAG in argv
+    argv = [arg for arg in argv if arg not in (DEBUG_FLAG, NO_VERIFY_FLAG)]
     if from_sys_argv:
         sys.argv[1:] = argv
     if debug:
         os.environ[DEBUG_ENV] = "1"  # DDP worker processes re-run sys.argv, now without the flag
+    if no_verify:
+        from dnlseg.weight_files import NO_VERIFY_ENV
+
+        os.environ[NO_VERIFY_ENV] = "1"  # read where files are loaded, in this process and the DDP workers
     silence_third_party()
     show_own_logs()
-    from dnlseg.errors import UserError
-
     try:
         run(argv, from_sys_argv)
     except UserError as error:
         if debug:
             raise
+        if isinstance(error, UsageError):
+            sys.stderr.write(f"dnlseg: {error}\n")
+            sys.exit(UsageError.exit_status)
         sys.exit(f"dnlseg: {error}")
     except SystemExit as error:  # Lightning's SIGTERMException is a SystemExit (status 0 unless we say otherwise)
         if is_lightning_sigterm(error):
@@ -117,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except KeyboardInterrupt:  # Ctrl-C outside a fit's training (while building, loading): nothing to save
         sys.exit(EXIT_SIGINT)
+    except Exception as error:  # a full disk, out of memory, ...: one line too (dnlseg.errors.machine_failure)
+        message = None if debug else machine_failure(error, argv[0] if argv else None)
+        if message is None:
+            raise
+        sys.exit(f"dnlseg: {message}")
 
 
 def is_lightning_sigterm(error: BaseException) -> bool:

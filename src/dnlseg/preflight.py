@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from dnlseg.errors import UserError
+from dnlseg.weight_files import verify_checksums
 
 CPU_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
 
@@ -140,6 +141,33 @@ def check_hardware(config: Any) -> None:
         )
 
 
+def check_sync_batchnorm(config: Any) -> None:
+    """``sync_batchnorm`` with several CPU processes needs ``dnlseg.sync_batchnorm.SyncBatchNormPlugin``: PyTorch's
+    SyncBatchNorm has GPU kernels only, and DDP refuses it on the CPU (in every process, after the start-up)."""
+    if not _get(config, "trainer.sync_batchnorm", False):
+        return
+    accelerator = _get(config, "trainer.accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    strategy = str(_get(config, "trainer.strategy", "auto"))
+    devices, nodes = _get(config, "trainer.devices", 1), _get(config, "trainer.num_nodes", 1)
+    processes = "ddp" in strategy or (isinstance(devices, int) and devices > 1) or nodes > 1
+    if not (on_cpu and processes):
+        return
+    from dnlseg.sync_batchnorm import SyncBatchNormPlugin
+
+    plugins = _get(config, "trainer.plugins") or []
+    plugins = plugins if isinstance(plugins, list) else [plugins]
+    paths = [p if isinstance(p, str) else _get(p, "class_path", "") for p in plugins]
+    if any(isinstance(cls, type) and issubclass(cls, SyncBatchNormPlugin) for cls in map(_import, paths)):
+        return
+    raise ConfigError(
+        f"trainer.sync_batchnorm=true with {devices} CPU processes (trainer.accelerator={accelerator}, "
+        f"trainer.strategy={strategy}): PyTorch's SyncBatchNorm runs on GPUs only; add "
+        "--trainer.plugins+=dnlseg.sync_batchnorm.SyncBatchNormPlugin (SyncBatchNorm with a CPU path), "
+        "or --trainer.sync_batchnorm=false"
+    )
+
+
 def check_nonfinite_action(config: Any) -> None:
     """``skip`` needs one process: Lightning refuses a skipped ``training_step`` in distributed training."""
     if _get(config, "model.on_nonfinite_loss") != "skip":
@@ -159,10 +187,12 @@ PICKLE_PROTOCOL_2 = b"\x80\x02"  # how a checkpoint in torch's legacy (pre-1.6, 
 
 
 def check_checkpoint_file(ckpt_path: str | None, key: str = "ckpt_path") -> None:
-    """A checkpoint path that is a file: it exists and is a complete ``torch.save`` file.
+    """A checkpoint path that is a file: it exists, is a complete ``torch.save`` file and matches its checksums.
 
     A zip-format checkpoint (``torch.save`` since PyTorch 1.6) cut short loses its central directory, which is at
-    the end of the file: that is read here, not the weights. Files in the legacy pickle format pass as they are.
+    the end of the file; one with bytes overwritten inside no longer matches the CRC-32 of its records
+    (``weight_files.verify_checksums``; ``dnlseg --no_verify`` skips that). Files in the legacy pickle format pass
+    as they are.
     """
     if ckpt_path is None or ckpt_path in CHECKPOINT_KEYWORDS or "://" in str(ckpt_path):
         return
@@ -175,13 +205,14 @@ def check_checkpoint_file(ckpt_path: str | None, key: str = "ckpt_path") -> None
         return
     try:
         with zipfile.ZipFile(path):
-            return
+            pass
     except (zipfile.BadZipFile, OSError) as error:
         raise ConfigError(
             f"{key}={ckpt_path}: not a complete PyTorch checkpoint ({path.stat().st_size} bytes, {error}); the file "
             "is truncated (an interrupted copy or download?) or of another format: expected a file written by "
             "torch.save / Lightning"
         ) from error
+    verify_checksums(path, f"{key}={ckpt_path}")
 
 
 def check_config(config: Any, subcommand: str | None = None) -> None:
@@ -189,4 +220,5 @@ def check_config(config: Any, subcommand: str | None = None) -> None:
     check_context(config)
     check_data(config, subcommand)
     check_hardware(config)
+    check_sync_batchnorm(config)
     check_nonfinite_action(config)

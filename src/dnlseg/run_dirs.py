@@ -408,7 +408,8 @@ def write_metrics(folder: Path, record: dict[str, Any], figures: list[Path] = ()
     path = folder / "metrics.json"
     path.write_text(json.dumps({**record, "metrics": finite}, indent=2, allow_nan=False) + "\n")
     lines = [f"# {record.get('subcommand', 'evaluation')} of `{record.get('ckpt_path')}`", ""]
-    lines += [f"Config: `{record.get('config')}`, checkpoint step: {record.get('step')}", ""]
+    source = f" ({record['step_source']})" if record.get("step_source") else ""
+    lines += [f"Config: `{record.get('config')}`, checkpoint step: {record.get('step')}{source}", ""]
     lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in metrics.items()]]
     lines += ["", *[f"![{p.name}]({p.name})" for p in figures], ""]
     (folder / "metrics.md").write_text("\n".join(lines))

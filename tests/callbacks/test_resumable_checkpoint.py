@@ -294,3 +294,18 @@ def test_every_way_a_fit_ends_saves_last_at_its_final_step(tmp_path, ending, las
     saved, validated, logged, _, _ = lifecycle_fit(tmp_path, every, callbacks=callbacks, val_check_interval=3, **ending)
     assert [step for name, step in saved if name == "last.ckpt"] == last_saves
     assert validated == logged == validations
+
+
+def test_restoring_a_record_of_another_folder_says_nothing(tmp_path):
+    import warnings
+
+    run, evaluation = tmp_path / "checkpoints", tmp_path / "eval" / "last" / "validate-0" / "checkpoints"
+    run.mkdir()
+    best = write_best(run, "step4.ckpt", 0.4, best_callback(run))
+    state = restored_state(best, 0.4) | {"dirpath": str(run)}
+    with warnings.catch_warnings(record=True) as caught:  # validate/test/predict restore every callback's state
+        warnings.simplefilter("always")
+        callback = best_callback(evaluation)
+        callback.load_state_dict(state)
+    assert [str(w.message) for w in caught] == []
+    assert callback.best_k_models == {}  # nothing of the run folder's record

@@ -16,11 +16,17 @@ from dnlseg.callbacks.sigterm_checkpoint import exit_status, last_checkpoint_pat
 
 def trainer_with(checkpoints, fn=TrainerFn.FITTING):
     saved = []
+
+    def save_checkpoint(path, weights_only=None):
+        # Lightning logs "`weights_only` was not set, defaulting to `False`" when it is None: say it.
+        assert weights_only is False, "the SIGTERM save must say weights_only=False"
+        saved.append(path)
+
     trainer = SimpleNamespace(
         checkpoint_callbacks=checkpoints,
         state=SimpleNamespace(fn=fn),
         global_step=12,
-        save_checkpoint=saved.append,
+        save_checkpoint=save_checkpoint,
         _signal_connector=SimpleNamespace(received_sigterm=False),
     )
     return trainer, saved
@@ -75,7 +81,9 @@ def test_the_sigterm_file_is_recorded_as_the_callbacks_last_checkpoint_before_it
         checkpoint_callbacks=[callback],
         state=SimpleNamespace(fn=TrainerFn.FITTING),
         global_step=3,
-        save_checkpoint=lambda path: recorded.append(callback.last_model_path),  # the state the file will hold
+        save_checkpoint=lambda path, weights_only=None: recorded.append(
+            callback.last_model_path
+        ),  # the state the file will hold
     )
     started().on_exception(trainer, None, SIGTERMException())
     assert recorded == [str(tmp_path / "last.ckpt")] and callback.last_model_path == str(tmp_path / "last.ckpt")

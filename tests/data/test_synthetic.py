@@ -249,3 +249,39 @@ def test_data_module_writes_its_own_images_in_cityscapes_layout(tmp_path):
     image = np.asarray(Image.open(root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"))
     assert np.array_equal(image, generate_sample(5, 0, "train", 32, 32).image)
     assert not list(root.rglob("*_labelIds.png"))
+
+
+@pytest.mark.parametrize("cores", [2, 8])
+def test_loading_in_the_training_process_is_explained_once_instead_of_lightnings_warning_per_loader(
+    cores, monkeypatch, caplog
+):
+    import logging
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.trainer.connectors.data_connector import _worker_check
+
+    from dnlseg.data.synthetic import datamodule
+
+    monkeypatch.setattr("lightning.fabric.utilities.data._num_cpus_available", lambda: cores)
+    monkeypatch.setattr(logging.getLogger("dnlseg"), "propagate", True)  # as the command may have set it up
+    caplog.set_level(logging.INFO, logger="dnlseg")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    seen = {}
+    for num_workers in (0, 1):
+        data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, num_workers=num_workers)
+        data.trainer = trainer
+        with warnings.catch_warnings(record=True) as caught:  # what a fit does with its two loaders
+            warnings.simplefilter("always")
+            _worker_check(trainer, data.train_dataloader(), "train_dataloader")
+            _worker_check(trainer, data.val_dataloader(), "val_dataloader")
+        seen[num_workers] = [str(w.message) for w in caught if "does not have many workers" in str(w.message)]
+    explained = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.name == datamodule.log.name]
+    if cores == 2:  # Lightning suggests at most 1 worker: nothing to say
+        assert seen == {0: [], 1: []} and explained == []
+    else:
+        assert seen[0] == [] and len(seen[1]) == 2  # a loader with 1 worker keeps Lightning's warning
+        assert explained == [
+            "synthetic images are generated in the training process (data.init_args.loader.num_workers=0); "
+            "--data.init_args.loader.num_workers=7 generates them in parallel on this machine (the same images)"
+        ]

@@ -6,7 +6,14 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dnlseg.evaluation import Query, attention_figure, select_queries, unnormalize
-from dnlseg.evaluation.attention_figure import CAPTION, grid_shape, term_maps
+from dnlseg.evaluation.attention_figure import (
+    CAPTION,
+    COLORMAP,
+    COLOUR_BAR_LABEL,
+    colour_scale,
+    grid_shape,
+    term_maps,
+)
 from tests.helpers import captured_from_logits
 
 # 6 x 8 grid: class 2 on the left half, class 5 on the right half, class 7 in a 2 x 2 corner, void top row.
@@ -35,10 +42,11 @@ def test_unnormalize_inverts_imagenet_normalisation():
     np.testing.assert_allclose(unnormalize((rgb - mean) / std), rgb.permute(1, 2, 0).numpy(), atol=1e-6)
 
 
-def figure(labels=LABELS, unary=True, palette=None, class_names=None, scale=4):
+def figure(labels=LABELS, unary=True, palette=None, class_names=None, scale=4, pairwise_logits=None):
     P = labels.numel()
     h, w = labels.shape
-    maps = captured_from_logits(torch.randn(1, P, P), torch.randn(1, 1, P) if unary else None, (h, w), (h, w))
+    pairwise = torch.randn(1, P, P) if pairwise_logits is None else pairwise_logits
+    maps = captured_from_logits(pairwise, torch.randn(1, 1, P) if unary else None, (h, w), (h, w))
     queries = select_queries(labels)
     mask = labels.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     image = np.zeros((*mask.shape, 3))
@@ -127,3 +135,54 @@ def test_term_maps_are_the_softmax_rows_of_the_queries_and_of_the_unary_logits()
     rows = [q.row * 8 + q.col for q in queries]
     torch.testing.assert_close(pairwise, p[1, rows].softmax(-1).reshape(len(queries), 6, 8))
     torch.testing.assert_close(unary, u[1, 0].softmax(-1).reshape(6, 8))
+
+
+def map_images(fig) -> list:
+    """The attention-map layer of every map panel (the image, then a 2-d map over it; the ground truth is RGBA)."""
+    return [ax.images[1] for ax in fig.axes if len(ax.images) == 2 and np.ndim(ax.images[1].get_array()) == 2]
+
+
+def test_every_map_of_a_figure_is_drawn_on_one_scale_in_times_uniform_with_one_colour_bar():
+    fig, queries = figure()
+    maps = map_images(fig)
+    assert len(maps) == len(queries) + 1  # every pairwise map and the unary map
+    assert len({image.get_clim() for image in maps}) == 1  # one colour scale for the figure
+    assert {image.get_cmap().name for image in maps} == {COLORMAP} == {"viridis"}  # perceptually uniform
+    for image in maps:
+        # an attention row sums to 1, so its mean over the uniform weight 1/Pk is 1: the values are in times uniform
+        # (bilinear upsampling keeps the mean up to the border cells)
+        assert np.asarray(image.get_array()).mean() == pytest.approx(1.0, rel=0.05)
+    FigureCanvasAgg(fig).draw()
+    bars = [ax for ax in fig.axes if ax.get_xlabel() == COLOUR_BAR_LABEL]
+    assert len(bars) == 1 and bars[0].xaxis.get_scale() == "log"
+    assert "one log scale for all maps" in CAPTION and sum(t.replace("\n", " ") == CAPTION for t in drawn_texts(fig))
+
+
+def test_a_near_uniform_map_is_drawn_flat_and_a_peaked_one_across_the_colours():
+    """NL's near-uniform maps (peaks 1.1-1.3x) must not look as structured as DNL's peaked ones."""
+    P = LABELS.numel()
+    logits = torch.randn(1, P, P, generator=torch.Generator().manual_seed(0))
+    flat, _ = figure(pairwise_logits=0.05 * logits, unary=False)  # peaks 1.1-1.2x uniform
+    peaked, _ = figure(pairwise_logits=8 * logits, unary=False)
+    assert all(
+        "peak 1.1x" in ax.get_title() or "peak 1.2x" in ax.get_title()
+        for ax in flat.axes
+        if "pairwise" in ax.get_title()
+    )
+
+    def colour_span(image) -> float:
+        shown = image.norm(np.asarray(image.get_array()))  # 0..1: the colour map's position of each pixel
+        return float(shown.max() - shown.min())
+
+    assert max(colour_span(image) for image in map_images(flat)) < 0.1
+    assert min(colour_span(image) for image in map_images(peaked)) > 0.5
+
+
+def test_the_colour_scale_spans_a_tenth_to_ten_times_uniform_at_least_and_four_decades_below_the_peak_at_most():
+    uniform = torch.full((4, 4), 1 / 16)
+    assert (colour_scale([uniform]).vmin, colour_scale([uniform]).vmax) == pytest.approx((0.1, 10))
+    sharp = torch.full((4, 4), 1e-9)
+    sharp[0, 0] = 1 - 15e-9  # 16x uniform at its peak, almost nothing elsewhere
+    scale = colour_scale([uniform, sharp])
+    assert (scale.vmin, scale.vmax) == pytest.approx((16 / 1e4, 16))
+    assert colour_scale([sharp * 0 + 1 / 16, uniform * 0.5 + 1 / 32]).vmax == pytest.approx(10)

@@ -52,6 +52,20 @@ def test_an_mmseg_file_is_recognised_and_a_lightning_one_is_not(mmseg_dnl_r50, t
     assert checkpoint[MMSEG_KEY]["meta"]["iter"] == 80000
 
 
+def test_an_mmseg_files_step_is_its_meta_iter_and_without_one_step_0_saying_so(mmseg_dnl_r50, tmp_path):
+    path = save_mmseg_checkpoint(mmseg_dnl_r50, tmp_path / "dnl.pth", CITYSCAPES_CLASSES)  # meta.iter 80000
+    model = dnl_r50()
+    load_through_lightning_hooks(model, path)
+    assert (model.evaluated_step, model.weights_step_source) == (80000, "meta.iter of the mmsegmentation checkpoint")
+    raw = torch.load(path, weights_only=True)
+    del raw["meta"]["iter"]
+    torch.save(raw, path)
+    load_through_lightning_hooks(model, path)
+    assert (
+        model.evaluated_step == 0 and "records no iteration (meta.iter): shown at step 0" in model.weights_step_source
+    )
+
+
 def test_nl_checkpoint_into_a_dnl_config_names_both_and_the_keys(tmp_path):
     nl = mmseg_model(recipe("cityscapes/nl_r50_d8_512x1024_80k"))
     path = save_mmseg_checkpoint(nl, tmp_path / "nl.pth", CITYSCAPES_CLASSES)

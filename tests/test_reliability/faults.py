@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,13 @@ class StallingCheckpointIO(AtomicCheckpointIO):
         os.fsync(f.fileno())
         Path(self.marker).touch()
         time.sleep(600)
+
+
+class FullDiskCheckpointIO(AtomicCheckpointIO):
+    """Every checkpoint write fails as on a full disk: ``OSError(ENOSPC)`` from the write, without a file name."""
+
+    def write(self, f, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class NaNSyntheticDataModule(SyntheticDataModule):

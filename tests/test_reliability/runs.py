@@ -58,17 +58,27 @@ def tiny_config(
     return path
 
 
-def env() -> dict[str, str]:
-    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings."""
+# What a DDP launch sets in its process: a child that inherits LOCAL_RANK thinks its workers are started for it.
+DDP_LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env(show_warnings: bool = False) -> dict[str, str]:
+    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings
+    (``show_warnings``: warnings as a user sees them)."""
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    inherited = {name: value for name, value in os.environ.items() if name not in DDP_LAUNCH_VARIABLES}
+    environment = {**inherited, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if show_warnings:
+        del environment["PYTHONWARNINGS"]
+    return environment
 
 
-def dnlseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def dnlseg(*args: str, timeout: float = 300, show_warnings: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dnlseg ARGS`` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT
-    )
+        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout,
+        env=env(show_warnings), cwd=ROOT,
+    )  # fmt: skip
 
 
 def run_dir(directory: Path) -> Path:

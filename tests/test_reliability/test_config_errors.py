@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dnlseg.cli import run_cli
+from dnlseg.errors import UsageError
 from dnlseg.preflight import ConfigError
 from tests.test_reliability.runs import ROOT, dnlseg, last_ckpt, tiny_config
 
@@ -74,12 +75,11 @@ def test_gpu_accelerator_without_a_gpu_is_a_config_error():
         run_cli(["-c", CITYSCAPES, "--data.init_args.root=/tmp"], run=False)
 
 
-def test_unknown_context_variant_is_rejected_by_the_parser_naming_the_key(capsys):
-    with pytest.raises(SystemExit) as exit_:
+def test_unknown_context_variant_is_rejected_by_the_parser_in_one_line_naming_the_key_and_the_choices(capsys):
+    with pytest.raises(UsageError) as error:
         run_cli(["-c", SYNTHETIC, "--model.context.init_args.unary=conv3x3"], run=False)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "model.context" in err and "conv3x3" in err
+    assert str(error.value) == "model.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null"
+    assert capsys.readouterr().err == ""  # no usage printed
 
 
 @pytest.mark.slow
@@ -91,8 +91,12 @@ def test_the_command_exits_with_the_message_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
 
-    unknown = dnlseg("fit", "-c", str(config), "--model.context.class_path=dnlseg.context.Foo")
-    assert unknown.returncode == 2 and 'key "model.context"' in unknown.stderr and "Foo" in unknown.stderr
+    unknown = dnlseg("fit", "-c", str(config), "--model.context.class_path=dnlseg.context.DisentangledNonLocal")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.splitlines()[-1] == (
+        "dnlseg: model.context: no class dnlseg.context.DisentangledNonLocal "
+        "(did you mean dnlseg.context.DisentangledNonLocal2d?)"
+    )
 
 
 @pytest.mark.slow

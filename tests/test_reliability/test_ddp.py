@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from tests.helpers import warning_lines
 from tests.test_reliability.runs import dnlseg, last_ckpt, load, run_dir, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -35,10 +36,15 @@ def runs(tmp_path_factory):
     out = {}
     for processes in (1, 2):
         directory = tmp_path_factory.mktemp(f"processes{processes}")
-        result = dnlseg("fit", "-c", str(ddp_config(directory, processes)), timeout=600)
+        result = dnlseg("fit", "-c", str(ddp_config(directory, processes)), timeout=600, show_warnings=True)
         assert result.returncode == 0, result.stderr[-4000:]
+        (directory / "output.txt").write_text(result.stdout + result.stderr)
         out[processes] = directory
     return out
+
+
+def test_two_processes_print_no_warning(runs):
+    assert warning_lines((runs[2] / "output.txt").read_text()) == []  # e.g. Lightning's sync_dist one, per metric
 
 
 def test_two_processes_give_the_loss_curve_and_weights_of_one(runs):

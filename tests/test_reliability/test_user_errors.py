@@ -12,6 +12,7 @@ from dnlseg import run_dirs
 from dnlseg.cli import run_cli
 from dnlseg.weight_files import CheckpointMismatchError
 from tests.datasets import write_image_mask
+from tests.helpers import damage, damage_points
 from tests.recipes import recipe, resolved
 from tests.test_reliability.runs import dnlseg, error_line, run_files, tiny_config
 
@@ -49,7 +50,8 @@ def broken_checkpoints(finished_run, tmp_path):
     truncated.write_bytes(last.read_bytes()[:4096])  # an interrupted copy
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
-    return {"truncated": truncated, "text": text, "last": last}
+    damaged = damage(last, tmp_path / "damaged.ckpt", damage_points(last)["tensor data"])  # 1 KB overwritten
+    return {"truncated": truncated, "text": text, "last": last, "damaged": damaged}
 
 
 CASES = {
@@ -65,6 +67,14 @@ CASES = {
     "text-as-checkpoint": (
         ["predict", "-c", "{config}", "--ckpt_path", "{text}"],
         "ckpt_path={text}: not a complete PyTorch checkpoint",
+    ),
+    "damaged-checkpoint": (
+        ["validate", "-c", "{config}", "--ckpt_path", "{damaged}"],
+        "ckpt_path={damaged}: the file is damaged, record archive/data/",
+    ),
+    "damaged-init-weights": (
+        ["fit", "-c", "{config}", "--model.init_weights", "{damaged}"],
+        "model.init_weights: {damaged}: the file is damaged, record archive/data/",
     ),
     "mismatched-checkpoint": (
         ["fit", "-c", "{config}", "--ckpt_path", "{last}", "--model.head_channels=16"],
@@ -103,6 +113,13 @@ def test_a_mistake_is_one_line_with_a_non_zero_exit_and_leaves_no_folder(case, t
     assert error_line(result).startswith("dnlseg: " + message.format(**values)), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert folders(tmp_path) == before  # no run folder, no evaluation folder
+
+
+def test_no_verify_evaluates_a_damaged_checkpoint_anyway(tmp_path, broken_checkpoints):
+    config, damaged = tiny_config(tmp_path), broken_checkpoints["damaged"]
+    result = dnlseg("--no_verify", "validate", "-c", str(config), "--ckpt_path", str(damaged))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validate: metrics written to" in result.stderr
 
 
 def test_an_empty_split_fails_before_training_and_removes_the_run_folder_it_made(tmp_path):

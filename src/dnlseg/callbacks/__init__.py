@@ -5,6 +5,7 @@ from dnlseg.callbacks.attention_map_logger import AttentionMapLogger
 from dnlseg.callbacks.branch_gradients import BranchGradientMonitor
 from dnlseg.callbacks.fit_summary import FitSummary
 from dnlseg.callbacks.prediction_writer import PredictionWriter
+from dnlseg.callbacks.progress import ParameterSummary, StepProgressBar
 from dnlseg.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from dnlseg.callbacks.separation_probe import SeparationProbe
 from dnlseg.callbacks.sigterm_checkpoint import CheckpointOnSigterm
@@ -16,8 +17,10 @@ __all__ = [
     "BranchGradientMonitor",
     "CheckpointOnSigterm",
     "FitSummary",
+    "ParameterSummary",
     "PredictionWriter",
     "ResumableModelCheckpoint",
     "SeparationProbe",
+    "StepProgressBar",
     "StepSeed",
 ]

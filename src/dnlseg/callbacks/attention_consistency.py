@@ -117,10 +117,11 @@ class AttentionConsistency(L.Callback):
                 continue  # the block has no such term, or no labelled query / boundary was seen
             metric, name = key.split("/", 1)
             value = torch.tensor(total / count, dtype=torch.float32, device=pl_module.device)
-            # The same value on every rank already; sync_dist only keeps Lightning's epoch-level DDP check quiet.
-            pl_module.log(f"val/{metric}/{name}", value, sync_dist=True)
+            # The same value on every rank already: a max over the ranks keeps it exact (a mean could move the last
+            # bit) and keeps Lightning's epoch-level DDP check quiet.
+            pl_module.log(f"val/{metric}/{name}", value, sync_dist=True, reduce_fx="max")
             if name == first:
-                pl_module.log(f"val/{metric}", value, sync_dist=True)
+                pl_module.log(f"val/{metric}", value, sync_dist=True, reduce_fx="max")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._close()

@@ -5,8 +5,10 @@ For the first ``num_images`` images of the validation set and a few query cells 
 a boundary), one forward per image inside ``capture_attention`` gives each block's factors, from which only the
 queries' rows are computed (O(P) memory: whole images need no ``scale``). One figure
 per image and block goes to TensorBoard as ``attention/<block>/image<i>`` (tab *Images*) and, with
-``output_dir``, to ``<output_dir>/step<step>_<block>_image<i>.png``. Training is unchanged: the model is in eval
-mode and no gradient is taken.
+``output_dir``, to ``<output_dir>/step<step>_<head>_<block>_image<i>.png``, titled with the head's label
+(``dnlseg.context.variant_of``: NL, DNL, ...), the block and the step of the weights drawn (``evaluated_step``: the
+trainer's during a fit, the checkpoint's in ``validate`` or ``analyze``). Training is unchanged: the model is in
+eval mode and no gradient is taken.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dnlseg.context import capture_attention, find_context_blocks
+from dnlseg.context import capture_attention, find_context_blocks, variant_of
 from dnlseg.data.transforms import unnormalize
 from dnlseg.evaluation.attention_consistency import labels_on_grid
 from dnlseg.evaluation.attention_figure import attention_figure, select_queries
@@ -61,7 +63,6 @@ class AttentionMapLogger(L.Callback):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._validations = 0
         self.written: list[Path] = []  # PNG files written by the last draw
-        self.step: int | None = None  # the step figures are labelled with; None: the trainer's global step
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -83,7 +84,8 @@ class AttentionMapLogger(L.Callback):
         ignore_index = int(pl_module.hparams.get("ignore_index", 255))
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         self.written = []
-        step = trainer.global_step if self.step is None else self.step
+        # the step of the weights drawn: the trainer's during a fit, the checkpoint's in validate / analyze
+        step = getattr(pl_module, "evaluated_step", trainer.global_step)
         for i in range(min(self.num_images, len(dataset))):
             sample = dataset[i]
             image, mask = sample["image"][None].to(pl_module.device), sample["mask"][None]  # (1, 3, H, W), (1, h, w)
@@ -94,11 +96,12 @@ class AttentionMapLogger(L.Callback):
             display = unnormalize(image[0])
             for name, m in maps.items():
                 queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
-                title = f"{name}, step {step}, image {i}"
+                head, label = variant_of(blocks[name])  # e.g. ("dnl", "DNL")
+                title = f"{label} ({name}), step {step}, image {i}"
                 fig = attention_figure(display, mask[0], m, 0, queries, class_names, ignore_index, title, palette)
                 if self.output_dir is not None:
                     self.output_dir.mkdir(parents=True, exist_ok=True)
-                    path = self.output_dir / f"step{step:06d}_{name}_image{i}.png"
+                    path = self.output_dir / f"step{step:06d}_{head}_{name}_image{i}.png"
                     fig.savefig(path, dpi=200)  # the TensorBoard layout, at twice its resolution
                     self.written.append(path)
                 for logger in tensorboards:

@@ -96,7 +96,12 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self.last_saved_step = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        # Another folder (an evaluation's own, a moved run): Lightning keeps only best_model_path and warns that it
+        # does, on every evaluation; the record is rebuilt from the files on disk below in any case.
+        if state_dict.get("dirpath", self.dirpath) != self.dirpath:
+            self.best_model_path = state_dict["best_model_path"]
+        else:
+            super().load_state_dict(state_dict)
         if self.dirpath is None:
             return
         folder = Path(self.dirpath)

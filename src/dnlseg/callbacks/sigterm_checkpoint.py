@@ -112,7 +112,7 @@ class CheckpointOnSigterm(L.Callback):
             return
         # The file records itself as the callback's last checkpoint: a resumed run then keeps writing last.ckpt.
         last_checkpoint_callback(trainer).last_model_path = str(path)
-        trainer.save_checkpoint(path)  # every rank takes part; rank zero writes
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank zero writes
         rank_zero_info(
             f"{name} at step {trainer.global_step}: saved {path}; resume with the same command and --ckpt_path last"
         )

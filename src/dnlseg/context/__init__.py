@@ -14,7 +14,7 @@ from dnlseg.context.disentangled_non_local import DisentangledNonLocal2d
 from dnlseg.context.global_context import GlobalContext2d
 from dnlseg.context.non_local import NonLocal2d
 from dnlseg.context.non_local_base import NonLocalBase
-from dnlseg.context.variants import VARIANTS, Variant
+from dnlseg.context.variants import VARIANTS, Variant, variant_of
 
 __all__ = [
     "BRANCHES",
@@ -31,4 +31,5 @@ __all__ = [
     "fused_attention",
     "select_rows",
     "tokens",
+    "variant_of",
 ]

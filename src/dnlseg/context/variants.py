@@ -7,6 +7,7 @@ Tests (the block contract suite), benchmarks, the ablation experiment and the RE
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,3 +75,48 @@ VARIANTS: dict[str, Variant] = {
         "implicit + a GC block beside",
     ),
 }
+
+
+REFERENCE_WIDTH = 16  # channels of the reference blocks ``variant_of`` builds: a multiple of every default reduction
+
+
+def variant_of(block: nn.Module) -> tuple[str, str]:
+    """``(name, label)`` of the ``VARIANTS`` entry ``block`` is an instance of, e.g. ``("dnl", "DNL")``, for figures
+    and file names; ``(class name, class name)`` for a block of no entry.
+
+    Of the entries of the block's class, the most specific one whose arguments show in the block: where that
+    entry's block differs from the class's default block (a submodule or parameter present or absent, of another
+    class, or a setting such as ``unary_source``), ``block`` differs in the same way. Widths, temperatures and
+    other arguments no entry sets are not compared.
+    """
+    settings = _settings(block)
+    matching = [
+        (name, distinguishing)
+        for name, distinguishing in _distinguishing(type(block)).items()
+        if all(settings.get(k) == v for k, v in distinguishing.items())
+    ]
+    if not matching:
+        return type(block).__name__, type(block).__name__
+    name, _ = max(matching, key=lambda match: len(match[1]))  # the most specific
+    return name, VARIANTS[name].label
+
+
+@functools.cache
+def _distinguishing(block_class: type) -> dict[str, dict[str, Any]]:
+    """{variant name: the settings in which its block differs from ``block_class``'s default one} for the variants
+    of ``block_class``."""
+    own = {name: variant for name, variant in VARIANTS.items() if variant.block is block_class}
+    default = _settings(block_class(REFERENCE_WIDTH)) if own else {}
+    found = {}
+    for name, variant in own.items():
+        settings = _settings(variant.build(REFERENCE_WIDTH))
+        found[name] = {k: v for k, v in settings.items() if k not in default or default[k] != v}
+    return found
+
+
+def _settings(block: nn.Module) -> dict[str, Any]:
+    """A block's configuration as it shows: each submodule's and parameter's class (None when absent) and each
+    plain attribute (bool, number, string, None). Only what differs between two builds of a class is compared."""
+    parts = {**block._modules, **block._parameters}
+    settings: dict[str, Any] = {k: type(v).__name__ if v is not None else None for k, v in parts.items()}
+    return settings | {k: v for k, v in vars(block).items() if isinstance(v, (bool, int, float, str, type(None)))}

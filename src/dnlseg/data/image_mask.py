@@ -42,6 +42,7 @@ from dnlseg.data.folder import (
 )
 from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
+from dnlseg.errors import yaml_problem
 
 CLASSES_FILE = "classes.yaml"
 LAYOUT = """  <root>/images/<split>/<name>.png|.jpg|.jpeg
@@ -78,7 +79,8 @@ def read_classes(path: Path) -> list[SegmentationClass]:
         return [SegmentationClass(e["name"], tuple(e["color"]), e.get("value")) for e in entries]
     except (yaml.YAMLError, TypeError, KeyError, AttributeError) as error:
         raise DatasetLayoutError(
-            f"class list {path}: expected a YAML list of {{name: ..., color: [r, g, b], value: (optional)}} ({error})"
+            f"class list {path}: expected a YAML list of {{name: ..., color: [r, g, b], value: (optional)}} "
+            f"({yaml_problem(error)})"
         ) from error
 
 

@@ -6,11 +6,18 @@ the unary map s = softmax_j(u_j). Maps live on the key grid (Hk, Wk) and are ups
 and overlaid. For NL, p and u are its implicit decomposition. Maps come from a block call's captured factors
 (``dnlseg.context.capture_attention``): only the query rows are computed, never the (P, Pk) matrix.
 
+Colours: every map of a figure is drawn on one scale, in units of the uniform weight 1/Pk (1x: the query attends
+to every key cell alike), logarithmic (attention weights are exponentials of logits: DNL's pairwise peaks reach
+hundreds of times uniform while its unary map stays within a few), with one colour bar and a perceptually uniform
+colour map (``COLORMAP``). The scale spans at least 1/10x to 10x (``MIN_SPAN``), so a near-uniform map (NL's,
+often within 0.8x-1.3x) looks flat, as it is, instead of being stretched to the full colour range; at most
+``MAX_DECADES`` decades below the figure's peak, so a sharp map's near-zero weights do not squeeze the rest.
+
 Layout: TensorBoard's Images tab shrinks a figure to its card width (about 330 px), so a one-row strip of five
 panels is unreadable there. The figure is 460 px wide (``FIGURE_WIDTH`` at 100 dpi) with the panels in a grid
-of (usually) two columns, short two-line panel titles, a legend of the ground-truth classes and one caption
-explaining the "peak" numbers (in the free grid cell, else below), and each query drawn with its own marker
-shape and colour. PNG files are written at twice the resolution (``AttentionMapLogger``).
+of (usually) two columns, short two-line panel titles, the colour bar below them, a legend of the ground-truth
+classes and one caption explaining colours and "peak" numbers (in the free grid cell, else below), and each query
+drawn with its own marker shape and colour. PNG files are written at twice the resolution (``AttentionMapLogger``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps, patheffects
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
@@ -48,9 +56,14 @@ QUERY_COLOURS = ("#ffffff", "#ff40ff", "#40ffff", "#ffff40", "#ff8c1a", "#80ff80
 MIN_QUERY_GAP = 2  # cells (Chebyshev distance) between the boundary query and the others, so markers do not overlap
 FIGURE_WIDTH = 4.6  # inches
 GRID_ASPECT = 3 / 4  # width / height of the panel grid: portrait, TensorBoard cards grow downwards
+COLORMAP = "viridis"  # perceptually uniform: brighter is more attention, in print and for colour-blind readers
+MAP_ALPHA = 0.7  # of a map over its image
+MIN_SPAN = 10.0  # the colour scale covers at least 1/MIN_SPAN .. MIN_SPAN times uniform
+MAX_DECADES = 4  # ... and at most this many decades below the figure's peak
+COLOUR_BAR_LABEL = "attention weight / uniform weight 1/Pk"
 CAPTION = (
-    "pairwise k: the attention of query k; unary: the same for all queries. Each map is scaled to its own "
-    "maximum; peak Nx = that maximum / the uniform weight 1/Pk."
+    "pairwise k: the attention of query k; unary: the same for all queries. Colours: the weight over the uniform "
+    "1/Pk, one log scale for all maps (bar); peak: a map's maximum on it."
 )
 
 
@@ -103,11 +116,19 @@ def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query])
     return pairwise, unary
 
 
-def _upsample(grid: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) map -> (H, W) numpy, bilinear, rescaled to [0, 1] for the colour map."""
-    up = F.interpolate(grid[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    up = up - up.min()
-    return (up / up.max().clamp_min(1e-12)).numpy()
+def times_uniform(weights: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """An attention map (Hk, Wk) over the uniform weight 1/Pk, upsampled bilinearly to (H, W), as numpy."""
+    ratio = weights.double().cpu() * weights.numel()
+    return F.interpolate(ratio[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def colour_scale(maps: Sequence[Tensor]) -> LogNorm:
+    """One logarithmic colour scale, in times uniform, for all attention maps (Hk, Wk) of a figure (module
+    docstring): from the smallest ratio to the peak, widened to [1/MIN_SPAN, MIN_SPAN], cut at MAX_DECADES."""
+    ratios = [m.double().cpu() * m.numel() for m in maps]
+    peak = max([MIN_SPAN, *(r.max().item() for r in ratios)])
+    low = min([1 / MIN_SPAN, *(r.min().item() for r in ratios)])
+    return LogNorm(vmin=max(low, peak / 10**MAX_DECADES), vmax=peak, clip=True)
 
 
 def grid_shape(panels: int, aspect: float, target: float = GRID_ASPECT) -> tuple[int, int]:
@@ -136,8 +157,9 @@ def attention_figure(
 ) -> Figure:
     """A grid of panels: image + ground truth + queries, the pairwise map of each query, the unary map.
 
-    Each map panel is scaled to its own maximum; its title gives that maximum over the uniform weight 1 / Pk
-    (the caption says so once). The ground truth is drawn in the dataset's class colours, named in a legend.
+    All map panels share one colour scale in times the uniform weight 1 / Pk (``colour_scale``, one colour bar);
+    each title gives its map's maximum on it (the caption says so once). The ground truth is drawn in the
+    dataset's class colours, named in a legend.
 
     Args:
         image: (H, W, 3) display RGB in [0, 1] (``unnormalize``).
@@ -147,7 +169,7 @@ def attention_figure(
         queries: cells on ``maps.query_size`` (``select_queries``).
         class_names: names for the legend and titles (default: class ids).
         ignore_index: label drawn transparent.
-        title: figure title (e.g. block name and step).
+        title: figure title (e.g. head, block name and step).
         palette: RGB (0..255) per class for the ground truth (default: tab20 colours).
     """
     H, W = image.shape[:2]
@@ -156,7 +178,8 @@ def attention_figure(
     panels = 1 + (len(queries) if pairwise is not None else 0) + (1 if unary is not None else 0)
     rows, cols = grid_shape(panels, W / H)
     width = FIGURE_WIDTH
-    height = width * rows * H / (cols * W) + 0.5 + 0.5 * rows + (0 if rows * cols > panels else 1.2)
+    bar = 0.8 if panels > 1 else 0  # the colour bar and its label
+    height = width * rows * H / (cols * W) + 0.5 + 0.5 * rows + bar + (0 if rows * cols > panels else 1.6)
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
     for ax in axes[panels + 1 :]:
@@ -188,23 +211,35 @@ def attention_figure(
         mark(ax, k, x, y)
     ax.set_title("ground truth,\nqueries 1-" + str(len(queries)) if queries else "ground truth", fontsize=fontsize)
 
+    maps = [*(pairwise if pairwise is not None else []), *([unary] if unary is not None else [])]
+    norm = colour_scale(maps) if maps else None
+    drawn = None
+
+    def draw_map(ax, weights: Tensor):
+        ax.imshow(image)
+        return ax.imshow(times_uniform(weights, (H, W)), cmap=COLORMAP, norm=norm, alpha=MAP_ALPHA)
+
     col = 1
     if pairwise is not None:
         for k, (q, (x, y)) in enumerate(zip(queries, points, strict=True)):
             ax = axes[col]
-            ax.imshow(image)
-            ax.imshow(_upsample(pairwise[k], (H, W)), cmap="turbo", alpha=0.55, vmin=0, vmax=1)
+            drawn = draw_map(ax, pairwise[k])
             mark(ax, k, x, y)
             peak = pairwise[k].max().item() * pairwise[k].numel()  # max weight over the uniform 1 / Pk
             ax.set_title(f"pairwise {k + 1}, peak {peak:.1f}x\n{names(q.label)} ({q.kind})", fontsize=fontsize)
             col += 1
     if unary is not None:
         ax = axes[col]
-        ax.imshow(image)
-        ax.imshow(_upsample(unary, (H, W)), cmap="turbo", alpha=0.55, vmin=0, vmax=1)
+        drawn = draw_map(ax, unary)
         ax.set_title(f"unary, peak {unary.max().item() * unary.numel():.1f}x\n(all queries)", fontsize=fontsize)
     for ax in axes[:panels]:
         ax.set_axis_off()
+    if drawn is not None:
+        grid = axes[: panels + (key_panel is not None)]  # every cell, so that the panels keep one size
+        colour_bar = fig.colorbar(drawn, ax=grid, location="bottom", shrink=0.9, aspect=25, pad=0.02)
+        colour_bar.set_label(COLOUR_BAR_LABEL, fontsize=fontsize)
+        colour_bar.ax.tick_params(labelsize=fontsize - 1)
+        colour_bar.ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}x")
     handles = [Patch(facecolor=colours[c], edgecolor="black", label=names(c)) for c in present]
     legend = {"handles": handles, "fontsize": fontsize, "title": "ground truth", "title_fontsize": fontsize}
     if key_panel is not None:
@@ -215,11 +250,11 @@ def attention_figure(
                        transform=key_panel.transAxes)  # fmt: skip
     else:  # a strip below the grid, outside the constrained layout: legend, then the caption
         height = fig.get_size_inches()[1]
-        caption, strip = 0.4 / height, (0.4 + (0.6 if handles else 0)) / height
+        caption, strip = 0.75 / height, (0.75 + (0.85 if handles else 0)) / height
         fig.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
         if handles:
             fig.legend(**legend, loc="lower center", bbox_to_anchor=(0.5, caption), ncols=min(len(handles), 3))
-        fig.text(0.5, caption / 2, textwrap.fill(CAPTION, 60), ha="center", va="center", fontsize=fontsize)
+        fig.text(0.5, caption / 2, textwrap.fill(CAPTION, 52), ha="center", va="center", fontsize=fontsize)
     if title:
         fig.suptitle(title, fontsize=fontsize + 1)
     return fig

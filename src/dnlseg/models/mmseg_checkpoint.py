@@ -133,6 +133,12 @@ def as_lightning_checkpoint(obj: dict, path: str | Path) -> dict:
     }
 
 
+def mmseg_iteration(meta: Any) -> int | None:
+    """The training iteration an mmseg file was saved at (mmcv's runner writes ``meta["iter"]``), None without one."""
+    step = meta.get("iter") if isinstance(meta, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
 def describe_mmseg(state: dict[str, Any]) -> str:
     """E.g. ``DNLHead, ResNetV1c-101 backbone, 19 classes, FCN aux head`` from the keys and shapes alone."""
     heads = [head for block, head in MMSEG_BLOCKS.items() if any(k.startswith(f"decode_head.{block}.") for k in state)]

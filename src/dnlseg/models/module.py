@@ -15,7 +15,7 @@ from torch.optim import SGD, Optimizer
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.buffers import BufferSnapshot
 from dnlseg.models.losses import LossNormalization, SegmentationLoss, mean_loss_terms
-from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, mmseg_state_dict_for
+from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
 from dnlseg.models.network import SegmentationNetwork
 from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
@@ -140,6 +140,11 @@ class SegmentationModule(L.LightningModule):
         self.inference = inference if inference is not None else Inference()
         self.val_iou = SegmentationIoU(num_classes, ignore_index)
         self.test_iou = SegmentationIoU(num_classes, ignore_index)
+        # The training step of the weights held outside a fit (``evaluated_step``): set by ``on_load_checkpoint``
+        # and at the end of a fit.
+        self.weights_step: int | None = None
+        self.weights_step_source = "no checkpoint loaded: the initial weights, shown at step 0"
+        self._fit_loop_step: int | None = None  # the fit loop's logging step while an evaluation borrows it
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(self.to_memory_format(images)).logits
@@ -174,6 +179,49 @@ class SegmentationModule(L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
         return losses["loss"]
 
+    @property
+    def evaluated_step(self) -> int:
+        """The training step of the weights being evaluated, the one place that knows it: the trainer's
+        ``global_step`` during a fit; otherwise the loaded checkpoint's (its ``global_step``, or an mmseg file's
+        ``meta.iter``) or the step a fit ended at, 0 when there is none (``weights_step_source`` says which)."""
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            return self.trainer.global_step
+        return self.weights_step or 0
+
+    def on_fit_end(self) -> None:
+        self.weights_step = self.trainer.global_step  # e.g. for ``trainer.validate(model)`` after the fit
+        self.weights_step_source = "global_step at the end of the fit that trained the weights"
+
+    def on_validation_start(self) -> None:
+        self.log_at_evaluated_step()
+
+    def on_test_start(self) -> None:
+        self.log_at_evaluated_step()
+
+    def on_validation_end(self) -> None:
+        self.restore_logging_step()
+
+    def on_test_end(self) -> None:
+        self.restore_logging_step()
+
+    def log_at_evaluated_step(self) -> None:
+        """Outside a fit, log this evaluation's metrics at ``evaluated_step`` instead of step 0.
+
+        Lightning logs epoch-end metrics at ``fit_loop.epoch_loop._batches_that_stepped`` (a private attribute:
+        ``tests/models/test_module.py`` fails clearly when Lightning renames it), which a validate or test that
+        does not fit leaves at 0; it is lent the checkpoint's step for the evaluation and given back after it.
+        """
+        loop = self.trainer.fit_loop.epoch_loop
+        if self.trainer.state.fn == TrainerFn.FITTING or not hasattr(loop, "_batches_that_stepped"):
+            return  # a Lightning without it: step 0, as before
+        self._fit_loop_step = loop._batches_that_stepped
+        loop._batches_that_stepped = self.evaluated_step
+
+    def restore_logging_step(self) -> None:
+        if self._fit_loop_step is not None:
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self._fit_loop_step
+            self._fit_loop_step = None
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step(batch, "val", self.val_iou)
 
@@ -196,8 +244,11 @@ class SegmentationModule(L.LightningModule):
         with metric.sync_context():  # the dataset-level confusion matrix summed over all ranks
             summary = confusion_summary(metric.confmat, self.class_names)
         metric.reset()
-        self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True)
-        self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()})
+        # The same values on every rank: a max over the ranks keeps them exact (a mean could move the last bit) and
+        # tells Lightning they are synchronised (it warns about every epoch-level value logged without sync_dist).
+        synced = {"sync_dist": True, "reduce_fx": "max"}
+        self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True, **synced)
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()}, **synced)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """{"name": the batch's names, "prediction": (N, H, W) class ids at the input images' size}."""
@@ -208,7 +259,8 @@ class SegmentationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Before Lightning loads ``checkpoint["state_dict"]``: map an mmseg file's keys, check every shape."""
+        """Before Lightning loads ``checkpoint["state_dict"]``: map an mmseg file's keys, check every shape, and
+        record the training step of the weights (``evaluated_step``)."""
         if MMSEG_KEY in checkpoint:  # read by AtomicCheckpointIO from an mmseg model-zoo file
             source = checkpoint[MMSEG_KEY]["path"]
             if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
@@ -217,6 +269,19 @@ class SegmentationModule(L.LightningModule):
                     f"state to resume; start a fit from its weights with --model.init_weights={source}"
                 )
             checkpoint["state_dict"] = mmseg_state_dict_for(self, checkpoint["state_dict"], source)
+            self.weights_step = mmseg_iteration(checkpoint[MMSEG_KEY].get("meta"))
+            self.weights_step_source = (
+                "meta.iter of the mmsegmentation checkpoint"
+                if self.weights_step is not None
+                else "the mmsegmentation checkpoint records no iteration (meta.iter): shown at step 0"
+            )
+        else:
+            self.weights_step = checkpoint.get("global_step")
+            self.weights_step_source = (
+                "global_step of the checkpoint"
+                if self.weights_step is not None
+                else "the checkpoint records no global_step: shown at step 0"
+            )
         check_state_dict_fits(self, checkpoint["state_dict"])  # names every differing shape, before loading
 
     def configure_optimizers(self):

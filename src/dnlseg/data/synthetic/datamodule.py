@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from cityscapesscripts.helpers.labels import trainId2label
+from lightning.fabric.utilities.data import suggested_max_num_workers
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from dnlseg.data.base import IGNORE_INDEX, SegmentationDataModule
@@ -25,6 +29,9 @@ from dnlseg.data.synthetic.scene import (
 
 # Batches of 8 for training and evaluation (val_batch_size null: batch_size), in the main process.
 SYNTHETIC_LOADER = LoaderOptions(batch_size=8, val_batch_size=None, num_workers=0, pin_memory=False)
+
+log = logging.getLogger(__name__)
+FEW_WORKERS_WARNING = r"The '\w+' does not have many workers"  # Lightning's, once per loader
 
 
 class SyntheticDataModule(SegmentationDataModule):
@@ -108,6 +115,7 @@ class SyntheticDataModule(SegmentationDataModule):
         self.palette: list[tuple[int, int, int]] = [tuple(trainId2label[t].color) for t in CITYSCAPES_TRAIN_IDS]
         self.train_set: SyntheticSegmentation | None = None
         self.val_set: SyntheticSegmentation | None = None
+        self.explained_workers = False
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -116,6 +124,7 @@ class SyntheticDataModule(SegmentationDataModule):
             self.val_set = SyntheticSegmentation(self.num_val, "val", *args, **self.scene)
 
     def _loader(self, dataset: SyntheticSegmentation, train: bool) -> DataLoader:
+        self.explain_generation_in_this_process()
         rank, world_size = trainer_rank_and_world_size(self)
         return build_loader(
             dataset,
@@ -126,6 +135,29 @@ class SyntheticDataModule(SegmentationDataModule):
             world_size=world_size,
             num_workers=self.loader.num_workers,
             pin_memory=self.loader.pin_memory,
+        )
+
+    def explain_generation_in_this_process(self) -> None:
+        """With ``num_workers=0`` on a machine with cores to spare, say once where the images come from.
+
+        Lightning warns for every loader with fewer than 2 workers on a machine with 3 or more cores a process ("does
+        not have many workers ... may be a bottleneck"), twice for a fit. The synthetic configs generate the images
+        in the training process on purpose (sized for a 2-core CPU); this says so once, with the option that
+        generates them in parallel instead (the images depend on (seed, split, index) only: the same with any
+        number of workers), and leaves out Lightning's warning for this data.
+        """
+        trainer = getattr(self, "trainer", None)
+        if self.loader.num_workers > 0 or self.explained_workers or trainer is None:
+            return
+        suggested = suggested_max_num_workers(trainer.num_devices)
+        if suggested < 2:  # Lightning says nothing either
+            return
+        self.explained_workers = True
+        warnings.filterwarnings("ignore", message=FEW_WORKERS_WARNING, category=PossibleUserWarning)
+        log.info(
+            "synthetic images are generated in the training process (data.init_args.loader.num_workers=0); "
+            "--data.init_args.loader.num_workers=%d generates them in parallel on this machine (the same images)",
+            suggested,
         )
 
     def train_dataloader(self) -> DataLoader:
