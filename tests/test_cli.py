@@ -17,7 +17,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import dnlseg.data
 from dnlseg.cli import resolve_config, run_cli
 from dnlseg.data import SegmentationDataModule
-
 from dnlseg.errors import UserError
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from dnlseg.preflight import ConfigError

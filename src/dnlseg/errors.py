@@ -114,8 +114,8 @@ def out_of_memory(error: BaseException, subcommand: str | None) -> str:
     what = f" (tried to allocate {size})" if size else ""
     if subcommand == "fit":
         advice = (
-            "use a smaller --data.init_args.loader.batch_size or crop (--data.init_args.augmentation.crop_size; synthetic "
-            "data: --data.init_args.image_size)"
+            "use a smaller --data.init_args.loader.batch_size or crop (--data.init_args.augmentation.crop_size; "
+            "synthetic data: --data.init_args.image_size)"
         )
     else:
         advice = (
