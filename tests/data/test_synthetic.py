@@ -8,6 +8,7 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from dnlseg.data import SyntheticDataModule, generate_sample, local_only_accuracy_bound, write_cityscapes_layout
+from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.synthetic import CITYSCAPES_TRAIN_IDS, INK
 from tests.helpers import synthetic_loader
 
@@ -269,7 +270,8 @@ def test_loading_in_the_training_process_is_explained_once_instead_of_lightnings
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     seen = {}
     for num_workers in (0, 1):
-        data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, num_workers=num_workers)
+        loader = LoaderOptions(batch_size=8, val_batch_size=None, num_workers=num_workers, pin_memory=False)
+        data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, loader=loader)
         data.trainer = trainer
         with warnings.catch_warnings(record=True) as caught:  # what a fit does with its two loaders
             warnings.simplefilter("always")
