@@ -106,3 +106,31 @@ def test_an_unknown_subcommand_gets_a_did_you_mean_over_every_subcommand(word, m
     assert capsys.readouterr().err == (
         f"dnlseg: unknown subcommand {word!r} (did you mean {meant}?); the subcommands: {every}\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [
+        (["fit", "-c", SYNTHETIC, "--trainer.max_step=3", "--print_config"], "--trainer.max_steps"),
+        (["fit", "-c", SYNTHETIC, "--model.encoder_nam=resnet34", "--print_config"], "--model.encoder_name"),
+    ],
+)
+def test_an_abbreviated_option_is_refused_not_taken_for_the_longer_one(argv, meant, monkeypatch, capsys):
+    monkeypatch.setenv(DEBUG_ENV, "0")
+    with pytest.raises(SystemExit) as exit_:
+        command.main(argv)
+    assert exit_.value.code == 2
+    assert f"(did you mean {meant}?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("subcommand", ["analyze", "export", "convert"])
+def test_the_own_options_of_a_subcommand_are_not_abbreviated(subcommand):
+    module = __import__(f"dnlseg.{subcommand}", fromlist=["parse"])
+    args = ["--ckpt"] + (["x"] if subcommand == "convert" else ["x", "-c", SYNTHETIC, "--output", "o"])
+    if subcommand == "convert":
+        args += ["--output", "o"]
+    with pytest.raises(SystemExit):
+        parsed = module.parse(args)
+        if subcommand != "convert":  # parse_known_args: an unknown option is left over, not taken as --ckpt_path
+            assert parsed[0].ckpt_path is None and "--ckpt" in parsed[1]
+            raise SystemExit(2)

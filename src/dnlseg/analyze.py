@@ -41,6 +41,7 @@ SUBCOMMAND_KEYS = ("ckpt_path", "weights_only", "verbose", "return_predictions",
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="dnlseg analyze",
+        allow_abbrev=False,
         description="Attention consistency metrics and attention-map figures of a checkpoint (no training). "
         "Other arguments are LightningCLI overrides of the config (e.g. --data.init_args.root=PATH).",
     )

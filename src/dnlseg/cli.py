@@ -72,6 +72,9 @@ class DnlsegCLI(LightningCLI):
         # A parse error is raised, not printed with the whole usage, and reported in one line (parse_errors);
         # --debug keeps jsonargparse's own report.
         kwargs.setdefault("exit_on_error", debug_mode())
+        # No abbreviations: argparse would take --trainer.max_step for --trainer.max_steps, and a misspelled key that
+        # happens to be a prefix of another would set that other one without a word.
+        kwargs.setdefault("allow_abbrev", False)
         return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
@@ -368,7 +371,9 @@ def prepare(args: list[str]) -> None:
     """``dnlseg prepare cityscapes [--root PATH] [--splits train val] [--overwrite]``."""
     from dnlseg.data import prepare_cityscapes
 
-    parser = argparse.ArgumentParser(prog="dnlseg prepare", description="One-off dataset preparation.")
+    parser = argparse.ArgumentParser(
+        prog="dnlseg prepare", allow_abbrev=False, description="One-off dataset preparation."
+    )
     sub = parser.add_subparsers(dest="dataset", required=True)
     cityscapes = sub.add_parser(
         "cityscapes", help="write gtFine/<split>/<city>/*_gtFine_labelTrainIds.png from the *_gtFine_labelIds.png"

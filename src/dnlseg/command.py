@@ -59,6 +59,7 @@ def show_own_logs() -> None:
 
 def top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="dnlseg",
         description="Non-Local (NL) and Disentangled Non-Local (DNL) context heads for semantic segmentation.",
         epilog="`dnlseg <subcommand> --help` lists the options of one subcommand. --debug (or DNLSEG_DEBUG=1) shows "

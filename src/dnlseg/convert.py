@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def parse(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dnlseg convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dnlseg convert", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--ckpt_path", required=True, help="the mmsegmentation checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="the dnlseg checkpoint to write (.ckpt); must not exist")
     return parser.parse_args(args)

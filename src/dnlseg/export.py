@@ -42,6 +42,7 @@ RUNTIME_OVERRIDES = ("--model.compile=false", "--model.channels_last=false")
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="dnlseg export",
+        allow_abbrev=False,
         description="Export a trained network as ONNX or TorchScript (uint8 RGB images in, logits out). Other "
         "arguments are LightningCLI overrides of the config (e.g. --data.init_args.classes=...).",
     )
