@@ -2,8 +2,9 @@
 how the tests run a 4-GPU recipe as one CPU process.
 
 A recipe is a YAML file ``configs/<family>/<name>.yaml``; a file whose name starts with ``_`` is not a recipe but
-the part that a family's recipes share (its recipes name it in their ``config:`` key). The tests list the recipes
-from the folder: a new recipe file is tested without naming it anywhere.
+the part that a family's recipes share (its recipes name it in their ``config:`` key). A folder whose name starts with
+``_`` (``configs/_callbacks/``) holds shared pieces that the family files name by path, never a recipe. The tests list
+the recipes from the folder: a new recipe file is tested without naming it anywhere.
 """
 
 from __future__ import annotations
@@ -23,13 +24,64 @@ NOT_MIRRORED = {"voc/dnl_r50_d8_512x512_20k": "mmsegmentation 1.2.2 has no DNL c
 
 
 def recipes(configs: Path = CONFIGS) -> list[Path]:
-    """Every recipe under ``configs``: ``<family>/<name>.yaml`` whose name does not start with ``_``."""
-    return sorted(p for p in configs.glob("*/*.yaml") if not p.name.startswith(SHARED_PREFIX))
+    """Every recipe under ``configs``: ``<family>/<name>.yaml`` whose name and folder do not start with ``_``."""
+    return sorted(
+        p
+        for p in configs.glob("*/*.yaml")
+        if not p.name.startswith(SHARED_PREFIX) and not p.parent.name.startswith(SHARED_PREFIX)
+    )
 
 
 def shared_files(configs: Path = CONFIGS) -> list[Path]:
-    """The shared parts: ``<family>/_<name>.yaml``."""
-    return sorted(configs.glob(f"*/{SHARED_PREFIX}*.yaml"))
+    """The shared parts of the families: ``<family>/_<name>.yaml``."""
+    return sorted(p for p in configs.glob(f"*/{SHARED_PREFIX}*.yaml") if not p.parent.name.startswith(SHARED_PREFIX))
+
+
+def config_files(configs: Path = CONFIGS) -> list[Path]:
+    """Every YAML file under ``configs``: recipes, family files, shared callbacks, ablation settings."""
+    return sorted(configs.rglob("*.yaml"))
+
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_REFERENCE = re.compile(r"^([\w.]+: +)?[^\s{}\[\]:]+\.yaml$")  # `- ../_callbacks/x.yaml`, `config: _a.yaml`
+
+
+def setting_runs(config_file: Path, skip_sections: tuple[str, ...] = ()) -> list[list[tuple[int, str]]]:
+    """The runs of setting lines of a YAML file: (line number, the line without comment and indentation).
+
+    Blank and comment lines are passed over. A line that names another config file (``config: _x.yaml``, a list
+    item ``- ../_callbacks/x.yaml``) composes, it sets nothing: it ends a run, as does a top-level section named in
+    ``skip_sections`` (``model`` or ``model.*`` keys), whose lines are left out.
+    """
+    runs, run, skipped = [], [], False
+    for number, raw in enumerate(config_file.read_text().splitlines(), 1):
+        if raw[:1].strip() and not raw.startswith("#"):  # a top-level key
+            skipped = raw.split(":", 1)[0].split(".", 1)[0] in skip_sections
+        line = _COMMENT.sub("", raw).strip().removeprefix("- ")  # a list item's first key: the same setting
+        if not line:
+            continue
+        if skipped or _REFERENCE.match(line):
+            runs, run = runs + [run], []
+            continue
+        run.append((number, line))
+    return [r for r in runs + [run] if r]
+
+
+def repeated_blocks(files: list[Path], lines: int = 6, skip_sections: tuple[str, ...] = ()) -> dict:
+    """``lines`` consecutive setting lines (``setting_runs``) that stand in more than one file:
+    {(file a, file b): [(line in a, line in b), ...]} for every pair of files sharing such a block."""
+    where: dict[tuple[str, ...], list[tuple[Path, int]]] = {}
+    for path in files:
+        for run in setting_runs(path, skip_sections):
+            for i in range(len(run) - lines + 1):
+                where.setdefault(tuple(text for _, text in run[i : i + lines]), []).append((path, run[i][0]))
+    pairs: dict[tuple[Path, Path], list[tuple[int, int]]] = {}
+    for places in where.values():
+        for a, (path_a, line_a) in enumerate(places):
+            for path_b, line_b in places[a + 1 :]:
+                if path_a != path_b:
+                    pairs.setdefault((path_a, path_b), []).append((line_a, line_b))
+    return pairs
 
 
 def recipe_id(path: Path) -> str:

@@ -22,6 +22,7 @@ Writes under ``--out`` (default this folder): ``runs/<setting>/<variant>/seed<s>
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -37,7 +38,6 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
@@ -80,14 +80,16 @@ def setting_summary(name: str) -> str:
 
 
 def setting_steps(opts, name: str) -> int:
-    """``--steps``, else the setting's ``trainer.max_steps``, else the base recipe's."""
+    """``--steps``, else ``trainer.max_steps`` of the base recipe composed with the setting (the setting's, else the
+    base recipe's, else its family's)."""
     if opts.steps is not None:
         return opts.steps
-    for config in (setting_file(name), opts.base):
-        steps = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("max_steps")
-        if steps is not None:
-            return int(steps)
-    raise ValueError(f"{_runner.shown(opts.base)}: no trainer.max_steps and no --steps")
+    return composed_max_steps(opts.base, setting_file(name))
+
+
+@functools.cache
+def composed_max_steps(base: Path, setting: Path) -> int:
+    return int(resolve_config(base, "-c", str(setting))["trainer"]["max_steps"])
 
 
 def setting_levels(opts, setting: str) -> dict[str, float]:
