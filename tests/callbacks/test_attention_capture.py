@@ -6,8 +6,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dnlseg.callbacks import LossTerms
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
 from dnlseg.context import DisentangledNonLocal2d, find_context_blocks
+from dnlseg.errors import ModuleInterfaceError
 from tests.helpers import fake_trainer, tiny_batch, tiny_module
 
 
@@ -25,9 +27,11 @@ class Recorder(AttentionCaptureCallback):
 
     def measure_batch(self, trainer, pl_module, captured, batch, batch_idx, dataloader_idx):
         sizes = {name: (call.query_size, call.pairwise_query.shape[0]) for name, call in captured.items()}
+        assert trainer is not None and pl_module is not None and batch is not None
         self.measured.append((batch_idx, dataloader_idx, sizes))
 
     def end_validation(self, trainer, pl_module):
+        assert trainer is not None and pl_module is not None
         self.ended += 1
 
 
@@ -159,6 +163,17 @@ def test_the_captured_forward_keeps_the_first_call_of_each_block_that_ran_and_cl
     )
     assert captured["second"].query_size == (3, 4) and set(captured) == set(find_context_blocks(module))
     assert not module.first._sinks and not module.second._sinks
+
+
+def test_by_default_every_batch_is_captured_and_setup_checks_the_required_protocols():
+    assert all(AttentionCaptureCallback().capture_batch(i, j) for i, j in ((0, 0), (5, 1)))
+
+    class NeedsLosses(Recorder):
+        requires = (LossTerms,)
+
+    NeedsLosses().setup(fake_trainer(), tiny_module(DisentangledNonLocal2d), "validate")
+    with pytest.raises(ModuleInterfaceError, match=r"^trainer.callbacks: NeedsLosses needs the module's `losses`"):
+        NeedsLosses().setup(fake_trainer(), TwoBlocks(), "validate")
 
 
 def test_the_base_measures_training_only_unless_a_subclass_says_how_analyze_runs_it(tmp_path):
