@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from jsonargparse import Namespace
 
 from dnlseg import run_dirs
-from dnlseg.analyze import analyze
+from dnlseg.analyze import analyze, config_analyses
+from dnlseg.callbacks import AttentionCaptureCallback, AttentionConsistency, AttentionMapLogger
 from dnlseg.cli import run_cli
 from dnlseg.preflight import ConfigError
 from tests.helpers import TINY, warning_lines
@@ -110,3 +112,58 @@ def test_ckpt_path_last_analyzes_the_weights_validate_evaluates_into_the_runs_ev
     assert warning_lines(result.stderr + result.stdout) == []
     assert "limit_val_batches" not in result.stderr  # Lightning's note on a limit analyze did not ask for
     assert result.stderr.count("GPU available") == 1
+
+
+def callback_entries(*entries) -> list[Namespace]:
+    """``trainer.callbacks`` as the parsed config holds them: (class path, {init args}) -> Namespaces."""
+    return [Namespace(class_path=path, init_args=Namespace(**args)) for path, args in entries]
+
+
+CALLBACKS = callback_entries(
+    ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
+    ("dnlseg.callbacks.SeparationProbe", {"every_n_steps": 50}),  # measures training: not an analysis of checkpoints
+    ("dnlseg.callbacks.AttentionConsistency", {"num_queries": 32, "radius": 2, "max_batches": 25, "seed": 0}),
+    ("dnlseg.callbacks.AttentionMapLogger", {"num_images": 2, "scale": 0.5, "every_n_validations": 5}),
+)
+NO_OPTIONS = {"num_images": None, "num_queries": None, "radius": None, "scale": None}
+
+
+def test_the_analyses_are_the_configs_with_its_arguments_measuring_every_batch_into_the_output_folder(tmp_path):
+    consistency, figures = config_analyses(CALLBACKS, tmp_path, NO_OPTIONS, "c.yaml")
+    assert type(consistency) is AttentionConsistency and type(figures) is AttentionMapLogger
+    assert (consistency.num_queries, consistency.radius, consistency.max_batches) == (32, 2, None)
+    assert (figures.num_images, figures.scale, figures.every_n_validations) == (2, 0.5, 1)
+    assert figures.output_dir == tmp_path
+
+
+def test_an_option_given_sets_the_argument_of_every_analysis_that_takes_it(tmp_path):
+    options = {**NO_OPTIONS, "num_images": 3, "scale": 2.0, "num_queries": 5}
+    consistency, figures = config_analyses(CALLBACKS, tmp_path, options, "c.yaml")
+    assert (consistency.num_queries, consistency.radius, figures.num_images, figures.scale) == (5, 2, 3, 2.0)
+    with pytest.raises(ConfigError, match=r"^--radius: no analysis of --config c.yaml \(AttentionMapLogger\) takes"):
+        config_analyses(CALLBACKS[-1:], tmp_path, {**NO_OPTIONS, "radius": 1}, "c.yaml")
+
+
+class CountBatches(AttentionCaptureCallback):
+    """An analysis analyze has never heard of."""
+
+    capture_validation = True
+
+    def __init__(self, limit: int = 1) -> None:
+        super().__init__()
+        self.limit = limit
+
+    @classmethod
+    def analyze_arguments(cls, output_dir):
+        return {}
+
+
+def test_a_new_analysis_runs_once_the_config_lists_it_and_a_config_without_one_is_refused(tmp_path):
+    (analysis,) = config_analyses(
+        callback_entries((f"{__name__}.CountBatches", {"limit": 7})), tmp_path, NO_OPTIONS, "c.yaml"
+    )
+    assert type(analysis) is CountBatches and analysis.limit == 7
+    with pytest.raises(ConfigError, match=r"^--config c.yaml: trainer.callbacks lists no analysis of checkpoints"):
+        config_analyses(CALLBACKS[:2], tmp_path, NO_OPTIONS, "c.yaml")
+    with pytest.raises(ConfigError, match="lists no analysis"):
+        config_analyses(None, tmp_path, NO_OPTIONS, "c.yaml")

@@ -6,28 +6,37 @@
 
 Builds model and data from the config (any LightningCLI override, e.g. ``--data.init_args.root=...``, is passed
 on), loads the checkpoint's weights (``--ckpt_path last``: the run's ``last.ckpt``, as for ``dnlseg validate``),
-runs one validation pass on one device with ``AttentionConsistency`` and ``AttentionMapLogger``, and writes into
-the checkpoint's evaluation folder (``dnlseg.run_dirs``: ``<run>/eval/<checkpoint name>/analyze-<n>/``;
-``--output_dir DIR`` instead), never into the run itself:
+runs one validation pass on one device with the config's analyses, and writes into the checkpoint's evaluation
+folder (``dnlseg.run_dirs``: ``<run>/eval/<checkpoint name>/analyze-<n>/``; ``--output_dir DIR`` instead), never
+into the run itself:
 
     metrics.json    every validation metric: val/mIoU, val/pairwise_category_consistency,
                     val/unary_boundary_consistency (and per block), ...; the checkpoint's step
     metrics.md      the same as a table
     step<k>_<head>_<block>_image<i>.png   attention figures of the first ``--num_images`` validation images
+
+The analyses are the config's ``trainer.callbacks`` that analyse checkpoints (``AttentionCaptureCallback``s whose
+``analyze_arguments`` is not None: ``AttentionConsistency``, ``AttentionMapLogger``; training-time measurements such
+as ``SeparationProbe`` are left out), each with the config's arguments, then its ``analyze_arguments`` (e.g. every
+batch, figures into the output folder), then the options of ``ANALYSIS_OPTIONS`` given on the command line. A new
+analysis runs here once a config lists it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import yaml
 
 from dnlseg import run_dirs
-from dnlseg.callbacks import AttentionConsistency, AttentionMapLogger
+from dnlseg.callbacks import AttentionCaptureCallback
 from dnlseg.checkpoint_io import AtomicCheckpointIO
 from dnlseg.cli import DnlsegCLI, run_cli
 from dnlseg.models import SegmentationModule
@@ -36,6 +45,14 @@ from dnlseg.preflight import ConfigError, check_checkpoint_file
 log = logging.getLogger(__name__)
 
 SUBCOMMAND_KEYS = ("ckpt_path", "weights_only", "verbose", "return_predictions", "output_dir")
+# Shortcuts for the analyses' arguments: option -> (the argument it sets on every analysis of the config that takes
+# one, type, help). Not given: the config's value.
+ANALYSIS_OPTIONS = {
+    "num_images": ("num_images", int, "figures of the first N validation images"),
+    "num_queries": ("num_queries", int, "queries per image for the pairwise metric"),
+    "radius": ("radius", int, "boundary band half-width in key cells"),
+    "image_scale": ("scale", float, "resize factor of the figure images"),
+}
 
 
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -56,11 +73,9 @@ def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="output folder (default: <run>/eval/<checkpoint name>/analyze-<n>, beside the checkpoint)",
     )
-    parser.add_argument("--num_images", type=int, default=4, help="figures of the first N validation images")
-    parser.add_argument("--num_queries", type=int, default=64, help="queries per image for the pairwise metric")
-    parser.add_argument("--radius", type=int, default=1, help="boundary band half-width in key cells")
+    for option, (_, kind, text) in ANALYSIS_OPTIONS.items():
+        parser.add_argument(f"--{option}", type=kind, default=None, help=f"{text} (default: the config's)")
     parser.add_argument("--limit_batches", type=int, default=None, help="at most this many validation batches")
-    parser.add_argument("--image_scale", type=float, default=1.0, help="resize factor of the figure images")
     parser.add_argument("--accelerator", default=None, help="override the config's trainer.accelerator")
     return parser.parse_known_args(args)
 
@@ -90,13 +105,14 @@ def analyze(args: list[str]) -> dict[str, float]:
     output = run_dirs.evaluation_dir("analyze", str(ckpt), opts.output_dir, untrained_root=ckpt.parent)
     model = cli.model
     load_weights(model, ckpt)
-    figures = AttentionMapLogger(num_images=opts.num_images, scale=opts.image_scale, output_dir=output)
+    options = {arg: getattr(opts, option) for option, (arg, _, _) in ANALYSIS_OPTIONS.items()}
+    analyses = config_analyses(cli.config.trainer.callbacks, output, options, opts.config)
     trainer = L.Trainer(
         accelerator=opts.accelerator or cli.config.trainer.accelerator,
         devices=1,  # exact numbers: no DDP padding of the validation set
         precision=cli.config.trainer.precision,
         logger=False,
-        callbacks=[AttentionConsistency(num_queries=opts.num_queries, radius=opts.radius), figures],
+        callbacks=analyses,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -106,13 +122,50 @@ def analyze(args: list[str]) -> dict[str, float]:
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     record = {"subcommand": "analyze", "config": str(opts.config), "ckpt_path": str(ckpt)}
     record |= {"step": model.evaluated_step, "step_source": model.weights_step_source}
-    record |= {"metrics": metrics, "figures": [p.name for p in figures.written]}
-    run_dirs.write_metrics(output, record, figures.written)
-    for key in ("val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"):
-        if key in metrics:
-            log.info("%s: %.4f", key, metrics[key])
-    log.info("analyze: metrics.json, metrics.md and %d figures written to %s", len(figures.written), output)
+    written = [path for analysis in analyses for path in analysis.written]
+    record |= {"metrics": metrics, "figures": [p.name for p in written]}
+    run_dirs.write_metrics(output, record, written)
+    for key, value in metrics.items():
+        if key.count("/") == 1:  # val/mIoU, val/pairwise_category_consistency, ...; not per class or block
+            log.info("%s: %.4f", key, value)
+    log.info("analyze: metrics.json, metrics.md and %d figures written to %s", len(written), output)
     return metrics
+
+
+def config_analyses(
+    callbacks: Any, output_dir: Path, options: dict[str, Any], config: str
+) -> list[AttentionCaptureCallback]:
+    """The analyses among the config's ``trainer.callbacks`` (module docstring), built for a checkpoint.
+
+    ``options``: {argument: value or None (not given)}; a value given is set on every analysis that takes the
+    argument, and one that no analysis takes is refused.
+    """
+    entries = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks is not None else []
+    analyses, names, taken = [], [], set()
+    for entry in entries:
+        module, _, name = entry.class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, AttentionCaptureCallback)):
+            continue
+        arguments = cls.analyze_arguments(output_dir)
+        if arguments is None:
+            continue  # measures training, not a checkpoint
+        parameters = inspect.signature(cls).parameters
+        given = {arg: value for arg, value in options.items() if value is not None and arg in parameters}
+        init_args = entry.init_args.as_dict() if getattr(entry, "init_args", None) is not None else {}
+        analyses.append(cls(**{**init_args, **arguments, **given}))
+        names.append(name)
+        taken |= given.keys()
+    if not analyses:
+        raise ConfigError(
+            f"--config {config}: trainer.callbacks lists no analysis of checkpoints (e.g. "
+            "dnlseg.callbacks.AttentionConsistency, dnlseg.callbacks.AttentionMapLogger): add one, or use a recipe "
+            "under configs/"
+        )
+    for option, (arg, _, _) in ANALYSIS_OPTIONS.items():
+        if options.get(arg) is not None and arg not in taken:
+            raise ConfigError(f"--{option}: no analysis of --config {config} ({', '.join(names)}) takes `{arg}`")
+    return analyses
 
 
 def load_weights(model: SegmentationModule, ckpt: Path) -> None:

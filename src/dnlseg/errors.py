@@ -46,6 +46,10 @@ class UsageError(UserError, ValueError):
     exit_status = 2
 
 
+class ModuleInterfaceError(UserError, TypeError):
+    """A callback of the config needs a member the LightningModule lacks (``dnlseg.callbacks.module_interface``)."""
+
+
 FILESYSTEM_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
 OUTPUT_OPTIONS = {  # where a subcommand's outputs go, to write them elsewhere
     "fit": "--trainer.logger.init_args.save_dir=DIR",

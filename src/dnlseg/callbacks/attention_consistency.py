@@ -24,14 +24,17 @@ nothing. Under DDP the numerators and counts are summed over ranks before dividi
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import ignore_index_of, inference_mode_of
+from dnlseg.context import CapturedAttention, find_context_blocks
 from dnlseg.evaluation.attention_consistency import (
     boundary_consistency,
     category_consistency,
@@ -45,7 +48,7 @@ PAIRWISE = "pairwise_category_consistency"
 UNARY = "unary_boundary_consistency"
 
 
-class AttentionConsistency(L.Callback):
+class AttentionConsistency(AttentionCaptureCallback):
     """Logs ``val/pairwise_category_consistency`` and ``val/unary_boundary_consistency`` (module docstring).
 
     Args:
@@ -53,13 +56,17 @@ class AttentionConsistency(L.Callback):
             null: every labelled query (the fused kernel with one-hot label values; costs about one more
             attention per block call).
         radius: boundary band half-width in key cells for the unary metric.
-        max_batches: measure on at most this many validation batches per epoch (null: all).
+        max_batches: measure on at most this many validation batches per epoch (null: all; ``dnlseg analyze``
+            measures every batch it runs).
         seed: seed of the query sampling; the same queries are drawn for the same batch every epoch.
     """
+
+    capture_validation = True
 
     def __init__(
         self, num_queries: int | None = 64, radius: int = 1, max_batches: int | None = None, seed: int = 0
     ) -> None:
+        super().__init__()
         if num_queries is not None and num_queries < 1:
             raise ValueError(f"num_queries={num_queries} must be >= 1 or null (every labelled query)")
         if radius < 0:
@@ -72,40 +79,34 @@ class AttentionConsistency(L.Callback):
         self.seed = seed
         self._blocks: list[str] = []
         self._sums: dict[str, Tensor] = {}  # "<metric>/<block>" -> (2,) [sum of values, count]
-        self._capture: ExitStack | None = None
-        self._captured: dict[str, list[CapturedAttention]] = {}
         self._ignore_index = 255
 
-    # -- Lightning hooks ---------------------------------------------------------------------------------------
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
+    @classmethod
+    def analyze_arguments(cls, output_dir: Path) -> dict[str, Any]:
+        return {"max_batches": None}  # a checkpoint's analysis measures every batch (--limit_batches bounds it)
+
+    # -- the capture's lifecycle (``AttentionCaptureCallback``) -------------------------------------------------
+    def begin_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         self._sums = {}
         self._blocks = list(find_context_blocks(pl_module))
         if not self._blocks or trainer.sanity_checking:
             self._blocks = []
-            return
-        if getattr(getattr(pl_module, "inference", None), "mode", "whole") != "whole":
+            return False
+        if inference_mode_of(pl_module) != "whole":
             rank_zero_warn("AttentionConsistency: sliding-window inference is not supported; no metrics logged")
             self._blocks = []
-            return
-        self._ignore_index = int(pl_module.hparams.get("ignore_index", 255))
+            return False
+        self._ignore_index = ignore_index_of(pl_module)
+        return True
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._close()
-        if not self._blocks or (self.max_batches is not None and batch_idx >= self.max_batches):
-            return
-        self._capture = ExitStack()
-        self._captured = self._capture.enter_context(capture_attention(pl_module, max_calls=1))
+    def capture_batch(self, batch_idx: int, dataloader_idx: int) -> bool:
+        return self.max_batches is None or batch_idx < self.max_batches
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        captured, self._captured = self._captured, {}
-        self._close()
-        for name, calls in captured.items():
-            if calls:
-                self._accumulate(name, calls[0], batch["mask"], batch_idx + 100_003 * dataloader_idx)
+    def measure_batch(self, trainer, pl_module, captured, batch, batch_idx, dataloader_idx) -> None:
+        for name, call in captured.items():
+            self._accumulate(name, call, batch["mask"], batch_idx + 100_003 * dataloader_idx)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
+    def end_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._blocks:
             return
         keys = [f"{metric}/{name}" for name in self._blocks for metric in (PAIRWISE, UNARY)]
@@ -122,14 +123,6 @@ class AttentionConsistency(L.Callback):
             pl_module.log(f"val/{metric}/{name}", value, sync_dist=True, reduce_fx="max")
             if name == first:
                 pl_module.log(f"val/{metric}", value, sync_dist=True, reduce_fx="max")
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._capture is not None:
-            self._capture.close()
-            self._capture = None
 
     # -- the metrics ---------------------------------------------------------------------------------------------
     def _add(self, key: str, values: Tensor) -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
 
-from dnlseg.context import capture_attention, find_context_blocks, variant_of
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import class_names_of, evaluated_step_of, ignore_index_of
+from dnlseg.context import CapturedAttention, find_context_blocks, variant_of
 from dnlseg.data.transforms import unnormalize
 from dnlseg.evaluation.attention_consistency import labels_on_grid
 from dnlseg.evaluation.attention_figure import attention_figure, select_queries
@@ -29,7 +32,7 @@ from dnlseg.evaluation.attention_figure import attention_figure, select_queries
 log = logging.getLogger(__name__)
 
 
-class AttentionMapLogger(L.Callback):
+class AttentionMapLogger(AttentionCaptureCallback):
     """Logs one attention figure per (image, context block) at the end of every ``every_n_validations``-th validation.
 
     Args:
@@ -49,6 +52,7 @@ class AttentionMapLogger(L.Callback):
         scale: float = 1.0,
         output_dir: str | Path | None = None,
     ) -> None:
+        super().__init__()
         if num_images < 1 or max_classes < 1 or every_n_validations < 1:
             raise ValueError(
                 f"num_images={num_images}, max_classes={max_classes} and every_n_validations={every_n_validations} "
@@ -62,9 +66,12 @@ class AttentionMapLogger(L.Callback):
         self.scale = scale
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._validations = 0
-        self.written: list[Path] = []  # PNG files written by the last draw
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @classmethod
+    def analyze_arguments(cls, output_dir: Path) -> dict[str, Any]:
+        return {"output_dir": output_dir, "every_n_validations": 1}  # the PNG files beside analyze's metrics
+
+    def end_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self._validations += 1
@@ -79,13 +86,13 @@ class AttentionMapLogger(L.Callback):
         if not blocks or loader is None:
             return
         dataset = loader.dataset
-        class_names = getattr(pl_module, "class_names", None)
+        class_names = class_names_of(pl_module)
         palette = getattr(trainer.datamodule, "palette", None)  # the dataset's class colours, for the legend
-        ignore_index = int(pl_module.hparams.get("ignore_index", 255))
+        ignore_index = ignore_index_of(pl_module)
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        self.written = []
+        self.written = []  # the PNG files of this draw
         # the step of the weights drawn: the trainer's during a fit, the checkpoint's in validate / analyze
-        step = getattr(pl_module, "evaluated_step", trainer.global_step)
+        step = evaluated_step_of(pl_module, trainer.global_step)
         for i in range(min(self.num_images, len(dataset))):
             sample = dataset[i]
             image, mask = sample["image"][None].to(pl_module.device), sample["mask"][None]  # (1, 3, H, W), (1, h, w)
@@ -107,14 +114,10 @@ class AttentionMapLogger(L.Callback):
                 for logger in tensorboards:
                     logger.experiment.add_figure(f"attention/{name}/image{i}", fig, global_step=step, close=False)
 
-    @staticmethod
-    def captured_attention(trainer: L.Trainer, pl_module: L.LightningModule, image) -> dict:
+    def captured_attention(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, image: Tensor
+    ) -> dict[str, CapturedAttention]:
         """One eval-mode forward of ``image`` (1, 3, H, W): {block: its ``CapturedAttention``} (O(P) factors)."""
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context(), capture_attention(pl_module) as captured:
-                pl_module(image)
-            return {name: calls[0] for name, calls in captured.items() if calls}
-        finally:
-            pl_module.train(was_training)
+        with self.leave_no_trace(pl_module, grad=False):
+            _, captured = self.captured_forward(trainer, pl_module, lambda: pl_module(image))
+        return captured

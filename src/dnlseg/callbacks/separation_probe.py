@@ -26,16 +26,19 @@ logs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import lightning as L
 import torch
 from torch import Tensor
 
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks, select_rows
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import LossTerms
+from dnlseg.context import CapturedAttention, find_context_blocks, select_rows
 from dnlseg.evaluation import cross_sensitivity
-from dnlseg.models.buffers import BufferSnapshot
 
 
-class SeparationProbe(L.Callback):
+class SeparationProbe(AttentionCaptureCallback):
     """Logs ``separation/<block>/{pairwise_logit_grad,unary_logit_grad,cross_sensitivity}`` every N steps.
 
     Args:
@@ -45,9 +48,12 @@ class SeparationProbe(L.Callback):
         seed: seed of the probe's own generator (row sampling, perturbation direction).
     """
 
+    requires = (LossTerms,)  # the extra forward computes the module's training loss
+
     def __init__(
         self, every_n_steps: int = 50, relative_step: float = 1e-2, num_queries: int = 256, seed: int = 0
     ) -> None:
+        super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1")
         if not relative_step > 0:
@@ -69,21 +75,12 @@ class SeparationProbe(L.Callback):
                 logger.log_metrics(dict(zip(metrics, values, strict=True)), step=trainer.global_step)
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict) -> dict[str, Tensor]:
-        snapshot = BufferSnapshot(pl_module)
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        try:
-            with (
-                torch.random.fork_rng(devices=devices),
-                torch.enable_grad(),
-                trainer.precision_plugin.forward_context(),
-                capture_attention(pl_module, max_calls=1) as captured,
-            ):
-                loss = pl_module.losses(batch)["loss"]
-            calls = {name: c[0] for name, c in captured.items() if c and c[0].combine is not None}
+        module = cast(LossTerms, pl_module)
+        with self.leave_no_trace(pl_module, grad=True):  # RNG forked, BatchNorm statistics restored after the grad
+            loss, captured = self.captured_forward(trainer, pl_module, lambda: module.losses(batch)["loss"])
+            calls = {name: c for name, c in captured.items() if c.combine is not None}
             outputs = [c.output for c in calls.values()]
             grads = torch.autograd.grad(loss, outputs, allow_unused=True) if outputs else []
-        finally:
-            snapshot.restore()
 
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_step)
         metrics: dict[str, Tensor] = {}
