@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -30,6 +29,11 @@ class Shown:
     program: str  # "dnlseg", "make" or "python"
 
 
+def expand(word: str, variables: dict[str, str]) -> str:
+    """``$NAME`` replaced by the value a ``NAME=value`` line of the same block gave it."""
+    return re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), word)
+
+
 def shown_commands() -> list[Shown]:
     shown = []
     for document in DOCUMENTS:
@@ -42,7 +46,7 @@ def shown_commands() -> list[Shown]:
                 if len(words) == 1 and (assignment := ASSIGNMENT.match(words[0])):
                     variables[assignment.group(1)] = assignment.group(2)
                     continue
-                words = [re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), w) for w in words]
+                words = [expand(word, variables) for word in words]
                 name = document.relative_to(ROOT).as_posix()
                 if "dnlseg" in words or ".venv/bin/dnlseg" in words:
                     start = words.index("dnlseg") if "dnlseg" in words else words.index(".venv/bin/dnlseg")

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.model_summary import summarize
 
 from dnlseg.callbacks import ParameterSummary, StepProgressBar
 from dnlseg.data import SyntheticDataModule
+from dnlseg.data.loaders import LoaderOptions
 from tests.helpers import tiny_module
 from tests.recipes import ROOT
 
@@ -18,7 +19,9 @@ SYNTHETIC = str(ROOT / "configs/synthetic/dnl.yaml")
 
 
 def fit(tmp_path, max_steps: int, ckpt_path=None) -> L.Trainer:
-    data = SyntheticDataModule(num_train=6, num_val=2, image_size=32, batch_size=2)  # 3 steps an epoch
+    data = SyntheticDataModule(
+        num_train=6, num_val=2, image_size=32, loader=LoaderOptions(batch_size=2, num_workers=0)
+    )  # 3 steps an epoch
     trainer = L.Trainer(
         accelerator="cpu", max_steps=max_steps, callbacks=[StepProgressBar()], logger=False,
         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
@@ -46,7 +49,7 @@ def test_the_training_bar_counts_steps_across_epochs_and_from_the_step_a_resumed
 
 
 def test_a_fit_by_epochs_keeps_lightnings_bar(tmp_path, capsys):
-    data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, batch_size=2)
+    data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, loader=LoaderOptions(batch_size=2, num_workers=0))
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, callbacks=[StepProgressBar()], logger=False, enable_checkpointing=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,

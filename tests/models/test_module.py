@@ -138,9 +138,10 @@ def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_
     from lightning.pytorch.trainer.connectors.logger_connector.result import warning_cache
 
     from dnlseg.data import SyntheticDataModule
+    from dnlseg.data.loaders import LoaderOptions
     from dnlseg.evaluation.metrics import confusion_summary
 
-    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, batch_size=2)
+    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, loader=LoaderOptions(batch_size=2, num_workers=0))
     module = tiny_module(num_classes=data.num_classes, class_names=data.class_names)
     summaries = []
     original = confusion_summary
