@@ -1,13 +1,13 @@
 """The command line's parse errors in one line: the cause, the key or file, and a did-you-mean.
 
 jsonargparse reports a parse error with the whole usage of the subcommand (70-86 lines) before the cause, and the
-error of a Union-typed key (``model.context``, ``data``, ``trainer.precision``) lists every type it tried.
+error of a Union-typed key (``model.network.context``, ``data``, ``trainer.precision``) lists every type it tried.
 ``DnlsegCLI`` builds its parsers with ``exit_on_error=False`` (unless ``--debug``), so an error comes back as an
 ``argparse.ArgumentError``; ``one_line`` reduces its text to what was wrong where:
 
-    dnlseg: unknown option --model.head_chanels (did you mean --model.head_channels?); `dnlseg fit --help` ...
-    dnlseg: unknown key model.context.init_args.tempreature (DisentangledNonLocal2d takes no argument tempreature; ...
-    dnlseg: model.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null
+    dnlseg: unknown option --model.network.head_chanels (did you mean --model.network.head_channels?); `dnlseg ...
+    dnlseg: unknown key model.network.context.init_args.tempreature (DisentangledNonLocal2d takes no argument ...
+    dnlseg: model.network.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null
     dnlseg: --config empty.yaml: the file is empty ...
 
 ``check_config_files`` reads the ``-c`` files first, so an empty, missing or malformed file is named as such.
@@ -108,7 +108,7 @@ def check_config_files(args: Sequence[str]) -> None:
 
 
 def known_keys(parser: Any) -> list[str]:
-    """The dotted keys a jsonargparse parser takes (``trainer.max_steps``, ``model.context``, ...)."""
+    """The dotted keys a jsonargparse parser takes (``trainer.max_steps``, ``model.network.context``, ...)."""
     return [
         action.dest
         for action in parser._actions
@@ -136,7 +136,8 @@ def accepted_arguments(class_path: str) -> list[str]:
 
 
 def sets_key(node: Any, parts: Sequence[str]) -> bool:
-    """Whether the YAML ``node`` sets the key ``parts`` (nested, as dotted entries like ``model.context:``, or both)."""
+    """Whether the YAML ``node`` sets the key ``parts`` (nested, as dotted entries like ``model.network.context:``,
+    or both)."""
     if not parts:
         return True
     if not isinstance(node, dict):
