@@ -9,7 +9,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from tests.helpers import tiny_batch, tiny_module
+from dnlseg.models.losses import LossOptions
+from tests.helpers import synthetic_loader, tiny_batch, tiny_module
 
 
 def attach(module, **trainer):
@@ -54,13 +55,13 @@ def test_an_explicit_optimizer_and_scheduler_are_used_as_given():
 
 
 def test_training_loss_is_main_plus_aux_weight_times_aux():
-    module, batch = tiny_module(aux_weight=0.4), tiny_batch()
+    module, batch = tiny_module(loss=LossOptions(aux_weight=0.4)), tiny_batch()
     torch.manual_seed(0)
     losses = module.losses(batch)
     assert set(losses) == {"loss", "main_loss", "aux_loss"}
     torch.testing.assert_close(losses["loss"], losses["main_loss"] + 0.4 * losses["aux_loss"])
     assert losses["main_loss"].item() != pytest.approx(losses["aux_loss"].item())
-    no_aux = tiny_module(aux_weight=0).losses(batch)
+    no_aux = tiny_module(loss=LossOptions(aux_weight=0)).losses(batch)
     assert set(no_aux) == {"loss", "main_loss"} and torch.equal(no_aux["loss"], no_aux["main_loss"])
 
 
@@ -140,7 +141,7 @@ def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_
     from dnlseg.data import SyntheticDataModule
     from dnlseg.evaluation.metrics import confusion_summary
 
-    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, batch_size=2)
+    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, loader=synthetic_loader(batch_size=2))
     module = tiny_module(num_classes=data.num_classes, class_names=data.class_names)
     summaries = []
     original = confusion_summary
