@@ -53,6 +53,30 @@ def test_a_mistake_on_the_command_line_is_one_line_with_a_did_you_mean(args, mes
     assert capsys.readouterr().err == ""  # no usage
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model.head_channels=16"],
+            f"unknown option --model.head_channels (renamed --model.network.head_channels in dnlseg issue #22); {HELP}",
+        ),
+        (
+            ["--model.context.init_args.temperature=0.1"],
+            "unknown option --model.context.init_args.temperature (renamed "
+            f"--model.network.context.init_args.temperature in dnlseg issue #22); {HELP}",
+        ),
+        (
+            ["--data.init_args.batch_size=2"],
+            "unknown key data.init_args.batch_size (SyntheticDataModule takes no argument batch_size; renamed "
+            "data.init_args.loader.batch_size in dnlseg issue #22)",
+        ),
+    ],
+    ids=["model-option", "model-context-init-arg", "data-init-arg"],
+)
+def test_an_option_under_its_name_before_issue_22_names_its_new_name(args, message):
+    assert parse_error("-c", SYNTHETIC, *args) == message
+
+
 def test_a_mistake_in_a_config_file_names_the_file(tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_stpes: 3\n")

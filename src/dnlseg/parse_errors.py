@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from dnlseg.data.renamed_keys import new_name
 from dnlseg.errors import UsageError, yaml_problem
 
 CONFIG_OPTIONS = ("-c", "--config")
@@ -44,6 +45,13 @@ def did_you_mean(word: str, known: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean <prefix><closest>?)``, or "" when no known word is close to ``word``."""
     close = closest(word, known)
     return f" (did you mean {prefix}{close}?)" if close else ""
+
+
+def suggest(key: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (renamed <new name> in dnlseg issue #22)`` for an old key (``dnlseg.data.renamed_keys``), else
+    ``did_you_mean``."""
+    renamed = new_name(key)
+    return f" (renamed {prefix}{renamed} in dnlseg issue #22)" if renamed else did_you_mean(key, known, prefix)
 
 
 def unknown_subcommand(word: str, subcommands: Sequence[str]) -> str:
@@ -202,7 +210,7 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
         for token in unrecognized.group(1).split():
             key = token.lstrip("-").split("=", 1)[0]
             if token.startswith("-"):
-                parts.append(f"unknown option --{key}{did_you_mean(key, known, '--')}")
+                parts.append(f"unknown option --{key}{suggest(key, known, '--')}")
             else:
                 parts.append(f"unexpected argument {token!r}")
         return "; ".join(parts) + f"; {help_hint}"
@@ -212,7 +220,7 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
     )
     if in_config and in_config.groups()[-1]:
         key = in_config.groups()[-1]
-        return f"unknown key {key}{where(key, args) or ' (in the config)'}{did_you_mean(key, known)}; {help_hint}"
+        return f"unknown key {key}{where(key, args) or ' (in the config)'}{suggest(key, known)}; {help_hint}"
 
     keys = re.findall(r'Parser key "([^"]+)"', message)
     outer = keys[0] if keys else None
@@ -223,6 +231,8 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
         option, cls = not_accepted.group(1), class_path.group(1)
         prefix, close = f"{outer}.init_args.", closest(option, accepted_arguments(cls))
         hint = f"; did you mean {prefix}{close}?" if close else ""
+        if new_name(prefix + option):
+            hint = f"; renamed {new_name(prefix + option)} in dnlseg issue #22"
         return (
             f"unknown key {prefix}{option}{where(prefix + option, args)} ({cls.rpartition('.')[2]} takes no "
             f"argument {option}{hint})"

@@ -99,6 +99,15 @@ def renamed_entry(entry: str) -> tuple[str, str] | None:
     return None
 
 
+def new_name(key: str) -> str | None:
+    """The name since issue #22 of an old dotted ``key`` (``model.head_channels``, ``model.context.init_args.x``,
+    ``data.init_args.batch_size``), for a command line that still uses it; None when it was not renamed."""
+    if key in RENAMED:
+        return RENAMED[key]
+    renamed = renamed_entry(key)
+    return renamed[1] if renamed else None
+
+
 def rename_dotted(config: dict[str, Any]) -> list[str]:
     """Rename the top-level dotted entries of the model's old keys (``model.context:``, ``model.context.init_args.x:``,
     as a recipe writes one entry) in place, keeping their order; returns the old keys moved."""
