@@ -165,3 +165,26 @@ def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_
     (summary,) = summaries
     assert metrics["val/mIoU"] == summary["mIoU"].float().item()  # bit for bit
     assert metrics["val/pixel_acc"] == summary["pixel_acc"].float().item()
+
+
+def test_a_module_built_in_python_records_its_option_groups_as_plain_values_a_safe_load_reads():
+    import io
+    from functools import partial
+
+    from dnlseg.context import DisentangledNonLocal2d
+
+    module = tiny_module(partial(DisentangledNonLocal2d, reduction=2), loss=LossOptions(aux_weight=0.3))
+    buffer = io.BytesIO()
+    torch.save(dict(module.hparams), buffer)  # what a checkpoint's "hyper_parameters" holds
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # no pickled dataclass or callable in it
+    assert saved["network"]["encoder"] == {"name": "resnet18", "weights": None, "depth": 3, "output_stride": 8}
+    assert saved["network"]["head_channels"] == 16 and "DisentangledNonLocal2d" in saved["network"]["context"]
+    assert saved["loss"] == {
+        "aux_weight": 0.3,
+        "ohem_threshold": None,
+        "ohem_min_kept": 100_000,
+        "normalization": "labelled",
+        "on_nonfinite": "stop",
+    }
+    assert saved["runtime"] == {"channels_last": False, "compile": False} and saved["inference"] is None
