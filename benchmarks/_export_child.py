@@ -1,7 +1,8 @@
 """One inference setting of ``benchmarks/export.py`` in a process of its own: a JSON line on stdout.
 
     python benchmarks/_export_child.py onnxruntime --model m.onnx --size 1024 2048 --repeats 2
-    python benchmarks/_export_child.py pytorch --config <config> --context '<model.context JSON>' --size 1024 2048
+    python benchmarks/_export_child.py pytorch --config <config> --context '<model.network.context JSON>' \
+        --size 1024 2048
 
 The onnxruntime child imports numpy and onnxruntime only (as ``examples/onnx_predict.py``), so its resident set is
 what a deployment pays; the PyTorch child builds the network from the config and runs the module that is exported
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up run")
     parser.add_argument("--model", help="the ONNX file (onnxruntime)")
     parser.add_argument("--config", help="the config (pytorch)")
-    parser.add_argument("--context", default=None, help="model.context as JSON (pytorch)")
+    parser.add_argument("--context", default=None, help="model.network.context as JSON (pytorch)")
     args = parser.parse_args()
     image = np.random.default_rng(0).integers(0, 256, (1, 3, *args.size), dtype=np.uint8)
     if args.runtime == "onnxruntime":
@@ -50,7 +51,7 @@ def main() -> None:
         from dnlseg.deploy import ImageSegmenter
         from dnlseg.export import build
 
-        overrides = [f"--model.context={args.context}"] if args.context is not None else []
+        overrides = [f"--model.network.context={args.context}"] if args.context is not None else []
         module = build(Path(args.config), overrides).model.eval()
         segmenter = ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
         tensor = torch.from_numpy(image)

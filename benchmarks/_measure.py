@@ -413,19 +413,20 @@ def build_module(variant: str, args: argparse.Namespace, seed: int = 0):
     """A ``SegmentationModule`` whose head is ``dnlseg.context.VARIANTS[variant]``, weights drawn from ``seed``."""
     from dnlseg.context import VARIANTS
     from dnlseg.models import SegmentationModule
+    from dnlseg.models.encoder import EncoderOptions
+    from dnlseg.models.module import RuntimeOptions
+    from dnlseg.models.network import NetworkOptions
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark  # what Lightning's Trainer(benchmark=...) sets
     block = VARIANTS[variant]
-    module = SegmentationModule(
-        NUM_CLASSES,
-        encoder_name=args.encoder,
-        output_stride=args.output_stride,
+    network = NetworkOptions(
+        encoder=EncoderOptions(name=args.encoder, output_stride=args.output_stride),
         head_channels=args.head_channels,
         context=None if block.block is None else block.build,
-        channels_last=args.channels_last,
-        compile=args.compile,
     )
+    runtime = RuntimeOptions(channels_last=args.channels_last, compile=args.compile)
+    module = SegmentationModule(NUM_CLASSES, network=network, runtime=runtime)
     return module.to(args.device)
 
 

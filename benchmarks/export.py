@@ -42,7 +42,7 @@ def context_json(variant: str) -> str:
 
 
 def export(config: str, variant: str, attention: str, output: Path) -> dict:
-    argv = ["export", "-c", config, f"--model.context={context_json(variant)}", "--output", str(output)]
+    argv = ["export", "-c", config, f"--model.network.context={context_json(variant)}", "--output", str(output)]
     argv += ["--attention", attention, "--no_check"]
     if attention == "attention_op":
         argv += ["--opset", "23"]
@@ -200,7 +200,8 @@ def write(args, config: str, sizes, results: dict, repeats: int, pending: int = 
 
     lines = args.run.header("Export: ONNX / onnxruntime against PyTorch eager")
     lines += [
-        f"- config `{config}` (its initial weights), each head of `dnlseg.context.VARIANTS` set as `model.context`; "
+        f"- config `{config}` (its initial weights), each head of `dnlseg.context.VARIANTS` set as "
+        "`model.network.context`; "
         f"a uint8 RGB image, batch 1; onnxruntime {onnxruntime.__version__} (CPU, default session options)",
         f"- latency: median of {repeats} run(s) after one warm-up run, in a child process per setting; peak: the "
         "child's peak resident set (wait4 ru_maxrss), imports and weights included; 1 GB = 1e9 B",

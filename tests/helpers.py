@@ -18,11 +18,24 @@ from dnlseg.context import VARIANTS, find_context_blocks
 from dnlseg.data import LoaderOptions, SyntheticDataModule
 from dnlseg.data.synthetic import CLASS_NAMES, SYNTHETIC_LOADER
 from dnlseg.models import SegmentationModule
+from dnlseg.models.encoder import EncoderOptions
+from dnlseg.models.network import NetworkOptions
 
 
 def context_of(name: str | None) -> Callable[[int], nn.Module] | None:
     """The ``context`` argument of a network for the variant ``name`` of ``dnlseg.context.VARIANTS``; None: baseline."""
     return None if name is None or VARIANTS[name].block is None else VARIANTS[name].build
+
+
+# ResNet-18 up to layer2 (stride 8): the encoder of the tiny test networks
+TINY_ENCODER = EncoderOptions(name="resnet18", depth=3)
+
+
+def tiny_network(context: Callable[[int], nn.Module] | None = None, **changes) -> NetworkOptions:
+    """``model.network`` of the tiny test networks: ``TINY_ENCODER``, 16-channel head, 8-channel aux head, the
+    ``context`` block; ``changes`` replace fields (``encoder=EncoderOptions(...)``, ``aux_channels=0``)."""
+    defaults = dict(encoder=TINY_ENCODER, head_channels=16, aux_channels=8, context=context)
+    return NetworkOptions(**{**defaults, **changes})
 
 
 class RecordingLogger:
@@ -51,14 +64,14 @@ def fake_trainer(global_step: int = 0, global_rank: int = 0, **attributes) -> Si
 
 
 def tiny_module(context=None, num_classes: int = 3, **kwargs) -> SegmentationModule:
-    """A resnet18 (up to layer2) + 16-channel head module with fixed initial weights; no Trainer attached.
+    """A ``tiny_network`` module with fixed initial weights; no Trainer attached. ``kwargs``: the module's other
+    arguments (``loss=LossOptions(aux_weight=0)`` ...).
 
     The context block's zero-initialised ``out_norm`` is set to ones, so that the loss depends on the attention
     (at initialisation the block is the identity and every attention gradient is 0).
     """
     torch.manual_seed(0)
-    defaults = dict(encoder_name="resnet18", encoder_depth=3, head_channels=16, aux_channels=8, context=context)
-    module = SegmentationModule(num_classes=num_classes, **{**defaults, **kwargs})
+    module = SegmentationModule(num_classes=num_classes, **{"network": tiny_network(context), **kwargs})
     for block in find_context_blocks(module).values():
         torch.nn.init.ones_(block.out_norm.weight)
     return module
@@ -86,10 +99,7 @@ def _fit_on_synthetic(tmp_path, context, callbacks, num_val, module_kwargs, **tr
     )
     model = SegmentationModule(
         num_classes=data.num_classes,
-        encoder_name="resnet18",
-        head_channels=16,
-        aux_channels=8,
-        context=context_of(context),
+        network=tiny_network(context_of(context), encoder=EncoderOptions(name="resnet18")),
         **module_kwargs,
     )
     trainer = L.Trainer(
@@ -166,8 +176,8 @@ TINY = [
     "--trainer.val_check_interval=2",
     "--trainer.log_every_n_steps=1",
     "--trainer.enable_progress_bar=false",
-    "--model.head_channels=16",
-    "--model.aux_channels=8",
+    "--model.network.head_channels=16",
+    "--model.network.aux_channels=8",
     "--data.init_args.num_train=16",
     "--data.init_args.num_val=4",
     "--data.init_args.image_size=64",
@@ -195,14 +205,7 @@ def tiny_segmenter(variant: str, num_classes: int = 5):
     from dnlseg.deploy import ImageSegmenter
 
     torch.manual_seed(0)
-    module = SegmentationModule(
-        num_classes,
-        encoder_name="resnet18",
-        encoder_depth=3,
-        head_channels=16,
-        aux_channels=8,
-        context=context_of(variant),
-    )
+    module = SegmentationModule(num_classes, network=tiny_network(context_of(variant)))
     wake_context_blocks(module)
     return ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
 

@@ -42,7 +42,7 @@ def fitted_run(tmp_path_factory):
         str(ROOT / "configs/synthetic/dnl.yaml"),
         *TINY,
         f"--trainer.logger.init_args.save_dir={save_dir}",
-        "--model.context.init_args.temperature=0.1",
+        "--model.network.context.init_args.temperature=0.1",
     ]
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -155,8 +155,11 @@ def test_fit_help_offers_only_the_concrete_datamodules():
 def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_builds_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a run folder would appear here (runs/synthetic/...)
     torch_seed = torch.initial_seed()
-    whole = resolve_config(ROOT / "configs/synthetic/gc.yaml", "--model.context.init_args.reduction=8")
-    assert whole["model"]["context"] == {"class_path": "dnlseg.context.GlobalContext2d", "init_args": {"reduction": 8}}
+    whole = resolve_config(ROOT / "configs/synthetic/gc.yaml", "--model.network.context.init_args.reduction=8")
+    assert whole["model"]["network"]["context"] == {
+        "class_path": "dnlseg.context.GlobalContext2d",
+        "init_args": {"reduction": 8},
+    }
     assert whole["trainer"]["max_steps"] == 800 and whole["trainer"]["logger"]["init_args"]["name"] == "gc"
     assert whole["data"]["class_path"] == "dnlseg.data.SyntheticDataModule" and "config" not in whole
     assert list(tmp_path.iterdir()) == [] and torch.initial_seed() == torch_seed  # no folder, no seeding
@@ -175,9 +178,10 @@ def test_a_bad_file_behind_a_config_value_is_reported_with_its_own_message_namin
     text = tmp_path / "resnet50.pth"
     text.write_text("not weights\n")
     with pytest.raises(UserError) as error:
-        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), f"--model.encoder_weights={text}"], run=False)
+        run_cli(["-c", str(ROOT / "configs/synthetic/dnl.yaml"), f"--model.network.encoder.weights={text}"], run=False)
     assert str(error.value) == (
-        f"encoder_weights: {text} is not a file torch.load (or safetensors) can read (not a PyTorch pickle)"
+        f"model.network.encoder.weights: {text} is not a file torch.load (or safetensors) can read "
+        "(not a PyTorch pickle)"
     )
     root = tmp_path / "own"
     shutil.copytree(image_mask_root, root)

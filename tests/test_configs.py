@@ -66,15 +66,17 @@ def test_the_voc_dnl_recipe_is_the_mirrored_nl_recipe_with_the_dnl_head_of_the_a
         resolved(recipe(f"{name}_r50_d8_512x512_{k}"))
         for name, k in (("voc/dnl", "20k"), ("voc/nl", "20k"), ("ade20k/dnl", "160k"))
     )
-    assert dnl["model"]["context"] == ade["model"]["context"]  # mmseg's DNLHead settings (ADE20K's parity test)
+    assert (
+        dnl["model"]["network"]["context"] == ade["model"]["network"]["context"]
+    )  # mmseg's DNLHead settings (ADE20K's parity test)
     for config in (dnl, nl):
-        drop(config, "model.context")
+        drop(config, "model.network.context")
         drop(config, "trainer.logger.init_args.name")
     assert dnl == nl
 
 
 def own_keys(recipe_file: Path) -> dict:
-    """What a recipe file itself says: its dotted keys (``model.context``) and values, without ``config``."""
+    """What a recipe file itself says: its dotted keys (``model.network.context``) and values, without ``config``."""
     return {k: v for k, v in yaml.safe_load(recipe_file.read_text()).items() if k != "config"}
 
 
@@ -259,8 +261,9 @@ def test_config_builds_and_trains_one_step(config, request, tmp_path):
     # What the file says is what was built.
     assert isinstance(data, datamodule)
     assert model.hparams.num_classes == num_classes and model.class_names == data.class_names
-    assert model.hparams.encoder_name == f"tu-resnet{recipe['depth']}c" and model.hparams.output_stride == 8
-    assert model.hparams.head_channels == 512 and model.aux_weight == 0.4
+    encoder = model.hparams.network["encoder"]
+    assert encoder["name"] == f"tu-resnet{recipe['depth']}c" and encoder["output_stride"] == 8
+    assert model.hparams.network["head_channels"] == 512 and model.aux_weight == 0.4
     context = {"baseline": nn.Identity, "nl": NonLocal2d, "dnl": DisentangledNonLocal2d}[recipe["variant"]]
     assert isinstance(model.network.decode_head.context, context)
     assert trainer.max_steps == 1 and cli.config["trainer"]["max_steps"] == 1
@@ -310,33 +313,34 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     mm = load_config(mirrored_config(config))
     ours = resolved(config)
     model, data, trainer = ours["model"], ours["data"]["init_args"], ours["trainer"]
+    network, loss, optimization = model["network"], model["loss"], model["optimization"]
     backbone, head, aux = mm.model.backbone, mm.model.decode_head, mm.model.auxiliary_head
     # Encoder: ResNetV1c-50/101 at output stride 8 with contracted dilation = timm's resnet*c (tested for weights
     # and features in tests/models/test_mmseg_checkpoint.py)
     assert (backbone.type, backbone.strides, backbone.dilations) == ("ResNetV1c", (1, 2, 1, 1), (1, 1, 2, 4))
-    assert backbone.contract_dilation and model["encoder_name"] == f"tu-resnet{backbone.depth}c"
-    assert model["output_stride"] == 8
+    assert backbone.contract_dilation and network["encoder"]["name"] == f"tu-resnet{backbone.depth}c"
+    assert network["encoder"]["output_stride"] == 8
     # Heads
     block = {"NLHead": "dnlseg.context.NonLocal2d", "DNLHead": "dnlseg.context.DisentangledNonLocal2d"}
     if head.type == "FCNHead":
-        assert (head.num_convs, head.concat_input, model["context"]) == (2, True, None)
+        assert (head.num_convs, head.concat_input, network["context"]) == (2, True, None)
     else:
-        assert model["context"]["class_path"] == block[head.type]
-        args = model["context"]["init_args"]
+        assert network["context"]["class_path"] == block[head.type]
+        args = network["context"]["init_args"]
         assert args["reduction"] == head.reduction and head.use_scale and head.mode == "embedded_gaussian"
         if head.type == "DNLHead":  # mmseg's DNLHead temperature: its default unless the config sets one
             assert args["temperature"] == head.get("temperature", 0.05) and args["unary"] == "conv"
-    assert model["head_channels"] == head.channels and model["aux_channels"] == aux.channels
+    assert network["head_channels"] == head.channels and network["aux_channels"] == aux.channels
     assert (aux.num_convs, aux.concat_input, aux.in_index) == (1, False, 2)
-    assert model["dropout"] == head.dropout_ratio == aux.dropout_ratio
-    assert model["align_corners"] == head.align_corners == aux.align_corners
+    assert network["dropout"] == head.dropout_ratio == aux.dropout_ratio
+    assert network["align_corners"] == head.align_corners == aux.align_corners
     datamodule = next(cls for cls, num_classes, *_ in FAMILIES.values() if num_classes == head.num_classes)
     assert ours["data"]["class_path"] == f"dnlseg.data.{datamodule.__name__}"
     # Loss: plain CE averaged over all pixels (avg_non_ignore False), aux weight 0.4
-    for loss in (head.loss_decode, aux.loss_decode):
-        assert loss.type == "CrossEntropyLoss" and not loss.get("avg_non_ignore", False)
-    assert model["loss_normalization"] == "all" and model["ohem_threshold"] is None and "sampler" not in head
-    assert model["aux_weight"] == aux.loss_decode.loss_weight and head.loss_decode.loss_weight == 1.0
+    for decode_loss in (head.loss_decode, aux.loss_decode):
+        assert decode_loss.type == "CrossEntropyLoss" and not decode_loss.get("avg_non_ignore", False)
+    assert loss["normalization"] == "all" and loss["ohem_threshold"] is None and "sampler" not in head
+    assert loss["aux_weight"] == aux.loss_decode.loss_weight and head.loss_decode.loss_weight == 1.0
     # Optimiser and schedule; paramwise keys mmengine acts on (lr_mult / decay_mult; not the DNL config's wd_mult)
     optimizer = mm.optim_wrapper.optimizer
     assert model["optimizer"]["class_path"] == f"torch.optim.{optimizer.type}"
@@ -344,10 +348,14 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     assert {k: model["optimizer"]["init_args"][k] for k in sgd} == sgd  # the rest: torch.optim.SGD's defaults
     assert not model["optimizer"]["init_args"]["nesterov"] and model["optimizer"]["init_args"]["dampening"] == 0
     custom = mm.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys", {})
-    assert model["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
+    assert optimization["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
     (poly,) = mm.param_scheduler
     assert poly.type == "PolyLR" and not poly.by_epoch and (poly.begin, poly.end) == (0, mm.train_cfg.max_iters)
-    assert (model["poly_eta_min"], model["poly_power"], model["lr_scheduler"]) == (poly.eta_min, poly.power, None)
+    assert (optimization["poly_eta_min"], optimization["poly_power"], model["lr_scheduler"]) == (
+        poly.eta_min,
+        poly.power,
+        None,
+    )
     assert trainer["max_steps"] == mm.train_cfg.max_iters and trainer["val_check_interval"] == mm.train_cfg.val_interval
     # Data: the splits (VOC: the lists, train + aug concatenated), crop, batch 4 GPUs x per-GPU batch, normalisation
     if datamodule is VOCDataModule:
@@ -388,7 +396,7 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
 def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
-    own = own_keys(config).get("model.context")
+    own = own_keys(config).get("model.network.context")
     cli = run_cli(
         [
             "-c",
@@ -398,8 +406,8 @@ def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
             "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--model.head_channels=16",
-            "--model.aux_channels=8",
+            "--model.network.head_channels=16",
+            "--model.network.aux_channels=8",
             "--data.init_args.num_train=2",
             "--data.init_args.num_val=1",
             "--data.init_args.image_size=32",

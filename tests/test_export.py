@@ -31,12 +31,12 @@ ON_CPU = [  # the Cityscapes recipe, small: ResNet-18 (deep, stride 8), a 16-cha
     "--trainer.devices=1",
     "--trainer.strategy=auto",
     "--trainer.sync_batchnorm=false",
-    "--model.encoder_name=resnet18",
-    "--model.head_channels=16",
-    "--model.aux_channels=8",
+    "--model.network.encoder.name=resnet18",
+    "--model.network.head_channels=16",
+    "--model.network.aux_channels=8",
     "--data.init_args.loader.num_workers=0",
 ]
-SMALL = ["--model.head_channels=16", "--model.aux_channels=8"]
+SMALL = ["--model.network.head_channels=16", "--model.network.aux_channels=8"]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"
 
 
@@ -104,7 +104,7 @@ def test_predict_the_onnx_example_and_torchscript_agree_on_a_cityscapes_fixture(
         assert metadata["label_encoding"].startswith("CityscapesDataModule.encode_prediction: (H, W) train ids -> ")
         assert json.loads(metadata["normalization"])["mean"] == [0.485, 0.456, 0.406]
         assert metadata["output_stride"] == "8" and metadata["checkpoint"] == "trained.ckpt"
-        assert "encoder_name: resnet18" in metadata["config"] and "DisentangledNonLocal2d" in metadata["config"]
+        assert "name: resnet18" in metadata["config"] and "DisentangledNonLocal2d" in metadata["config"]
     assert json.loads(read_metadata(onnx_file)["attention"])["formulation"] == "chunked"
 
 
@@ -151,7 +151,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_and_leaves_no_fil
     ckpt = write_checkpoint(tmp_path / "head16.ckpt", SYNTHETIC, SMALL)
     output = tmp_path / "out" / "model.onnx"
     result = dnlseg(
-        "export", "-c", SYNTHETIC, "--model.head_channels=32", "--ckpt_path", str(ckpt), "--output", str(output)
+        "export", "-c", SYNTHETIC, "--model.network.head_channels=32", "--ckpt_path", str(ckpt), "--output", str(output)
     )
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()[-1:]
@@ -166,8 +166,19 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_and_leaves_no_fil
 @pytest.mark.slow
 def test_a_config_that_builds_the_attention_matrix_is_refused(tmp_path):
     output = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match=r"^model.context.init_args.attention=materialized \(decode_head.context\) "):
-        export(["-c", SYNTHETIC, *SMALL, "--model.context.init_args.attention=materialized", "--output", str(output)])
+    with pytest.raises(
+        ExportError, match=r"^model.network.context.init_args.attention=materialized \(decode_head.context\) "
+    ):
+        export(
+            [
+                "-c",
+                SYNTHETIC,
+                *SMALL,
+                "--model.network.context.init_args.attention=materialized",
+                "--output",
+                str(output),
+            ]
+        )
     assert list(tmp_path.iterdir()) == []
 
 

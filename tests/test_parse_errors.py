@@ -22,28 +22,28 @@ def parse_error(*args: str) -> str:
     ("args", "message"),
     [
         (
-            ["--model.head_chanels=8"],
-            f"unknown option --model.head_chanels (did you mean --model.head_channels?); {HELP}",
+            ["--model.network.head_chanels=8"],
+            f"unknown option --model.network.head_chanels (did you mean --model.network.head_channels?); {HELP}",
         ),
         (
             ["--trainer.max_stpes", "4"],
             f"unknown option --trainer.max_stpes (did you mean --trainer.max_steps?); unexpected argument '4'; {HELP}",
         ),
         (
-            ["--model.context.init_args.tempreature=0.1"],
-            "unknown key model.context.init_args.tempreature (DisentangledNonLocal2d takes no argument tempreature; "
-            "did you mean model.context.init_args.temperature?)",
+            ["--model.network.context.init_args.tempreature=0.1"],
+            "unknown key model.network.context.init_args.tempreature (DisentangledNonLocal2d takes no argument "
+            "tempreature; did you mean model.network.context.init_args.temperature?)",
         ),
         (
             ["--data.init_args.num_trian=3"],
             "unknown key data.init_args.num_trian (SyntheticDataModule takes no argument num_trian; did you mean "
             "data.init_args.num_train?)",
         ),
-        (["--model.head_channels=abc"], "model.head_channels=abc: expected int"),
+        (["--model.network.head_channels=abc"], "model.network.head_channels=abc: expected int"),
         (["--trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar=maybe: expected bool or null"),
         (
-            ["--model.context.class_path=dnlseg.context.NonLocal"],
-            "model.context: no class dnlseg.context.NonLocal (did you mean dnlseg.context.NonLocal2d?)",
+            ["--model.network.context.class_path=dnlseg.context.NonLocal"],
+            "model.network.context: no class dnlseg.context.NonLocal (did you mean dnlseg.context.NonLocal2d?)",
         ),
     ],
     ids=["option", "option-and-value", "init-arg", "data-init-arg", "int", "bool", "class"],
@@ -51,6 +51,30 @@ def parse_error(*args: str) -> str:
 def test_a_mistake_on_the_command_line_is_one_line_with_a_did_you_mean(args, message, capsys):
     assert parse_error("-c", SYNTHETIC, *args) == message
     assert capsys.readouterr().err == ""  # no usage
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model.head_channels=16"],
+            f"unknown option --model.head_channels (renamed --model.network.head_channels in dnlseg issue #22); {HELP}",
+        ),
+        (
+            ["--model.context.init_args.temperature=0.1"],
+            "unknown option --model.context.init_args.temperature (renamed "
+            f"--model.network.context.init_args.temperature in dnlseg issue #22); {HELP}",
+        ),
+        (
+            ["--data.init_args.batch_size=2"],
+            "unknown key data.init_args.batch_size (SyntheticDataModule takes no argument batch_size; renamed "
+            "data.init_args.loader.batch_size in dnlseg issue #22)",
+        ),
+    ],
+    ids=["model-option", "model-context-init-arg", "data-init-arg"],
+)
+def test_an_option_under_its_name_before_issue_22_names_its_new_name(args, message):
+    assert parse_error("-c", SYNTHETIC, *args) == message
 
 
 def test_a_mistake_in_a_config_file_names_the_file(tmp_path):
@@ -61,10 +85,10 @@ def test_a_mistake_in_a_config_file_names_the_file(tmp_path):
     )
     value = tmp_path / "value.yaml"
     value.write_text(
-        "model.context:\n  class_path: dnlseg.context.DisentangledNonLocal2d\n  init_args:\n    unary: x\n"
+        "model.network.context:\n  class_path: dnlseg.context.DisentangledNonLocal2d\n  init_args:\n    unary: x\n"
     )
     assert parse_error("-c", SYNTHETIC, "-c", str(value)) == (
-        f"model.context.init_args.unary=x (in {value}): expected one of 'conv', 'shared_key' or null"
+        f"model.network.context.init_args.unary=x (in {value}): expected one of 'conv', 'shared_key' or null"
     )
 
 

@@ -18,9 +18,9 @@ ON_CPU = [
     "--trainer.devices=1",
     "--trainer.strategy=auto",
     "--trainer.sync_batchnorm=false",
-    "--model.encoder_name=resnet18",
-    "--model.head_channels=16",
-    "--model.aux_channels=8",
+    "--model.network.encoder.name=resnet18",
+    "--model.network.head_channels=16",
+    "--model.network.aux_channels=8",
     "--data.init_args.loader.num_workers=0",
 ]
 DATASETS = {

@@ -8,7 +8,7 @@
     .venv/bin/python experiments/ablation/run.py --report-only                          # re-read runs/, rewrite
 
 A run is ``dnlseg fit -c <base> -c <setting>`` with the context block of a variant of ``dnlseg.context.VARIANTS``
-(``--model.context=<variant.context_config()>``), seed s as ``--seed_everything`` (the images are the setting's:
+(``--model.network.context=<variant.context_config()>``), seed s as ``--seed_everything`` (the images are the setting's:
 every run of a setting sees the same data), ``--steps`` steps and a validation every ``--eval-every`` steps. The
 settings are the YAML files ``configs/synthetic/ablation/<setting>.yaml`` (their header says what each tests);
 the base recipe, ``configs/synthetic/ablation/base.yaml``, lists the callbacks whose scalars the report reads
@@ -116,7 +116,7 @@ def fit_command(opts, setting: str, variant: str, seed: int) -> list[str]:
             opts.out / "runs" / setting,
             variant,
             f"seed{seed}",
-            f"--model.context={json.dumps(context)}",
+            f"--model.network.context={json.dumps(context)}",
             f"--seed_everything={seed}",
             f"--trainer.max_steps={setting_steps(opts, setting)}",
             f"--trainer.val_check_interval={opts.eval_every}",

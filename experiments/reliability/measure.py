@@ -58,7 +58,7 @@ def shrunk_config(directory: Path, step_file: Path | None = None, **trainer) -> 
     if step_file is not None:
         callbacks.append({"class_path": "progress.StepFile", "init_args": {"path": str(step_file)}})
     config["trainer"]["callbacks"] = callbacks
-    config["model"].update(head_channels=8, aux_channels=8)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
     config["data"]["init_args"].update(num_train=1200, num_val=4, image_size=32)
     config["data"]["init_args"]["loader"]["batch_size"] = 2
     path = directory / "config.yaml"
@@ -116,7 +116,7 @@ def ddp_run(directory: Path, processes: int) -> Path:
         sync_batchnorm=processes > 1,
     )
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["dropout"] = 0.0
+    cfg["model"]["network"]["dropout"] = 0.0
     cfg["data"]["init_args"]["num_train"] = 12
     cfg["data"]["init_args"]["loader"]["batch_size"] = 4 // processes
     cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 4

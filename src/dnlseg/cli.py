@@ -1,6 +1,6 @@
 """The ``dnlseg`` LightningCLI (fit / validate / test / predict) and ``dnlseg prepare``.
 
-dnlseg fit -c configs/synthetic/dnl.yaml --model.context.init_args.temperature=0.1
+dnlseg fit -c configs/synthetic/dnl.yaml --model.network.context.init_args.temperature=0.1
 dnlseg fit -c configs/synthetic/dnl.yaml --print_config
 dnlseg validate -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last   # or the checkpoint file
 dnlseg predict -c runs/synthetic/dnl/version_0/config.yaml --ckpt_path last --data.init_args.predict_dir=my_images

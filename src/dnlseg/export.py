@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 CHECK_SIZE = (128, 256)  # the image of the check against PyTorch when height and width are dynamic
 # Runtime options that change no weight and no output: off in the exported network.
-RUNTIME_OVERRIDES = ("--model.compile=false", "--model.channels_last=false")
+RUNTIME_OVERRIDES = ("--model.runtime.compile=false", "--model.runtime.channels_last=false")
 
 
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -129,8 +129,9 @@ def check_blocks(network) -> None:
     for name, block in find_context_blocks(network).items():
         if getattr(block, "attention", None) == "materialized":
             raise ExportError(
-                f"model.context.init_args.attention=materialized ({name}) would put the P x P attention matrix in "
-                "the exported graph: export with --model.context.init_args.attention=fused (same weights and outputs)"
+                f"model.network.context.init_args.attention=materialized ({name}) would put the P x P attention "
+                "matrix in the exported graph: export with --model.network.context.init_args.attention=fused (same "
+                "weights and outputs)"
             )
 
 
@@ -188,7 +189,7 @@ def export(args: list[str]) -> Path:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=tuple(opts.input_size) if opts.input_size else None,
-        output_stride=module.hparams.output_stride,
+        output_stride=module.network.encoder_options.output_stride,
         align_corners=module.network.align_corners,
         attention=attention_description(opts),
         inference=dataclasses.asdict(module.inference),

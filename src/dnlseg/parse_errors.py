@@ -1,13 +1,13 @@
 """The command line's parse errors in one line: the cause, the key or file, and a did-you-mean.
 
 jsonargparse reports a parse error with the whole usage of the subcommand (70-86 lines) before the cause, and the
-error of a Union-typed key (``model.context``, ``data``, ``trainer.precision``) lists every type it tried.
+error of a Union-typed key (``model.network.context``, ``data``, ``trainer.precision``) lists every type it tried.
 ``DnlsegCLI`` builds its parsers with ``exit_on_error=False`` (unless ``--debug``), so an error comes back as an
 ``argparse.ArgumentError``; ``one_line`` reduces its text to what was wrong where:
 
-    dnlseg: unknown option --model.head_chanels (did you mean --model.head_channels?); `dnlseg fit --help` ...
-    dnlseg: unknown key model.context.init_args.tempreature (DisentangledNonLocal2d takes no argument tempreature; ...
-    dnlseg: model.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null
+    dnlseg: unknown option --model.network.head_chanels (did you mean --model.network.head_channels?); `dnlseg ...
+    dnlseg: unknown key model.network.context.init_args.tempreature (DisentangledNonLocal2d takes no argument ...
+    dnlseg: model.network.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null
     dnlseg: --config empty.yaml: the file is empty ...
 
 ``check_config_files`` reads the ``-c`` files first, so an empty, missing or malformed file is named as such.
@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from dnlseg.data.renamed_keys import new_name
 from dnlseg.errors import UsageError, yaml_problem
 
 CONFIG_OPTIONS = ("-c", "--config")
@@ -44,6 +45,13 @@ def did_you_mean(word: str, known: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean <prefix><closest>?)``, or "" when no known word is close to ``word``."""
     close = closest(word, known)
     return f" (did you mean {prefix}{close}?)" if close else ""
+
+
+def suggest(key: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (renamed <new name> in dnlseg issue #22)`` for an old key (``dnlseg.data.renamed_keys``), else
+    ``did_you_mean``."""
+    renamed = new_name(key)
+    return f" (renamed {prefix}{renamed} in dnlseg issue #22)" if renamed else did_you_mean(key, known, prefix)
 
 
 def unknown_subcommand(word: str, subcommands: Sequence[str]) -> str:
@@ -108,7 +116,7 @@ def check_config_files(args: Sequence[str]) -> None:
 
 
 def known_keys(parser: Any) -> list[str]:
-    """The dotted keys a jsonargparse parser takes (``trainer.max_steps``, ``model.context``, ...)."""
+    """The dotted keys a jsonargparse parser takes (``trainer.max_steps``, ``model.network.context``, ...)."""
     return [
         action.dest
         for action in parser._actions
@@ -136,7 +144,8 @@ def accepted_arguments(class_path: str) -> list[str]:
 
 
 def sets_key(node: Any, parts: Sequence[str]) -> bool:
-    """Whether the YAML ``node`` sets the key ``parts`` (nested, as dotted entries like ``model.context:``, or both)."""
+    """Whether the YAML ``node`` sets the key ``parts`` (nested, as dotted entries like ``model.network.context:``,
+    or both)."""
     if not parts:
         return True
     if not isinstance(node, dict):
@@ -201,7 +210,7 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
         for token in unrecognized.group(1).split():
             key = token.lstrip("-").split("=", 1)[0]
             if token.startswith("-"):
-                parts.append(f"unknown option --{key}{did_you_mean(key, known, '--')}")
+                parts.append(f"unknown option --{key}{suggest(key, known, '--')}")
             else:
                 parts.append(f"unexpected argument {token!r}")
         return "; ".join(parts) + f"; {help_hint}"
@@ -211,7 +220,7 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
     )
     if in_config and in_config.groups()[-1]:
         key = in_config.groups()[-1]
-        return f"unknown key {key}{where(key, args) or ' (in the config)'}{did_you_mean(key, known)}; {help_hint}"
+        return f"unknown key {key}{where(key, args) or ' (in the config)'}{suggest(key, known)}; {help_hint}"
 
     keys = re.findall(r'Parser key "([^"]+)"', message)
     outer = keys[0] if keys else None
@@ -222,6 +231,8 @@ def one_line(message: str, parser: Any = None, subcommand: str | None = None, ar
         option, cls = not_accepted.group(1), class_path.group(1)
         prefix, close = f"{outer}.init_args.", closest(option, accepted_arguments(cls))
         hint = f"; did you mean {prefix}{close}?" if close else ""
+        if new_name(prefix + option):
+            hint = f"; renamed {new_name(prefix + option)} in dnlseg issue #22"
         return (
             f"unknown key {prefix}{option}{where(prefix + option, args)} ({cls.rpartition('.')[2]} takes no "
             f"argument {option}{hint})"

@@ -24,7 +24,7 @@ CPU_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "
 
 
 class ConfigError(UserError, ValueError):
-    """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
+    """A config value that cannot work; the message starts with its key, e.g. ``model.network.head_channels``."""
 
 
 def _get(namespace: Any, dotted: str, default: Any = None) -> Any:
@@ -44,19 +44,22 @@ def _import(class_path: str) -> type | None:
 
 
 def check_context(config: Any) -> None:
-    """Temperature > 0, and ``model.head_channels`` divisible by the block's ``reduction``."""
-    context = _get(config, "model.context")
+    """Temperature > 0, and ``model.network.head_channels`` divisible by the block's ``reduction``."""
+    context = _get(config, "model.network.context")
     if context is None:
         return
     args = _get(context, "init_args", {})
     temperature = _get(args, "temperature")
     if temperature is not None and not temperature > 0:
-        raise ConfigError(f"model.context.init_args.temperature={temperature} must be > 0 (the paper uses 0.05)")
-    channels = _get(config, "model.head_channels")
+        raise ConfigError(
+            f"model.network.context.init_args.temperature={temperature} must be > 0 (the paper uses 0.05)"
+        )
+    channels = _get(config, "model.network.head_channels")
     reduction = _get(args, "reduction")
     if reduction is not None and (reduction < 1 or (channels is not None and channels % reduction)):
         raise ConfigError(
-            f"model.context.init_args.reduction={reduction} must be >= 1 and divide model.head_channels={channels} "
+            f"model.network.context.init_args.reduction={reduction} must be >= 1 and divide "
+            f"model.network.head_channels={channels} "
             "(the block's query/key/value width is head_channels / reduction)"
         )
 
@@ -67,8 +70,8 @@ def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> N
         if size % output_stride not in (0, 1):
             down, up = size - size % output_stride, size - size % output_stride + output_stride
             raise ConfigError(
-                f"{name}={value} does not fit model.output_stride={output_stride}: each side must be a multiple "
-                f"of {output_stride} or a multiple plus one (e.g. {down} or {up}, {down + 1} or {up + 1})"
+                f"{name}={value} does not fit model.network.encoder.output_stride={output_stride}: each side must be "
+                f"a multiple of {output_stride} or a multiple plus one (e.g. {down} or {up}, {down + 1} or {up + 1})"
             )
 
 
@@ -79,7 +82,7 @@ def check_data(config: Any, subcommand: str | None = None) -> None:
     """
     data = _get(config, "data")
     args = _get(data, "init_args", {})
-    output_stride = _get(config, "model.output_stride")
+    output_stride = _get(config, "model.network.encoder.output_stride")
     crop = _get(args, "augmentation.crop_size")
     if output_stride and crop is not None:
         check_stride("data.init_args.augmentation.crop_size", list(crop), output_stride)
@@ -170,15 +173,15 @@ def check_sync_batchnorm(config: Any) -> None:
 
 def check_nonfinite_action(config: Any) -> None:
     """``skip`` needs one process: Lightning refuses a skipped ``training_step`` in distributed training."""
-    if _get(config, "model.on_nonfinite_loss") != "skip":
+    if _get(config, "model.loss.on_nonfinite") != "skip":
         return
     strategy = str(_get(config, "trainer.strategy", "auto"))
     devices, nodes = _get(config, "trainer.devices", 1), _get(config, "trainer.num_nodes", 1)
     if "ddp" in strategy or "fsdp" in strategy or (isinstance(devices, int) and devices > 1) or nodes > 1:
         raise ConfigError(
-            f"model.on_nonfinite_loss=skip needs a single process (trainer.strategy={strategy}, "
+            f"model.loss.on_nonfinite=skip needs a single process (trainer.strategy={strategy}, "
             f"trainer.devices={devices}, trainer.num_nodes={nodes}): Lightning cannot skip a step under DDP; "
-            "use model.on_nonfinite_loss=stop"
+            "use model.loss.on_nonfinite=stop"
         )
 
 

@@ -14,15 +14,15 @@ from dnlseg.callbacks.prediction_writer import palette_table
 from dnlseg.data import ADE20KDataModule, LoaderOptions, SyntheticDataModule
 from dnlseg.data.folder import read_image
 from dnlseg.models import SegmentationModule
+from dnlseg.models.encoder import EncoderOptions
 from tests.datasets import ADE_SIZES, write_image_folder
-from tests.helpers import synthetic_loader
+from tests.helpers import synthetic_loader, tiny_network
 
 
 def predict(datamodule, out, color=True):
     L.seed_everything(0)
-    model = SegmentationModule(
-        num_classes=datamodule.num_classes, encoder_name="resnet18", head_channels=16, aux_channels=0
-    )
+    network = tiny_network(encoder=EncoderOptions(name="resnet18"), aux_channels=0)
+    model = SegmentationModule(num_classes=datamodule.num_classes, network=network)
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,

@@ -10,6 +10,7 @@ from dnlseg.callbacks import SeparationProbe
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
 from dnlseg.evaluation import cross_sensitivity
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.models.losses import LossOptions
 from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
 
 PREFIX = "separation/decode_head.context/"
@@ -31,7 +32,7 @@ def closed_form_logit_gradients(module, batch):
 
 
 def test_probe_tags_the_pairwise_and_unary_logit_gradients_with_their_own_norms():
-    module, batch = tiny_module(DisentangledNonLocal2d, aux_weight=0), tiny_batch()
+    module, batch = tiny_module(DisentangledNonLocal2d, loss=LossOptions(aux_weight=0)), tiny_batch()
     expected_p, expected_u = closed_form_logit_gradients(module, batch)
     assert abs(expected_p - expected_u) > 0.1 * expected_p  # far apart: a swap of the two would show
     torch.manual_seed(0)
@@ -199,7 +200,7 @@ def test_probe_on_sampled_rows_takes_the_reference_gradient_of_those_rows():
 
 
 def test_probe_reports_every_context_block_of_a_model_with_two():
-    module, batch = tiny_module(DisentangledNonLocal2d, aux_weight=0), tiny_batch()
+    module, batch = tiny_module(DisentangledNonLocal2d, loss=LossOptions(aux_weight=0)), tiny_batch()
     second = DisentangledNonLocal2d(16)
     torch.nn.init.ones_(second.out_norm.weight)  # as tiny_module does: the loss depends on its attention
     module.network.decode_head.context = torch.nn.Sequential(module.network.decode_head.context, second)

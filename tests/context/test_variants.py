@@ -1,4 +1,4 @@
-"""VARIANTS: each entry builds its block and writes the ``model.context`` value a config names it by."""
+"""VARIANTS: each entry builds its block and writes the ``model.network.context`` value a config names it by."""
 
 import importlib
 

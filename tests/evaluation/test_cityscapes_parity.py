@@ -71,9 +71,9 @@ def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, t
 def tiny_overrides(cityscapes_root, save_dir):
     return [
         *recipe_cpu_args(recipe("cityscapes/dnl_r50_d8_512x1024_80k"), cityscapes_root, save_dir),
-        "--model.encoder_name=resnet18",
-        "--model.head_channels=16",
-        "--model.aux_channels=8",
+        "--model.network.encoder.name=resnet18",
+        "--model.network.head_channels=16",
+        "--model.network.aux_channels=8",
     ]
 
 

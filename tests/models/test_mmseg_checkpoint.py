@@ -10,7 +10,9 @@ import torch
 from dnlseg.checkpoint_io import AtomicCheckpointIO
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
+from dnlseg.models.encoder import EncoderOptions
 from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, is_mmseg_checkpoint
+from dnlseg.models.network import NetworkOptions
 from dnlseg.weight_files import CheckpointMismatchError, WeightFileError
 from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
 from tests.recipes import recipe
@@ -36,9 +38,8 @@ def mmseg_dnl_r50():
 
 
 def dnl_r50(**kwargs) -> SegmentationModule:
-    return SegmentationModule(
-        num_classes=19, encoder_name="tu-resnet50c", context=partial(DisentangledNonLocal2d), **kwargs
-    )
+    network = NetworkOptions(encoder=EncoderOptions(name="tu-resnet50c"), context=partial(DisentangledNonLocal2d))
+    return SegmentationModule(num_classes=19, network=network, **kwargs)
 
 
 def test_an_mmseg_file_is_recognised_and_a_lightning_one_is_not(mmseg_dnl_r50, tmp_path):

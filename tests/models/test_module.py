@@ -9,7 +9,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 
 from dnlseg.evaluation.tensorboard_scalars import read_scalars
-from tests.helpers import tiny_batch, tiny_module
+from dnlseg.models.losses import LossOptions
+from tests.helpers import synthetic_loader, tiny_batch, tiny_module
 
 
 def attach(module, **trainer):
@@ -54,13 +55,13 @@ def test_an_explicit_optimizer_and_scheduler_are_used_as_given():
 
 
 def test_training_loss_is_main_plus_aux_weight_times_aux():
-    module, batch = tiny_module(aux_weight=0.4), tiny_batch()
+    module, batch = tiny_module(loss=LossOptions(aux_weight=0.4)), tiny_batch()
     torch.manual_seed(0)
     losses = module.losses(batch)
     assert set(losses) == {"loss", "main_loss", "aux_loss"}
     torch.testing.assert_close(losses["loss"], losses["main_loss"] + 0.4 * losses["aux_loss"])
     assert losses["main_loss"].item() != pytest.approx(losses["aux_loss"].item())
-    no_aux = tiny_module(aux_weight=0).losses(batch)
+    no_aux = tiny_module(loss=LossOptions(aux_weight=0)).losses(batch)
     assert set(no_aux) == {"loss", "main_loss"} and torch.equal(no_aux["loss"], no_aux["main_loss"])
 
 
@@ -138,10 +139,9 @@ def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_
     from lightning.pytorch.trainer.connectors.logger_connector.result import warning_cache
 
     from dnlseg.data import SyntheticDataModule
-    from dnlseg.data.loaders import LoaderOptions
     from dnlseg.evaluation.metrics import confusion_summary
 
-    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, loader=LoaderOptions(batch_size=2, num_workers=0))
+    data = SyntheticDataModule(num_train=2, num_val=3, image_size=32, loader=synthetic_loader(batch_size=2))
     module = tiny_module(num_classes=data.num_classes, class_names=data.class_names)
     summaries = []
     original = confusion_summary
@@ -165,3 +165,26 @@ def test_epoch_metrics_under_ddp_are_logged_exactly_and_without_lightnings_sync_
     (summary,) = summaries
     assert metrics["val/mIoU"] == summary["mIoU"].float().item()  # bit for bit
     assert metrics["val/pixel_acc"] == summary["pixel_acc"].float().item()
+
+
+def test_a_module_built_in_python_records_its_option_groups_as_plain_values_a_safe_load_reads():
+    import io
+    from functools import partial
+
+    from dnlseg.context import DisentangledNonLocal2d
+
+    module = tiny_module(partial(DisentangledNonLocal2d, reduction=2), loss=LossOptions(aux_weight=0.3))
+    buffer = io.BytesIO()
+    torch.save(dict(module.hparams), buffer)  # what a checkpoint's "hyper_parameters" holds
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # no pickled dataclass or callable in it
+    assert saved["network"]["encoder"] == {"name": "resnet18", "weights": None, "depth": 3, "output_stride": 8}
+    assert saved["network"]["head_channels"] == 16 and "DisentangledNonLocal2d" in saved["network"]["context"]
+    assert saved["loss"] == {
+        "aux_weight": 0.3,
+        "ohem_threshold": None,
+        "ohem_min_kept": 100_000,
+        "normalization": "labelled",
+        "on_nonfinite": "stop",
+    }
+    assert saved["runtime"] == {"channels_last": False, "compile": False} and saved["inference"] is None

@@ -26,9 +26,10 @@ def tiny_config(
     num_train: int = 12,
     batch_size: int = 2,
     name: str = "config.yaml",
-    **model: object,
+    **model: dict,
 ) -> Path:
-    """The shipped synthetic DNL config, shrunk: 32 px images, 8-channel head, runs under ``directory``.
+    """The shipped synthetic DNL config, shrunk: 32 px images, 8-channel head, runs under ``directory``; ``model``:
+    changes of the model's option groups (``loss={"on_nonfinite": "skip"}``).
 
     12 images in batches of 2: an epoch is 6 steps, so 8 steps cross an epoch boundary.
     """
@@ -50,7 +51,9 @@ def tiny_config(
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("SeparationProbe")]
     # 0.1 s after each step: a signal sent once a checkpoint appears lands mid-run even on a fast machine.
     trainer["callbacks"].append({"class_path": "tests.test_reliability.faults.SlowSteps"})
-    config["model"].update(head_channels=8, aux_channels=8, **model)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
+    for group, options in model.items():  # e.g. loss={"on_nonfinite": "skip"}
+        config["model"][group].update(options)
     config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32)
     config["data"]["init_args"]["loader"]["batch_size"] = batch_size
     path = directory / name

@@ -19,16 +19,17 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
     ("args", "message"),
     [
         (
-            ["-c", SYNTHETIC, "--model.head_channels=16", "--model.context.init_args.reduction=3"],
-            "model.context.init_args.reduction=3 must be >= 1 and divide model.head_channels=16",
+            ["-c", SYNTHETIC, "--model.network.head_channels=16", "--model.network.context.init_args.reduction=3"],
+            "model.network.context.init_args.reduction=3 must be >= 1 and divide model.network.head_channels=16",
         ),
         (
-            ["-c", SYNTHETIC, "--model.output_stride=16", "--data.init_args.image_size=40"],
-            "data.init_args.image_size=40 does not fit model.output_stride=16: each side must be a multiple of 16",
+            ["-c", SYNTHETIC, "--model.network.encoder.output_stride=16", "--data.init_args.image_size=40"],
+            "data.init_args.image_size=40 does not fit model.network.encoder.output_stride=16: each side must be a "
+            "multiple of 16",
         ),
         (
             ["-c", CITYSCAPES, *ON_CPU, "--data.init_args.augmentation.crop_size=[500, 500]"],
-            "data.init_args.augmentation.crop_size=[500, 500] does not fit model.output_stride=8",
+            "data.init_args.augmentation.crop_size=[500, 500] does not fit model.network.encoder.output_stride=8",
         ),
         (
             ["-c", SYNTHETIC, "--data.init_args.loader.num_workers=-1"],
@@ -44,8 +45,8 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
             "trainer.precision=16-mixed cannot run on the CPU",
         ),
         (
-            ["-c", SYNTHETIC, "--model.on_nonfinite_loss=skip", "--trainer.strategy=ddp", "--trainer.devices=2"],
-            "model.on_nonfinite_loss=skip needs a single process",
+            ["-c", SYNTHETIC, "--model.loss.on_nonfinite=skip", "--trainer.strategy=ddp", "--trainer.devices=2"],
+            "model.loss.on_nonfinite=skip needs a single process",
         ),
     ],
     ids=[
@@ -77,24 +78,27 @@ def test_gpu_accelerator_without_a_gpu_is_a_config_error():
 
 def test_unknown_context_variant_is_rejected_by_the_parser_in_one_line_naming_the_key_and_the_choices(capsys):
     with pytest.raises(UsageError) as error:
-        run_cli(["-c", SYNTHETIC, "--model.context.init_args.unary=conv3x3"], run=False)
-    assert str(error.value) == "model.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null"
+        run_cli(["-c", SYNTHETIC, "--model.network.context.init_args.unary=conv3x3"], run=False)
+    assert (
+        str(error.value)
+        == "model.network.context.init_args.unary=conv3x3: expected one of 'conv', 'shared_key' or null"
+    )
     assert capsys.readouterr().err == ""  # no usage printed
 
 
 @pytest.mark.slow
 def test_the_command_exits_with_the_message_and_no_traceback(tmp_path):
     config = tiny_config(tmp_path)
-    result = dnlseg("fit", "-c", str(config), "--model.context.init_args.temperature=0")
+    result = dnlseg("fit", "-c", str(config), "--model.network.context.init_args.temperature=0")
     assert result.returncode == 1
-    assert "model.context.init_args.temperature=0.0 must be > 0" in result.stderr
+    assert "model.network.context.init_args.temperature=0.0 must be > 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
 
-    unknown = dnlseg("fit", "-c", str(config), "--model.context.class_path=dnlseg.context.DisentangledNonLocal")
+    unknown = dnlseg("fit", "-c", str(config), "--model.network.context.class_path=dnlseg.context.DisentangledNonLocal")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert unknown.stderr.splitlines()[-1] == (
-        "dnlseg: model.context: no class dnlseg.context.DisentangledNonLocal "
+        "dnlseg: model.network.context: no class dnlseg.context.DisentangledNonLocal "
         "(did you mean dnlseg.context.DisentangledNonLocal2d?)"
     )
 
@@ -104,7 +108,7 @@ def test_resuming_with_an_incompatible_model_config_lists_the_differing_shapes(t
     config = tiny_config(tmp_path, max_steps=2)
     assert dnlseg("fit", "-c", str(config)).returncode == 0
     assert last_ckpt(tmp_path).exists()
-    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last", "--model.head_channels=16")
+    result = dnlseg("fit", "-c", str(config), "--ckpt_path", "last", "--model.network.head_channels=16")
     assert result.returncode == 1
     assert "dnlseg: the checkpoint does not fit the model built from this config" in result.stderr
     assert "network.decode_head.context.query.weight: checkpoint (4, 8, 1, 1) vs model (8, 16, 1, 1)" in result.stderr

@@ -22,7 +22,7 @@ def ddp_config(directory, processes: int):
         directory, max_steps=4, every_n_train_steps=4, val_check_interval=2, batch_size=GLOBAL_BATCH // processes
     )
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["dropout"] = 0.0  # each process draws its own dropout masks: the one random difference
+    cfg["model"]["network"]["dropout"] = 0.0  # each process draws its own dropout masks: the one random difference
     cfg["trainer"].update(accelerator="cpu", devices=processes, strategy="ddp" if processes > 1 else "auto")
     cfg["trainer"]["sync_batchnorm"] = processes > 1
     if processes > 1:

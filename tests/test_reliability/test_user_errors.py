@@ -33,7 +33,8 @@ def own_data_config(directory, empty_val: bool):
     config = resolved(recipe("own_data/dnl_r50_d8_512x512_40k"))
     config["trainer"].update(accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, max_steps=2)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(directory / "runs")
-    config["model"].update(encoder_name="resnet18", head_channels=8, aux_channels=8)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
+    config["model"]["network"]["encoder"]["name"] = "resnet18"
     config["data"]["init_args"].update(root=str(root))
     config["data"]["init_args"]["loader"].update(num_workers=0, batch_size=2)
     config["data"]["init_args"]["augmentation"]["crop_size"] = [32, 32]
@@ -77,7 +78,7 @@ CASES = {
         "model.init_weights: {damaged}: the file is damaged, record archive/data/",
     ),
     "mismatched-checkpoint": (
-        ["fit", "-c", "{config}", "--ckpt_path", "{last}", "--model.head_channels=16"],
+        ["fit", "-c", "{config}", "--ckpt_path", "{last}", "--model.network.head_channels=16"],
         "the checkpoint does not fit the model built from this config:",
     ),
     "bad-value": (
@@ -85,7 +86,7 @@ CASES = {
         "data (SyntheticDataModule): num_train=0 must be > 0",
     ),
     "bad-value-of-a-torch-module": (
-        ["fit", "-c", "{config}", "--model.dropout=2"],
+        ["fit", "-c", "{config}", "--model.network.dropout=2"],
         "model (SegmentationModule): dropout probability has to be between 0 and 1, but got 2.0",
     ),
     "analyze-missing-checkpoint": (
@@ -173,7 +174,7 @@ def every_file(folder) -> dict[str, str]:
 
 FAILED_RESUMES = {
     # a model config the checkpoint does not fit: refused before the fit starts
-    "shape-mismatch": ["--model.context.init_args.reduction=4"],
+    "shape-mismatch": ["--model.network.context.init_args.reduction=4"],
     # an error after the fit wrote its config, events and hparams and restored the checkpoint, before its first step
     "failure-before-the-first-step": [
         "--trainer.max_steps=6",
@@ -206,7 +207,14 @@ def test_a_resume_whose_checkpoint_does_not_fit_is_refused_before_the_trainer_st
         "lightning.pytorch.trainer.call._call_and_handle_interrupt",
         lambda trainer, *args, **kw: started.append(trainer),
     )
-    args = ["fit", "-c", str(run / "config.yaml"), "--ckpt_path", "last", "--model.context.init_args.reduction=4"]
+    args = [
+        "fit",
+        "-c",
+        str(run / "config.yaml"),
+        "--ckpt_path",
+        "last",
+        "--model.network.context.init_args.reduction=4",
+    ]
     with pytest.raises(
         CheckpointMismatchError, match=r"query.weight: checkpoint \(4, 8, 1, 1\) vs model \(2, 8, 1, 1\)"
     ):

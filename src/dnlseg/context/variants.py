@@ -2,7 +2,7 @@
 
 Tests (the block contract suite), benchmarks, the ablation experiment and the README's variant table all read
 ``VARIANTS``; a new variant is one entry here. ``variant.context_config()`` is the YAML value of
-``model.context`` (``null`` for the baseline), ``variant.build(C)`` the block itself.
+``model.network.context`` (``null`` for the baseline), ``variant.build(C)`` the block itself.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class Variant:
         return None if self.block is None else self.block(in_channels, **{**self.init_args, **overrides})
 
     def context_config(self) -> dict[str, Any] | None:
-        """``{"class_path": ..., "init_args": {...}}``: the value of ``model.context`` in a config (None: baseline)."""
+        """``{"class_path": ..., "init_args": {...}}``: the value of ``model.network.context`` in a config (None:
+        baseline)."""
         if self.block is None:
             return None
         class_path = f"dnlseg.context.{self.block.__name__}"

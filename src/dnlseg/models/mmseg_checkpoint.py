@@ -163,7 +163,8 @@ def describe_model(model: nn.Module) -> str:
     network = getattr(model, "network", model)
     context = getattr(getattr(network, "decode_head", None), "context", None)
     context_name = type(context).__name__ if context is not None else "?"
-    parts = [f"encoder {hparams.get('encoder_name', '?')}", f"context {context_name}"]
+    encoder = getattr(getattr(network, "encoder_options", None), "name", "?")
+    parts = [f"encoder {encoder}", f"context {context_name}"]
     if "num_classes" in hparams:
         parts.append(f"{hparams['num_classes']} classes")
     return ", ".join(parts)
