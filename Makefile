@@ -54,7 +54,7 @@ mutation: $(STAMP) ## mutation testing of the core modules -> mutation/report.md
 # CI's guard against a sliding score: one small core module from scratch (about a minute), failing below the target
 # or on a survivor without a verdict.
 mutation-check: $(STAMP) ## mutation score check of one small module (CI)
-	$(BIN)/python mutation/run.py --module src/dnlseg/evaluation/gradient_separation.py --fresh --check
+	$(BIN)/python mutation/run.py --module src/dnlseg/analysis/gradient_separation.py --fresh --check
 
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);

@@ -55,28 +55,29 @@ CORE = (
     "src/dnlseg/models/heads.py",
     "src/dnlseg/evaluation/inference.py",
     "src/dnlseg/evaluation/metrics.py",
-    "src/dnlseg/evaluation/attention_consistency.py",
-    "src/dnlseg/evaluation/gradient_separation.py",
+    "src/dnlseg/analysis/attention_consistency.py",
+    "src/dnlseg/analysis/gradient_separation.py",
     "src/dnlseg/data/transforms.py",
     "src/dnlseg/data/folder.py",
     "src/dnlseg/callbacks",
-    "src/dnlseg/sync_batchnorm.py",
-    "src/dnlseg/checkpoint_io.py",
-    "src/dnlseg/weight_files.py",  # split out of checkpoint_io.py (weight-file reading and the state-dict fit check)
+    "src/dnlseg/models/sync_batchnorm.py",
+    "src/dnlseg/checkpoints/checkpoint_io.py",
+    # split out of checkpoint_io.py (weight-file reading and the state-dict fit check)
+    "src/dnlseg/checkpoints/weight_files.py",
 )
 # Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
     "src/dnlseg/context": ("tests/context",),  # the block contract suite runs every block and option
     "src/dnlseg/models/heads.py": ("tests/models/test_network.py",),
     "src/dnlseg/evaluation/metrics.py": ("tests/evaluation/test_cityscapes_parity.py",),
-    "src/dnlseg/evaluation/attention_consistency.py": ("tests/callbacks/test_attention_consistency.py",),
+    "src/dnlseg/analysis/attention_consistency.py": ("tests/callbacks/test_attention_consistency.py",),
     "src/dnlseg/data/folder.py": (
         "tests/data/test_cityscapes.py",
         "tests/data/test_ade20k.py",
         "tests/data/test_image_mask.py",
         "tests/data/test_voc.py",
     ),
-    "src/dnlseg/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
+    "src/dnlseg/checkpoints/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
 }
 # Tests left out of a module's (or folder's) mutant runs, as a pytest -k expression: the contract suite's float64
 # gradchecks take 265 of its 294 s (per surviving mutant) and their gradients are also compared, fused against

@@ -9,7 +9,7 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 from PIL import Image
 
-from dnlseg.cli import prepare
+from dnlseg.cli.lightning_cli import prepare
 from dnlseg.data import CityscapesDataModule, CorruptFileError, DatasetLayoutError, LoaderOptions, TrainAugmentation
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from tests.datasets import write_cityscapes

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from dnlseg.checkpoints.weight_files import WeightFileError
 from dnlseg.errors import UserError
 from dnlseg.models.encoder import build_encoder
-from dnlseg.weight_files import WeightFileError
 
 
 def test_hub_weight_name_fails_fast_with_an_explanation():

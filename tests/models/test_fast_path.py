@@ -161,7 +161,7 @@ def test_the_synthetic_config_through_the_dnlseg_cli_turns_cudnn_benchmark_off(m
     the session had autotuning on."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
@@ -180,7 +180,7 @@ def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
     """``trainer.precision: bf16-mixed`` and ``model.channels_last: true`` as a user sets them, on a synthetic fit."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     config = Path(__file__).resolve().parents[2] / "configs/synthetic/dnl.yaml"
     cli = run_cli(

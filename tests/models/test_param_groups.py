@@ -6,9 +6,9 @@ from functools import partial
 import pytest
 import torch
 
+from dnlseg.checkpoints.mmseg import SEGMENTOR_KEYS, rename
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
-from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, rename
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
 from tests.mmseg_helpers import mirrored_config, recipe_model
 from tests.recipes import recipe

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.cli.preflight import ConfigError
 from dnlseg.errors import UsageError
-from dnlseg.preflight import ConfigError
 from tests.test_reliability.runs import ROOT, dnlseg, last_ckpt, tiny_config
 
 SYNTHETIC = str(ROOT / "configs/synthetic/dnl.yaml")
@@ -62,7 +62,7 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
 def test_config_error_names_the_key_before_anything_is_built(args, message, monkeypatch):
     monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
     built = []
-    monkeypatch.setattr("dnlseg.cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
+    monkeypatch.setattr("dnlseg.cli.lightning_cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
     with pytest.raises(ConfigError) as error:
         run_cli(args, run=False)
     assert message in str(error.value)

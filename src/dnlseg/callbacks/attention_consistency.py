@@ -1,7 +1,7 @@
 """Over the validation set, how much the pairwise term attends to the query's own class and the unary term to
 boundaries: ``val/pairwise_category_consistency`` and ``val/unary_boundary_consistency``.
 
-Definitions (``dnlseg.evaluation.attention_consistency``; 1 = no better than chance):
+Definitions (``dnlseg.analysis.attention_consistency``; 1 = no better than chance):
 
     pairwise-category = mean over labelled queries i of
         ( sum_{j : label_j = label_i} softmax_j(p_ij) ) / ( #{j : label_j = label_i} / Pk )
@@ -31,13 +31,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks
-from dnlseg.evaluation.attention_consistency import (
+from dnlseg.analysis.attention_consistency import (
     boundary_consistency,
     category_consistency,
     labels_on_grid,
     sampled_category_consistency,
 )
+from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks
 
 log = logging.getLogger(__name__)
 

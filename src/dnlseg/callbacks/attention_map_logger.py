@@ -1,7 +1,7 @@
 """After validation, draw what each context block's pairwise and unary terms attend to, on a few fixed images.
 
 For the first ``num_images`` images of the validation set and a few query cells per image chosen from the labels
-(``dnlseg.evaluation.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
+(``dnlseg.analysis.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
 a boundary), one forward per image inside ``capture_attention`` gives each block's factors, from which only the
 queries' rows are computed (O(P) memory: whole images need no ``scale``). One figure
 per image and block goes to TensorBoard as ``attention/<block>/image<i>`` (tab *Images*) and, with
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dnlseg.analysis.attention_consistency import labels_on_grid
+from dnlseg.analysis.attention_figure import attention_figure, select_queries
 from dnlseg.context import capture_attention, find_context_blocks, variant_of
 from dnlseg.data.transforms import unnormalize
-from dnlseg.evaluation.attention_consistency import labels_on_grid
-from dnlseg.evaluation.attention_figure import attention_figure, select_queries
 
 log = logging.getLogger(__name__)
 

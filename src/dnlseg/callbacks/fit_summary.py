@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from dnlseg.run_dirs import checkpoint_step
+from dnlseg.cli.run_dirs import checkpoint_step
 
 
 class FitSummary(L.Callback):

@@ -11,7 +11,7 @@ and, holding G fixed, the gradients of the block's ``combine`` restricted to tho
 
     separation/<block>/pairwise_logit_grad     ||dL/dp|| over the sampled rows
     separation/<block>/unary_logit_grad        ||dL/du|| from the sampled rows' weights
-    separation/<block>/cross_sensitivity       ``dnlseg.evaluation.gradient_separation`` on the sampled rows
+    separation/<block>/cross_sensitivity       ``dnlseg.analysis.gradient_separation`` on the sampled rows
 
 With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
 rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dnlseg.analysis import cross_sensitivity
 from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks, select_rows
-from dnlseg.evaluation import cross_sensitivity
 from dnlseg.models.buffers import BufferSnapshot
 
 

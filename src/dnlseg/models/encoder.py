@@ -25,8 +25,8 @@ import torch
 from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
-from dnlseg.models.mmseg_checkpoint import RESNET_V1C_KEYS, nested_state_dict, rename
-from dnlseg.weight_files import WeightFileError, read_torch_file
+from dnlseg.checkpoints.mmseg import RESNET_V1C_KEYS, nested_state_dict, rename
+from dnlseg.checkpoints.weight_files import WeightFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def weight_layouts(encoder: nn.Module) -> dict[str, Callable[[str], str | None]]
 
     "smp/torchvision": the encoder's own keys (torchvision's ResNets are smp's); for smp's ``tu-`` (timm) encoders
     also "timm" (timm's model keys: the encoder's without ``model.``) and, for ``tu-resnet*c``, "mmseg ImageNet"
-    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.models.mmseg_checkpoint``).
+    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.checkpoints.mmseg``).
     """
     layouts: dict[str, Callable[[str], str | None]] = {"smp/torchvision": lambda key: key}
     if hasattr(encoder, "model"):  # smp's TimmUniversalEncoder

@@ -12,15 +12,15 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 
+from dnlseg.checkpoints.mmseg import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
+from dnlseg.checkpoints.weight_files import CheckpointMismatchError, check_state_dict_fits
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.buffers import BufferSnapshot
 from dnlseg.models.losses import LossNormalization, SegmentationLoss, mean_loss_terms
-from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
 from dnlseg.models.network import SegmentationNetwork
 from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction, skip_nonfinite_loss
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
 from dnlseg.models.schedule import PolyLR, mmseg_total_iters
-from dnlseg.weight_files import CheckpointMismatchError, check_state_dict_fits
 
 
 def default_optimizer(params) -> Optimizer:
