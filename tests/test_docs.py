@@ -106,7 +106,8 @@ def test_the_readme_lists_every_subcommand_of_the_command():
 def test_the_readme_quotes_what_the_cpu_answers_to_16_mixed():
     import pytest
 
-    from dnlseg.cli.preflight import ConfigError, check_hardware
+    from dnlseg.cli.preflight import check_hardware
+    from dnlseg.errors import ConfigError
 
     with pytest.raises(ConfigError) as refused:
         check_hardware({"trainer": {"accelerator": "cpu", "precision": "16-mixed"}})

@@ -1,4 +1,5 @@
-"""The one base class of the errors a user can fix: a bad config value, file, checkpoint or dataset layout.
+"""Every error class of dnlseg, and the one base class of the errors a user can fix (``UserError``): a bad config
+value, command line, weight or checkpoint file, dataset layout, a diverged loss, a model that cannot be exported.
 
 Every exception dnlseg raises for a user's mistake derives from ``UserError`` (and from the builtin it is
 closest to, e.g. ``ValueError``), and its message says what was wrong, where (the file or config key) and what
@@ -44,6 +45,49 @@ class UsageError(UserError, ValueError):
     file that is missing, empty or not YAML. Exit status 2, as for every argparse usage error."""
 
     exit_status = 2
+
+
+# What a user's mistake is about: config, files, data, training, export. Each says what, where and the fix.
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
+
+
+class RenamedKeyError(UserError, ValueError):
+    """A config gives an option under its old and its new name."""
+
+
+class WeightFileError(UserError, ValueError):
+    """A weight or checkpoint file that cannot be read, or that does not hold what it should."""
+
+
+class WeightFileNotFoundError(UserError, FileNotFoundError):
+    """A weight or checkpoint file that does not exist."""
+
+
+class ChecksumMismatchError(WeightFileError):
+    """A weight or checkpoint file whose bytes no longer match the checksums it was saved with."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint's parameters do not have the shapes of the model built from the config."""
+
+
+class DatasetLayoutError(UserError, ValueError):
+    """The files on disk are not the dataset's expected layout or content."""
+
+
+class CorruptFileError(UserError, RuntimeError):
+    """An image or label file could not be decoded."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss is NaN or infinite (the message names the step and every loss term)."""
+
+
+class ExportError(UserError, ValueError):
+    """A model, option or file that ``dnlseg export`` cannot turn into a deployable graph; the message says why."""
 
 
 FILESYSTEM_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")

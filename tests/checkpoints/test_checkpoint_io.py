@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
-from dnlseg.checkpoints.weight_files import NO_VERIFY_ENV, ChecksumMismatchError, verify_checksums
-from dnlseg.errors import UserError
+from dnlseg.checkpoints.weight_files import NO_VERIFY_ENV, verify_checksums
+from dnlseg.errors import ChecksumMismatchError, UserError
 from tests.helpers import damage, damage_points
 
 
@@ -75,7 +75,7 @@ def test_an_mmseg_model_zoo_file_comes_back_as_a_lightning_checkpoint_of_its_wei
 def test_unreadable_checkpoints_raise_naming_the_ckpt_path_and_missing_ones_stay_file_not_found(tmp_path):
     import argparse
 
-    from dnlseg.checkpoints.weight_files import WeightFileError
+    from dnlseg.errors import WeightFileError
 
     io = AtomicCheckpointIO()
     with pytest.raises(FileNotFoundError):

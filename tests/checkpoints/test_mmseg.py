@@ -9,8 +9,8 @@ import torch
 
 from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.checkpoints.mmseg import MMSEG_KEY, checkpoint_weights, is_mmseg_checkpoint
-from dnlseg.checkpoints.weight_files import CheckpointMismatchError, WeightFileError
 from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.errors import CheckpointMismatchError, WeightFileError
 from dnlseg.models import SegmentationModule
 from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
 from tests.recipes import recipe

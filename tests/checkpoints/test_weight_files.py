@@ -5,14 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from dnlseg.checkpoints.weight_files import (
-    NO_VERIFY_ENV,
-    CheckpointMismatchError,
-    ChecksumMismatchError,
-    check_state_dict_fits,
-    read_torch_file,
-    verify_checksums,
-)
+from dnlseg.checkpoints.weight_files import NO_VERIFY_ENV, check_state_dict_fits, read_torch_file, verify_checksums
+from dnlseg.errors import CheckpointMismatchError, ChecksumMismatchError
 from tests.helpers import damage, damage_points
 
 
@@ -85,7 +79,8 @@ def test_unreadable_weight_files_raise_naming_the_key_the_file_and_why(tmp_path)
     import argparse
     import pickle
 
-    from dnlseg.checkpoints.weight_files import WeightFileError, WeightFileNotFoundError, read_torch_file
+    from dnlseg.checkpoints.weight_files import read_torch_file
+    from dnlseg.errors import WeightFileError, WeightFileNotFoundError
 
     with pytest.raises(WeightFileNotFoundError, match=f"^model.weights: no file at {tmp_path / 'none.pth'}$"):
         read_torch_file(tmp_path / "none.pth", "model.weights")

@@ -11,7 +11,7 @@ import pytest
 from dnlseg.cli import run_dirs
 from dnlseg.cli.analyze import analyze
 from dnlseg.cli.lightning_cli import run_cli
-from dnlseg.cli.preflight import ConfigError
+from dnlseg.errors import ConfigError
 from tests.helpers import TINY, warning_lines
 
 ROOT = Path(__file__).resolve().parents[2]

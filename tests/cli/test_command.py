@@ -9,8 +9,7 @@ import yaml
 
 from dnlseg.cli import command
 from dnlseg.cli.command import main
-from dnlseg.cli.preflight import ConfigError
-from dnlseg.errors import DEBUG_ENV
+from dnlseg.errors import DEBUG_ENV, ConfigError
 from tests.helpers import warning_lines
 from tests.test_reliability.runs import dnlseg, run_dir, tiny_config
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dnlseg.checkpoints.weight_files import CheckpointMismatchError, WeightFileError
 from dnlseg.cli.convert import convert
+from dnlseg.errors import CheckpointMismatchError, WeightFileError
 from tests.mmseg_helpers import mmseg_model, recipe_model, save_mmseg_checkpoint
 from tests.recipes import recipe
 

@@ -17,9 +17,9 @@ from PIL import Image
 from dnlseg.cli.export import build, export
 from dnlseg.data.cityscapes import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dnlseg.data.folder import image_folder_pairs, read_image
-from dnlseg.deploy import ExportError
 from dnlseg.deploy.onnx_model import onnxruntime_session, read_metadata, relative_error
 from dnlseg.deploy.torchscript import read_torchscript_metadata
+from dnlseg.errors import ExportError
 from tests.helpers import uint8_images, wake_context_blocks
 from tests.mmseg_helpers import mmseg_model, save_mmseg_checkpoint
 from tests.test_reliability.runs import ROOT, dnlseg

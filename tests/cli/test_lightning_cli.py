@@ -17,9 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import dnlseg.data
 from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.cli.lightning_cli import resolve_config, run_cli
-from dnlseg.cli.preflight import ConfigError
 from dnlseg.data import SegmentationDataModule
-from dnlseg.errors import UserError
+from dnlseg.errors import ConfigError, UserError
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]

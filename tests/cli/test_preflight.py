@@ -4,8 +4,9 @@ is complete and intact before anything is built."""
 import pytest
 import torch
 
-from dnlseg.checkpoints.weight_files import NO_VERIFY_ENV, ChecksumMismatchError
-from dnlseg.cli.preflight import ConfigError, check_checkpoint_file, check_hardware, check_sync_batchnorm
+from dnlseg.checkpoints.weight_files import NO_VERIFY_ENV
+from dnlseg.cli.preflight import check_checkpoint_file, check_hardware, check_sync_batchnorm
+from dnlseg.errors import ChecksumMismatchError, ConfigError
 from tests.helpers import damage, damage_points
 
 

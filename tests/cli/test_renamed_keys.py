@@ -11,7 +11,8 @@ import yaml
 
 from dnlseg.cli import renamed_keys
 from dnlseg.cli.lightning_cli import resolve_config
-from dnlseg.cli.renamed_keys import RenamedKeyError, rename_old_keys
+from dnlseg.cli.renamed_keys import rename_old_keys
+from dnlseg.errors import RenamedKeyError
 from tests.test_reliability.runs import dnlseg
 
 BEFORE = Path(__file__).parents[1] / "data" / "configs_before_22"

@@ -8,7 +8,6 @@ import pytest
 from jsonargparse import Namespace
 
 from dnlseg.cli import run_dirs
-from dnlseg.cli.preflight import ConfigError
 from dnlseg.cli.run_dirs import (
     FOLDER_ENV,
     choose_version,
@@ -20,6 +19,7 @@ from dnlseg.cli.run_dirs import (
     snapshot,
     write_metrics,
 )
+from dnlseg.errors import ConfigError
 
 
 def make_run(root, version, last=True):

@@ -4,8 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dnlseg.checkpoints.weight_files import WeightFileError
-from dnlseg.errors import UserError
+from dnlseg.errors import UserError, WeightFileError
 from dnlseg.models.encoder import build_encoder
 
 

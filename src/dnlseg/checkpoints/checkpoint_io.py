@@ -28,7 +28,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dnlseg.checkpoints.mmseg import as_lightning_checkpoint, is_mmseg_checkpoint
-from dnlseg.checkpoints.weight_files import WeightFileError, unreadable, verify_checksums
+from dnlseg.checkpoints.weight_files import unreadable, verify_checksums
+from dnlseg.errors import WeightFileError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -38,12 +38,8 @@ from typing import Any
 import lightning
 from torch import Tensor, nn
 
-from dnlseg.checkpoints.weight_files import (
-    CheckpointMismatchError,
-    WeightFileError,
-    check_state_dict_fits,
-    read_torch_file,
-)
+from dnlseg.checkpoints.weight_files import check_state_dict_fits, read_torch_file
+from dnlseg.errors import CheckpointMismatchError, WeightFileError
 
 MMSEG_KEY = "mmseg_checkpoint"  # what a Lightning checkpoint dict read from an mmseg file carries: path and meta
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"

@@ -27,20 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnlseg.errors import UserError
-
-
-class WeightFileError(UserError, ValueError):
-    """A weight or checkpoint file that cannot be read, or that does not hold what it should."""
-
-
-class WeightFileNotFoundError(UserError, FileNotFoundError):
-    """A weight or checkpoint file that does not exist."""
-
-
-class ChecksumMismatchError(WeightFileError):
-    """A weight or checkpoint file whose bytes no longer match the checksums it was saved with."""
-
+from dnlseg.errors import CheckpointMismatchError, ChecksumMismatchError, WeightFileError, WeightFileNotFoundError
 
 NO_VERIFY_ENV = "DNLSEG_NO_VERIFY"  # "1": load files without checking their checksums (``dnlseg --no_verify``)
 ZIP_MAGIC = b"PK\x03\x04"  # how a zip archive (torch.save's format since PyTorch 1.6) starts
@@ -136,10 +123,6 @@ def read_torch_file(path: Path, what: str) -> Any:
         raise WeightFileError(
             unreadable(f"{what}: {path}", error, "load it into a state dict and save that")
         ) from error
-
-
-class CheckpointMismatchError(UserError, ValueError):
-    """A checkpoint's parameters do not have the shapes of the model built from the config."""
 
 
 def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -30,7 +30,8 @@ from dnlseg.callbacks import AttentionConsistency, AttentionMapLogger
 from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.cli import run_dirs
 from dnlseg.cli.lightning_cli import DnlsegCLI, run_cli
-from dnlseg.cli.preflight import ConfigError, check_checkpoint_file
+from dnlseg.cli.preflight import check_checkpoint_file
+from dnlseg.errors import ConfigError
 from dnlseg.models import SegmentationModule
 
 log = logging.getLogger(__name__)

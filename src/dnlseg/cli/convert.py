@@ -26,7 +26,8 @@ from dnlseg.checkpoints.mmseg import (
     nested_state_dict,
     rename_all,
 )
-from dnlseg.checkpoints.weight_files import CheckpointMismatchError, WeightFileError, read_torch_file
+from dnlseg.checkpoints.weight_files import read_torch_file
+from dnlseg.errors import CheckpointMismatchError, WeightFileError
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import yaml
 
 from dnlseg.cli.analyze import read_config
-from dnlseg.cli.lightning_cli import ConfigReader, config_section, root_cause
-from dnlseg.cli.preflight import ConfigError, check_checkpoint_file, check_context
+from dnlseg.cli.lightning_cli import ConfigReader, constructor_error
+from dnlseg.cli.preflight import check_checkpoint_file
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dnlseg.deploy.files import atomic_output
 from dnlseg.deploy.metadata import build_metadata
-from dnlseg.deploy.segmenter import ExportError, ImageSegmenter
+from dnlseg.deploy.segmenter import ImageSegmenter
+from dnlseg.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,11 @@ class ModelReader(ConfigReader):
     """Parses a config and builds its model and DataModule only: no trainer, no seed, no output folder."""
 
     def instantiate_classes(self) -> None:
-        check_context(self.config)
         try:
             instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # jsonargparse
             built = instantiate(self.config)
         except ValueError as error:
-            raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
+            raise ConfigError(constructor_error(error, self.config)) from error
         self.model, self.datamodule = built.model, built.data
 
 
@@ -106,7 +106,7 @@ def build(config_file: Path, overrides: list[str]) -> ModelReader:
 def load_weights(module, ckpt_path: str) -> None:
     """The weights of a dnlseg checkpoint or an mmseg file into ``module``; a mismatch is one ``ExportError`` line."""
     from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
-    from dnlseg.checkpoints.weight_files import CheckpointMismatchError
+    from dnlseg.errors import CheckpointMismatchError
 
     checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt_path)  # WeightFileError for a file that is no checkpoint
     try:

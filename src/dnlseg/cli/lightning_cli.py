@@ -15,7 +15,9 @@ own beside the checkpoint, printed at the end; no evaluation touches a run's fil
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import re
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -33,10 +35,10 @@ from dnlseg.callbacks.progress import display_callbacks
 from dnlseg.checkpoints.weight_files import check_resume_checkpoint
 from dnlseg.cli import renamed_keys, run_dirs
 from dnlseg.cli.parse_errors import one_line_parse_errors
-from dnlseg.cli.preflight import ConfigError, check_checkpoint_file, check_config
+from dnlseg.cli.preflight import check_checkpoint_file, check_config
 from dnlseg.cli.third_party import silence_third_party
 from dnlseg.data import SegmentationDataModule
-from dnlseg.errors import UserError, debug_mode
+from dnlseg.errors import ConfigError, UserError, debug_mode
 from dnlseg.models import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,7 @@ class DnlsegCLI(LightningCLI):
             user_error = outermost_user_error(error)
             if user_error is not None:
                 raise user_error  # noqa: B904 -- it carries its own cause (the file's error); ``error`` only wraps it
-            raise ConfigError(f"{config_section(error)}: {root_cause(error)}") from error
+            raise ConfigError(constructor_error(error, self.config)) from error
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         """Lightning's, with dnlseg's progress bar (in steps) and model summary as the defaults (callbacks.progress)."""
@@ -285,6 +287,47 @@ def config_section(error: BaseException) -> str:
                 return f"{name} ({type(owner).__name__})"
         tb = tb.tb_next
     return section
+
+
+def constructor_error(error: BaseException, config: Any) -> str:
+    """The one-line message for a value an ``__init__`` refused: ``<section>: <its message>``.
+
+    A class the config names below a section (``model.context``: the context block, built inside the model) is
+    named by its own key, and the arguments the config gives it by theirs: ``temperature=0.0 must be > 0`` becomes
+    ``model.context (NonLocal2d): model.context.init_args.temperature=0.0 must be > 0``. The block's constructor
+    is the check; nothing checks its arguments before.
+    """
+    message = root_cause(error)
+    section = config.get(config.get("subcommand")) if config is not None and config.get("subcommand") else config
+    nested = configured_class_key(error, section)
+    if nested is None:
+        return f"{config_section(error)}: {message}"
+    key, cls = nested
+    given = section.get(f"{key}.init_args") or {}  # what the config sets (not in_channels: the head gives it)
+    arguments = [name for name in inspect.signature(cls).parameters if name in given]
+    if arguments:
+        message = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, arguments))})=", rf"{key}.init_args.\1=", message)
+    return f"{key} ({cls.__name__}): {message}"
+
+
+def configured_class_key(error: BaseException, config: Any) -> tuple[str, type] | None:
+    """(key, class) of the innermost ``__init__`` in ``error``'s traceback whose class ``config`` (one
+    subcommand's) names by a ``class_path`` below a top-level section (e.g. ``model.context``), or None."""
+    keys: dict[type, str] = {}  # the configured class -> its key
+    for key, value in config.items() if config is not None else ():
+        if key.endswith(".class_path") and key.count(".") > 1 and isinstance(value, str):
+            module, _, name = value.rpartition(".")
+            cls = getattr(sys.modules.get(module), name, None)  # built already: its module is imported
+            if isinstance(cls, type):
+                keys[cls] = key.removesuffix(".class_path")
+    found = None
+    tb: TracebackType | None = root_exception(error).__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self") if tb.tb_frame.f_code.co_name == "__init__" else None
+        if owner is not None and type(owner) in keys:
+            found = (keys[type(owner)], type(owner))
+        tb = tb.tb_next
+    return found
 
 
 def outermost_user_error(error: BaseException) -> UserError | None:

@@ -2,8 +2,9 @@
 
 ``check_config`` runs in the CLI after parsing and before any model, data or trainer is instantiated.
 What the parser itself rejects (an unknown ``class_path``, a value outside a ``Literal``, a wrong type)
-never gets here; what the typed ``__init__``s check is checked there again. Here: what needs more than one
-key, the environment, or the hardware.
+never gets here; what a typed ``__init__`` checks is its own check (a value it refuses is reported with its key:
+``lightning_cli.constructor_error``), not repeated here. Here: what needs more than one key, the environment,
+or the hardware.
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ from typing import Any
 import torch
 
 from dnlseg.checkpoints.weight_files import verify_checksums
-from dnlseg.errors import UserError
+from dnlseg.errors import ConfigError
 
 CPU_PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true", "bf16")
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
 
 
 def _get(namespace: Any, dotted: str, default: Any = None) -> Any:
@@ -41,24 +38,6 @@ def _import(class_path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-def check_context(config: Any) -> None:
-    """Temperature > 0, and ``model.head_channels`` divisible by the block's ``reduction``."""
-    context = _get(config, "model.context")
-    if context is None:
-        return
-    args = _get(context, "init_args", {})
-    temperature = _get(args, "temperature")
-    if temperature is not None and not temperature > 0:
-        raise ConfigError(f"model.context.init_args.temperature={temperature} must be > 0 (the paper uses 0.05)")
-    channels = _get(config, "model.head_channels")
-    reduction = _get(args, "reduction")
-    if reduction is not None and (reduction < 1 or (channels is not None and channels % reduction)):
-        raise ConfigError(
-            f"model.context.init_args.reduction={reduction} must be >= 1 and divide model.head_channels={channels} "
-            "(the block's query/key/value width is head_channels / reduction)"
-        )
 
 
 def check_stride(name: str, value: int | Sequence[int], output_stride: int) -> None:
@@ -218,7 +197,6 @@ def check_checkpoint_file(ckpt_path: str | None, key: str = "ckpt_path") -> None
 
 def check_config(config: Any, subcommand: str | None = None) -> None:
     """All checks above on the config of one subcommand; raise ``ConfigError`` naming the key."""
-    check_context(config)
     check_data(config, subcommand)
     check_hardware(config)
     check_sync_batchnorm(config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dnlseg.errors import UserError
+from dnlseg.errors import RenamedKeyError
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ RENAMED = {
 }
 
 _reported: set[str] = set()  # old keys already logged in this process
-
-
-class RenamedKeyError(UserError, ValueError):
-    """A config gives an option under its old and its new name."""
 
 
 def rename_init_args(init_args: dict[str, Any]) -> list[str]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dnlseg.cli.preflight import ConfigError
+from dnlseg.errors import ConfigError
 
 try:
     import fcntl

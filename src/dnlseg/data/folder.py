@@ -50,20 +50,12 @@ from dnlseg.data.transforms import (
     train_transform,
     worker_seed,
 )
-from dnlseg.errors import UserError
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED = 10  # problems listed in one error message
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a predict_dir is searched for (any case)
-
-
-class DatasetLayoutError(UserError, ValueError):
-    """The files on disk are not the dataset's expected layout or content."""
-
-
-class CorruptFileError(UserError, RuntimeError):
-    """An image or label file could not be decoded."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: label_map is an array

@@ -33,7 +33,6 @@ from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
     DEFAULT_CHECKS,
     IMAGE_SUFFIXES,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SetupChecks,
@@ -42,7 +41,7 @@ from dnlseg.data.folder import (
 )
 from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
-from dnlseg.errors import yaml_problem
+from dnlseg.errors import DatasetLayoutError, yaml_problem
 
 CLASSES_FILE = "classes.yaml"
 LAYOUT = """  <root>/images/<split>/<name>.png|.jpg|.jpeg

@@ -5,6 +5,6 @@ inside the file (``metadata``). ``dnlseg export`` (``dnlseg.cli.export``) is the
 
 from dnlseg.deploy.files import atomic_output
 from dnlseg.deploy.metadata import build_metadata
-from dnlseg.deploy.segmenter import ExportError, ImageSegmenter
+from dnlseg.deploy.segmenter import ImageSegmenter
 
-__all__ = ["ExportError", "ImageSegmenter", "atomic_output", "build_metadata"]
+__all__ = ["ImageSegmenter", "atomic_output", "build_metadata"]

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from dnlseg.deploy.metadata import INPUT_NAME, OUTPUT_NAME
 from dnlseg.deploy.onnx_attention import FORMULATIONS, MIN_OPSET
-from dnlseg.deploy.segmenter import ExportError, ImageSegmenter
+from dnlseg.deploy.segmenter import ImageSegmenter
+from dnlseg.errors import ExportError
 
 log = logging.getLogger(__name__)
 

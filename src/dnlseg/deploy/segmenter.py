@@ -14,12 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dnlseg.errors import UserError
-
-
-class ExportError(UserError, ValueError):
-    """A model, option or file that ``dnlseg export`` cannot turn into a deployable graph; the message says why."""
-
 
 class ImageSegmenter(nn.Module):
     """uint8 RGB images -> logits at their size (module docstring); the module that is exported.

@@ -26,7 +26,8 @@ from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
 from dnlseg.checkpoints.mmseg import RESNET_V1C_KEYS, nested_state_dict, rename
-from dnlseg.checkpoints.weight_files import WeightFileError, read_torch_file
+from dnlseg.checkpoints.weight_files import read_torch_file
+from dnlseg.errors import WeightFileError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 
 from dnlseg.checkpoints.mmseg import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
-from dnlseg.checkpoints.weight_files import CheckpointMismatchError, check_state_dict_fits
+from dnlseg.checkpoints.weight_files import check_state_dict_fits
+from dnlseg.errors import CheckpointMismatchError
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.buffers import BufferSnapshot
 from dnlseg.models.losses import LossNormalization, SegmentationLoss, mean_loss_terms
