@@ -225,9 +225,18 @@ class DnlsegCLI(LightningCLI):
                 raise user_error  # noqa: B904 -- it carries its own cause (the file's error); ``error`` only wraps it
             raise ConfigError(constructor_error(error, self.config)) from error
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's, with dnlseg's progress bar (in steps) and model summary as the defaults (callbacks.progress)."""
-        return super()._instantiate_trainer(config, [*callbacks, *display_callbacks(config)])
+        section = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        trainer_config = {**section.get("trainer", {}), **kwargs}
+        configured = trainer_config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        added = display_callbacks(trainer_config)  # may set enable_model_summary=False (its docstring)
+        overrides = {
+            "callbacks": [*configured, *added],
+            "enable_model_summary": trainer_config.get("enable_model_summary"),
+        }
+        return super().instantiate_trainer(**{**kwargs, **overrides})
 
     def predict(self, model, datamodule=None, return_predictions: bool | None = None, **kwargs):
         """``dnlseg predict``: predictions go to files (``dnlseg.callbacks.PredictionWriter``), not into memory.
