@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 DEBUG_ENV = "DNLSEG_DEBUG"  # "1" (``dnlseg --debug``): errors with their traceback, the parser's with its usage
 
@@ -98,20 +99,25 @@ OUTPUT_OPTIONS = {  # where a subcommand's outputs go, to write them elsewhere
 OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "out of memory", "CUDA error: out of memory")
 
 
-def chain(error: BaseException):
+def chain(error: BaseException) -> Iterator[BaseException]:
     """``error``, then its cause or context, and so on (each once)."""
     seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def machine_failure(error: BaseException, subcommand: str | None = None) -> str | None:
     """The one-line message for a failure of the machine or a setting Lightning refuses, anywhere in ``error``'s
     chain (module docstring), or None for anything else. ``subcommand``: what was running (the advice differs)."""
     for cause in chain(error):
-        if isinstance(cause, OSError) and errno.errorcode.get(cause.errno) in FILESYSTEM_ERRNOS:
+        if (
+            isinstance(cause, OSError)
+            and cause.errno is not None
+            and errno.errorcode.get(cause.errno) in FILESYSTEM_ERRNOS
+        ):
             return filesystem_failure(cause, subcommand)
         if (
             isinstance(cause, MemoryError)
@@ -130,7 +136,8 @@ def machine_failure(error: BaseException, subcommand: str | None = None) -> str 
 
 
 def filesystem_failure(error: OSError, subcommand: str | None) -> str:
-    """``<path>: <what> (ENOSPC); <what to do>``."""
+    """``<path>: <what> (ENOSPC); <what to do>``; ``error`` has an ``errno``."""
+    assert error.errno is not None
     name = errno.errorcode[error.errno]
     path = error.filename or "a file dnlseg was writing"
     elsewhere = OUTPUT_OPTIONS.get(subcommand or "", "--output_dir=DIR")

@@ -77,7 +77,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" not in str(path) and Path(path).is_file():
             verify_checksums(path, f"--ckpt_path {path}")
         try:
-            checkpoint = super().load_checkpoint(path, map_location or "cpu", weights_only)
+            # torch.load takes "cpu"; Lightning annotates map_location as a callable only
+            checkpoint = super().load_checkpoint(path, map_location or "cpu", weights_only)  # type: ignore[arg-type]
         except FileNotFoundError:
             raise
         except Exception as error:

@@ -121,7 +121,7 @@ def is_mmseg_checkpoint(obj: Any) -> bool:
     if not isinstance(obj, dict) or LIGHTNING_VERSION_KEY in obj:
         return False
     state = nested_state_dict(obj)
-    return any(isinstance(k, str) and k.startswith(("backbone.", "decode_head.")) for k in state)
+    return state is not None and any(isinstance(k, str) and k.startswith(("backbone.", "decode_head.")) for k in state)
 
 
 def as_lightning_checkpoint(obj: dict, path: str | Path) -> dict:
@@ -190,7 +190,7 @@ def mmseg_state_dict_for(model: nn.Module, state: dict[str, Any], source: str, p
     ]
     if not (unmatched or missing or extra or shapes):
         return renamed
-    origin = {prefix + rename(k, SEGMENTOR_KEYS): k for k in state if k not in unmatched}
+    origin = {prefix + new: k for k in state if (new := rename(k, SEGMENTOR_KEYS)) is not None}  # unmatched: None
     lines = [
         f"the mmsegmentation checkpoint {source} ({describe_mmseg(state)}) does not fit the model built from "
         f"this config ({describe_model(model)}):"
@@ -221,8 +221,9 @@ def checkpoint_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     """The weights of an mmseg model-zoo file or a dnlseg (Lightning) checkpoint, keyed for ``model`` (a
     ``SegmentationModule``) and checked to fit it; ``model.init_weights`` of a fit."""
     obj = read_torch_file(path, "model.init_weights")
-    if is_mmseg_checkpoint(obj):
-        return mmseg_state_dict_for(model, nested_state_dict(obj), str(path))
+    mmseg_state = nested_state_dict(obj)
+    if mmseg_state is not None and is_mmseg_checkpoint(obj):
+        return mmseg_state_dict_for(model, mmseg_state, str(path))
     if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)):
         found = sorted(map(str, obj))[:5] if isinstance(obj, dict) else type(obj).__name__
         raise WeightFileError(

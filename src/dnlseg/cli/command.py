@@ -80,7 +80,7 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
     if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         from dnlseg.cli.parse_errors import unknown_subcommand
 
-        raise UsageError(unknown_subcommand(argv[0], SUBCOMMANDS))
+        raise UsageError(unknown_subcommand(argv[0], list(SUBCOMMANDS)))
     if argv[0] == "prepare":
         from dnlseg.cli.lightning_cli import prepare
 
@@ -106,7 +106,7 @@ def run(argv: list[str], from_sys_argv: bool = False) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The ``dnlseg`` console script (and ``python -m dnlseg``)."""
     from_sys_argv = argv is None
-    argv = list(sys.argv[1:] if from_sys_argv else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or debug_mode()
     no_verify = NO_VERIFY_FLAG in argv
     argv = [arg for arg in argv if arg not in (DEBUG_FLAG, NO_VERIFY_FLAG)]

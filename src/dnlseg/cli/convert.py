@@ -46,12 +46,12 @@ def convert(args: list[str]) -> Path:
     if output.exists():
         raise WeightFileError(f"--output {output} exists; dnlseg convert never overwrites a file: choose another path")
     loaded = read_torch_file(source, "--ckpt_path")
-    if not is_mmseg_checkpoint(loaded):
+    mmseg_state = nested_state_dict(loaded)
+    if mmseg_state is None or not is_mmseg_checkpoint(loaded):
         raise WeightFileError(
             f"--ckpt_path {source} is not an mmsegmentation checkpoint: expected a dict whose 'state_dict' holds "
             "backbone.* / decode_head.* keys"
         )
-    mmseg_state = nested_state_dict(loaded)
     state, unmatched = rename_all(mmseg_state, SEGMENTOR_KEYS)
     if unmatched:
         raise CheckpointMismatchError(

@@ -80,10 +80,12 @@ class DnlsegCLI(LightningCLI):
         with one_line_parse_errors(parser, args, self.only_subcommand):
             super().parse_arguments(parser, args)
 
-    def subcommands(self) -> dict[str, set[str]]:
+    # Lightning declares it a staticmethod and calls it on the instance: the parsers built depend on the instance here.
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         everything = LightningCLI.subcommands()
-        if getattr(self, "only_subcommand", None) in everything:
-            return {self.only_subcommand: everything[self.only_subcommand]}
+        only = getattr(self, "only_subcommand", None)
+        if only is not None and only in everything:
+            return {only: everything[only]}
         return everything
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
@@ -141,6 +143,7 @@ class DnlsegCLI(LightningCLI):
                 "give --ckpt_path <file> to evaluate a trained model",
                 self.subcommand,
             )
+        assert self.subcommand is not None  # validate, test or predict
         untrained_root = run_dirs.logger_root(config) or Path(config.trainer.default_root_dir or ".")
         folder = run_dirs.evaluation_dir(self.subcommand, config.ckpt_path, config.output_dir, untrained_root)
         run_dirs.redirect_outputs(config, folder)
@@ -244,7 +247,7 @@ class DnlsegCLI(LightningCLI):
         Lightning would otherwise keep every full-resolution map until the end (500 Cityscapes val images:
         8 GB of int64); ``--return_predictions true`` asks for them anyway.
         """
-        if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+        if not any(isinstance(cb, PredictionWriter) for cb in trainer_callbacks(self.trainer)):
             raise ConfigError(
                 "trainer.callbacks has no dnlseg.callbacks.PredictionWriter: dnlseg predict would write nothing; "
                 "add `- class_path: dnlseg.callbacks.PredictionWriter` to trainer.callbacks (as the shipped configs do)"
@@ -252,7 +255,7 @@ class DnlsegCLI(LightningCLI):
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
 
     def after_predict(self) -> None:
-        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)]
+        writers = [cb for cb in trainer_callbacks(self.trainer) if isinstance(cb, PredictionWriter)]
         if self.trainer.is_global_zero and not any(writer.written for writer in writers):
             raise ConfigError("dnlseg predict wrote nothing: the predict set is empty")
         self.report("predictions", [writer.resolve_dir(self.trainer) for writer in writers])
@@ -285,8 +288,13 @@ class DnlsegCLI(LightningCLI):
 
 def config_section(error: BaseException) -> str:
     """The config section whose class raised ``error`` in its ``__init__``: model, data, trainer.callbacks, ..."""
-    sections = ((LightningModule, "model"), (LightningDataModule, "data"), (Callback, "trainer.callbacks"))
-    sections += ((Logger, "trainer.logger"), (Trainer, "trainer"))
+    sections: tuple[tuple[type, str], ...] = (
+        (LightningModule, "model"),
+        (LightningDataModule, "data"),
+        (Callback, "trainer.callbacks"),
+        (Logger, "trainer.logger"),
+        (Trainer, "trainer"),
+    )
     tb: TracebackType | None = root_exception(error).__traceback__
     section = "config"
     while tb is not None:  # outermost first: the config's own class, not the module it builds inside
@@ -339,22 +347,28 @@ def configured_class_key(error: BaseException, config: Any) -> tuple[str, type] 
     return found
 
 
+def trainer_callbacks(trainer: Trainer) -> list[Callback]:
+    """``trainer.callbacks``: set by Lightning's callback connector in ``Trainer.__init__``, undeclared on the class."""
+    return trainer.callbacks  # type: ignore[attr-defined]
+
+
 def outermost_user_error(error: BaseException) -> UserError | None:
     """The first ``UserError`` of a chain, from the outermost exception in (jsonargparse wraps what an ``__init__``
     raised in a ``ValueError`` of its own, with the subtypes it tried)."""
     seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 
 def root_exception(error: BaseException) -> BaseException:
     """The first exception of a chain (jsonargparse wraps the one an ``__init__`` raised)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
     return error
 
 

@@ -47,16 +47,16 @@ import math
 import os
 import re
 import shutil
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dnlseg.errors import ConfigError
 
-try:
+if sys.platform != "win32":  # Windows: no flock; the mkdir claim of new runs still holds
     import fcntl
-except ImportError:  # Windows: no flock; the mkdir claim of new runs still holds
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,12 @@ def resolve_logger_version(fit_config: Any) -> Path | None:
     if init_args is None:
         return None
     run_root = logger_root(fit_config)
+    if run_root is None:
+        return None
     inherited = os.environ.get(FOLDER_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
-    if inherited is not None and Path(inherited).parent == run_root:
-        init_args.version = int(VERSION_DIR.fullmatch(Path(inherited).name).group(1))
+    numbered = VERSION_DIR.fullmatch(Path(inherited).name) if inherited is not None else None
+    if inherited is not None and Path(inherited).parent == run_root and numbered is not None:
+        init_args.version = int(numbered.group(1))
     elif getattr(init_args, "version", None) is None:
         init_args.version = choose_version(run_root, resume_last=fit_config.ckpt_path == "last")
     version = init_args.version
@@ -203,7 +206,7 @@ def lock_folder(path: Path) -> int | None:
 
     Raises ``ConfigError`` when another process holds it; None where the file system cannot lock (a warning).
     """
-    if fcntl is None:
+    if sys.platform == "win32":
         return None
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -229,12 +232,12 @@ def claim_run_folder(fit_config: Any) -> RunFolder | None:
     A new run takes the first free ``version_<n>`` that this process can create itself (module docstring). None when
     the logger writes no run folder; a DDP worker process only resolves the folder (no creation, no lock).
     """
-    init_args = logger_args(fit_config)
-    if init_args is None:
+    init_args, run_root = logger_args(fit_config), logger_root(fit_config)
+    if init_args is None or run_root is None:
         return None
     if not launching_process():
-        return RunFolder(resolve_logger_version(fit_config), created=None)
-    run_root = logger_root(fit_config)
+        worker_dir = resolve_logger_version(fit_config)
+        return RunFolder(worker_dir, created=None) if worker_dir is not None else None
     resume = fit_config.ckpt_path == "last"
     if getattr(init_args, "version", None) is None and not (resume and latest_with_last(run_root) is not None):
         if resume:
@@ -250,7 +253,9 @@ def claim_run_folder(fit_config: Any) -> RunFolder | None:
         run_dir = resolve_logger_version(fit_config)
     else:
         run_dir = resolve_logger_version(fit_config)
-        created = make_folder(run_dir, exclusive=False)
+        created = make_folder(run_dir, exclusive=False) if run_dir is not None else None
+    if run_dir is None:  # not reached: the logger has a save_dir (run_root)
+        return None
     return RunFolder(run_dir, created, lock_folder(run_dir))
 
 
@@ -400,7 +405,7 @@ def checkpoint_step(ckpt_path: str | None) -> int | None:
     return int(step) if step is not None else None
 
 
-def write_metrics(folder: Path, record: dict[str, Any], figures: list[Path] = ()) -> Path:
+def write_metrics(folder: Path, record: dict[str, Any], figures: Sequence[Path] = ()) -> Path:
     """``<folder>/metrics.json`` (``record`` with NaN as null) and ``metrics.md`` (a table, then the figures)."""
     metrics = {k: float(v) for k, v in sorted(record["metrics"].items())}
     finite = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # NaN: a class never seen -> null

@@ -118,7 +118,7 @@ def read_label(path: Path, label_map: np.ndarray | None) -> np.ndarray:
         bad = np.unique(label[mapped < 0])
         raise DatasetLayoutError(
             f"label {path} holds values {bad.tolist()[:20]} outside the dataset's label values "
-            f"({describe_values(np.flatnonzero(label_map >= 0))}, see the DataModule docstring)"
+            f"({describe_values(np.flatnonzero(label_map >= 0).tolist())}, see the DataModule docstring)"
         )
     return mapped.astype(np.uint8)
 

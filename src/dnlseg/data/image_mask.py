@@ -164,7 +164,7 @@ class ImageMaskDataModule(FolderDataModule):
         values = check_classes(classes, ignore_value, where)
         self.num_classes: int = len(classes)
         self.class_names: list[str] = [c.name for c in classes]
-        self.palette: list[tuple[int, int, int]] = [tuple(c.color) for c in classes]
+        self.palette: list[tuple[int, int, int]] = [(c.color[0], c.color[1], c.color[2]) for c in classes]
         self.mask_values = np.asarray(values, dtype=np.uint8)  # train id -> mask value
         self.label_table = lookup_table(
             dict(zip(values, range(len(values)), strict=True)), ignore_values=[ignore_value]

@@ -100,7 +100,7 @@ def example_keys(encoder: nn.Module, layout: str) -> list[str]:
     if layout == "timm":
         return [k.removeprefix("model.") for k in keys]
     if layout == "mmseg ImageNet":
-        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) for k in keys]
+        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) or k for k in keys]
     return keys
 
 
@@ -130,8 +130,11 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     expected = encoder.state_dict()
     attempts = []
     for layout, convert in weight_layouts(encoder).items():
-        renamed = {convert(k): v for k, v in state.items()}
-        renamed = {k: v for k, v in renamed.items() if k is not None and not (dropped and k.startswith(dropped))}
+        renamed = {
+            new: v
+            for k, v in state.items()
+            if (new := convert(k)) is not None and not (dropped and new.startswith(dropped))
+        }
         shape_errors = [
             f"{k}: file {tuple(v.shape)} vs encoder {tuple(expected[k].shape)}"
             for k, v in renamed.items()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,7 +55,7 @@ class SegmentationNetwork(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be >= 1")
         self.encoder = build_encoder(encoder_name, output_stride, encoder_weights, encoder_depth)
-        stage3_channels, stage4_channels = self.encoder.out_channels[-2:]
+        stage3_channels, stage4_channels = cast(Sequence[int], self.encoder.out_channels)[-2:]  # smp: stage widths
         self.decode_head = ContextHead(stage4_channels, head_channels, num_classes, context, dropout)
         self.aux_head = FCNHead(stage3_channels, aux_channels, num_classes, dropout) if aux_channels > 0 else None
         self.align_corners = align_corners

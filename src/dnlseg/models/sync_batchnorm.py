@@ -21,6 +21,7 @@ PyTorch's own path unchanged.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -50,7 +51,7 @@ class SyncBatchNorm(_BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
         if input.device.type != "cpu" or not (self.training and distributed):
-            return nn.SyncBatchNorm.forward(self, input)
+            return nn.SyncBatchNorm.forward(cast(nn.SyncBatchNorm, self), input)  # the same state (the plugin's swap)
         self._check_input_dim(input)
         group = self.process_group or dist.group.WORLD
         dims = [0, *range(2, input.dim())]
@@ -61,13 +62,14 @@ class SyncBatchNorm(_BatchNorm):
         n = totals[-1]
         mean = totals[:-1] / n
         var = all_reduce((x - mean.view(shape)).square().sum(dims), group=group) / n  # biased, for normalising
-        if self.track_running_stats:
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), m)
                 unbiased = var.detach() * n / (n - 1).clamp(min=1)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+                running_var.lerp_(unbiased.to(running_var.dtype), m)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -81,11 +83,12 @@ class SyncBatchNormPlugin(TorchSyncBatchNorm):
         model = super().apply(model)  # BatchNorm*d -> nn.SyncBatchNorm, parameters and buffers kept
         for module in model.modules():
             if type(module) is nn.SyncBatchNorm:
-                module.__class__ = SyncBatchNorm  # the same state; only forward differs, and only on CPU
+                # the same state; only forward differs, and only on CPU (mypy refuses any assignment to __class__)
+                module.__class__ = SyncBatchNorm  # type: ignore[assignment]
         return model
 
     def revert(self, model: nn.Module) -> nn.Module:
         for module in model.modules():
             if type(module) is SyncBatchNorm:
-                module.__class__ = nn.SyncBatchNorm
+                module.__class__ = nn.SyncBatchNorm  # type: ignore[assignment]  # as in apply
         return super().revert(model)  # nn.SyncBatchNorm -> BatchNorm
