@@ -98,6 +98,8 @@ def sampled_category_consistency(
         ignore_index: queries with this label are skipped.
     """
     attention = captured.pairwise_attention(rows)  # (N, Q, Pk)
+    if attention is None:
+        raise ValueError("pairwise consistency of a block without a pairwise term")
     return pairwise_category_consistency(attention, torch.gather(query_labels, 1, rows), key_labels, ignore_index)
 
 
@@ -113,6 +115,8 @@ def category_consistency(
     num_classes = int(torch.cat([key_labels[labelled], query_labels[query_labels != ignore_index]]).max(0).values + 1)
     onehot = F.one_hot(key_labels.masked_fill(~labelled, 0), num_classes) * labelled[..., None]  # (N, Pk, K)
     mass = captured.pairwise_mass(onehot)  # (N, P, K): sum_j a_ij [label_j = k]
+    if mass is None:
+        raise ValueError("category consistency of a block without a pairwise term")
     area = onehot.float().mean(1)  # (N, K): each class's area fraction on the key grid
     safe = query_labels.masked_fill(query_labels == ignore_index, 0)[..., None]  # (N, P, 1)
     own_mass, own_area = mass.gather(2, safe)[..., 0], area[:, None].expand_as(mass).gather(2, safe)[..., 0]
@@ -123,4 +127,7 @@ def category_consistency(
 def boundary_consistency(captured: CapturedAttention, key_labels: Tensor, radius: int = 1) -> Tensor:
     """``unary_boundary_consistency`` of one block call: key_labels (N, Hk, Wk) -> one value per image."""
     band = boundary_band(key_labels, radius).flatten(1)  # (N, Pk)
-    return unary_boundary_consistency(captured.unary_attention(), band)
+    attention = captured.unary_attention()  # (N, Pk)
+    if attention is None:
+        raise ValueError("boundary consistency of a block without a unary term")
+    return unary_boundary_consistency(attention, band)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from matplotlib import colormaps, patheffects
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Patch
 from torch import Tensor
 
@@ -109,10 +110,12 @@ def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query])
     if captured.pairwise_query is not None and queries:
         N = captured.pairwise_query.shape[0]
         rows = torch.tensor([q.row * W + q.col for q in queries], device=captured.pairwise_query.device)
-        attention = captured.pairwise_attention(rows.expand(N, -1))[index]  # (Q, Pk), the queries' rows only
-        pairwise = attention.reshape(len(queries), Hk, Wk)
-    if captured.unary_logits is not None:
-        unary = captured.unary_attention()[index].reshape(Hk, Wk)  # (Pk,) -> (Hk, Wk)
+        attention = captured.pairwise_attention(rows.expand(N, -1))  # (N, Q, Pk), the queries' rows only
+        if attention is not None:
+            pairwise = attention[index].reshape(len(queries), Hk, Wk)
+    unary_attention = captured.unary_attention()  # (N, Pk) or None
+    if unary_attention is not None:
+        unary = unary_attention[index].reshape(Hk, Wk)  # (Pk,) -> (Hk, Wk)
     return pairwise, unary
 
 
@@ -211,8 +214,8 @@ def attention_figure(
         mark(ax, k, x, y)
     ax.set_title("ground truth,\nqueries 1-" + str(len(queries)) if queries else "ground truth", fontsize=fontsize)
 
-    maps = [*(pairwise if pairwise is not None else []), *([unary] if unary is not None else [])]
-    norm = colour_scale(maps) if maps else None
+    shown = [*(pairwise if pairwise is not None else []), *([unary] if unary is not None else [])]
+    norm = colour_scale(shown) if shown else None
     drawn = None
 
     def draw_map(ax, weights: Tensor):
@@ -251,7 +254,9 @@ def attention_figure(
     else:  # a strip below the grid, outside the constrained layout: legend, then the caption
         height = fig.get_size_inches()[1]
         caption, strip = 0.75 / height, (0.75 + (0.85 if handles else 0)) / height
-        fig.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
+        layout = fig.get_layout_engine()
+        assert isinstance(layout, ConstrainedLayoutEngine)  # Figure(layout="constrained")
+        layout.set(rect=(0, strip, 1, 1 - strip))
         if handles:
             fig.legend(**legend, loc="lower center", bbox_to_anchor=(0.5, caption), ncols=min(len(handles), 3))
         fig.text(0.5, caption / 2, textwrap.fill(CAPTION, 52), ha="center", va="center", fontsize=fontsize)

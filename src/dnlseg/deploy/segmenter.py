@@ -24,6 +24,9 @@ class ImageSegmenter(nn.Module):
         std: per-channel standard deviation of images scaled to [0, 1] (RGB).
     """
 
+    pixel_mean: Tensor  # buffers (1, 3, 1, 1), registered in __init__
+    pixel_std: Tensor
+
     def __init__(self, network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.network = network
