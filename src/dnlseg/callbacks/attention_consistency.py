@@ -162,4 +162,5 @@ class AttentionConsistency(L.Callback):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_key)
         scores = torch.rand(N, P, generator=generator).to(query_labels.device)  # (N, P) in [0, 1)
         scores = scores + (query_labels != self._ignore_index)  # labelled cells rank first
+        assert self.num_queries is not None  # sampled only with num_queries set
         return scores.topk(min(self.num_queries, P), dim=1).indices  # (N, Q)

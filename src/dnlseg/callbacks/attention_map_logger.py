@@ -80,7 +80,7 @@ class AttentionMapLogger(L.Callback):
             return
         dataset = loader.dataset
         class_names = getattr(pl_module, "class_names", None)
-        palette = getattr(trainer.datamodule, "palette", None)  # the dataset's class colours, for the legend
+        palette = getattr(getattr(trainer, "datamodule", None), "palette", None)  # the classes' colours, for the legend
         ignore_index = int(pl_module.hparams.get("ignore_index", 255))
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         self.written = []

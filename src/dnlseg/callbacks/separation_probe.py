@@ -26,6 +26,8 @@ logs.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -78,7 +80,7 @@ class SeparationProbe(L.Callback):
                 trainer.precision_plugin.forward_context(),
                 capture_attention(pl_module, max_calls=1) as captured,
             ):
-                loss = pl_module.losses(batch)["loss"]
+                loss = cast(Any, pl_module).losses(batch)["loss"]  # SegmentationModule.losses
             calls = {name: c[0] for name, c in captured.items() if c and c[0].combine is not None}
             outputs = [c.output for c in calls.values()]
             grads = torch.autograd.grad(loss, outputs, allow_unused=True) if outputs else []
@@ -103,6 +105,9 @@ class SeparationProbe(L.Callback):
         self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator
     ) -> dict[str, Tensor]:
         """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv)."""
+        combine = call.combine
+        if combine is None:  # not reached: the calls are those with a combine
+            return {}
         N = grad_y.shape[0]
         rows = self.sample_rows(grad_y.shape[1], N, generator)  # (N, Q)
         upstream = select_rows(grad_y.float(), rows) @ call.values.detach().float().transpose(1, 2)  # (N, Q, Pk)
@@ -111,7 +116,7 @@ class SeparationProbe(L.Callback):
         unary = call.unary_logits.detach().float().requires_grad_(True) if call.unary_logits is not None else None
         inputs = [t for t in (pairwise, unary) if t is not None]
         with torch.enable_grad():
-            weights = call.combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
+            weights = combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
             grads = dict(zip(map(id, inputs), torch.autograd.grad(weights, inputs, upstream), strict=True))
         prefix = f"separation/{name}"
         metrics: dict[str, Tensor] = {}
@@ -121,6 +126,6 @@ class SeparationProbe(L.Callback):
             metrics[f"{prefix}/unary_logit_grad"] = grads[id(unary)].norm()
         if pairwise is not None and unary is not None:
             metrics[f"{prefix}/cross_sensitivity"] = cross_sensitivity(
-                call.combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
+                combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
             )
         return metrics

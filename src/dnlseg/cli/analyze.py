@@ -22,6 +22,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import yaml
@@ -73,7 +74,7 @@ class AnalysisCLI(DnlsegCLI):
         # ``args`` is analyze's config and overrides, not the command line LightningCLI would otherwise warn about
         self.config = parser.parse_args(args)
 
-    def instantiate_trainer(self, **kwargs) -> None:
+    def instantiate_trainer(self, **kwargs) -> L.Trainer | None:  # type: ignore[override]  # analyze builds its own
         return None
 
 
@@ -86,7 +87,9 @@ def analyze(args: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cli = run_cli(["-c", str(Path(tmp) / "config.yaml"), *overrides], run=False, cli_class=AnalysisCLI)
-    ckpt = Path(DnlsegCLI.evaluated_checkpoint(cli.config, opts.ckpt_path))  # `last`: what validate would load
+    evaluated = DnlsegCLI.evaluated_checkpoint(cli.config, opts.ckpt_path)  # `last`: what validate would load
+    assert evaluated is not None  # --ckpt_path is required
+    ckpt = Path(evaluated)
     output = run_dirs.evaluation_dir("analyze", str(ckpt), opts.output_dir, untrained_root=ckpt.parent)
     model = cli.model
     load_weights(model, ckpt)
@@ -104,7 +107,7 @@ def analyze(args: list[str]) -> dict[str, float]:
     )
     (metrics,) = trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
-    record = {"subcommand": "analyze", "config": str(opts.config), "ckpt_path": str(ckpt)}
+    record: dict[str, Any] = {"subcommand": "analyze", "config": str(opts.config), "ckpt_path": str(ckpt)}
     record |= {"step": model.evaluated_step, "step_source": model.weights_step_source}
     record |= {"metrics": metrics, "figures": [p.name for p in figures.written]}
     run_dirs.write_metrics(output, record, figures.written)

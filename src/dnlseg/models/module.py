@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -173,7 +174,8 @@ class SegmentationModule(L.LightningModule):
         # The terms of the global batch: one all-reduce per step under DDP for the check and the logs alike.
         global_terms = mean_loss_terms(losses, self.trainer.strategy)
         if skip_nonfinite_loss(global_terms, self.trainer.global_step, self.on_nonfinite_loss):
-            buffers.restore()
+            if buffers is not None:  # on_nonfinite_loss == "skip"
+                buffers.restore()
             return None  # Lightning makes no optimiser step
         batch_size = batch["image"].shape[0]
         for name, value in global_terms.items():  # already averaged over the processes: no sync_dist
@@ -247,7 +249,7 @@ class SegmentationModule(L.LightningModule):
         metric.reset()
         # The same values on every rank: a max over the ranks keeps them exact (a mean could move the last bit) and
         # tells Lightning they are synchronised (it warns about every epoch-level value logged without sync_dist).
-        synced = {"sync_dist": True, "reduce_fx": "max"}
+        synced: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
         self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True, **synced)
         self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()}, **synced)
 
