@@ -38,9 +38,10 @@ train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trai
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + mypy (pyproject.toml [tool.mypy])
 	$(BIN)/ruff check src tests benchmarks experiments mutation examples
 	$(BIN)/ruff format --check src tests benchmarks experiments mutation examples
+	$(BIN)/mypy src
 
 format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests benchmarks experiments mutation examples
