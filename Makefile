@@ -38,9 +38,10 @@ train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trai
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + mypy (pyproject.toml [tool.mypy])
 	$(BIN)/ruff check src tests benchmarks experiments mutation examples
 	$(BIN)/ruff format --check src tests benchmarks experiments mutation examples
+	$(BIN)/mypy src
 
 format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests benchmarks experiments mutation examples
@@ -54,7 +55,7 @@ mutation: $(STAMP) ## mutation testing of the core modules -> mutation/report.md
 # CI's guard against a sliding score: one small core module from scratch (about a minute), failing below the target
 # or on a survivor without a verdict.
 mutation-check: $(STAMP) ## mutation score check of one small module (CI)
-	$(BIN)/python mutation/run.py --module src/dnlseg/evaluation/gradient_separation.py --fresh --check
+	$(BIN)/python mutation/run.py --module src/dnlseg/analysis/gradient_separation.py --fresh --check
 
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);

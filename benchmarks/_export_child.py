@@ -47,9 +47,9 @@ def main() -> None:
     else:
         import torch
 
+        from dnlseg.cli.export import build
         from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from dnlseg.deploy import ImageSegmenter
-        from dnlseg.export import build
 
         overrides = [f"--model.network.context={args.context}"] if args.context is not None else []
         module = build(Path(args.config), overrides).model.eval()

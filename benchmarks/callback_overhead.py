@@ -21,7 +21,7 @@ from _measure import benchmark_parser, markdown_table, parse, write_report
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dnlseg.callbacks import BranchGradientMonitor, SeparationProbe
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 
 
 class StepTimer(L.Callback):

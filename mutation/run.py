@@ -57,16 +57,18 @@ CORE = (
     "src/dnlseg/models/losses.py",
     "src/dnlseg/models/heads.py",
     "src/dnlseg/evaluation",
+    "src/dnlseg/analysis",
     "src/dnlseg/data/transforms.py",
     "src/dnlseg/data/folder.py",
     "src/dnlseg/callbacks",
-    "src/dnlseg/sync_batchnorm.py",
-    "src/dnlseg/checkpoint_io.py",
-    "src/dnlseg/weight_files.py",  # split out of checkpoint_io.py (weight-file reading and the state-dict fit check)
+    "src/dnlseg/models/sync_batchnorm.py",
+    "src/dnlseg/checkpoints/checkpoint_io.py",
+    # split out of checkpoint_io.py (weight-file reading and the state-dict fit check)
+    "src/dnlseg/checkpoints/weight_files.py",
 )
 # Modules of a CORE folder left out: drawing figures and reading TensorBoard files (checked by their tests, not
 # mutated).
-NOT_CORE = ("src/dnlseg/evaluation/attention_figure.py", "src/dnlseg/evaluation/tensorboard_scalars.py")
+NOT_CORE = ("src/dnlseg/analysis/attention_figure.py", "src/dnlseg/analysis/tensorboard_scalars.py")
 # Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
     "src/dnlseg/context": ("tests/context",),  # the block contract suite runs every block and option
@@ -78,7 +80,7 @@ EXTRA_TESTS = {
         "tests/data/test_image_mask.py",
         "tests/data/test_voc.py",
     ),
-    "src/dnlseg/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
+    "src/dnlseg/checkpoints/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
 }
 # Tests left out of a module's (or folder's) mutant runs, as a pytest -k expression: the contract suite's float64
 # gradchecks take 265 of its 294 s (per surviving mutant) and their gradients are also compared, fused against

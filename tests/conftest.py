@@ -42,6 +42,7 @@ def voc_root(tmp_path_factory):
     return write_voc(tmp_path_factory.mktemp("voc"))
 
 
+@pytest.fixture(scope="session")
 def lightning_checkpoint(tmp_path_factory):
     """A real Lightning checkpoint of a 1-step tiny fit, saved by ``AtomicCheckpointIO``. Read-only."""
     from tests.helpers import saved_lightning_checkpoint

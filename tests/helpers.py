@@ -251,7 +251,7 @@ class TinyRegression(L.LightningModule):
 def saved_lightning_checkpoint(path) -> Path:
     """A real Lightning checkpoint (weights, optimiser, loops, callbacks) of a 1-step tiny fit, saved at ``path``
     through dnlseg's ``AtomicCheckpointIO``."""
-    from dnlseg.checkpoint_io import AtomicCheckpointIO
+    from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 
     path = Path(path)
     trainer = tiny_fit(path.parent, max_steps=1, plugins=[AtomicCheckpointIO()])

@@ -100,13 +100,13 @@ def recipe(name: str) -> Path:
 
 @functools.cache
 def _resolved(recipe_file: Path) -> str:
-    from dnlseg.cli import resolve_config
+    from dnlseg.cli.lightning_cli import resolve_config
 
     return json.dumps(resolve_config(recipe_file))
 
 
 def resolved(recipe_file: Path) -> dict:
-    """The whole config of a recipe (``dnlseg.cli.resolve_config``), a fresh copy: callers may change it."""
+    """The whole config of a recipe (``dnlseg.cli.lightning_cli.resolve_config``), a fresh copy callers may change."""
     return json.loads(_resolved(recipe_file))
 
 

@@ -11,7 +11,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data import ADE20KDataModule, CityscapesDataModule, VOCDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -316,7 +316,7 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     network, loss, optimization = model["network"], model["loss"], model["optimization"]
     backbone, head, aux = mm.model.backbone, mm.model.decode_head, mm.model.auxiliary_head
     # Encoder: ResNetV1c-50/101 at output stride 8 with contracted dilation = timm's resnet*c (tested for weights
-    # and features in tests/models/test_mmseg_checkpoint.py)
+    # and features in tests/checkpoints/test_mmseg.py)
     assert (backbone.type, backbone.strides, backbone.dilations) == ("ResNetV1c", (1, 2, 1, 1), (1, 1, 2, 4))
     assert backbone.contract_dilation and network["encoder"]["name"] == f"tu-resnet{backbone.depth}c"
     assert network["encoder"]["output_stride"] == 8

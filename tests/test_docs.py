@@ -95,7 +95,7 @@ def test_the_python_example_of_the_blocks_runs():
 
 
 def test_the_readme_lists_every_subcommand_of_the_command():
-    from dnlseg.command import SUBCOMMANDS
+    from dnlseg.cli.command import SUBCOMMANDS
 
     text = (ROOT / "README.md").read_text()
     listed = re.search(r"`dnlseg --help` lists the subcommands \(([^)]*)\)", " ".join(text.split()))
@@ -106,7 +106,8 @@ def test_the_readme_lists_every_subcommand_of_the_command():
 def test_the_training_page_quotes_what_the_cpu_answers_to_16_mixed():
     import pytest
 
-    from dnlseg.preflight import ConfigError, check_hardware
+    from dnlseg.cli.preflight import check_hardware
+    from dnlseg.errors import ConfigError
 
     with pytest.raises(ConfigError) as refused:
         check_hardware({"trainer": {"accelerator": "cpu", "precision": "16-mixed"}})

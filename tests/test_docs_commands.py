@@ -88,7 +88,7 @@ def config_overrides(words: list[str]) -> list[str]:
 
 
 def check_lightning_command(argv: list[str]) -> None:
-    from dnlseg.cli import resolve_config
+    from dnlseg.cli.lightning_cli import resolve_config
 
     config = argv[argv.index("-c") + 1] if "-c" in argv else str(PLACEHOLDER_CONFIG)
     resolve_config(config_for(config), *config_overrides(argv[1:]))
@@ -97,7 +97,7 @@ def check_lightning_command(argv: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("shown", [s for s in SHOWN if s.program == "dnlseg"], ids=lambda s: f"{s.document}: {s.line}")
 def test_every_dnlseg_command_shown_parses(shown):
-    from dnlseg.command import SUBCOMMANDS
+    from dnlseg.cli.command import SUBCOMMANDS
 
     argv = shown.argv
     if argv in ([], ["--help"]):
@@ -107,14 +107,14 @@ def test_every_dnlseg_command_shown_parses(shown):
     if "--help" in argv or subcommand == "prepare":
         return
     if subcommand in ("analyze", "export"):
-        module = __import__(f"dnlseg.{subcommand}", fromlist=["parse"])
+        module = __import__(f"dnlseg.cli.{subcommand}", fromlist=["parse"])
         options, overrides = module.parse([a if a != "..." else "x" for a in argv[1:]])
-        from dnlseg.cli import resolve_config
+        from dnlseg.cli.lightning_cli import resolve_config
 
         resolve_config(config_for(options.config), *config_overrides(overrides))
         return
     if subcommand == "convert":
-        from dnlseg import convert
+        from dnlseg.cli import convert
 
         parsed = convert.parse(argv[1:]) if hasattr(convert, "parse") else None
         assert parsed is not None or "--ckpt_path" in argv

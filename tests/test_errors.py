@@ -8,11 +8,18 @@ import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from dnlseg.data import CorruptFileError, DatasetLayoutError
-from dnlseg.errors import UsageError, UserError, machine_failure, yaml_problem
-from dnlseg.models.nonfinite import NonFiniteLossError
-from dnlseg.preflight import ConfigError
-from dnlseg.weight_files import CheckpointMismatchError, ChecksumMismatchError
+from dnlseg.errors import (
+    CheckpointMismatchError,
+    ChecksumMismatchError,
+    ConfigError,
+    CorruptFileError,
+    DatasetLayoutError,
+    NonFiniteLossError,
+    UsageError,
+    UserError,
+    machine_failure,
+    yaml_problem,
+)
 from tests.helpers import CPU_OUT_OF_MEMORY
 
 

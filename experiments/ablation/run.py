@@ -45,10 +45,10 @@ from metrics import SUMMARY, curves, summary  # noqa: E402
 from reference_levels import LEVELS, reference_levels  # noqa: E402
 from seed_stats import mean_std, ordering, paired_difference  # noqa: E402
 
-from dnlseg.cli import resolve_config  # noqa: E402
+from dnlseg.analysis.tensorboard_scalars import read_scalars  # noqa: E402
+from dnlseg.cli.lightning_cli import resolve_config  # noqa: E402
 from dnlseg.context import VARIANTS  # noqa: E402
 from dnlseg.data import LoaderOptions, SyntheticDataModule  # noqa: E402
-from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT

@@ -36,8 +36,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
 
-from dnlseg.cli import resolve_config
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
+from dnlseg.cli.lightning_cli import resolve_config
 
 HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT
@@ -121,7 +121,7 @@ def ddp_run(directory: Path, processes: int) -> Path:
     cfg["data"]["init_args"]["loader"]["batch_size"] = 4 // processes
     cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 4
     if processes > 1:
-        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})
+        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.models.sync_batchnorm.SyncBatchNormPlugin"})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     _runner.run(_runner.dnlseg_command("fit", "-c", str(config)), env=environment(), capture=True)
     return directory / "runs/dnl/version_0"

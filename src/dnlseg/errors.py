@@ -1,4 +1,5 @@
-"""The one base class of the errors a user can fix: a bad config value, file, checkpoint or dataset layout.
+"""Every error class of dnlseg, and the one base class of the errors a user can fix (``UserError``): a bad config
+value, command line, weight or checkpoint file, dataset layout, a diverged loss, a model that cannot be exported.
 
 Every exception dnlseg raises for a user's mistake derives from ``UserError`` (and from the builtin it is
 closest to, e.g. ``ValueError``), and its message says what was wrong, where (the file or config key) and what
@@ -15,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 DEBUG_ENV = "DNLSEG_DEBUG"  # "1" (``dnlseg --debug``): errors with their traceback, the parser's with its usage
 
@@ -50,6 +52,49 @@ class ModuleInterfaceError(UserError, TypeError):
     """A callback of the config needs a member the LightningModule lacks (``dnlseg.callbacks.module_interface``)."""
 
 
+# What a user's mistake is about: config, files, data, training, export. Each says what, where and the fix.
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message starts with its key, e.g. ``model.output_stride``."""
+
+
+class RenamedKeyError(UserError, ValueError):
+    """A config gives an option under its old and its new name."""
+
+
+class WeightFileError(UserError, ValueError):
+    """A weight or checkpoint file that cannot be read, or that does not hold what it should."""
+
+
+class WeightFileNotFoundError(UserError, FileNotFoundError):
+    """A weight or checkpoint file that does not exist."""
+
+
+class ChecksumMismatchError(WeightFileError):
+    """A weight or checkpoint file whose bytes no longer match the checksums it was saved with."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint's parameters do not have the shapes of the model built from the config."""
+
+
+class DatasetLayoutError(UserError, ValueError):
+    """The files on disk are not the dataset's expected layout or content."""
+
+
+class CorruptFileError(UserError, RuntimeError):
+    """An image or label file could not be decoded."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss is NaN or infinite (the message names the step and every loss term)."""
+
+
+class ExportError(UserError, ValueError):
+    """A model, option or file that ``dnlseg export`` cannot turn into a deployable graph; the message says why."""
+
+
 FILESYSTEM_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
 OUTPUT_OPTIONS = {  # where a subcommand's outputs go, to write them elsewhere
     "fit": "--trainer.logger.init_args.save_dir=DIR",
@@ -58,20 +103,25 @@ OUTPUT_OPTIONS = {  # where a subcommand's outputs go, to write them elsewhere
 OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "out of memory", "CUDA error: out of memory")
 
 
-def chain(error: BaseException):
+def chain(error: BaseException) -> Iterator[BaseException]:
     """``error``, then its cause or context, and so on (each once)."""
     seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def machine_failure(error: BaseException, subcommand: str | None = None) -> str | None:
     """The one-line message for a failure of the machine or a setting Lightning refuses, anywhere in ``error``'s
     chain (module docstring), or None for anything else. ``subcommand``: what was running (the advice differs)."""
     for cause in chain(error):
-        if isinstance(cause, OSError) and errno.errorcode.get(cause.errno) in FILESYSTEM_ERRNOS:
+        if (
+            isinstance(cause, OSError)
+            and cause.errno is not None
+            and errno.errorcode.get(cause.errno) in FILESYSTEM_ERRNOS
+        ):
             return filesystem_failure(cause, subcommand)
         if (
             isinstance(cause, MemoryError)
@@ -90,7 +140,8 @@ def machine_failure(error: BaseException, subcommand: str | None = None) -> str 
 
 
 def filesystem_failure(error: OSError, subcommand: str | None) -> str:
-    """``<path>: <what> (ENOSPC); <what to do>``."""
+    """``<path>: <what> (ENOSPC); <what to do>``; ``error`` has an ``errno``."""
+    assert error.errno is not None
     name = errno.errorcode[error.errno]
     path = error.filename or "a file dnlseg was writing"
     elsewhere = OUTPUT_OPTIONS.get(subcommand or "", "--output_dir=DIR")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ def stand_in_ops() -> types.ModuleType:
             raise AttributeError(name)
         return missing_op(name)
 
-    module.__getattr__ = getattr_
+    module.__dict__["__getattr__"] = getattr_  # a module's __getattr__ (PEP 562)
     return module
 
 
@@ -119,8 +120,9 @@ def randomize(model: nn.Module, seed: int = 0, size: tuple[int, int] = (64, 64))
             hooks.append(module.register_forward_pre_hook(calibrate))
     was_training = model.training
     model.eval()
-    features = model.extract_feat(normal((2, 3, *size)))
-    for head in (model.decode_head, getattr(model, "auxiliary_head", None)):
+    segmentor: Any = model  # an mmseg EncoderDecoder (mmseg has no type information)
+    features = segmentor.extract_feat(normal((2, 3, *size)))
+    for head in (segmentor.decode_head, getattr(model, "auxiliary_head", None)):
         if head is not None:
             head(features)
     for hook in hooks:

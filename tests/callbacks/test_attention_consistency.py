@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from dnlseg.analysis import boundary_band
+from dnlseg.analysis.attention_consistency import pairwise_category_consistency
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import AttentionConsistency
 from dnlseg.context import VARIANTS, ContextBlock, DisentangledNonLocal2d, capture_attention, find_context_blocks
-from dnlseg.evaluation import boundary_band
-from dnlseg.evaluation.attention_consistency import pairwise_category_consistency
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import TensorSizes, captured_from_logits, fake_trainer, fit_with_validation, tiny_module
 
 PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"

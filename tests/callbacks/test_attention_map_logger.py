@@ -13,12 +13,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dnlseg.analysis.attention_consistency import labels_on_grid
+from dnlseg.analysis.attention_figure import select_queries
 from dnlseg.callbacks import AttentionMapLogger
 from dnlseg.callbacks import attention_map_logger as logger_module
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data.transforms import unnormalize
-from dnlseg.evaluation.attention_consistency import labels_on_grid
-from dnlseg.evaluation.attention_figure import select_queries
 from tests.helpers import fake_trainer, fit_with_validation, tiny_module
 
 

@@ -10,10 +10,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from torch import nn
 
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import BranchGradientMonitor, SeparationProbe
 from dnlseg.callbacks.branch_gradients import branch_gradient_norms, separation_layout
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import RecordingLogger, fake_trainer, tiny_batch, tiny_module
 
 

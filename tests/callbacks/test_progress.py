@@ -82,7 +82,7 @@ def test_the_summary_has_no_flops(caplog):
     ids=["defaults", "turned-off", "own-bar"],
 )
 def test_the_cli_uses_the_step_bar_and_the_summary_unless_the_config_says_otherwise(overrides, bar, summary):
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     trainer = run_cli(["-c", SYNTHETIC, *overrides], run=False).trainer
     bars = [type(c) for c in trainer.callbacks if isinstance(c, ProgressBar)]

@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import ResumableModelCheckpoint
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import TinyRegression
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from dnlseg.analysis import cross_sensitivity
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import SeparationProbe
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
-from dnlseg.evaluation import cross_sensitivity
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from dnlseg.models.losses import LossOptions
 from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnlseg.data import ADE20KDataModule, DatasetLayoutError, LoaderOptions, TrainAugmentation
+from dnlseg.data import ADE20KDataModule, LoaderOptions, TrainAugmentation
 from dnlseg.data.ade20k import CLASS_NAMES
+from dnlseg.errors import DatasetLayoutError
 from tests.datasets import ADE_SIZES
 
 SMALL = TrainAugmentation(crop_size=(32, 32), scale_base=(128, 64))

@@ -9,9 +9,10 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 from PIL import Image
 
-from dnlseg.cli import prepare
-from dnlseg.data import CityscapesDataModule, CorruptFileError, DatasetLayoutError, LoaderOptions, TrainAugmentation
+from dnlseg.cli.lightning_cli import prepare
+from dnlseg.data import CityscapesDataModule, LoaderOptions, TrainAugmentation
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 from tests.datasets import write_cityscapes
 
 SMALL = TrainAugmentation(crop_size=(32, 64), scale_base=(128, 64))

@@ -11,8 +11,6 @@ from torch.utils.data import DistributedSampler
 
 from dnlseg.data import LoaderOptions, ResumableDataLoader, SetupChecks, TrainAugmentation
 from dnlseg.data.folder import (
-    CorruptFileError,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SegmentationFiles,
@@ -24,6 +22,7 @@ from dnlseg.data.folder import (
     read_label,
 )
 from dnlseg.data.transforms import RandomRescale, eval_transform
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 
 
 def write_label(path, values, mode=None):

@@ -7,7 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from dnlseg.data import DatasetLayoutError, ImageMaskDataModule, LoaderOptions, TrainAugmentation
+from dnlseg.data import ImageMaskDataModule, LoaderOptions, TrainAugmentation
+from dnlseg.errors import DatasetLayoutError
 from tests.datasets import OWN_CLASSES, OWN_SIZES
 
 SMALL = TrainAugmentation(crop_size=(32, 32))

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.data import DatasetLayoutError, LoaderOptions, TrainAugmentation, VOCDataModule
+from dnlseg.data import LoaderOptions, TrainAugmentation, VOCDataModule
 from dnlseg.data.voc import CLASS_NAMES, COLORMAP, PALETTE, voc_colormap
+from dnlseg.errors import DatasetLayoutError
 from tests.datasets import VOC_SPLITS, VOC_UNLISTED
 
 SMALL = TrainAugmentation(crop_size=(32, 32), scale_base=(128, 48))

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dnlseg.context import VARIANTS
-from dnlseg.deploy import ExportError
 from dnlseg.deploy.onnx_attention import CHUNK_ROWS, FORMULATIONS
 from dnlseg.deploy.onnx_model import check_options, export_onnx, onnxruntime_session, relative_error
+from dnlseg.errors import ExportError
 from tests.helpers import tiny_segmenter, uint8_images
 
 pytestmark = pytest.mark.slow  # each export traces the network (seconds)

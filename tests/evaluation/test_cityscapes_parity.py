@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 from dnlseg.data import CityscapesDataModule, LoaderOptions
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from dnlseg.evaluation import SegmentationIoU, confusion_summary

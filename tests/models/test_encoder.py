@@ -4,9 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dnlseg.errors import UserError
+from dnlseg.errors import UserError, WeightFileError
 from dnlseg.models.encoder import build_encoder
-from dnlseg.weight_files import WeightFileError
 
 
 def test_hub_weight_name_fails_fast_with_an_explanation():

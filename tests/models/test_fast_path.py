@@ -163,7 +163,7 @@ def test_the_synthetic_config_through_the_dnlseg_cli_turns_cudnn_benchmark_off(m
     the session had autotuning on."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
@@ -183,7 +183,7 @@ def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
     fit."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     config = Path(__file__).resolve().parents[2] / "configs/synthetic/dnl.yaml"
     cli = run_cli(

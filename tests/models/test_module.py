@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.models.losses import LossOptions
 from tests.helpers import synthetic_loader, tiny_batch, tiny_module
 

@@ -6,10 +6,10 @@ from functools import partial
 import pytest
 import torch
 
+from dnlseg.checkpoints.mmseg import SEGMENTOR_KEYS, rename
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
 from dnlseg.models.encoder import EncoderOptions
-from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, rename
 from dnlseg.models.network import NetworkOptions
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
 from dnlseg.models.schedule import OptimizationOptions

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from dnlseg.checkpoint_io import AtomicCheckpointIO
+from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.data import SyntheticDataModule
 
 

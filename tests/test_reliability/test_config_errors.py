@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnlseg.cli import run_cli
-from dnlseg.errors import UsageError
-from dnlseg.preflight import ConfigError
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.errors import ConfigError, UsageError
 from tests.test_reliability.runs import ROOT, dnlseg, last_ckpt, tiny_config
 
 SYNTHETIC = str(ROOT / "configs/synthetic/dnl.yaml")
@@ -18,10 +17,6 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["-c", SYNTHETIC, "--model.network.head_channels=16", "--model.network.context.init_args.reduction=3"],
-            "model.network.context.init_args.reduction=3 must be >= 1 and divide model.network.head_channels=16",
-        ),
         (
             ["-c", SYNTHETIC, "--model.network.encoder.output_stride=16", "--data.init_args.image_size=40"],
             "data.init_args.image_size=40 does not fit model.network.encoder.output_stride=16: each side must be a "
@@ -50,7 +45,6 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
         ),
     ],
     ids=[
-        "reduction",
         "image-size-vs-stride",
         "crop-vs-stride",
         "num-workers",
@@ -63,11 +57,40 @@ ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
 def test_config_error_names_the_key_before_anything_is_built(args, message, monkeypatch):
     monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
     built = []
-    monkeypatch.setattr("dnlseg.cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
+    monkeypatch.setattr("dnlseg.cli.lightning_cli.DnlsegCLI.instantiate_classes", lambda self: built.append(self))
     with pytest.raises(ConfigError) as error:
         run_cli(args, run=False)
     assert message in str(error.value)
     assert built == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-c", SYNTHETIC, "--model.network.context.init_args.temperature=0"],
+            "model.network.context (DisentangledNonLocal2d): model.network.context.init_args.temperature=0.0 "
+            "must be > 0 (the paper uses 0.05)",
+        ),
+        (
+            ["-c", SYNTHETIC, "--model.network.head_channels=16", "--model.network.context.init_args.reduction=3"],
+            "model.network.context (DisentangledNonLocal2d): in_channels=16 is not divisible by "
+            "model.network.context.init_args.reduction=3: choose a reduction that divides the channel count "
+            "(e.g. 1, 2, 4)",
+        ),
+        (
+            ["-c", str(ROOT / "configs/synthetic/gc.yaml"), "--model.network.context.init_args.reduction=0"],
+            "model.network.context (GlobalContext2d): in_channels=128 must be a positive multiple of "
+            "model.network.context.init_args.reduction=0 (the transform's bottleneck is in_channels / reduction wide)",
+        ),
+    ],
+    ids=["temperature", "reduction", "gc-reduction"],
+)
+def test_a_value_the_context_block_refuses_is_one_line_naming_its_key(args, message):
+    """The block's constructor is the check (no second copy before it); the error names the config key."""
+    with pytest.raises(ConfigError) as error:
+        run_cli(args, run=False)
+    assert str(error.value) == message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
@@ -91,7 +114,10 @@ def test_the_command_exits_with_the_message_and_no_traceback(tmp_path):
     config = tiny_config(tmp_path)
     result = dnlseg("fit", "-c", str(config), "--model.network.context.init_args.temperature=0")
     assert result.returncode == 1
-    assert "model.network.context.init_args.temperature=0.0 must be > 0" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "dnlseg: model.network.context (DisentangledNonLocal2d): "
+        "model.network.context.init_args.temperature=0.0 must be > 0 (the paper uses 0.05)"
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from tests.helpers import warning_lines
 from tests.test_reliability.runs import dnlseg, last_ckpt, load, run_dir, tiny_config
 
@@ -26,7 +26,7 @@ def ddp_config(directory, processes: int):
     cfg["trainer"].update(accelerator="cpu", devices=processes, strategy="ddp" if processes > 1 else "auto")
     cfg["trainer"]["sync_batchnorm"] = processes > 1
     if processes > 1:
-        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})
+        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.models.sync_batchnorm.SyncBatchNormPlugin"})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config
 

@@ -10,7 +10,7 @@ import os
 import pytest
 import yaml
 
-from dnlseg import command
+from dnlseg.cli import command
 from dnlseg.errors import DEBUG_ENV
 from dnlseg.models import SegmentationModule
 from tests.helpers import CPU_OUT_OF_MEMORY

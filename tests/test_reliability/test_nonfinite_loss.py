@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.models.nonfinite import NonFiniteLossError, skip_nonfinite_loss
+from dnlseg.errors import NonFiniteLossError
+from dnlseg.models.nonfinite import skip_nonfinite_loss
 from tests.test_reliability.runs import dnlseg, last_ckpt, load, tiny_config
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from tests.test_reliability.runs import (
     dnlseg,
     interrupt_at,

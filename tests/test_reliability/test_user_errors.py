@@ -8,9 +8,9 @@ import hashlib
 import pytest
 import yaml
 
-from dnlseg import run_dirs
-from dnlseg.cli import run_cli
-from dnlseg.weight_files import CheckpointMismatchError
+from dnlseg.cli import run_dirs
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.errors import CheckpointMismatchError
 from tests.datasets import write_image_mask
 from tests.helpers import damage, damage_points
 from tests.recipes import recipe, resolved

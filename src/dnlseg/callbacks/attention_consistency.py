@@ -1,7 +1,7 @@
 """Over the validation set, how much the pairwise term attends to the query's own class and the unary term to
 boundaries: ``val/pairwise_category_consistency`` and ``val/unary_boundary_consistency``.
 
-Definitions (``dnlseg.evaluation.attention_consistency``; 1 = no better than chance):
+Definitions (``dnlseg.analysis.attention_consistency``; 1 = no better than chance):
 
     pairwise-category = mean over labelled queries i of
         ( sum_{j : label_j = label_i} softmax_j(p_ij) ) / ( #{j : label_j = label_i} / Pk )
@@ -32,15 +32,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
-from dnlseg.callbacks.module_interface import ignore_index_of, inference_mode_of
-from dnlseg.context import CapturedAttention, find_context_blocks
-from dnlseg.evaluation.attention_consistency import (
+from dnlseg.analysis.attention_consistency import (
     boundary_consistency,
     category_consistency,
     labels_on_grid,
     sampled_category_consistency,
 )
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import ignore_index_of, inference_mode_of
+from dnlseg.context import CapturedAttention, find_context_blocks
 
 log = logging.getLogger(__name__)
 
@@ -155,4 +155,5 @@ class AttentionConsistency(AttentionCaptureCallback):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_key)
         scores = torch.rand(N, P, generator=generator).to(query_labels.device)  # (N, P) in [0, 1)
         scores = scores + (query_labels != self._ignore_index)  # labelled cells rank first
+        assert self.num_queries is not None  # sampled only with num_queries set
         return scores.topk(min(self.num_queries, P), dim=1).indices  # (N, Q)

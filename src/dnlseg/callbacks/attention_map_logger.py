@@ -1,7 +1,7 @@
 """After validation, draw what each context block's pairwise and unary terms attend to, on a few fixed images.
 
 For the first ``num_images`` images of the validation set and a few query cells per image chosen from the labels
-(``dnlseg.evaluation.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
+(``dnlseg.analysis.attention_figure.select_queries``: the most interior cell of up to 3 classes and one cell on
 a boundary), one forward per image inside ``capture_attention`` gives each block's factors, from which only the
 queries' rows are computed (O(P) memory: whole images need no ``scale``). One figure
 per image and block goes to TensorBoard as ``attention/<block>/image<i>`` (tab *Images*) and, with
@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from dnlseg.analysis.attention_consistency import labels_on_grid
+from dnlseg.analysis.attention_figure import attention_figure, select_queries
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
 from dnlseg.callbacks.module_interface import class_names_of, evaluated_step_of, ignore_index_of
 from dnlseg.context import CapturedAttention, find_context_blocks, variant_of
 from dnlseg.data.transforms import unnormalize
-from dnlseg.evaluation.attention_consistency import labels_on_grid
-from dnlseg.evaluation.attention_figure import attention_figure, select_queries
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class AttentionMapLogger(AttentionCaptureCallback):
             return
         dataset = loader.dataset
         class_names = class_names_of(pl_module)
-        palette = getattr(trainer.datamodule, "palette", None)  # the dataset's class colours, for the legend
+        # the dataset's class colours, for the legend
+        palette = getattr(getattr(trainer, "datamodule", None), "palette", None)
         ignore_index = ignore_index_of(pl_module)
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         self.written = []  # the PNG files of this draw

@@ -10,11 +10,12 @@ best score and checkpoints the run recorded, instead of a "final" mIoU it did no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from dnlseg.run_dirs import checkpoint_step
+from dnlseg.cli.run_dirs import checkpoint_step
 
 
 class FitSummary(L.Callback):
@@ -36,7 +37,8 @@ class FitSummary(L.Callback):
             self.validated_at = trainer.global_step
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        callbacks = trainer.checkpoint_callbacks  # e.g. one keeping last.ckpt, one the best val/mIoU
+        # e.g. one keeping last.ckpt, one the best val/mIoU; read by their attributes (ModelCheckpoint's)
+        callbacks: list[Any] = list(trainer.checkpoint_callbacks)
         best = next((cb for cb in callbacks if getattr(cb, "best_model_path", "")), None)
         if self.trained:
             miou = trainer.callback_metrics.get("val/mIoU")
@@ -48,7 +50,7 @@ class FitSummary(L.Callback):
                 "nothing trained"
             ]
             score = getattr(best, "best_model_score", None)
-            if score is not None:
+            if best is not None and score is not None:
                 lines.append(f"best {best.monitor}: {float(score):.4f}")
         lines.append(f"logs: {trainer.log_dir}")
         if callbacks:

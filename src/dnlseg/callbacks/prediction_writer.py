@@ -11,7 +11,7 @@ the image's own size::
     <output_dir>/color/<name>.png     RGB, the DataModule's ``palette``.
     <output_dir>/overlay/<name>.png   RGB, the image with the colours blended over it (``overlay_alpha``).
 
-``dnlseg predict`` writes into ``<its output folder>/predictions`` (``dnlseg.run_dirs``; ``--output_dir``).
+``dnlseg predict`` writes into ``<its output folder>/predictions`` (``dnlseg.cli.run_dirs``; ``--output_dir``).
 For the Cityscapes evaluator point ``CITYSCAPES_RESULTS`` at ``<output_dir>/labels`` (it searches a folder
 recursively and would find the colour files of an image too).
 """

@@ -11,7 +11,7 @@ and, holding G fixed, the gradients of the block's ``combine`` restricted to tho
 
     separation/<block>/pairwise_logit_grad     ||dL/dp|| over the sampled rows
     separation/<block>/unary_logit_grad        ||dL/du|| from the sampled rows' weights
-    separation/<block>/cross_sensitivity       ``dnlseg.evaluation.gradient_separation`` on the sampled rows
+    separation/<block>/cross_sensitivity       ``dnlseg.analysis.gradient_separation`` on the sampled rows
 
 With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
 rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
@@ -32,10 +32,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dnlseg.analysis import cross_sensitivity
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
 from dnlseg.callbacks.module_interface import LossTerms
 from dnlseg.context import CapturedAttention, find_context_blocks, select_rows
-from dnlseg.evaluation import cross_sensitivity
 
 
 class SeparationProbe(AttentionCaptureCallback):
@@ -100,6 +100,9 @@ class SeparationProbe(AttentionCaptureCallback):
         self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator
     ) -> dict[str, Tensor]:
         """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv)."""
+        combine = call.combine
+        if combine is None:  # not reached: the calls are those with a combine
+            return {}
         N = grad_y.shape[0]
         rows = self.sample_rows(grad_y.shape[1], N, generator)  # (N, Q)
         upstream = select_rows(grad_y.float(), rows) @ call.values.detach().float().transpose(1, 2)  # (N, Q, Pk)
@@ -108,7 +111,7 @@ class SeparationProbe(AttentionCaptureCallback):
         unary = call.unary_logits.detach().float().requires_grad_(True) if call.unary_logits is not None else None
         inputs = [t for t in (pairwise, unary) if t is not None]
         with torch.enable_grad():
-            weights = call.combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
+            weights = combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
             grads = dict(zip(map(id, inputs), torch.autograd.grad(weights, inputs, upstream), strict=True))
         prefix = f"separation/{name}"
         metrics: dict[str, Tensor] = {}
@@ -118,6 +121,6 @@ class SeparationProbe(AttentionCaptureCallback):
             metrics[f"{prefix}/unary_logit_grad"] = grads[id(unary)].norm()
         if pairwise is not None and unary is not None:
             metrics[f"{prefix}/cross_sensitivity"] = cross_sensitivity(
-                call.combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
+                combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
             )
         return metrics

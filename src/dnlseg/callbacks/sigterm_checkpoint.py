@@ -23,7 +23,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -45,7 +48,7 @@ def last_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     """``<dirpath>/last.ckpt`` of ``last_checkpoint_callback``."""
     callback = last_checkpoint_callback(trainer)
-    if callback is None:
+    if callback is None or callback.dirpath is None:
         return None
     return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 
@@ -62,7 +65,7 @@ class CheckpointOnSigterm(L.Callback):
         self.sigint = False  # a Ctrl-C asked this fit to stop
         self.start_step: int | None = None  # the global step the fit's training started from
         self.trainer: L.Trainer | None = None
-        self.previous_handler = None
+        self.previous_handler: Callable[[int, FrameType | None], Any] | int | None = None  # signal.getsignal's
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.sigint, self.start_step = False, None
@@ -111,7 +114,9 @@ class CheckpointOnSigterm(L.Callback):
             log.warning("%s: no ModelCheckpoint with a directory; nothing saved", name)
             return
         # The file records itself as the callback's last checkpoint: a resumed run then keeps writing last.ckpt.
-        last_checkpoint_callback(trainer).last_model_path = str(path)
+        callback = last_checkpoint_callback(trainer)  # the one last_checkpoint_path named
+        if callback is not None:
+            callback.last_model_path = str(path)
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank zero writes
         rank_zero_info(
             f"{name} at step {trainer.global_step}: saved {path}; resume with the same command and --ckpt_path last"

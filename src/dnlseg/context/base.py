@@ -76,7 +76,7 @@ class CapturedAttention:
 
     def pairwise_logits(self, rows: Tensor | None = None) -> Tensor | None:
         """p for the query rows ``rows`` (N, Q) -> (N, Q, Pk); all rows when None (materialises (N, P, Pk))."""
-        if self.pairwise_query is None:
+        if self.pairwise_query is None or self.pairwise_key is None:
             return None
         q = self.pairwise_query if rows is None else select_rows(self.pairwise_query, rows)  # (N, Q, Cq)
         return q @ self.pairwise_key.transpose(1, 2)  # (N, Q, Cq) @ (N, Cq, Pk) -> (N, Q, Pk)
@@ -102,7 +102,7 @@ class CapturedAttention:
         With V the one-hot labels of the keys this is the pairwise attention mass of every query on every class,
         in O(P K) memory.
         """
-        if self.pairwise_query is None:
+        if self.pairwise_query is None or self.pairwise_key is None:
             return None
         q = at_least_float32(self.pairwise_query)
         return fused_attention(q, self.pairwise_key.to(q.dtype), key_values.to(q.dtype), scale=1.0)

@@ -8,7 +8,7 @@ Tests (the block contract suite), benchmarks, the ablation experiment and the RE
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,10 @@ class Variant:
 
     def build(self, in_channels: int, **overrides: Any) -> nn.Module | None:
         """The block for ``in_channels`` (None for the baseline); ``overrides`` replace or add arguments."""
-        return None if self.block is None else self.block(in_channels, **{**self.init_args, **overrides})
+        if self.block is None:
+            return None
+        block: Callable[..., ContextBlock] = self.block  # a subclass: takes in_channels and its own arguments
+        return block(in_channels, **{**self.init_args, **overrides})
 
     def context_config(self) -> dict[str, Any] | None:
         """``{"class_path": ..., "init_args": {...}}``: the value of ``model.network.context`` in a config (None:
@@ -93,7 +96,8 @@ def variant_of(block: nn.Module) -> tuple[str, str]:
     settings = _settings(block)
     matching = [
         (name, distinguishing)
-        for name, distinguishing in _distinguishing(type(block)).items()
+        # torch's stub declares Module.__hash__ for instances; a class is hashable
+        for name, distinguishing in _distinguishing(type(block)).items()  # type: ignore[arg-type]
         if all(settings.get(k) == v for k, v in distinguishing.items())
     ]
     if not matching:
@@ -110,7 +114,9 @@ def _distinguishing(block_class: type) -> dict[str, dict[str, Any]]:
     default = _settings(block_class(REFERENCE_WIDTH)) if own else {}
     found = {}
     for name, variant in own.items():
-        settings = _settings(variant.build(REFERENCE_WIDTH))
+        built = variant.build(REFERENCE_WIDTH)
+        assert built is not None  # variant.block is block_class
+        settings = _settings(built)
         found[name] = {k: v for k, v in settings.items() if k not in default or default[k] != v}
     return found
 

@@ -9,8 +9,6 @@ from dnlseg.data.ade20k import ADE20KDataModule  # noqa: E402
 from dnlseg.data.base import SegmentationDataModule  # noqa: E402
 from dnlseg.data.cityscapes import CityscapesDataModule, prepare_cityscapes  # noqa: E402
 from dnlseg.data.folder import (  # noqa: E402
-    CorruptFileError,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SegmentationFiles,
@@ -43,8 +41,6 @@ __all__ = [
     "IMAGENET_STD",
     "ADE20KDataModule",
     "CityscapesDataModule",
-    "CorruptFileError",
-    "DatasetLayoutError",
     "FilePair",
     "FolderDataModule",
     "ImageMaskDataModule",

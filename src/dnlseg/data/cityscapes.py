@@ -29,7 +29,6 @@ from PIL import Image
 from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
     DEFAULT_CHECKS,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SetupChecks,
@@ -40,6 +39,7 @@ from dnlseg.data.folder import (
 )
 from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
+from dnlseg.errors import DatasetLayoutError
 
 log = logging.getLogger(__name__)
 

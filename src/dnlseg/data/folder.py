@@ -50,20 +50,12 @@ from dnlseg.data.transforms import (
     train_transform,
     worker_seed,
 )
-from dnlseg.errors import UserError
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED = 10  # problems listed in one error message
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a predict_dir is searched for (any case)
-
-
-class DatasetLayoutError(UserError, ValueError):
-    """The files on disk are not the dataset's expected layout or content."""
-
-
-class CorruptFileError(UserError, RuntimeError):
-    """An image or label file could not be decoded."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: label_map is an array
@@ -126,7 +118,7 @@ def read_label(path: Path, label_map: np.ndarray | None) -> np.ndarray:
         bad = np.unique(label[mapped < 0])
         raise DatasetLayoutError(
             f"label {path} holds values {bad.tolist()[:20]} outside the dataset's label values "
-            f"({describe_values(np.flatnonzero(label_map >= 0))}, see the DataModule docstring)"
+            f"({describe_values(np.flatnonzero(label_map >= 0).tolist())}, see the DataModule docstring)"
         )
     return mapped.astype(np.uint8)
 

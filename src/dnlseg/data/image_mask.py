@@ -33,7 +33,6 @@ from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
     DEFAULT_CHECKS,
     IMAGE_SUFFIXES,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SetupChecks,
@@ -42,7 +41,7 @@ from dnlseg.data.folder import (
 )
 from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
-from dnlseg.errors import yaml_problem
+from dnlseg.errors import DatasetLayoutError, yaml_problem
 
 CLASSES_FILE = "classes.yaml"
 LAYOUT = """  <root>/images/<split>/<name>.png|.jpg|.jpeg
@@ -165,7 +164,7 @@ class ImageMaskDataModule(FolderDataModule):
         values = check_classes(classes, ignore_value, where)
         self.num_classes: int = len(classes)
         self.class_names: list[str] = [c.name for c in classes]
-        self.palette: list[tuple[int, int, int]] = [tuple(c.color) for c in classes]
+        self.palette: list[tuple[int, int, int]] = [(c.color[0], c.color[1], c.color[2]) for c in classes]
         self.mask_values = np.asarray(values, dtype=np.uint8)  # train id -> mask value
         self.label_table = lookup_table(
             dict(zip(values, range(len(values)), strict=True)), ignore_values=[ignore_value]

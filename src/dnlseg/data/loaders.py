@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -90,7 +91,7 @@ def build_loader(
         drop_last: drop an incomplete last batch.
         worker_init_fn: called in each worker with its id.
     """
-    common = {
+    common: dict[str, Any] = {
         "batch_size": batch_size,
         "num_workers": num_workers,
         "pin_memory": pin_memory and torch.cuda.is_available(),

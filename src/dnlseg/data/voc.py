@@ -28,7 +28,6 @@ from pathlib import Path
 from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
     DEFAULT_CHECKS,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SetupChecks,
@@ -38,6 +37,7 @@ from dnlseg.data.folder import (
 )
 from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
+from dnlseg.errors import DatasetLayoutError
 
 ENV_VAR = "VOC_ROOT"
 FOLDERS = ("VOCdevkit/VOC2012", "VOC2012")  # under root, first found; else root itself if it holds JPEGImages/

@@ -24,7 +24,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import onnxscript
@@ -41,13 +43,15 @@ def chunked_attention(q: FLOAT, k: FLOAT, v: FLOAT, scale: float) -> FLOAT:
     rows = op.Constant(value_ints=[CHUNK_ROWS])
     one = op.Constant(value_ints=[1])
     zero = op.Constant(value_ints=[0])
+    # An onnxscript script is ONNX, not Python: onnxscript's opset stubs type the Python calls, which this is not
+    # (a Constant's element type, `range` of a tensor); the ignores below are theirs.
     P = op.Shape(q, start=1, end=2)
-    steps = op.Div(op.Sub(op.Add(P, rows), one), rows)  # ceil(P / rows)
-    q = op.Mul(q, op.CastLike(op.Constant(value_float=scale), q))
+    steps = op.Div(op.Sub(op.Add(P, rows), one), rows)  # type: ignore[type-var]  # ceil(P / rows)
+    q = op.Mul(q, op.CastLike(op.Constant(value_float=scale), q))  # type: ignore[type-var]
     k_t = op.Transpose(k, perm=[0, 2, 1])  # (N, Cq, Pk)
-    y = op.Slice(v, zero, zero, one)  # (N, 0, C'): the rows are appended step by step
-    for step in range(op.Squeeze(steps)):
-        start = op.Mul(op.Reshape(step, one), rows)
+    y = op.Slice(v, zero, zero, one)  # type: ignore[type-var]  # (N, 0, C'): the rows are appended step by step
+    for step in range(op.Squeeze(steps)):  # type: ignore[type-var, call-overload]
+        start = op.Mul(op.Reshape(step, one), rows)  # type: ignore[arg-type]
         q_rows = op.Slice(q, start, op.Add(start, rows), one)  # (N, B, Cq); the last block may be shorter
         w = op.Softmax(op.MatMul(q_rows, k_t), axis=-1)  # (N, B, Cq) @ (N, Cq, Pk) -> (N, B, Pk)
         y = op.Concat(y, op.MatMul(w, v), axis=1)  # (N, B, Pk) @ (N, Pk, C') -> (N, B, C')
@@ -92,7 +96,8 @@ def onnx_attention_op(q, k, v, scale: float):
 
 def materialized_attention(q, k, v, scale: float):
     """softmax(q k^T * scale) v with the (N, P, Pk) matrix."""
-    logits = op.MatMul(op.Mul(q, op.CastLike(scale, q)), op.Transpose(k, perm=[0, 2, 1]))  # (N, P, Pk)
+    # onnxscript makes the Python float a constant; its stub takes tensors only
+    logits = op.MatMul(op.Mul(q, op.CastLike(scale, q)), op.Transpose(k, perm=[0, 2, 1]))  # type: ignore[type-var]
     return op.MatMul(op.Softmax(logits, axis=-1), v)  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
 
 
@@ -108,7 +113,7 @@ class Formulation:
         onnxruntime_only: it uses an onnxruntime contrib operator.
     """
 
-    translate: object
+    translate: Callable[..., Any]
     min_opset: int
     memory: str
     graph: str

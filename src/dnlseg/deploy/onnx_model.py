@@ -15,8 +15,9 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,7 +26,8 @@ from torch import Tensor
 
 from dnlseg.deploy.metadata import INPUT_NAME, OUTPUT_NAME
 from dnlseg.deploy.onnx_attention import FORMULATIONS, MIN_OPSET
-from dnlseg.deploy.segmenter import ExportError, ImageSegmenter
+from dnlseg.deploy.segmenter import ImageSegmenter
+from dnlseg.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ def export_onnx(
     check_options(attention, opset)
     height, width = input_size if input_size is not None else EXAMPLE_SIZE
     example = torch.randint(0, 256, (EXAMPLE_BATCH, 3, height, width), dtype=torch.uint8)
-    translation = {torch.ops.dnlseg.attention.default: FORMULATIONS[attention].translate}
+    translation: dict[Callable[..., Any], Callable[..., Any]] = {
+        torch.ops.dnlseg.attention.default: FORMULATIONS[attention].translate
+    }
     segmenter = segmenter.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -97,6 +101,8 @@ def export_onnx(
             )
     except Exception as error:  # torch.export and the ONNX translation raise many kinds
         raise ExportError(f"torch's ONNX exporter failed on this network: {first_line(error)}") from error
+    if program is None:  # dynamo=True returns the program
+        raise ExportError("torch's ONNX exporter returned no program")
     model = program.model_proto
     onnx.helper.set_model_props(model, dict(metadata))
     model.doc_string = "dnlseg segmentation network: uint8 RGB image (N, 3, H, W) -> logits (N, K, H, W)"

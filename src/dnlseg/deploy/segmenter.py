@@ -14,12 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dnlseg.errors import UserError
-
-
-class ExportError(UserError, ValueError):
-    """A model, option or file that ``dnlseg export`` cannot turn into a deployable graph; the message says why."""
-
 
 class ImageSegmenter(nn.Module):
     """uint8 RGB images -> logits at their size (module docstring); the module that is exported.
@@ -29,6 +23,9 @@ class ImageSegmenter(nn.Module):
         mean: per-channel mean of images scaled to [0, 1] (RGB).
         std: per-channel standard deviation of images scaled to [0, 1] (RGB).
     """
+
+    pixel_mean: Tensor  # buffers (1, 3, 1, 1), registered in __init__
+    pixel_std: Tensor
 
     def __init__(self, network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from dnlseg.deploy.onnx_model import EXAMPLE_SIZE, relative_error
-from dnlseg.deploy.segmenter import ExportError, ImageSegmenter
+from dnlseg.deploy.segmenter import ImageSegmenter
+from dnlseg.errors import ExportError
 
 EXTRA_FILE = "dnlseg.json"
 DEPRECATION = r"`torch\.jit\.(save|load)` is deprecated"  # torch 2.14: TorchScript still works; the README says so

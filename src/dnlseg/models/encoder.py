@@ -26,8 +26,9 @@ import torch
 from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
-from dnlseg.models.mmseg_checkpoint import RESNET_V1C_KEYS, nested_state_dict, rename
-from dnlseg.weight_files import WeightFileError, read_torch_file
+from dnlseg.checkpoints.mmseg import RESNET_V1C_KEYS, nested_state_dict, rename
+from dnlseg.checkpoints.weight_files import read_torch_file
+from dnlseg.errors import WeightFileError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def weight_layouts(encoder: nn.Module) -> dict[str, Callable[[str], str | None]]
 
     "smp/torchvision": the encoder's own keys (torchvision's ResNets are smp's); for smp's ``tu-`` (timm) encoders
     also "timm" (timm's model keys: the encoder's without ``model.``) and, for ``tu-resnet*c``, "mmseg ImageNet"
-    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.models.mmseg_checkpoint``).
+    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.checkpoints.mmseg``).
     """
     layouts: dict[str, Callable[[str], str | None]] = {"smp/torchvision": lambda key: key}
     if hasattr(encoder, "model"):  # smp's TimmUniversalEncoder
@@ -114,7 +115,7 @@ def example_keys(encoder: nn.Module, layout: str) -> list[str]:
     if layout == "timm":
         return [k.removeprefix("model.") for k in keys]
     if layout == "mmseg ImageNet":
-        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) for k in keys]
+        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) or k for k in keys]
     return keys
 
 
@@ -144,8 +145,11 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     expected = encoder.state_dict()
     attempts = []
     for layout, convert in weight_layouts(encoder).items():
-        renamed = {convert(k): v for k, v in state.items()}
-        renamed = {k: v for k, v in renamed.items() if k is not None and not (dropped and k.startswith(dropped))}
+        renamed = {
+            new: v
+            for k, v in state.items()
+            if (new := convert(k)) is not None and not (dropped and new.startswith(dropped))
+        }
         shape_errors = [
             f"{k}: file {tuple(v.shape)} vs encoder {tuple(expected[k].shape)}"
             for k, v in renamed.items()

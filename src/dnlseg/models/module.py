@@ -14,33 +14,22 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim import SGD, Optimizer
 
+from dnlseg.checkpoints.hyperparameters import plain
+from dnlseg.checkpoints.mmseg import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
+from dnlseg.checkpoints.weight_files import check_state_dict_fits
+from dnlseg.errors import CheckpointMismatchError
 from dnlseg.evaluation import Inference, SegmentationIoU, confusion_summary
 from dnlseg.models.buffers import BufferSnapshot
 from dnlseg.models.losses import LossOptions, SegmentationLoss, mean_loss_terms
-from dnlseg.models.mmseg_checkpoint import MMSEG_KEY, checkpoint_weights, mmseg_iteration, mmseg_state_dict_for
 from dnlseg.models.network import NetworkOptions, SegmentationNetwork
 from dnlseg.models.nonfinite import skip_nonfinite_loss
 from dnlseg.models.param_groups import apply_multipliers, param_groups
 from dnlseg.models.schedule import OptimizationOptions, PolyLR, mmseg_total_iters
-from dnlseg.weight_files import CheckpointMismatchError, check_state_dict_fits
 
 
 def default_optimizer(params) -> Optimizer:
     """SGD, momentum 0.9, lr 0.01, weight decay 5e-4 (the Cityscapes recipe)."""
     return SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-
-def plain(value: Any) -> Any:
-    """An option group (a dataclass) as nested dicts of YAML values; a callable (``network.context``) by its repr."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if value is None or isinstance(value, str | int | float | bool | dict):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -165,7 +154,8 @@ class SegmentationModule(L.LightningModule):
         # The terms of the global batch: one all-reduce per step under DDP for the check and the logs alike.
         global_terms = mean_loss_terms(losses, self.trainer.strategy)
         if skip_nonfinite_loss(global_terms, self.trainer.global_step, self.on_nonfinite_loss):
-            buffers.restore()
+            if buffers is not None:  # on_nonfinite_loss == "skip"
+                buffers.restore()
             return None  # Lightning makes no optimiser step
         batch_size = batch["image"].shape[0]
         for name, value in global_terms.items():  # already averaged over the processes: no sync_dist
@@ -239,7 +229,7 @@ class SegmentationModule(L.LightningModule):
         metric.reset()
         # The same values on every rank: a max over the ranks keeps them exact (a mean could move the last bit) and
         # tells Lightning they are synchronised (it warns about every epoch-level value logged without sync_dist).
-        synced = {"sync_dist": True, "reduce_fx": "max"}
+        synced: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
         self.log(f"{stage}/mIoU", summary.pop("mIoU").float(), prog_bar=True, **synced)
         self.log_dict({f"{stage}/{k}": v.float() for k, v in summary.items()}, **synced)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,7 +78,7 @@ class SegmentationNetwork(nn.Module):
         self.encoder = build_encoder(
             encoder.name, output_stride=encoder.output_stride, weights=encoder.weights, depth=encoder.depth
         )
-        stage3_channels, stage4_channels = self.encoder.out_channels[-2:]
+        stage3_channels, stage4_channels = cast(Sequence[int], self.encoder.out_channels)[-2:]  # smp: stage widths
         self.decode_head = ContextHead(
             in_channels=stage4_channels,
             channels=head_channels,

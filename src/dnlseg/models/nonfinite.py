@@ -14,16 +14,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dnlseg.errors import UserError
+from dnlseg.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 NonFiniteAction = Literal["stop", "skip"]
 NONFINITE_ACTIONS = ("stop", "skip")
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss is NaN or infinite (the message names the step and every loss term)."""
 
 
 def describe_terms(losses: dict[str, Tensor]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -58,7 +59,7 @@ class PolyLR(LRScheduler):
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         t = min(self.last_epoch, self.total_iters)
         decay = (1 - t / self.total_iters) ** self.power
         return [self.eta_min + (lr_0 - self.eta_min) * decay for lr_0 in self.base_lrs]

@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cityscapesscripts.helpers.labels import trainId2label
 from lightning.fabric.utilities.data import suggested_max_num_workers
@@ -103,7 +103,7 @@ class SyntheticDataModule(SegmentationDataModule):
         self.loader = loader
         self.groups = groups
         self.predict_dir = predict_dir
-        self.scene = {
+        self.scene: dict[str, Any] = {  # SyntheticSegmentation's scene arguments
             "texture_levels": texture_levels,
             "random_textures": random_textures,
             "ink": ink,
@@ -162,10 +162,12 @@ class SyntheticDataModule(SegmentationDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        assert self.train_set is not None  # setup built it
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
+        assert self.val_set is not None  # setup built it
         return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
