@@ -136,7 +136,7 @@ def test_an_unknown_subcommand_gets_a_did_you_mean_over_every_subcommand(word, m
     ("argv", "meant"),
     [
         (["fit", "-c", SYNTHETIC, "--trainer.max_step=3", "--print_config"], "--trainer.max_steps"),
-        (["fit", "-c", SYNTHETIC, "--model.encoder_nam=resnet34", "--print_config"], "--model.encoder_name"),
+        (["fit", "-c", SYNTHETIC, "--model.network.head_channel=8", "--print_config"], "--model.network.head_channels"),
     ],
 )
 def test_an_abbreviated_option_is_refused_not_taken_for_the_longer_one(argv, meant, monkeypatch, capsys):
