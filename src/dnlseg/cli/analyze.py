@@ -196,9 +196,17 @@ def read_config(path: Path) -> dict:
         )
     for key in SUBCOMMAND_KEYS:  # without a subcommand they are not options
         config.pop(key, None)
-    shared = config.get("config")  # a recipe's family file, relative to the recipe: absolute for the copy
-    if isinstance(shared, str):
-        config["config"] = str((path.parent / shared).resolve())
-    elif isinstance(shared, list):
-        config["config"] = [str((path.parent / name).resolve()) for name in shared]
-    return config
+    # A recipe names its family file (`config:`) and shared pieces (`model.network.context: ../_heads/dnl.yaml`,
+    # a `trainer.callbacks` item) relative to itself: absolute for the copy. `data` names the dataset's own files.
+    return {key: value if key == "data" else files_made_absolute(value, path.parent) for key, value in config.items()}
+
+
+def files_made_absolute(value: Any, folder: Path) -> Any:
+    """``value`` with every string that names a YAML file relative to ``folder`` made an absolute path."""
+    if isinstance(value, dict):
+        return {key: files_made_absolute(item, folder) for key, item in value.items()}
+    if isinstance(value, list):
+        return [files_made_absolute(item, folder) for item in value]
+    if isinstance(value, str) and value.endswith((".yaml", ".yml")) and not Path(value).is_absolute():
+        return str((folder / value).resolve())
+    return value
