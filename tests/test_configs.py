@@ -396,7 +396,7 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
 def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
-    own = own_keys(config).get("model.network.context")
+    own = with_files_loaded(own_keys(config).get("model.network.context"), config.parent)  # a head named by path
     cli = run_cli(
         [
             "-c",
