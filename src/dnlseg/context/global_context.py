@@ -50,7 +50,9 @@ class GlobalContext2d(ContextBlock):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+    def combine(
+        self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
+    ) -> Tensor:
         """w_ij = softmax_j(u_j): the same weights for every query."""
         return torch.softmax(unary_logits, dim=-1)
 
