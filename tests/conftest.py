@@ -21,3 +21,13 @@ def ade20k_root(tmp_path_factory):
 def image_mask_root(tmp_path_factory):
     """An own dataset (ImageMaskDataModule layout): 4 train + 2 val images, masks, classes.yaml. Read-only."""
     return write_image_mask(tmp_path_factory.mktemp("own_data"))
+
+
+@pytest.fixture(scope="session")
+def criss_cross_oracle():
+    """mmcv 2.1.0's ``CrissCrossAttention`` from its own ``mmcv/ops/cc_attention.py``, which mmcv-lite lacks: pip
+    downloads mmcv's source distribution once into the cache folder (``mmseg_reference.fetch_cc_attention``). A
+    machine that cannot reach the package registry gets an error here, not a skipped test."""
+    from mmseg_reference import criss_cross_attention
+
+    return criss_cross_attention()

@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from math import inf
 from typing import ClassVar
 
 import torch
@@ -109,9 +110,16 @@ class CapturedAttention:
         return q @ self.pairwise_key.transpose(1, 2)  # (N, Q, Cq) @ (N, Cq, Pk) -> (N, Q, Pk)
 
     def pairwise_attention(self, rows: Tensor | None = None) -> Tensor | None:
-        """a_ij = softmax_j(p_ij) for the rows ``rows`` (N, Q) -> (N, Q, Pk), float32 or wider."""
+        """a_ij = softmax_j(p_ij) over query i's keys (0 elsewhere) for the rows ``rows`` (N, Q) -> (N, Q, Pk),
+        float32 or wider."""
         logits = self.pairwise_logits(rows)
-        return None if logits is None else torch.softmax(at_least_float32(logits), dim=-1)
+        if logits is None:
+            return None
+        inside = self.keys.mask(rows)  # (N, Q, Pk) or None: every key
+        logits = at_least_float32(logits)
+        if inside is not None:
+            logits = logits.masked_fill(~inside.to(logits.device), -inf)
+        return torch.softmax(logits, dim=-1)
 
     def unary_attention(self) -> Tensor | None:
         """s_j = softmax_j(u_j), (N, Pk), float32 or wider."""

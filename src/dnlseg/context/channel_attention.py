@@ -6,9 +6,10 @@ section 7. The queries and keys are the C channels of x, each a vector over the 
     y_a  = sum_b w_ab x_b                             (N, C, P)
     out  = x + gamma * y                              gamma a learned scalar, 0 at init: the block starts as identity
 
-The analyses get the split of -x_a . x_b over channel keys (``TokenKeys("channels")``, covering no pixel); the
-pixel analyses have no meaning for it (``undefined_analyses``). mmseg 1.2.2: ``mmseg.models.decode_heads.da_head.CAM``
-(``DAHead.cam``), key ``gamma.scale`` -> ours ``gamma``.
+Under autocast the energies and weights stay in float32. The analyses get the split of -x_a . x_b over channel keys
+(``TokenKeys("channels")``, covering no pixel); the pixel analyses have no meaning for it (``undefined_analyses``).
+
+mmseg 1.2.2: ``mmseg.models.decode_heads.da_head.CAM`` (``DAHead.cam``), key ``gamma.scale`` -> ours ``gamma``.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class ChannelAttention2d(CoupledAttention):
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {C}")
         channels = x.reshape(N, C, H * W)  # (N, C, P): each channel a token of P features
-        energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
-        weights = torch.softmax(energy.max(dim=-1, keepdim=True).values.expand_as(energy) - energy, dim=-1)
-        y = weights @ channels  # (N, C, C) @ (N, C, P) -> (N, C, P)
+        # Under autocast too in float32 (or wider): an energy sums P products, bf16 would lose its differences.
+        with torch.autocast(x.device.type, enabled=False):
+            channels = channels.to(torch.promote_types(channels.dtype, torch.float32))
+            energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
+            weights = torch.softmax(energy.max(dim=-1, keepdim=True).values.expand_as(energy) - energy, dim=-1)
+            y = weights @ channels  # (N, C, C) @ (N, C, P) -> (N, C, P)
         self.publish(
             lambda: implicit_split(
                 -channels, channels, channels, y, (C, 1), (C, 1), self.combine, TokenKeys("channels"), "channels"

@@ -122,5 +122,5 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
     def capture(self, feats: Tensor, keys: Tensor, bases: Tensor, y: Tensor, z: Tensor, cover: Tensor, size):
         """Queries x (N, P, C), keys the last E-step's bases (N, K, C), values the final bases (N, K, C)."""
         covered = TokenKeys("bases", cover.transpose(1, 2), size)  # (N, K, P): each base's weights on the pixels
-        q, k, v = feats.transpose(1, 2), keys.transpose(1, 2), bases.transpose(1, 2)
+        q, k, v = feats.transpose(1, 2).detach(), keys.transpose(1, 2), bases.transpose(1, 2)  # as the E-step saw them
         return implicit_split(q, k, v, y.transpose(1, 2), size, (self.num_bases, 1), self.combine, covered)

@@ -108,6 +108,7 @@ class Block:
         mmseg: the mmsegmentation 1.2.2 module it mirrors.
         channel_args: the channel arguments for a C-channel head, in the ratios of mmseg's Cityscapes configs.
         init_args: the other arguments (the paper's defaults when empty).
+        identity_at_init: the block starts as the identity (a zero-initialised gamma on its output).
     """
 
     label: str
@@ -118,6 +119,7 @@ class Block:
     mmseg: str
     channel_args: Callable[[int], dict[str, int]] = in_channels
     init_args: Mapping[str, Any] = field(default_factory=dict)
+    identity_at_init: bool = False
 
     def build(self, channels: int, **overrides: Any) -> nn.Module:
         """The block of a C = ``channels`` head; ``overrides`` replace or add arguments."""
@@ -145,8 +147,17 @@ BLOCKS: dict[str, Block] = {
         ("x",),
         "grid",
         "da_head.PAM",
+        identity_at_init=True,
     ),
-    "cam": Block("DANet CAM", "Fu et al., CVPR 2019, Sec. 3.3", ChannelAttention2d, ("x",), "tokens", "da_head.CAM"),
+    "cam": Block(
+        "DANet CAM",
+        "Fu et al., CVPR 2019, Sec. 3.3",
+        ChannelAttention2d,
+        ("x",),
+        "tokens",
+        "da_head.CAM",
+        identity_at_init=True,
+    ),
     "cc": Block(
         "CCNet criss-cross (R=2)",
         "Huang et al., ICCV 2019, Sec. 3.2",
@@ -154,6 +165,7 @@ BLOCKS: dict[str, Block] = {
         ("x",),
         "subset",
         "mmcv.ops.CrissCrossAttention x CCHead.recurrence",
+        identity_at_init=True,
     ),
     "apnb": Block(
         "ANN APNB",
