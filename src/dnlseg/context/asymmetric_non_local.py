@@ -26,7 +26,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from dnlseg.context.attention import tokens
 from dnlseg.context.base import CoupledAttention, implicit_split
 from dnlseg.context.keys import TokenKeys
 from dnlseg.context.layers import ConvNormAct, NormLayer, pyramid_cover, pyramid_pool
@@ -79,19 +78,20 @@ class PyramidNonLocal(CoupledAttention):
         # The shared projection of APNB is called again on the key map in training, as mmseg does (BatchNorm's
         # running statistics move twice); in evaluation its output is the query's.
         k = q if self.shared_key and xk is xq and not self.training else self.key(xk)
-        keys = pyramid_pool(k, self.pool_scales).transpose(1, 2)  # (N, C', Hk, Wk) -> (N, 110, C')
-        values = pyramid_pool(self.value(xk), self.pool_scales).transpose(1, 2)  # (N, 110, C')
-        q = tokens(q)  # (N, P, C')
-        logits = (q @ keys.transpose(1, 2)) * self.channels**-0.5  # (N, P, C') @ (N, C', 110) -> (N, P, 110)
-        y = torch.softmax(logits, dim=-1) @ values  # (N, P, 110) @ (N, 110, C') -> (N, P, C')
+        keys = pyramid_pool(k, self.pool_scales)  # (N, C', Hk, Wk) -> (N, C', 110); channel-first throughout
+        values = pyramid_pool(self.value(xk), self.pool_scales)  # (N, C', 110)
+        q = q.flatten(2)  # (N, C', P)
+        sim = (q.transpose(1, 2) @ keys) * self.channels**-0.5  # (N, P, C') @ (N, C', 110) -> (N, P, 110)
+        y = values @ torch.softmax(sim, dim=-1).transpose(1, 2)  # (N, C', 110) @ (N, 110, P) -> (N, C', P)
         self.publish(lambda: self.capture(q, keys, values, y, (H, W), tuple(xk.shape[-2:])))
-        context = self.out(y.transpose(1, 2).reshape(N, self.channels, H, W))  # (N, C_out, H, W)
+        context = self.out(y.reshape(N, self.channels, H, W))  # (N, C_out, H, W)
         return self.bottleneck(torch.cat([context, xq], dim=1))
 
     def capture(self, q: Tensor, keys: Tensor, values: Tensor, y: Tensor, size, key_grid):
+        """The factors from the channel-first q (N, C', P), keys, values (N, C', 110), y (N, C', P)."""
         cells = TokenKeys("pyramid cells", pyramid_cover(key_grid, self.pool_scales, q.device, q.dtype)[None], key_grid)
-        scaled = q * self.channels**-0.5
-        return implicit_split(scaled, keys, values, y, size, (keys.shape[1], 1), self.combine, cells)
+        q, keys, values, y = (t.transpose(1, 2) for t in (q, keys, values, y))  # tokens: (N, P or 110, C')
+        return implicit_split(q * self.channels**-0.5, keys, values, y, size, (keys.shape[1], 1), self.combine, cells)
 
 
 class AsymmetricPyramidNonLocal2d(PyramidNonLocal):

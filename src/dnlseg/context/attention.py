@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-BLOCK_ELEMENTS = 1 << 22  # the row-blocked kernel's (rows, Pk) logits per image per block: 16 MiB in fp32
+BLOCK_ELEMENTS = 1 << 23  # the row-blocked kernel's (rows, Pk) map per image per block: 32 MiB in fp32
 
 
 def tokens(t: Tensor) -> Tensor:
@@ -43,28 +43,37 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 
 class RowBlockedAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v a block of query rows at a time, keeping only each row's max and sum of
-    exponentials: O(P) memory between forward and backward, O(rows Pk) while one block is computed. For Cv != Cq on
-    CPU, where PyTorch has no fused kernel. Per block of rows B (a = its attention, o = its output, g = dL/do):
+    """softmax(q k^T * scale) v without the (P, Pk) map, keeping only each query row's log-sum-exp between forward
+    and backward: O(P) memory, O(P Pk / blocks) while one block is computed. For Cv != Cq on CPU, where PyTorch has
+    no fused kernel (its fallback builds the map). a = the attention, o = the output, g = dL/do, q' = q * scale:
 
-        forward   l = q_B k^T scale,  m = max_j l,  s = sum_j exp(l - m),  a = exp(l - m) / s,  o_B = a v
-        backward  a as in the forward             (recomputed: one (B, Cq) @ (Cq, Pk) product)
-                  dv += a^T g_B,  ds = a * (g_B v^T - sum_c g_B o_B) * scale,  dq_B = ds k,  dk += ds^T q_B
+        forward, by blocks R of query rows:  l = q'_R k^T,  a_R = softmax_j(l),  lse_R = logsumexp_j(l),  o_R = a_R v
+                                             (the softmax in place: m = max l, a = exp(l - m) / s, lse = m + log s)
+        backward, by blocks J of keys:       a_J = exp(q' k_J^T - lse)                  (recomputed, (P, J))
+                                             dv_J = a_J^T g,  ds_J = a_J * (g v_J^T - sum_c g o),
+                                             dk_J = ds_J^T q',  dq += scale * ds_J k_J
+
+    Every large product contracts over P, Pk or Cv, never over a small block (a backward by query rows would add
+    up a whole (Pk, Cv) dv per block), and the elementwise work is fused into the products (``baddbmm``) or done
+    in place.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         rows = max(16, BLOCK_ELEMENTS // max(k.shape[1], 1))
+        scaled = q * scale  # (N, P, Cq): the scale on the small factor
         key_t = k.transpose(1, 2)  # (N, Cq, Pk)
-        outputs, maxima, sums = [], [], []
+        outputs, lses = [], []
         for start in range(0, q.shape[1], rows):
-            weights, top, total = block_softmax(q[:, start : start + rows], key_t, scale)  # (N, B, Pk)
-            outputs.append(weights @ v)  # (N, B, Pk) @ (N, Pk, Cv) -> (N, B, Cv)
-            maxima.append(top)
-            sums.append(total)
+            logits = scaled[:, start : start + rows] @ key_t  # (N, R, Cq) @ (N, Cq, Pk) -> (N, R, Pk)
+            top = logits.amax(dim=-1, keepdim=True)  # (N, R, 1); the softmax in place, its parts kept
+            weights = logits.sub_(top).exp_()
+            total = weights.sum(dim=-1, keepdim=True)
+            lses.append(top + total.log())  # (N, R, 1)
+            outputs.append(weights.div_(total) @ v)  # (N, R, Pk) @ (N, Pk, Cv) -> (N, R, Cv)
         out = torch.cat(outputs, dim=1)
-        ctx.save_for_backward(q, k, v, out, torch.cat(maxima, dim=1), torch.cat(sums, dim=1))
-        ctx.scale, ctx.rows = scale, rows
+        ctx.save_for_backward(scaled, k, v, out, torch.cat(lses, dim=1))
+        ctx.scale = scale
         return out
 
     @staticmethod
@@ -73,30 +82,22 @@ class RowBlockedAttention(torch.autograd.Function):
         saved = ctx.saved_tensors
         dtypes = [t.dtype for t in saved[:3]]
         wide = functools.reduce(torch.promote_types, [t.dtype for t in saved])
-        q, k, v, out, maxima, sums = (t.to(wide) for t in saved)  # under autocast the dtypes may differ
+        scaled, k, v, out, lse = (t.to(wide) for t in saved)  # under autocast the dtypes may differ
         grad_out = grad_out.to(wide)
-        key_t, value_t = k.transpose(1, 2), v.transpose(1, 2)
         delta = (grad_out * out).sum(-1, keepdim=True)  # (N, P, 1): sum_j a_ij (g_i . v_j)
-        grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
-        for start in range(0, q.shape[1], ctx.rows):
-            block = slice(start, start + ctx.rows)
-            a, _, _ = block_softmax(q[:, block], key_t, ctx.scale, maxima[:, block], sums[:, block])  # (N, B, Pk)
-            grad_v = grad_v + a.transpose(1, 2) @ grad_out[:, block]  # (N, Pk, B) @ (N, B, Cv)
-            ds = a * (grad_out[:, block] @ value_t - delta[:, block]) * ctx.scale  # (N, B, Cv) @ (N, Cv, Pk)
-            grad_q.append(ds @ k)  # (N, B, Pk) @ (N, Pk, Cq) -> (N, B, Cq)
-            grad_k = grad_k + ds.transpose(1, 2) @ q[:, block]  # (N, Pk, B) @ (N, B, Cq) -> (N, Pk, Cq)
-        return torch.cat(grad_q, dim=1).to(dtypes[0]), grad_k.to(dtypes[1]), grad_v.to(dtypes[2]), None
-
-
-def block_softmax(
-    q: Tensor, key_t: Tensor, scale: float, top: Tensor | None = None, total: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """a = softmax_j(q_i . k_j * scale) of a block of rows, with its row max and sum of exponentials (computed, or
-    the forward's when given): q (N, B, Cq), key_t (N, Cq, Pk) -> (N, B, Pk), (N, B, 1), (N, B, 1)."""
-    logits = (q @ key_t) * scale  # (N, B, Cq) @ (N, Cq, Pk) -> (N, B, Pk)
-    if top is None:
-        top = logits.amax(dim=-1, keepdim=True)
-    weights = torch.exp(logits - top)
-    if total is None:
-        total = weights.sum(dim=-1, keepdim=True)
-    return weights / total, top, total
+        columns = max(16, BLOCK_ELEMENTS // max(scaled.shape[1], 1))
+        grad_q, grad_k, grad_v = torch.zeros_like(scaled), [], []
+        for start in range(0, k.shape[1], columns):
+            keys = slice(start, start + columns)
+            a = torch.baddbmm(-lse, scaled, k[:, keys].transpose(1, 2)).exp_()  # (N, P, Cq) @ (N, Cq, J)
+            grad_v.append(a.transpose(1, 2) @ grad_out)  # (N, J, P) @ (N, P, Cv) -> (N, J, Cv)
+            ds = a.mul_(torch.baddbmm(-delta, grad_out, v[:, keys].transpose(1, 2)))  # (N, P, Cv) @ (N, Cv, J)
+            grad_k.append(ds.transpose(1, 2) @ scaled)  # (N, J, P) @ (N, P, Cq) -> (N, J, Cq)
+            grad_q.baddbmm_(ds, k[:, keys])  # += (N, P, J) @ (N, J, Cq)
+        grad_q = grad_q * ctx.scale
+        return (
+            grad_q.to(dtypes[0]),
+            torch.cat(grad_k, dim=1).to(dtypes[1]),
+            torch.cat(grad_v, dim=1).to(dtypes[2]),
+            None,
+        )

@@ -98,9 +98,9 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
 
     def forward(self, x: Tensor) -> Tensor:
         N, C, H, W = x.shape
-        feats = self.embed(x).reshape(N, C, H * W)  # (N, C, P)
         bases = self.bases.repeat(N, 1, 1)  # (N, C, K)
-        with torch.no_grad():
+        with torch.no_grad():  # W_in is frozen and x reaches y through no_grad only: no graph for either
+            feats = self.embed(x).reshape(N, C, H * W)  # (N, C, P)
             for _ in range(self.num_stages):
                 keys = bases
                 z = torch.softmax(feats.transpose(1, 2) @ bases, dim=2)  # E: (N, P, C) @ (N, C, K) -> (N, P, K)
@@ -110,8 +110,8 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
         self.publish(lambda: self.capture(feats, keys, bases, y, z, cover, (H, W)))
         if self.training:
             self.update_bases(bases)
-        context = self.out(F.relu(y.reshape(N, C, H, W)))  # W_out + BN on ReLU(y)
-        return F.relu(x + context)
+        context = self.out(F.relu(y.reshape(N, C, H, W), inplace=True))  # W_out + BN on ReLU(y); y has no graph
+        return F.relu(x + context, inplace=True)
 
     @torch.no_grad()
     def update_bases(self, bases: Tensor) -> None:

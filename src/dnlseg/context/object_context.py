@@ -24,7 +24,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from dnlseg.context.attention import tokens
 from dnlseg.context.base import CoupledAttention, implicit_split
 from dnlseg.context.keys import TokenKeys
 from dnlseg.context.layers import ConvNormAct, NormLayer, conv_norm_acts
@@ -35,7 +34,7 @@ def spatial_gather(x: Tensor, logits: Tensor, scale: float = 1.0) -> tuple[Tenso
     gather weights softmax_n(s l_kn) (N, K, P)."""
     N, K, H, W = logits.shape
     weights = torch.softmax(scale * logits.reshape(N, K, H * W), dim=2)  # (N, K, P), each region sums to 1
-    regions = weights @ tokens(x)  # (N, K, P) @ (N, P, C) -> (N, K, C)
+    regions = weights @ x.flatten(2).transpose(1, 2)  # (N, K, P) @ (N, P, C) -> (N, K, C)
     return regions.transpose(1, 2).unsqueeze(3), weights  # (N, C, K, 1)
 
 
@@ -79,15 +78,17 @@ class ObjectContextAttention2d(CoupledAttention):
         if logits.shape[0] != N or logits.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"coarse logits {tuple(logits.shape)} do not match the feature map {tuple(x.shape)}")
         regions, cover = spatial_gather(x, logits, self.scale)  # (N, C, K, 1), (N, K, P)
-        q = tokens(self.query(x))  # (N, P, C')
-        k, v = tokens(self.key(regions)), tokens(self.value(regions))  # (N, K, C')
-        logits_ = (q @ k.transpose(1, 2)) * self.channels**-0.5  # (N, P, C') @ (N, C', K) -> (N, P, K)
-        y = torch.softmax(logits_, dim=-1) @ v  # (N, P, K) @ (N, K, C') -> (N, P, C')
+        q = self.query(x).flatten(2)  # (N, C', P): channel-first throughout, no copies to tokens
+        k, v = self.key(regions).flatten(2), self.value(regions).flatten(2)  # (N, C', K)
+        sim = (q.transpose(1, 2) @ k) * self.channels**-0.5  # (N, P, C') @ (N, C', K) -> (N, P, K)
+        weights = torch.softmax(sim, dim=-1)
+        y = v @ weights.transpose(1, 2)  # (N, C', K) @ (N, K, P) -> (N, C', P)
         self.publish(lambda: self.capture(q, k, v, y, cover, (H, W)))
-        context = self.out(y.transpose(1, 2).reshape(N, self.channels, H, W))  # (N, C, H, W)
+        context = self.out(y.reshape(N, self.channels, H, W))  # (N, C, H, W)
         return self.bottleneck(torch.cat([context, x], dim=1))
 
     def capture(self, q: Tensor, k: Tensor, v: Tensor, y: Tensor, cover: Tensor, size: tuple[int, int]):
+        """The factors from the channel-first q (N, C', P), k, v (N, C', K), y (N, C', P)."""
         regions = TokenKeys("class regions", cover, size)  # (N, K, P): each region's gather weights
-        scaled = q * self.channels**-0.5
-        return implicit_split(scaled, k, v, y, size, (k.shape[1], 1), self.combine, regions)
+        q, k, v, y = (t.transpose(1, 2) for t in (q, k, v, y))  # tokens: (N, P or K, C')
+        return implicit_split(q * self.channels**-0.5, k, v, y, size, (k.shape[1], 1), self.combine, regions)
