@@ -14,6 +14,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 BLOCK_ELEMENTS = 1 << 23  # the row-blocked kernel's (rows, Pk) map per image per block: 32 MiB in fp32
+MIN_BLOCKS = 10  # ... and never more than a tenth of the map, however small P is
+
+
+def block_length(length: int, other: int) -> int:
+    """Rows (or key columns) per block of a (length, other) map: BLOCK_ELEMENTS per image, at least MIN_BLOCKS
+    blocks, at least 16 rows."""
+    return max(16, min(BLOCK_ELEMENTS // max(other, 1), -(-length // MIN_BLOCKS)))
 
 
 def tokens(t: Tensor) -> Tensor:
@@ -60,7 +67,7 @@ class RowBlockedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        rows = max(16, BLOCK_ELEMENTS // max(k.shape[1], 1))
+        rows = block_length(q.shape[1], k.shape[1])
         scaled = q * scale  # (N, P, Cq): the scale on the small factor
         key_t = k.transpose(1, 2)  # (N, Cq, Pk)
         outputs, lses = [], []
@@ -85,7 +92,7 @@ class RowBlockedAttention(torch.autograd.Function):
         scaled, k, v, out, lse = (t.to(wide) for t in saved)  # under autocast the dtypes may differ
         grad_out = grad_out.to(wide)
         delta = (grad_out * out).sum(-1, keepdim=True)  # (N, P, 1): sum_j a_ij (g_i . v_j)
-        columns = max(16, BLOCK_ELEMENTS // max(scaled.shape[1], 1))
+        columns = block_length(k.shape[1], scaled.shape[1])
         grad_q, grad_k, grad_v = torch.zeros_like(scaled), [], []
         for start in range(0, k.shape[1], columns):
             keys = slice(start, start + columns)
