@@ -110,7 +110,7 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
         self.publish(lambda: self.capture(feats, keys, bases, y, z, cover, (H, W)))
         if self.training:
             self.update_bases(bases)
-        context = self.out(F.relu(y.reshape(N, C, H, W), inplace=True))  # W_out + BN on ReLU(y); y has no graph
+        context = self.out(F.relu(y.reshape(N, C, H, W)))  # W_out + BN on ReLU(y) (not in place: y is captured)
         return F.relu(x + context, inplace=True)
 
     @torch.no_grad()
