@@ -15,7 +15,7 @@ MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks bench-startup bench-analysis experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
+	bench-callbacks bench-startup bench-analysis bench-export experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
 	tensorboard clean
 
 help: ## list the targets
@@ -25,12 +25,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch/torchvision at the versions on this machine's disk; any other version would download gigabytes.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,parity]'
+	$(BIN)/pip install --quiet -e '.[dev,parity,export]'
 	# mmseg itself, the parity tests' reference (pyproject.toml, extra "parity": why --no-deps)
 	$(BIN)/pip install --quiet --no-deps $(MMSEG_PACKAGES)
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install dnlseg editable with its dev and parity (mmseg reference) extras
+install: $(STAMP) ## create .venv and install dnlseg editable with its dev, parity (mmseg reference) and export extras
 
 train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trainer.max_steps=50" overrides
 	$(BIN)/dnlseg fit -c $(CONFIG) $(ARGS)
@@ -38,13 +38,14 @@ train: $(STAMP) ## fit CONFIG (default configs/synthetic/dnl.yaml); ARGS="--trai
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check + format check
-	$(BIN)/ruff check src tests benchmarks experiments mutation
-	$(BIN)/ruff format --check src tests benchmarks experiments mutation
+lint: $(STAMP) ## ruff check + format check + mypy (pyproject.toml [tool.mypy])
+	$(BIN)/ruff check src tests benchmarks experiments mutation examples
+	$(BIN)/ruff format --check src tests benchmarks experiments mutation examples
+	$(BIN)/mypy src
 
 format: $(STAMP) ## ruff format + autofix
-	$(BIN)/ruff check --fix src tests benchmarks experiments mutation
-	$(BIN)/ruff format src tests benchmarks experiments mutation
+	$(BIN)/ruff check --fix src tests benchmarks experiments mutation examples
+	$(BIN)/ruff format src tests benchmarks experiments mutation examples
 
 # Mutation testing (mutmut 3.x, a dev dependency) of the core modules with their fast tests; each module in its own
 # work folder under .mutation/, results in mutation/results/, report in mutation/report.md (mutation/run.py).
@@ -54,14 +55,14 @@ mutation: $(STAMP) ## mutation testing of the core modules -> mutation/report.md
 # CI's guard against a sliding score: one small core module from scratch (about a minute), failing below the target
 # or on a survivor without a verdict.
 mutation-check: $(STAMP) ## mutation score check of one small module (CI)
-	$(BIN)/python mutation/run.py --module src/dnlseg/evaluation/gradient_separation.py --fresh --check
+	$(BIN)/python mutation/run.py --module src/dnlseg/analysis/gradient_separation.py --fresh --check
 
 # The benchmark suite. ARGS go to every model benchmark: --quick (shorter), --paper (the recipes' sizes: batch 2,
 # 512x1024 crops, 1024x2048 images), --device cuda (tables then go to benchmarks/<name>_cuda.md);
 # SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
 # --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline,
 # ANALYSIS_ARGS to the analysis (e.g. ANALYSIS_ARGS="--baseline-src /tmp/before/src", another checkout's sources).
-bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup bench-analysis ## the benchmark suite -> benchmarks/*.md + PNGs
+bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup bench-analysis bench-export ## the benchmark suite -> benchmarks/*.md + PNGs
 
 bench-blocks: $(STAMP) ## context blocks alone (NL, DNL, GC, mmseg's), fused vs materialised -> benchmarks/context_blocks.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
@@ -86,6 +87,9 @@ bench-startup: $(STAMP) ## start-up time of `dnlseg --help` and `fit --print_con
 
 bench-analysis: $(STAMP) ## peak memory of `dnlseg analyze` at P = 16384 and 32768 -> benchmarks/analysis_memory.md
 	$(BIN)/python benchmarks/analysis_memory.py $(ANALYSIS_ARGS)
+
+bench-export: $(STAMP) ## dnlseg export per head: export time, size, onnxruntime vs PyTorch time/memory -> benchmarks/export.md
+	$(BIN)/python benchmarks/export.py $(EXPORT_ARGS)
 
 experiment-separation: $(STAMP) ## train NL and DNL, same seed -> experiments/gradient_separation/report.md
 	$(BIN)/python experiments/gradient_separation/run.py $(if $(ARGS),--args "$(ARGS)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -39,10 +40,15 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class Timing:
-    """Medians over the timed rounds, in seconds."""
+    """Medians over the timed rounds, in seconds, and the spread of the wall times."""
 
     wall: float
     cpu: float  # process CPU time (user + system, all threads): barely moved by other processes on the CPUs
+    wall_range: tuple[float, float] = (math.nan, math.nan)  # fastest and slowest round
+
+    def per_second(self, items: float) -> tuple[float, tuple[float, float]]:
+        """``items`` per second at the median round, and its range over the rounds (slowest, fastest)."""
+        return items / self.wall, (items / self.wall_range[1], items / self.wall_range[0])
 
 
 def time_interleaved(calls: dict, repeats: int, device: torch.device) -> dict:
@@ -56,7 +62,11 @@ def time_interleaved(calls: dict, repeats: int, device: torch.device) -> dict:
             call()
             synchronize(device)
             samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return {name: Timing(*(statistics.median(s) for s in zip(*runs, strict=True))) for name, runs in samples.items()}
+    timings = {}
+    for name, runs in samples.items():
+        walls, cpus = zip(*runs, strict=True)
+        timings[name] = Timing(statistics.median(walls), statistics.median(cpus), (min(walls), max(walls)))
+    return timings
 
 
 @dataclass
@@ -218,13 +228,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def hardware(device: torch.device | None = None) -> str:
+    """``AMD EPYC, 2 logical CPUs, 2 torch threads`` (the GPU's name and CUDA version on CUDA)."""
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+
+
 def machine(device: torch.device | None = None) -> str:
     """``AMD EPYC, 2 logical CPUs, 2 torch threads; torch 2.14.1, Python 3.11.7`` (the GPU's name on CUDA)."""
-    if device is not None and device.type == "cuda":
-        hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    else:
-        hardware = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
-    return f"{hardware}; torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{hardware(device)}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -300,14 +313,39 @@ def save_figure(fig, output: Path) -> str:
     return f"![{output.stem}]({path.name})"
 
 
-def bar_figure(output: Path, title: str, names: list[str], panels: dict[str, list[float]]) -> str:
-    """One bar chart per panel (its y label -> a value per name), side by side, saved beside ``output``."""
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (label, values), colour in zip(axes[0], panels.items(), ("tab:blue", "tab:orange"), strict=False):
-        ax.bar(names, values, color=colour)
-        ax.set_ylabel(label)
-    fig.suptitle(title, fontsize=8)
-    return save_figure(fig, output)
+@dataclass
+class Panel:
+    """One bar chart of a figure: its y label, a value per name and, for values timed over rounds, their range."""
+
+    label: str
+    values: list[float]
+    spread: list[tuple[float, float]] | None = None  # (lowest, highest) per name: drawn as error bars
+
+
+def bar_chart(title: str, names: list[str], panels: list[Panel], device: str):
+    """One bar chart per panel, side by side: each bar with its value written on it and, where the panel has a
+    spread, an error bar from its lowest to its highest round; ``device`` (``hardware()``) in the title."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, panel, colour in zip(axes[0], panels, ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        error = None
+        if panel.spread is not None:
+            error = [[v - lo for v, (lo, _) in zip(panel.values, panel.spread, strict=True)],
+                     [hi - v for v, (_, hi) in zip(panel.values, panel.spread, strict=True)]]  # fmt: skip
+        ax.bar(names, panel.values, color=colour, yerr=error, capsize=4, ecolor="black")
+        tops = [hi for _, hi in panel.spread] if panel.spread is not None else panel.values
+        for x, (value, top) in enumerate(zip(panel.values, tops, strict=True)):  # above the bar and its error bar
+            ax.annotate(f"{value:.3g}", (x, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+        ax.set_ylim(0, max(tops) * 1.12)
+        what = "median; error bar: lowest to highest round" if panel.spread is not None else "one measurement"
+        ax.set_ylabel(f"{panel.label}\n({what})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"{title}\n{device}", fontsize=8)
+    return fig
+
+
+def bar_figure(output: Path, title: str, names: list[str], panels: list[Panel], device: str) -> str:
+    """``bar_chart`` saved as the PNG beside ``output``; returns the markdown line that shows it."""
+    return save_figure(bar_chart(title, names, panels, device), output)
 
 
 def benchmark_parser(doc: str, output: Path, device: bool = True) -> argparse.ArgumentParser:
@@ -375,19 +413,20 @@ def build_module(variant: str, args: argparse.Namespace, seed: int = 0):
     """A ``SegmentationModule`` whose head is ``dnlseg.context.VARIANTS[variant]``, weights drawn from ``seed``."""
     from dnlseg.context import VARIANTS
     from dnlseg.models import SegmentationModule
+    from dnlseg.models.encoder import EncoderOptions
+    from dnlseg.models.module import RuntimeOptions
+    from dnlseg.models.network import NetworkOptions
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark  # what Lightning's Trainer(benchmark=...) sets
     block = VARIANTS[variant]
-    module = SegmentationModule(
-        NUM_CLASSES,
-        encoder_name=args.encoder,
-        output_stride=args.output_stride,
+    network = NetworkOptions(
+        encoder=EncoderOptions(name=args.encoder, output_stride=args.output_stride),
         head_channels=args.head_channels,
         context=None if block.block is None else block.build,
-        channels_last=args.channels_last,
-        compile=args.compile,
     )
+    runtime = RuntimeOptions(channels_last=args.channels_last, compile=args.compile)
+    module = SegmentationModule(NUM_CLASSES, network=network, runtime=runtime)
     return module.to(args.device)
 
 

@@ -21,7 +21,11 @@ METRICS = ("val/pairwise_category_consistency", "val/unary_boundary_consistency"
 SIZES = {16384: "1024", 32768: "[1024, 2048]"}  # P (key cells at stride 8) -> --data.init_args.image_size
 TINY_SIZES = {64: "64", 128: "[64, 128]"}
 TARGET_BYTES = {16384: 1.5e9, 32768: 3e9}  # from the project's issue
-ONE_IMAGE = ["--data.init_args.batch_size=1", "--data.init_args.num_val=1", "--trainer.enable_progress_bar=false"]
+ONE_IMAGE = [
+    "--data.init_args.loader.batch_size=1",
+    "--data.init_args.num_val=1",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def fit_checkpoint(src: Path, config: str, folder: Path) -> Path:

@@ -21,7 +21,7 @@ from _measure import benchmark_parser, markdown_table, parse, write_report
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dnlseg.callbacks import BranchGradientMonitor, SeparationProbe
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 
 
 class StepTimer(L.Callback):
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         args.steps, args.warmup, args.probe_every = 3, 1, 2
     overrides = ["--trainer.logger=false", "--trainer.callbacks=[]"]
     if args.tiny:
-        overrides += ["--model.head_channels=16", "--model.aux_channels=8", "--data.init_args.image_size=32"]
+        overrides += [
+            "--model.network.head_channels=16",
+            "--model.network.aux_channels=8",
+            "--data.init_args.image_size=32",
+        ]
     cli = run_cli(["-c", args.config, *overrides], run=False)
     initial = copy.deepcopy(cli.model.state_dict())
     variants = {

@@ -19,7 +19,7 @@ import cv2
 import torch
 from _measure import MiB, benchmark_parser, markdown_table, parse, rss_above, time_interleaved, write_report
 
-from dnlseg.data import CityscapesDataModule, TrainAugmentation, write_cityscapes_layout
+from dnlseg.data import CityscapesDataModule, LoaderOptions, SetupChecks, TrainAugmentation, write_cityscapes_layout
 from dnlseg.data.cityscapes import LABEL_ID_TABLE, TRAIN_ID_TABLE, cityscapes_pairs
 from dnlseg.data.folder import check_pair, read_image, read_label
 from dnlseg.data.transforms import seed_transform, train_transform
@@ -45,9 +45,8 @@ def stage_times(root: Path, passes: int) -> dict[str, float]:
         augmentation = TrainAugmentation(crop_size=crop, scale_base=(2048, 1024))
         transform = train_transform(augmentation)
         seed_transform(transform, SEED)
-        dm = CityscapesDataModule(
-            str(root), augmentation=augmentation, num_workers=0, seed=SEED, check_label_values=False
-        )
+        loader, checks = LoaderOptions(num_workers=0), SetupChecks(label_values=False)
+        dm = CityscapesDataModule(str(root), augmentation=augmentation, loader=loader, checks=checks, seed=SEED)
         dm.setup("fit")
         seed_transform(dm.datasets["train"].transform, SEED)
         stages[f"train augmentation, {crop_name} crop"] = lambda i, t=transform: t(image=images[i], mask=labels[i])

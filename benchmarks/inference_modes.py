@@ -16,6 +16,7 @@ import torch
 from _measure import (
     Memory,
     MiB,
+    Panel,
     Timing,
     add_model_arguments,
     autocast,
@@ -23,6 +24,7 @@ from _measure import (
     benchmark_parser,
     build_module,
     fast_path_label,
+    hardware,
     markdown_table,
     measure_memory,
     mib,
@@ -133,9 +135,10 @@ def report(results: dict[str, ModeResult], kernel: str, resident: int, args: arg
         *markdown_table([*header, "total peak MiB"], rows),
         "",
     ]
-    panels = {"images / s": [args.batch / r.timing.wall for r in results.values()]}
-    panels["total peak MiB"] = [(r.memory.extra_peak + resident) / MiB for r in results.values()]
-    return lines + [bar_figure(args.output, setting, list(results), panels)]
+    speeds = [r.timing.per_second(args.batch) for r in results.values()]
+    panels = [Panel("images / s", [v for v, _ in speeds], [spread for _, spread in speeds])]
+    panels.append(Panel("total peak MiB", [(r.memory.extra_peak + resident) / MiB for r in results.values()]))
+    return lines + [bar_figure(args.output, setting, list(results), panels, hardware(args.device))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,6 +17,7 @@ from _measure import (
     NUM_CLASSES,
     Memory,
     MiB,
+    Panel,
     Timing,
     add_model_arguments,
     autocast,
@@ -24,6 +25,7 @@ from _measure import (
     benchmark_parser,
     build_module,
     fast_path_label,
+    hardware,
     markdown_table,
     measure_memory,
     mib,
@@ -148,9 +150,10 @@ def report(results: dict[str, HeadResult], args: argparse.Namespace) -> list[str
     lines += markdown_table(header, rows) + [""]
     lines += [f"- SDPA kernel, {r.head} head: {r.sdpa_kernel}" for r in results.values() if r.sdpa_kernel]
     names = [VARIANTS[h].label for h in results]
-    panels = {"images / s": [r.images_per_second for r in results.values()]}
-    panels["total peak MiB"] = [r.total_peak / MiB for r in results.values()]
-    return lines + ["", bar_figure(args.output, setting(args), names, panels)]
+    speeds = [r.timing.per_second(r.batch) for r in results.values()]
+    panels = [Panel("images / s", [v for v, _ in speeds], [spread for _, spread in speeds])]
+    panels.append(Panel("total peak MiB", [r.total_peak / MiB for r in results.values()]))
+    return lines + ["", bar_figure(args.output, setting(args), names, panels, hardware(args.device))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,8 +1,21 @@
-"""Fixtures shared across the test folders: tiny Cityscapes and ADE20K datasets in their real on-disk formats."""
+"""Fixtures shared across the test folders: tiny Cityscapes, ADE20K, Pascal VOC and own datasets in their real on-disk
+formats."""
+
+import os
 
 import pytest
 
-from tests.datasets import write_ade20k, write_cityscapes, write_image_mask
+from tests.datasets import write_ade20k, write_cityscapes, write_image_mask, write_voc
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Put ``os.environ`` back after each test: an in-process DDP trainer sets ``LOCAL_RANK``, ``MASTER_PORT`` and
+    more there, and a later subprocess fit that inherited ``LOCAL_RANK`` would wait for workers nobody starts."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +34,20 @@ def ade20k_root(tmp_path_factory):
 def image_mask_root(tmp_path_factory):
     """An own dataset (ImageMaskDataModule layout): 4 train + 2 val images, masks, classes.yaml. Read-only."""
     return write_image_mask(tmp_path_factory.mktemp("own_data"))
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory):
+    """VOCdevkit/VOC2012: 3 train + 2 val ids (palette PNGs), 2 SBD aug ids, the lists, an unlisted image. Read-only."""
+    return write_voc(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(scope="session")
+def lightning_checkpoint(tmp_path_factory):
+    """A real Lightning checkpoint of a 1-step tiny fit, saved by ``AtomicCheckpointIO``. Read-only."""
+    from tests.helpers import saved_lightning_checkpoint
+
+    return saved_lightning_checkpoint(tmp_path_factory.mktemp("checkpoint") / "last.ckpt")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Tiny datasets written in the exact on-disk formats of Cityscapes, ADE20K and an own dataset, for the tests."""
+"""Tiny datasets written in the exact on-disk formats of Cityscapes, ADE20K, Pascal VOC and an own dataset, for the
+tests."""
 
 from __future__ import annotations
 
@@ -32,6 +33,53 @@ def write_ade20k(root: Path, sizes: dict[str, list[tuple[int, int]]] = ADE_SIZES
             name = f"ADE_{tag}_{i + 1:08d}"
             Image.fromarray(sample.image).save(base / "images" / split / f"{name}.jpg", quality=95)
             Image.fromarray(ADE_VALUES[sample.mask]).save(base / "annotations" / split / f"{name}.png")
+    return Path(root)
+
+
+# Synthetic class -> Pascal VOC class id: background, person, car, dog, tvmonitor; 255 (void) stays 255.
+VOC_VALUES = np.full(256, 255, dtype=np.uint8)
+VOC_VALUES[:5] = (0, 15, 7, 12, 20)
+# id -> (H, W): VOC's own lists; "aug" as mmseg's voc_aug.py writes it (SBD ids in neither train nor val).
+VOC_SPLITS = {
+    "train": {"2007_000032": (48, 64), "2007_000039": (64, 48), "2008_000008": (56, 72)},
+    "val": {"2007_000033": (64, 80), "2007_000042": (48, 56)},
+    "aug": {"2008_000002": (64, 64), "2008_000003": (48, 64)},
+}
+VOC_UNLISTED = "2009_000001"  # a detection-only image: in JPEGImages, in no segmentation list
+
+
+def write_voc(root: Path, aug: bool = True) -> Path:
+    """``VOCdevkit/VOC2012`` as the devkit archive unpacks under ``root`` (plus mmseg's SBD aug files with ``aug``).
+
+    JPEGImages/<id>.jpg (RGB JPEG), SegmentationClass/<id>.png (mode P with VOC's palette: 0..20, 255 void),
+    ImageSets/Segmentation/{train,val,trainval}.txt; with ``aug``: SegmentationClassAug/<id>.png (mode L, 0..20,
+    as voc_aug.py converts SBD's .mat files) for the aug ids only, and aug.txt, trainaug.txt.
+    """
+    from dnlseg.data.voc import COLORMAP
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    lists = base / "ImageSets" / "Segmentation"
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug" if aug else None, lists):
+        if folder is not None:
+            (base / folder).mkdir(parents=True, exist_ok=True)
+    palette = np.asarray(COLORMAP, dtype=np.uint8).ravel().tolist()
+    splits = VOC_SPLITS if aug else {k: v for k, v in VOC_SPLITS.items() if k != "aug"}
+    for index, (split, samples) in enumerate(splits.items()):
+        for i, (sample_id, (h, w)) in enumerate(samples.items()):
+            sample = generate_sample(2, 10 * index + i, "train", h, w)
+            Image.fromarray(sample.image).save(base / "JPEGImages" / f"{sample_id}.jpg", quality=95)
+            if split == "aug":  # SBD: no void border
+                mask = VOC_VALUES[np.where(sample.mask == 255, 0, sample.mask)]
+                Image.fromarray(mask).save(base / "SegmentationClassAug" / f"{sample_id}.png")
+            else:
+                label = Image.fromarray(VOC_VALUES[sample.mask])
+                label.putpalette(palette)  # mode L -> P, the values kept as palette indices
+                label.save(base / "SegmentationClass" / f"{sample_id}.png")
+        (lists / f"{split}.txt").write_text("".join(f"{sample_id}\n" for sample_id in samples))
+    (lists / "trainval.txt").write_text("".join(f"{i}\n" for s in ("train", "val") for i in VOC_SPLITS[s]))
+    if aug:
+        (lists / "trainaug.txt").write_text("".join(f"{i}\n" for s in ("train", "aug") for i in VOC_SPLITS[s]))
+    Image.fromarray(generate_sample(2, 99, "train", 40, 40).image).save(base / "JPEGImages" / f"{VOC_UNLISTED}.jpg")
     return Path(root)
 
 

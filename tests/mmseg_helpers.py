@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 from tests.recipes import MIRRORS, recipe_cpu_args
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.container import ErrorbarContainer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ("context_blocks", "training_step", "inference_modes", "data_pipeline", "startup_time", "analysis_memory")
@@ -15,8 +16,43 @@ SCRIPTS = ("context_blocks", "training_step", "inference_modes", "data_pipeline"
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
     yield lambda name: importlib.import_module(name)
-    for name in ("_measure", "callback_overhead", *SCRIPTS):
+    for name in ("_measure", "callback_overhead", "export", *SCRIPTS):
         sys.modules.pop(name, None)
+
+
+def test_bar_charts_write_each_value_its_spread_over_the_rounds_and_the_device(scripts, tmp_path):
+    measure = scripts("_measure")
+    timing = measure.Timing(wall=0.5, cpu=0.9, wall_range=(0.4, 0.8))  # 2 images: 4 / s at the median round
+    speed, spread = timing.per_second(2)
+    assert (speed, spread) == (4.0, (2.5, 5.0))  # the slowest round 2.5 / s, the fastest 5 / s
+    panels = [measure.Panel("images / s", [speed, 1.25], [spread, (1.0, 1.5)]), measure.Panel("MiB", [300.0, 1234.0])]
+    fig = measure.bar_chart("R50, 512x512", ["baseline", "DNL"], panels, "AMD EPYC, 2 logical CPUs")
+    speeds, memory = fig.axes
+    assert [t.get_text() for t in speeds.texts] == ["4", "1.25"] and [t.get_text() for t in memory.texts] == [
+        "300",
+        "1.23e+03",
+    ]
+    (error_bars,) = [c for c in speeds.containers if isinstance(c, ErrorbarContainer)]
+    segments = error_bars.lines[2][0].get_segments()  # (data line, caps, [vertical bar lines])
+    assert [(s[0][1], s[1][1]) for s in segments] == [(2.5, 5.0), (1.0, 1.5)]  # lowest to highest round
+    assert (
+        not any(isinstance(c, ErrorbarContainer) for c in memory.containers)
+        and "one measurement" in memory.get_ylabel()
+    )  # measured once: no error bar
+    assert fig._suptitle.get_text() == "R50, 512x512\nAMD EPYC, 2 logical CPUs"
+    assert (
+        measure.bar_figure(tmp_path / "chart.md", "t", ["a"], [measure.Panel("x", [1.0])], "cpu")
+        == "![chart](chart.png)"
+    )
+    assert (tmp_path / "chart.png").stat().st_size > 0
+
+
+def test_interleaved_timing_keeps_the_fastest_and_slowest_round(scripts, monkeypatch):
+    measure = scripts("_measure")
+    clock = iter([0.0, 1.0, 10.0, 13.0, 20.0, 22.0])  # rounds of 1, 3 and 2 s
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    timing = measure.time_interleaved({"step": lambda: None}, 3, torch.device("cpu"))["step"]
+    assert (timing.wall, timing.wall_range) == (2.0, (1.0, 3.0))
 
 
 @pytest.mark.slow
@@ -173,3 +209,16 @@ def test_analysis_memory_judges_the_targets_and_says_what_the_baseline_cannot_ru
     assert "| no |" in row("before", 16384) and "not run" in row("before", 32768)
     assert "| yes |" in row("this checkout", 16384) and "PASS <= 1.5 GB" in row("this checkout", 16384)
     assert "FAIL <= 3 GB" in row("this checkout", 32768)
+
+
+@pytest.mark.slow
+def test_export_benchmark_compares_onnxruntime_with_pytorch_per_head(scripts, tmp_path):
+    output = tmp_path / "export.md"
+    results = scripts("export").main(["--tiny", "--heads", "dnl", "--formulations", "chunked", "--output", str(output)])
+    record = results["dnl", "chunked"]
+    assert record["export"]["bytes"] > 0 and record["export"]["ops"] == "Loop 1, Softmax 1, MatMul 1"
+    for size in ((64, 128), (96, 160)):
+        for runtime in ("onnxruntime", "pytorch"):
+            assert record[size, runtime]["latency"] > 0 and record[size, runtime]["peak"] > 0
+    text = output.read_text()
+    assert "| DNL | " in text and "onnxruntime peak" in text and "(target <= 1.5x)" in text

@@ -11,24 +11,35 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
-from dnlseg.data import ADE20KDataModule, CityscapesDataModule
+from dnlseg.data import ADE20KDataModule, CityscapesDataModule, VOCDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.mmseg_helpers import mirrored_config
 from tests.recipes import (
     CONFIGS,
     MMSEG_FAMILIES,
     MMSEG_RECIPES,
+    NOT_MIRRORED,
     RECIPES,
     SHARED_PREFIX,
+    config_files,
+    recipe,
     recipe_id,
     recipes,
+    repeated_blocks,
     resolved,
     shared_files,
 )
 
 NAME = re.compile(r"(?P<variant>baseline|nl|dnl)_r(?P<depth>50|101)_d8_(?P<h>\d+)x(?P<w>\d+)_(?P<k>\d+)k")
+# An mmseg family's DataModule, class count, fixture (tests/conftest.py) and test resize on the fixture's images:
+# not 2048x512 / 2049x1025 on a CPU (Cityscapes' fixture images stay at their 128x64).
+FAMILIES = {
+    "cityscapes": (CityscapesDataModule, 19, "cityscapes_root", "[128, 64]"),
+    "ade20k": (ADE20KDataModule, 150, "ade20k_root", "[96, 64]"),
+    "voc": (VOCDataModule, 21, "voc_root", "[96, 64]"),
+}
 
 
 def test_a_new_recipe_file_is_found_without_naming_it(tmp_path):
@@ -46,10 +57,26 @@ def test_every_family_has_recipes_and_the_mmseg_families_mirror_distinct_configs
     assert {p.parent.name for p in RECIPES} >= {*MMSEG_FAMILIES, "synthetic", "own_data"}
     mirrored = [mirrored_config(p) for p in MMSEG_RECIPES]
     assert len(set(mirrored)) == len(mirrored) == len(MMSEG_RECIPES) > 0
+    assert set(NOT_MIRRORED) <= {recipe_id(p) for p in RECIPES}  # an exception names a recipe that exists
+
+
+def test_the_voc_dnl_recipe_is_the_mirrored_nl_recipe_with_the_dnl_head_of_the_ade20k_recipe():
+    """mmseg has no DNL config for VOC (``NOT_MIRRORED``): everything but the head is checked through the NL recipe."""
+    dnl, nl, ade = (
+        resolved(recipe(f"{name}_r50_d8_512x512_{k}"))
+        for name, k in (("voc/dnl", "20k"), ("voc/nl", "20k"), ("ade20k/dnl", "160k"))
+    )
+    assert (
+        dnl["model"]["network"]["context"] == ade["model"]["network"]["context"]
+    )  # mmseg's DNLHead settings (ADE20K's parity test)
+    for config in (dnl, nl):
+        drop(config, "model.network.context")
+        drop(config, "trainer.logger.init_args.name")
+    assert dnl == nl
 
 
 def own_keys(recipe_file: Path) -> dict:
-    """What a recipe file itself says: its dotted keys (``model.context``) and values, without ``config``."""
+    """What a recipe file itself says: its dotted keys (``model.network.context``) and values, without ``config``."""
     return {k: v for k, v in yaml.safe_load(recipe_file.read_text()).items() if k != "config"}
 
 
@@ -57,6 +84,19 @@ def shared_part(recipe_file: Path) -> Path | None:
     """The shared file a recipe composes (its ``config:`` key, relative to the recipe's folder), or None."""
     name = yaml.safe_load(recipe_file.read_text()).get("config")
     return None if name is None else recipe_file.parent / name
+
+
+def with_files_loaded(value, folder: Path):
+    """``value`` with every string that names a YAML file (relative to ``folder``) replaced by that file's content,
+    as jsonargparse loads a list item or a value given as a path (``trainer.callbacks: [../_callbacks/x.yaml]``)."""
+    if isinstance(value, dict):
+        return {k: with_files_loaded(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_files_loaded(v, folder) for v in value]
+    if isinstance(value, str) and value.endswith(".yaml"):
+        path = folder / value
+        return with_files_loaded(yaml.safe_load(path.read_text()), path.parent)
+    return value
 
 
 def lookup(config: dict, dotted: str):
@@ -101,16 +141,79 @@ def test_every_shared_file_is_composed_by_a_recipe():
 @pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
 def test_recipe_resolves_to_its_shared_settings_and_its_own(config):
     """What ``--print_config`` shows: every setting of the shared file unless the recipe sets it, and the recipe's."""
-    whole, own = resolved(config), own_keys(config)
+    whole, own = resolved(config), with_files_loaded(own_keys(config), config.parent)  # a head given by path
     assert "config" not in whole  # the whole config: it resumes without the shared file
     for key, value in own.items():
         assert contains(lookup(whole, key), value), (key, value)
     shared = shared_part(config)
     if shared is not None:
-        settings = yaml.safe_load(shared.read_text())
+        settings = with_files_loaded(yaml.safe_load(shared.read_text()), shared.parent)
         for key in own:  # the recipe's own value replaces the shared one
             drop(settings, key)
         assert contains(whole, settings)
+
+
+# Settings lines that several family files still share (file pair: how many 6-line blocks), each a section a family
+# changes a key of: the 4-GPU DDP head of `trainer:`, `data.init_args.loader`/`checks`, the crop schedule of ADE20K and
+# VOC, the two Cityscapes families' trainer and data, a whole-image `model.inference` (4 lines) with the `data:` line
+# after it. Inside one file jsonargparse replaces a section or a list whole (configs/_callbacks/README.md), so one key
+# of a section shared by path cannot be changed there. The other `model:` sub-blocks are written once, by path: the
+# heads (configs/_heads/), the mmseg families' network, loss, optimizer and schedule (configs/_networks/, _losses/,
+# _optimizers/, _optimization/). The list may only shrink: the test fails on a new pair, on more blocks, and on a pair
+# that no longer shares any (then delete it).
+KNOWN_SHARED_BLOCKS = {
+    ("ade20k/_512x512_160k", "cityscapes/_512x1024_80k"): 3,
+    ("ade20k/_512x512_160k", "cityscapes/_769x769_80k"): 3,
+    ("ade20k/_512x512_160k", "own_data/_512x512_40k"): 5,
+    ("ade20k/_512x512_160k", "voc/_512x512_20k"): 13,
+    ("cityscapes/_512x1024_80k", "cityscapes/_769x769_80k"): 19,
+    ("cityscapes/_512x1024_80k", "own_data/_512x512_40k"): 4,
+    ("cityscapes/_512x1024_80k", "voc/_512x512_20k"): 3,
+    ("cityscapes/_769x769_80k", "own_data/_512x512_40k"): 3,
+    ("cityscapes/_769x769_80k", "voc/_512x512_20k"): 3,
+    ("own_data/_512x512_40k", "voc/_512x512_20k"): 5,
+}
+
+
+def config_id(path: Path) -> str:
+    return str(path.relative_to(CONFIGS).with_suffix(""))
+
+
+def test_repeated_blocks_are_six_setting_lines_in_two_files_whatever_their_comments(tmp_path):
+    block = "a:\n  b: 1\n  c: [1, 2]\n  d:\n    - class_path: x.Y\n      init_args: {k: 2}\n"
+    (tmp_path / "one.yaml").write_text("top: 0\n" + block)
+    (tmp_path / "two.yaml").write_text(
+        "# header\n" + block.replace("  c:", "\n  # note\n  c:").replace("1\n", "1  # why\n")
+    )
+    (tmp_path / "five.yaml").write_text(block.rsplit("      init_args", 1)[0])  # its first five lines
+    (tmp_path / "composed.yaml").write_text(block.replace("  d:\n", "  d:\n    - ../_x/y.yaml\n"))  # split by a file
+    files = sorted(tmp_path.glob("*.yaml"))
+    found = {(a.stem, b.stem): lines for (a, b), lines in repeated_blocks(files).items()}
+    assert found == {("one", "two"): [(2, 2)]}  # line 2 of each: the block starts at `a:`
+    assert repeated_blocks(files, lines=5).keys() >= {(tmp_path / "five.yaml", tmp_path / "one.yaml")}
+    assert repeated_blocks(files, skip_sections=("a",)) == {}
+
+
+def test_no_block_of_six_setting_lines_is_written_in_two_config_files():
+    """Each shared setting is written once (a callback in configs/_callbacks/, a family's in its ``_`` file)."""
+    found = repeated_blocks(config_files())
+    counts = {(config_id(a), config_id(b)): len(lines) for (a, b), lines in found.items()}
+    new = {
+        f"{config_id(a)} ~ {config_id(b)}": lines
+        for (a, b), lines in found.items()
+        if len(lines) > KNOWN_SHARED_BLOCKS.get((config_id(a), config_id(b)), 0)
+    }
+    assert not new, f"6+ setting lines written again (files: (line, line) where each block starts): {new}"
+    assert counts.keys() == KNOWN_SHARED_BLOCKS.keys(), "a known overlap is gone: delete it from KNOWN_SHARED_BLOCKS"
+
+
+def test_every_shared_callback_file_is_listed_by_a_family_and_holds_one_callback():
+    shared = sorted((CONFIGS / "_callbacks").rglob("*.yaml"))
+    named = "\n".join(p.read_text() for p in config_files() if p not in shared)
+    for path in shared:
+        callback = yaml.safe_load(path.read_text())
+        assert set(callback) <= {"class_path", "init_args"} and "class_path" in callback, path
+        assert f"_callbacks/{path.relative_to(CONFIGS / '_callbacks')}" in named, f"{path} is listed by no config"
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
@@ -127,9 +230,9 @@ def test_config_header_gives_the_command_and_the_reference(config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", MMSEG_RECIPES, ids=recipe_id)
-def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root, tmp_path):
+def test_config_builds_and_trains_one_step(config, request, tmp_path):
     recipe = NAME.fullmatch(config.stem).groupdict()
-    city = config.parent.name == "cityscapes"
+    datamodule, num_classes, fixture, base_size = FAMILIES[config.parent.name]
     cli = run_cli(
         [
             "-c",
@@ -145,22 +248,22 @@ def test_config_builds_and_trains_one_step(config, cityscapes_root, ade20k_root,
             "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--data.init_args.root={cityscapes_root if city else ade20k_root}",
+            f"--data.init_args.root={request.getfixturevalue(fixture)}",
             "--data.init_args.augmentation.crop_size=[32, 32]",
             "--data.init_args.augmentation.scale_base=[96, 64]",
-            # not 2048x512 / 2049x1025 on a CPU: Cityscapes' fixture images stay at their 128x64
-            "--model.inference.base_size=[128, 64]" if city else "--model.inference.base_size=[96, 64]",
-            "--data.init_args.batch_size=2",
-            "--data.init_args.num_workers=0",
+            f"--model.inference.base_size={base_size}",
+            "--data.init_args.loader.batch_size=2",
+            "--data.init_args.loader.num_workers=0",
         ],
         run=False,
     )
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     # What the file says is what was built.
-    assert isinstance(data, CityscapesDataModule if city else ADE20KDataModule)
-    assert model.hparams.num_classes == (19 if city else 150) and model.class_names == data.class_names
-    assert model.hparams.encoder_name == f"tu-resnet{recipe['depth']}c" and model.hparams.output_stride == 8
-    assert model.hparams.head_channels == 512 and model.aux_weight == 0.4
+    assert isinstance(data, datamodule)
+    assert model.hparams.num_classes == num_classes and model.class_names == data.class_names
+    encoder = model.hparams.network["encoder"]
+    assert encoder["name"] == f"tu-resnet{recipe['depth']}c" and encoder["output_stride"] == 8
+    assert model.hparams.network["head_channels"] == 512 and model.aux_weight == 0.4
     context = {"baseline": nn.Identity, "nl": NonLocal2d, "dnl": DisentangledNonLocal2d}[recipe["variant"]]
     assert isinstance(model.network.decode_head.context, context)
     assert trainer.max_steps == 1 and cli.config["trainer"]["max_steps"] == 1
@@ -210,32 +313,34 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     mm = load_config(mirrored_config(config))
     ours = resolved(config)
     model, data, trainer = ours["model"], ours["data"]["init_args"], ours["trainer"]
+    network, loss, optimization = model["network"], model["loss"], model["optimization"]
     backbone, head, aux = mm.model.backbone, mm.model.decode_head, mm.model.auxiliary_head
     # Encoder: ResNetV1c-50/101 at output stride 8 with contracted dilation = timm's resnet*c (tested for weights
-    # and features in tests/models/test_mmseg_checkpoint.py)
+    # and features in tests/checkpoints/test_mmseg.py)
     assert (backbone.type, backbone.strides, backbone.dilations) == ("ResNetV1c", (1, 2, 1, 1), (1, 1, 2, 4))
-    assert backbone.contract_dilation and model["encoder_name"] == f"tu-resnet{backbone.depth}c"
-    assert model["output_stride"] == 8
+    assert backbone.contract_dilation and network["encoder"]["name"] == f"tu-resnet{backbone.depth}c"
+    assert network["encoder"]["output_stride"] == 8
     # Heads
     block = {"NLHead": "dnlseg.context.NonLocal2d", "DNLHead": "dnlseg.context.DisentangledNonLocal2d"}
     if head.type == "FCNHead":
-        assert (head.num_convs, head.concat_input, model["context"]) == (2, True, None)
+        assert (head.num_convs, head.concat_input, network["context"]) == (2, True, None)
     else:
-        assert model["context"]["class_path"] == block[head.type]
-        args = model["context"]["init_args"]
+        assert network["context"]["class_path"] == block[head.type]
+        args = network["context"]["init_args"]
         assert args["reduction"] == head.reduction and head.use_scale and head.mode == "embedded_gaussian"
         if head.type == "DNLHead":  # mmseg's DNLHead temperature: its default unless the config sets one
             assert args["temperature"] == head.get("temperature", 0.05) and args["unary"] == "conv"
-    assert model["head_channels"] == head.channels and model["aux_channels"] == aux.channels
+    assert network["head_channels"] == head.channels and network["aux_channels"] == aux.channels
     assert (aux.num_convs, aux.concat_input, aux.in_index) == (1, False, 2)
-    assert model["dropout"] == head.dropout_ratio == aux.dropout_ratio
-    assert model["align_corners"] == head.align_corners == aux.align_corners
-    assert ours["data"]["class_path"].endswith("CityscapesDataModule" if head.num_classes == 19 else "ADE20KDataModule")
+    assert network["dropout"] == head.dropout_ratio == aux.dropout_ratio
+    assert network["align_corners"] == head.align_corners == aux.align_corners
+    datamodule = next(cls for cls, num_classes, *_ in FAMILIES.values() if num_classes == head.num_classes)
+    assert ours["data"]["class_path"] == f"dnlseg.data.{datamodule.__name__}"
     # Loss: plain CE averaged over all pixels (avg_non_ignore False), aux weight 0.4
-    for loss in (head.loss_decode, aux.loss_decode):
-        assert loss.type == "CrossEntropyLoss" and not loss.get("avg_non_ignore", False)
-    assert model["loss_normalization"] == "all" and model["ohem_threshold"] is None and "sampler" not in head
-    assert model["aux_weight"] == aux.loss_decode.loss_weight and head.loss_decode.loss_weight == 1.0
+    for decode_loss in (head.loss_decode, aux.loss_decode):
+        assert decode_loss.type == "CrossEntropyLoss" and not decode_loss.get("avg_non_ignore", False)
+    assert loss["normalization"] == "all" and loss["ohem_threshold"] is None and "sampler" not in head
+    assert loss["aux_weight"] == aux.loss_decode.loss_weight and head.loss_decode.loss_weight == 1.0
     # Optimiser and schedule; paramwise keys mmengine acts on (lr_mult / decay_mult; not the DNL config's wd_mult)
     optimizer = mm.optim_wrapper.optimizer
     assert model["optimizer"]["class_path"] == f"torch.optim.{optimizer.type}"
@@ -243,14 +348,24 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     assert {k: model["optimizer"]["init_args"][k] for k in sgd} == sgd  # the rest: torch.optim.SGD's defaults
     assert not model["optimizer"]["init_args"]["nesterov"] and model["optimizer"]["init_args"]["dampening"] == 0
     custom = mm.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys", {})
-    assert model["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
+    assert optimization["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
     (poly,) = mm.param_scheduler
     assert poly.type == "PolyLR" and not poly.by_epoch and (poly.begin, poly.end) == (0, mm.train_cfg.max_iters)
-    assert (model["poly_eta_min"], model["poly_power"], model["lr_scheduler"]) == (poly.eta_min, poly.power, None)
+    assert (optimization["poly_eta_min"], optimization["poly_power"], model["lr_scheduler"]) == (
+        poly.eta_min,
+        poly.power,
+        None,
+    )
     assert trainer["max_steps"] == mm.train_cfg.max_iters and trainer["val_check_interval"] == mm.train_cfg.val_interval
-    # Data: crop, batch 4 GPUs x per-GPU batch, normalisation, padding
+    # Data: the splits (VOC: the lists, train + aug concatenated), crop, batch 4 GPUs x per-GPU batch, normalisation
+    if datamodule is VOCDataModule:
+        train = mm.train_dataloader.dataset
+        parts = train.datasets if train.type == "ConcatDataset" else [train]
+        assert data["train_split"] == "+".join(Path(part.ann_file).stem for part in parts)
+        assert [part.data_prefix.seg_map_path for part in parts] == ["SegmentationClass", "SegmentationClassAug"]
+        assert Path(mm.val_dataloader.dataset.ann_file).stem == data["val_split"]
     assert tuple(data["augmentation"]["crop_size"]) == tuple(mm.crop_size)
-    assert trainer["devices"] * data["batch_size"] == 4 * mm.train_dataloader.batch_size
+    assert trainer["devices"] * data["loader"]["batch_size"] == 4 * mm.train_dataloader.batch_size
     preprocessor = mm.model.data_preprocessor
     assert preprocessor.mean == pytest.approx([255 * m for m in IMAGENET_MEAN])
     assert preprocessor.std == pytest.approx([255 * s for s in IMAGENET_STD])
@@ -281,7 +396,7 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
 def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
-    own = own_keys(config).get("model.context")
+    own = own_keys(config).get("model.network.context")
     cli = run_cli(
         [
             "-c",
@@ -291,12 +406,12 @@ def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
             "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--model.head_channels=16",
-            "--model.aux_channels=8",
+            "--model.network.head_channels=16",
+            "--model.network.aux_channels=8",
             "--data.init_args.num_train=2",
             "--data.init_args.num_val=1",
             "--data.init_args.image_size=32",
-            "--data.init_args.batch_size=2",
+            "--data.init_args.loader.batch_size=2",
         ],
         run=False,
     )

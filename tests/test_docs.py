@@ -85,10 +85,31 @@ def test_the_readme_variant_table_is_the_variant_table_of_the_code():
     assert lines[start:end] == expected, "README.md's variant table should be:\n" + "\n".join(expected)
 
 
-def test_the_readme_python_example_runs():
-    text = (ROOT / "README.md").read_text()
+def test_the_python_example_of_the_blocks_runs():
+    text = (ROOT / "docs" / "analyses.md").read_text()
     section = text[text.index("## The context blocks in Python") :]
     code = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
     namespace: dict = {}
-    exec(compile(code, "README.md (The context blocks in Python)", "exec"), namespace)
+    exec(compile(code, "docs/analyses.md (The context blocks in Python)", "exec"), namespace)
     assert namespace["w"].shape == (1, 2, namespace["call"].pairwise_key.shape[1])
+
+
+def test_the_readme_lists_every_subcommand_of_the_command():
+    from dnlseg.cli.command import SUBCOMMANDS
+
+    text = (ROOT / "README.md").read_text()
+    listed = re.search(r"`dnlseg --help` lists the subcommands \(([^)]*)\)", " ".join(text.split()))
+    assert listed, "README.md no longer says which subcommands `dnlseg --help` lists"
+    assert re.findall(r"`(\w+)`", listed.group(1)) == list(SUBCOMMANDS)
+
+
+def test_the_training_page_quotes_what_the_cpu_answers_to_16_mixed():
+    import pytest
+
+    from dnlseg.cli.preflight import check_hardware
+    from dnlseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        check_hardware({"trainer": {"accelerator": "cpu", "precision": "16-mixed"}})
+    text = " ".join((ROOT / "docs" / "training.md").read_text().split())  # the quote may wrap across lines
+    assert f"`dnlseg: {refused.value}`" in text

@@ -170,7 +170,7 @@ def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path
 
 @pytest.mark.parametrize("setting", ["pairwise", "pairwise_random", "boundary"])
 def test_each_ablation_setting_composes_with_the_base_recipe_into_the_data_it_documents(setting, tmp_path):
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
     cli = run_cli(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnlseg.cli import run_cli
+from dnlseg.cli.lightning_cli import run_cli
 from dnlseg.data.cityscapes import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
 from tests.mmseg_helpers import mirrored_config, mmseg_model, save_mmseg_checkpoint
 from tests.recipes import recipe, recipe_cpu_args

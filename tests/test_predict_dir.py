@@ -18,16 +18,17 @@ ON_CPU = [
     "--trainer.devices=1",
     "--trainer.strategy=auto",
     "--trainer.sync_batchnorm=false",
-    "--model.encoder_name=resnet18",
-    "--model.head_channels=16",
-    "--model.aux_channels=8",
-    "--data.init_args.num_workers=0",
+    "--model.network.encoder.name=resnet18",
+    "--model.network.head_channels=16",
+    "--model.network.aux_channels=8",
+    "--data.init_args.loader.num_workers=0",
 ]
 DATASETS = {
-    # config: (extra arguments, label values the dataset's encoding allows)
-    "cityscapes/dnl_r50_d8_512x1024_80k": ([], set(TRAIN_ID_TO_LABEL_ID[:19].tolist())),  # labelIds
-    "ade20k/dnl_r50_d8_512x512_160k": (["--model.inference.base_size=null"], set(range(1, 151))),
-    "own_data/dnl_r50_d8_512x512_40k": ([f"--data.init_args.classes={json.dumps(OWN_CLASSES)}"], {0, 1, 2, 3, 7}),
+    # config: (extra arguments, label values the dataset's encoding allows, the label PNGs' mode)
+    "cityscapes/dnl_r50_d8_512x1024_80k": ([], set(TRAIN_ID_TO_LABEL_ID[:19].tolist()), "L"),  # labelIds
+    "ade20k/dnl_r50_d8_512x512_160k": (["--model.inference.base_size=null"], set(range(1, 151)), "L"),
+    "own_data/dnl_r50_d8_512x512_40k": ([f"--data.init_args.classes={json.dumps(OWN_CLASSES)}"], {0, 1, 2, 3, 7}, "L"),
+    "voc/dnl_r50_d8_512x512_20k": (["--model.inference.base_size=null"], set(range(21)), "P"),  # VOC's palette PNGs
 }
 
 
@@ -35,8 +36,9 @@ DATASETS = {
 def test_predict_on_a_folder_needs_no_dataset_root_and_writes_each_image_at_its_size(config, tmp_path, monkeypatch):
     monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
     monkeypatch.delenv("ADE20K_ROOT", raising=False)
+    monkeypatch.delenv("VOC_ROOT", raising=False)
     sizes = write_image_folder(tmp_path / "images")
-    extra, values = DATASETS[config]
+    extra, values, mode = DATASETS[config]
     out = tmp_path / "out"
     args = ["-c", str(ROOT / f"configs/{config}.yaml"), *ON_CPU, *extra, f"--output_dir={out}"]
     result = dnlseg("predict", *args, f"--data.init_args.predict_dir={tmp_path / 'images'}")
@@ -44,7 +46,7 @@ def test_predict_on_a_folder_needs_no_dataset_root_and_writes_each_image_at_its_
     assert f"predictions written to {out / 'predictions'}" in result.stderr
     for name, (h, w) in sizes.items():
         labels = Image.open(out / "predictions" / "labels" / f"{name}.png")
-        assert labels.mode == "L" and labels.size == (w, h)
+        assert labels.mode == mode and labels.size == (w, h)
         assert set(np.unique(np.asarray(labels)).tolist()) <= values  # the dataset's own encoding
         for kind in ("color", "overlay"):
             assert Image.open(out / "predictions" / kind / f"{name}.png").size == (w, h)

@@ -1,6 +1,6 @@
 """What the ablation reads from one run's TensorBoard log: learning curves and the numbers that summarise them.
 
-Everything comes from scalars the framework already logs (``dnlseg.evaluation.tensorboard_scalars.read_scalars``):
+Everything comes from scalars the framework already logs (``dnlseg.analysis.tensorboard_scalars.read_scalars``):
 
     val/mIoU, val/IoU/<class>                    the module's validation metrics, every ``val_check_interval``
     separation/<block>/unary_logit_grad          SeparationProbe: ||dL/du|| over its sampled query rows

@@ -8,7 +8,7 @@
     .venv/bin/python experiments/ablation/run.py --report-only                          # re-read runs/, rewrite
 
 A run is ``dnlseg fit -c <base> -c <setting>`` with the context block of a variant of ``dnlseg.context.VARIANTS``
-(``--model.context=<variant.context_config()>``), seed s as ``--seed_everything`` (the images are the setting's:
+(``--model.network.context=<variant.context_config()>``), seed s as ``--seed_everything`` (the images are the setting's:
 every run of a setting sees the same data), ``--steps`` steps and a validation every ``--eval-every`` steps. The
 settings are the YAML files ``configs/synthetic/ablation/<setting>.yaml`` (their header says what each tests);
 the base recipe, ``configs/synthetic/ablation/base.yaml``, lists the callbacks whose scalars the report reads
@@ -22,6 +22,7 @@ Writes under ``--out`` (default this folder): ``runs/<setting>/<variant>/seed<s>
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -37,7 +38,6 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
@@ -45,10 +45,10 @@ from metrics import SUMMARY, curves, summary  # noqa: E402
 from reference_levels import LEVELS, reference_levels  # noqa: E402
 from seed_stats import mean_std, ordering, paired_difference  # noqa: E402
 
-from dnlseg.cli import resolve_config  # noqa: E402
+from dnlseg.analysis.tensorboard_scalars import read_scalars  # noqa: E402
+from dnlseg.cli.lightning_cli import resolve_config  # noqa: E402
 from dnlseg.context import VARIANTS  # noqa: E402
-from dnlseg.data import SyntheticDataModule  # noqa: E402
-from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
+from dnlseg.data import LoaderOptions, SyntheticDataModule  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT
@@ -58,7 +58,7 @@ DEFAULT_VARIANTS = ("baseline", "nl", "pairwise_nl", "unary_nl", "dnl", "gc")  #
 DEFAULT_SETTINGS = ("pairwise", "boundary")
 # --quick: the whole machinery on tiny runs (the test suite runs it)
 QUICK = {"variants": ["nl", "unary_nl", "dnl"], "settings": ["pairwise"], "seeds": 2, "steps": 4, "eval_every": 2}
-QUICK_ARGS = "--data.init_args.image_size=32 --data.init_args.num_val=4 --data.init_args.batch_size=2"
+QUICK_ARGS = "--data.init_args.image_size=32 --data.init_args.num_val=4 --data.init_args.loader.batch_size=2"
 CURVE_PANELS = (("miou", "val mIoU"), ("member", "member-class IoU"), ("ratio", "||dL/du|| : ||dL/dp|| (probe)"))
 COLORS = {"baseline": "grey", "nl": "tab:red", "pairwise_nl": "tab:orange", "unary_nl": "tab:green"}
 COLORS |= {"dnl": "tab:blue", "dnl_shared_key": "tab:cyan", "gc": "tab:purple", "dnl_official": "navy"}
@@ -80,14 +80,16 @@ def setting_summary(name: str) -> str:
 
 
 def setting_steps(opts, name: str) -> int:
-    """``--steps``, else the setting's ``trainer.max_steps``, else the base recipe's."""
+    """``--steps``, else ``trainer.max_steps`` of the base recipe composed with the setting (the setting's, else the
+    base recipe's, else its family's)."""
     if opts.steps is not None:
         return opts.steps
-    for config in (setting_file(name), opts.base):
-        steps = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("max_steps")
-        if steps is not None:
-            return int(steps)
-    raise ValueError(f"{_runner.shown(opts.base)}: no trainer.max_steps and no --steps")
+    return composed_max_steps(opts.base, setting_file(name))
+
+
+@functools.cache
+def composed_max_steps(base: Path, setting: Path) -> int:
+    return int(resolve_config(base, "-c", str(setting))["trainer"]["max_steps"])
 
 
 def setting_levels(opts, setting: str) -> dict[str, float]:
@@ -95,7 +97,8 @@ def setting_levels(opts, setting: str) -> dict[str, float]:
     config = resolve_config(opts.base, "-c", str(setting_file(setting)), *shlex.split(opts.args))
     if not config["data"]["class_path"].endswith("SyntheticDataModule"):
         return {}
-    data = SyntheticDataModule(**config["data"]["init_args"])
+    init_args = config["data"]["init_args"]
+    data = SyntheticDataModule(**{**init_args, "loader": LoaderOptions(**init_args["loader"])})
     data.setup("validate")
     return reference_levels([data.val_set.sample(i) for i in range(len(data.val_set))])
 
@@ -113,7 +116,7 @@ def fit_command(opts, setting: str, variant: str, seed: int) -> list[str]:
             opts.out / "runs" / setting,
             variant,
             f"seed{seed}",
-            f"--model.context={json.dumps(context)}",
+            f"--model.network.context={json.dumps(context)}",
             f"--seed_everything={seed}",
             f"--trainer.max_steps={setting_steps(opts, setting)}",
             f"--trainer.val_check_interval={opts.eval_every}",

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
 
-from dnlseg.evaluation.tensorboard_scalars import read_scalars  # noqa: E402
+from dnlseg.analysis.tensorboard_scalars import read_scalars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT

@@ -36,8 +36,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
 
-from dnlseg.cli import resolve_config
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
+from dnlseg.cli.lightning_cli import resolve_config
 
 HERE = Path(__file__).resolve().parent
 ROOT = _runner.ROOT
@@ -58,8 +58,9 @@ def shrunk_config(directory: Path, step_file: Path | None = None, **trainer) -> 
     if step_file is not None:
         callbacks.append({"class_path": "progress.StepFile", "init_args": {"path": str(step_file)}})
     config["trainer"]["callbacks"] = callbacks
-    config["model"].update(head_channels=8, aux_channels=8)
-    config["data"]["init_args"].update(num_train=1200, num_val=4, image_size=32, batch_size=2)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
+    config["data"]["init_args"].update(num_train=1200, num_val=4, image_size=32)
+    config["data"]["init_args"]["loader"]["batch_size"] = 2
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -115,11 +116,12 @@ def ddp_run(directory: Path, processes: int) -> Path:
         sync_batchnorm=processes > 1,
     )
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["dropout"] = 0.0
-    cfg["data"]["init_args"].update(num_train=12, batch_size=4 // processes)
+    cfg["model"]["network"]["dropout"] = 0.0
+    cfg["data"]["init_args"]["num_train"] = 12
+    cfg["data"]["init_args"]["loader"]["batch_size"] = 4 // processes
     cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 4
     if processes > 1:
-        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})
+        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.models.sync_batchnorm.SyncBatchNormPlugin"})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     _runner.run(_runner.dnlseg_command("fit", "-c", str(config)), env=environment(), capture=True)
     return directory / "runs/dnl/version_0"

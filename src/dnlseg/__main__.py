@@ -1,4 +1,4 @@
-from dnlseg.command import main
+from dnlseg.cli.command import main
 
 if __name__ == "__main__":
     main()

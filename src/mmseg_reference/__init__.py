@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def stand_in_ops() -> types.ModuleType:
             raise AttributeError(name)
         return missing_op(name)
 
-    module.__getattr__ = getattr_
+    module.__dict__["__getattr__"] = getattr_  # a module's __getattr__ (PEP 562)
     return module
 
 
@@ -131,8 +132,9 @@ def randomize(model: nn.Module, seed: int = 0, size: tuple[int, int] = (64, 64))
             hooks.append(module.register_forward_pre_hook(calibrate))
     was_training = model.training
     model.eval()
-    features = model.extract_feat(normal((2, 3, *size)))
-    for head in (model.decode_head, getattr(model, "auxiliary_head", None)):
+    segmentor: Any = model  # an mmseg EncoderDecoder (mmseg has no type information)
+    features = segmentor.extract_feat(normal((2, 3, *size)))
+    for head in (segmentor.decode_head, getattr(model, "auxiliary_head", None)):
         if head is not None:
             head(features)
     for hook in hooks:
@@ -193,7 +195,10 @@ def fetch_cc_attention(cache: Path | None = None) -> Path:
                 f"{CC_ATTENTION}: `{' '.join(command)}` exited {result.returncode}: {said}"
             )
         with tarfile.open(tarballs[0]) as archive:
-            data = archive.extractfile(CC_ATTENTION).read()
+            member = archive.extractfile(CC_ATTENTION)
+            if member is None:
+                raise RuntimeError(f"{CC_ATTENTION} in {tarballs[0]} is not a regular file")
+            data = member.read()
     if sha256(data) != CC_ATTENTION_SHA256:
         raise RuntimeError(f"{CC_ATTENTION} of {MMCV_SDIST} has SHA-256 {sha256(data)}, not {CC_ATTENTION_SHA256}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +213,10 @@ def criss_cross_attention(path: Path | None = None) -> type:
     name = "mmcv.ops.cc_attention"
     if name not in sys.modules:
         import_mmseg()  # mmcv.cnn (its Scale) and mmengine's registry, which the file imports
-        spec = importlib.util.spec_from_file_location(name, path or fetch_cc_attention())
+        source = path or fetch_cc_attention()
+        spec = importlib.util.spec_from_file_location(name, source)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot import {source} as {name}")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[name] = module
@@ -281,8 +289,9 @@ def block_module(name: str, channels: int) -> nn.Module:
     raise KeyError(f"no mmseg module for block {name!r}")
 
 
-def strip_head(head: nn.Module, *identities: str) -> None:
-    """Leave a decode head's layers around its block out: ``identities`` and the classifier become the identity."""
+def strip_head(head: Any, *identities: str) -> None:
+    """Leave a decode head's layers around its block out: ``identities`` and the classifier become the identity.
+    ``head``: an mmseg decode head (mmseg has no type information; its ``dropout`` may be None)."""
     for name in identities:
         setattr(head, name, nn.Identity())
     head.dropout = None
@@ -304,10 +313,13 @@ def randomize_block(module: nn.Module, seed: int = 0) -> nn.Module:
             if child.bias is not None:
                 child.bias.copy_(torch.randn(child.bias.shape, generator=generator) * 0.1)
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            child.weight.copy_(uniform(child.weight.shape, 0.5, 1.5))
-            child.bias.copy_(torch.randn(child.bias.shape, generator=generator) * 0.1)
-            child.running_mean.copy_(torch.randn(child.running_mean.shape, generator=generator) * 0.1)
-            child.running_var.copy_(uniform(child.running_var.shape, 0.5, 1.5))
+            if child.weight is not None and child.bias is not None:  # affine
+                child.weight.copy_(uniform(child.weight.shape, 0.5, 1.5))
+                child.bias.copy_(torch.randn(child.bias.shape, generator=generator) * 0.1)
+            if child.running_mean is not None and child.running_var is not None:  # track_running_stats
+                child.running_mean.copy_(torch.randn(child.running_mean.shape, generator=generator) * 0.1)
+                child.running_var.copy_(uniform(child.running_var.shape, 0.5, 1.5))
         elif type(child).__name__ == "Scale":
-            child.scale.copy_(uniform(child.scale.shape, 0.5, 1.0))
+            scale = child.get_parameter("scale")  # mmcv's Scale: one learned scalar (mmcv has no type information)
+            scale.copy_(uniform(scale.shape, 0.5, 1.0))
     return module

@@ -3,6 +3,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -12,12 +13,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dnlseg.analysis.attention_consistency import labels_on_grid
+from dnlseg.analysis.attention_figure import select_queries
 from dnlseg.callbacks import AttentionMapLogger
 from dnlseg.callbacks import attention_map_logger as logger_module
-from dnlseg.context import DisentangledNonLocal2d
+from dnlseg.context import ChannelAttention2d, DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data.transforms import unnormalize
-from dnlseg.evaluation.attention_consistency import labels_on_grid
-from dnlseg.evaluation.attention_figure import select_queries
 from tests.helpers import fake_trainer, fit_with_validation, tiny_module
 
 
@@ -40,8 +41,8 @@ def test_logger_writes_one_figure_per_image_into_the_event_file_and_as_png(tmp_p
     tags = image_tags(Path(trainer.logger.log_dir))
     assert tags == {"attention/decode_head.context/image0": [2], "attention/decode_head.context/image1": [2]}
     assert sorted(p.name for p in callback.written) == [
-        "step000002_decode_head.context_image0.png",
-        "step000002_decode_head.context_image1.png",
+        f"step000002_{context}_decode_head.context_image0.png",
+        f"step000002_{context}_decode_head.context_image1.png",
     ]
     width, height = Image.open(callback.written[0]).size
     # the TensorBoard figure (460 px wide, panels in a grid: taller than wide) at twice its resolution
@@ -86,18 +87,36 @@ def validation_trainer(global_step=0, sanity_checking=False):
     return fake_trainer(global_step=global_step, val_dataloaders=loader, sanity_checking=sanity_checking)
 
 
+def attached(trainer, module):
+    """``trainer`` with ``module`` attached to it, as Lightning attaches the module it runs."""
+    module.trainer = trainer
+    return trainer
+
+
 def test_figures_are_drawn_at_every_n_th_validation_after_the_sanity_check(figures, tmp_path):
     module = tiny_module(DisentangledNonLocal2d)
     callback = AttentionMapLogger(num_images=1, every_n_validations=3, output_dir=tmp_path)
-    callback.on_validation_epoch_end(validation_trainer(sanity_checking=True), module)  # not counted
+    callback.on_validation_epoch_end(attached(validation_trainer(sanity_checking=True), module), module)  # not counted
     for step in range(1, 8):
-        callback.on_validation_epoch_end(validation_trainer(global_step=10 * step), module)
-    assert [title for title, *_ in figures] == [f"decode_head.context, step {s}, image 0" for s in (10, 40, 70)]
-    assert [p.name for p in callback.written] == ["step000070_decode_head.context_image0.png"]
-    other_rank = validation_trainer(global_step=100)
+        callback.on_validation_epoch_end(attached(validation_trainer(global_step=10 * step), module), module)
+    assert [title for title, *_ in figures] == [f"DNL (decode_head.context), step {s}, image 0" for s in (10, 40, 70)]
+    assert [p.name for p in callback.written] == ["step000070_dnl_decode_head.context_image0.png"]
+    other_rank = attached(validation_trainer(global_step=100), module)
     other_rank.is_global_zero = False
     callback.on_validation_epoch_end(other_rank, module)
     assert len(figures) == 3
+
+
+def test_a_block_whose_keys_are_not_pixels_gets_no_figure_and_the_reason_is_logged(figures, caplog):
+    # DANet's CAM attends over channels: no map of it lies on the image; the DNL block beside it is drawn
+    module = tiny_module(DisentangledNonLocal2d)
+    head = module.network.decode_head
+    head.context = torch.nn.Sequential(head.context, ChannelAttention2d(16))
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        AttentionMapLogger(num_images=1).draw(validation_trainer(), module)
+    assert [title for title, *_ in figures] == ["DNL (decode_head.context.0), step 0, image 0"]
+    reason = ChannelAttention2d.undefined_analyses["attention_maps"]
+    assert f"AttentionMapLogger: no attention_maps for decode_head.context.1: {reason}" in caplog.text
 
 
 def test_scale_shrinks_the_images_before_the_forward(figures):
@@ -169,7 +188,7 @@ def test_each_figure_gets_the_image_labels_queries_and_names_of_its_image_and_go
 ):
     names = ["road", "car", "sky", "pole"]
     module = tiny_module(DisentangledNonLocal2d, num_classes=4, class_names=names, ignore_index=7)
-    trainer = tensorboard_trainer(tmp_path, FourClasses(), global_step=12)
+    trainer = attached(tensorboard_trainer(tmp_path, FourClasses(), global_step=12), module)
     callback = AttentionMapLogger(output_dir=tmp_path / "png" / "nested")  # the defaults: 2 images, 3 classes
     assert callback.written == []
     callback.on_validation_epoch_end(trainer, module)
@@ -186,27 +205,53 @@ def test_each_figure_gets_the_image_labels_queries_and_names_of_its_image_and_go
         assert queries == select_queries(grid, max_classes=3, ignore_index=7)
         assert {q.label for q in queries if q.kind == "interior"} == {0, 1, 2}  # 3 of the 4 classes, none ignored
         assert class_names == names and ignore_index == 7 and palette == trainer.datamodule.palette
-        assert title == f"decode_head.context, step 12, image {i}"
+        assert title == f"DNL (decode_head.context), step 12, image {i}"
     writer = trainer.loggers[0].experiment
     assert [(tag, figure, kwargs) for tag, figure, kwargs in writer.figures] == [
         ("attention/decode_head.context/image0", figure_calls[0][1], {"global_step": 12, "close": False}),
         ("attention/decode_head.context/image1", figure_calls[1][1], {"global_step": 12, "close": False}),
     ]
     assert [p.name for p in callback.written] == [
-        "step000012_decode_head.context_image0.png",
-        "step000012_decode_head.context_image1.png",
+        "step000012_dnl_decode_head.context_image0.png",
+        "step000012_dnl_decode_head.context_image1.png",
     ]
     assert Image.open(callback.written[0]).size == (200, 200)  # a 1-inch test figure at dpi 200
-    callback.on_validation_epoch_end(tensorboard_trainer(tmp_path, FourClasses(), global_step=13), module)
+    callback.on_validation_epoch_end(
+        attached(tensorboard_trainer(tmp_path, FourClasses(), global_step=13), module), module
+    )
     assert len(figure_calls) == 4  # the default every_n_validations=1 draws at the next validation too
 
 
-def test_a_set_step_labels_the_figures_instead_of_the_global_step(figure_calls, tmp_path):
-    callback = AttentionMapLogger(num_images=1)
-    callback.step = 5
-    callback.draw(tensorboard_trainer(tmp_path, Images(), global_step=12), tiny_module(DisentangledNonLocal2d))
+def test_outside_a_fit_the_figures_carry_the_step_and_head_of_the_loaded_checkpoint(figure_calls, tmp_path):
+    """validate / analyze of a step-800 checkpoint: its figures say step 800 (the trainer's global_step is 0 there),
+    in the title, the file name and the TensorBoard step; and which head drew them."""
+    module = tiny_module(NonLocal2d)
+    module.on_load_checkpoint({"global_step": 800, "state_dict": module.state_dict()})
+    trainer = attached(tensorboard_trainer(tmp_path, Images(), global_step=0), module)
+    trainer.state.fn = "validate"
+    callback = AttentionMapLogger(num_images=1, output_dir=tmp_path / "png")
+    callback.draw(trainer, module)
     ((args, _),) = figure_calls
-    assert args[7] == "decode_head.context, step 5, image 0"
+    assert args[7] == "NL (decode_head.context), step 800, image 0"
+    assert [p.name for p in callback.written] == ["step000800_nl_decode_head.context_image0.png"]
+    assert [kwargs["global_step"] for *_, kwargs in trainer.loggers[0].experiment.figures] == [800]
+
+
+class PlainModule(L.LightningModule):
+    """A LightningModule with a context block but without ``evaluated_step`` (not a ``SegmentationModule``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.network = tiny_module(DisentangledNonLocal2d).network
+
+    def forward(self, images):
+        return self.network(images).logits
+
+
+def test_a_module_without_an_evaluated_step_gets_figures_at_the_trainers_step(figure_calls, tmp_path):
+    AttentionMapLogger(num_images=1).draw(tensorboard_trainer(tmp_path, Images(), global_step=12), PlainModule())
+    ((args, _),) = figure_calls
+    assert args[7] == "DNL (decode_head.context), step 12, image 0"  # find_context_blocks drops "network."
 
 
 def test_scale_two_enlarges_the_image_bilinearly_without_aligned_corners(figure_calls, tmp_path):

@@ -1,15 +1,19 @@
 """BranchGradientMonitor: per-branch gradient norms of every context block in TensorBoard."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from torch import nn
 
-from dnlseg.callbacks import BranchGradientMonitor
+from dnlseg.analysis.tensorboard_scalars import read_scalars
+from dnlseg.callbacks import BranchGradientMonitor, SeparationProbe
 from dnlseg.callbacks.branch_gradients import branch_gradient_norms, separation_layout
 from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
 from tests.helpers import RecordingLogger, fake_trainer, tiny_batch, tiny_module
 
 
@@ -54,21 +58,76 @@ def test_a_block_without_gradients_or_a_module_without_blocks_logs_nothing():
     assert branch_gradient_norms(NonLocal2d(8)) == {}
 
 
-def test_separation_layout_charts_pairwise_against_unary_for_every_block():
+# What each chart of a block's layout means, written out here (not derived from the layout): its title -> the tag.
+CHART_TAGS = {
+    "pairwise branch gradient norm (query and key)": "branch_grad/{b}/pairwise",
+    "unary branch gradient norm": "branch_grad/{b}/unary",
+    "unary / pairwise branch gradient ratio": "branch_grad/{b}/unary_over_pairwise",
+    "pairwise logit gradient ||dL/dp||": "separation/{b}/pairwise_logit_grad",
+    "unary logit gradient ||dL/du||": "separation/{b}/unary_logit_grad",
+    "cross-sensitivity (0 = separated)": "separation/{b}/cross_sensitivity",
+    **{f"{branch} branch gradient norm": f"branch_grad/{{b}}/{branch}" for branch in ("query", "key", "value", "out")},
+}
+
+
+def written_layout(log_dir) -> layout_pb2.Layout:
+    """The custom-scalars layout in a run's event file, as TensorBoard's plugin reads it."""
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    (event,) = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    return layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+
+
+def logged_run(tmp_path, name: str, context) -> tuple[layout_pb2.Layout, set[str]]:
+    """The layout and scalar tags a tiny module with ``context`` writes through both callbacks: one backward, the
+    monitor's norms, the probe's logit gradients (every tag a fit of that head logs), on a real TensorBoardLogger."""
+    module, batch = tiny_module(context), tiny_batch()
+    logger = TensorBoardLogger(tmp_path, name=name)
+    trainer = fake_trainer(loggers=[logger])
+    monitor = BranchGradientMonitor()
+    monitor.on_fit_start(trainer, module)
+    module.losses(batch)["loss"].backward()
+    monitor.on_before_optimizer_step(trainer, module, None)
+    SeparationProbe(every_n_steps=1).on_train_batch_end(trainer, module, None, batch, 0)
+    logger.experiment.flush()
+    return written_layout(logger.log_dir), set(read_scalars(logger.log_dir))
+
+
+def test_every_charts_regex_matches_exactly_the_tags_it_means_in_an_nl_and_a_dnl_run(tmp_path):
+    """TensorBoard matches a chart's regexes with ``re.match`` against every tag of a run: a regex that is a prefix
+    of another tag (``.../unary`` of ``.../unary_over_pairwise``) or whose ``.`` matches any character would put
+    values of another scale into the chart."""
+    runs = {
+        name: logged_run(tmp_path, name, context)
+        for name, context in (("nl", NonLocal2d), ("dnl", DisentangledNonLocal2d))
+    }
+    tags = set.union(*(logged for _, logged in runs.values()))
+    decoy = "branch_grad/decode_headXcontext/pairwise"  # what an unescaped "." would match too
+    block = "decode_head.context"
+    assert {f"branch_grad/{block}/unary_over_pairwise", f"separation/{block}/unary_logit_grad"} <= tags
+    for name, (layout, logged) in runs.items():
+        charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+        assert charts.keys() == CHART_TAGS.keys(), name
+        for title, regexes in charts.items():
+            intended = CHART_TAGS[title].format(b=block)
+            matched = {tag for tag in tags | {decoy} for regex in regexes if re.compile(regex).match(tag)}
+            assert matched == {intended}, (name, title, matched)
+        assert all("/unary" not in tag for tag in logged if tag.startswith("branch_grad")) == (name == "nl")
+
+
+def test_one_quantity_per_chart_so_pairwise_and_unary_of_one_run_never_share_a_colour():
     layout = separation_layout(["a", "b"])
-    assert list(layout) == ["gradient separation: a", "gradient separation: b"]
+    assert list(layout) == [
+        "gradient separation: a",
+        "branch gradient norms: a",
+        "gradient separation: b",
+        "branch gradient norms: b",
+    ]
+    for charts in layout.values():
+        assert all(kind == "Multiline" and len(regexes) == 1 for kind, regexes in charts.values())
     charts = layout["gradient separation: b"]
-    assert charts["pairwise vs unary branch gradient norm"] == [
-        "Multiline",
-        ["branch_grad/b/pairwise", "branch_grad/b/unary"],
-    ]
-    assert charts["unary / pairwise gradient ratio"] == ["Multiline", ["branch_grad/b/unary_over_pairwise"]]
-    assert charts["pairwise vs unary logit gradient"] == [
-        "Multiline",
-        ["separation/b/pairwise_logit_grad", "separation/b/unary_logit_grad"],
-    ]
-    assert charts["cross-sensitivity (0 = separated)"] == ["Multiline", ["separation/b/cross_sensitivity"]]
-    assert charts["every branch"] == ["Multiline", ["branch_grad/b/(query|key|value|unary|out)$"]]
+    assert charts["pairwise branch gradient norm (query and key)"] == ["Multiline", [r"branch_grad/b/pairwise$"]]
+    assert charts["unary branch gradient norm"] == ["Multiline", [r"branch_grad/b/unary$"]]
 
 
 def test_layout_is_written_to_tensorboard_at_fit_start_on_rank_zero_only(tmp_path):
@@ -146,4 +205,4 @@ def test_custom_scalars_layout_is_written_at_fit_start(fit):
     acc = EventAccumulator(trainer.logger.log_dir)
     acc.Reload()
     layout_tensor = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
-    assert b"branch_grad/decode_head.context/pairwise" in layout_tensor.tensor_proto.string_val[0]
+    assert rb"branch_grad/decode_head\.context/pairwise$" in layout_tensor.tensor_proto.string_val[0]

@@ -104,3 +104,20 @@ def test_a_complete_run_without_checkpoint_callbacks_gives_no_best_line(caplog):
         "the run was already complete at step 5 (max_steps=5): nothing trained",
         "logs: /runs/v4",
     ]
+
+
+def test_the_final_score_and_the_last_file_name_their_steps(caplog, tmp_path):
+    """The score of the validation at step 7 and last.ckpt of step 7 (a sanity check does not count)."""
+    torch.save({"global_step": 7}, tmp_path / "last.ckpt")
+    last = SimpleNamespace(dirpath=str(tmp_path), last_model_path=str(tmp_path / "last.ckpt"), best_model_path="")
+    callback = FitSummary()
+    with caplog.at_level("INFO"):
+        callback.on_fit_start(None, None)
+        callback.on_train_start(None, None)
+        callback.on_validation_end(SimpleNamespace(sanity_checking=False, global_step=7), None)
+        callback.on_validation_end(SimpleNamespace(sanity_checking=True, global_step=9), None)
+        trainer = dict(callback_metrics={"val/mIoU": torch.tensor(0.5)}, log_dir="/runs/v0")
+        callback.on_fit_end(SimpleNamespace(**trainer, checkpoint_callbacks=[last]), None)
+    lines = caplog.records[-1].getMessage().splitlines()
+    assert lines[0] == "final val/mIoU: 0.5000 (step 7)"
+    assert lines[3] == f"  last: {tmp_path / 'last.ckpt'} (step 7)"

@@ -11,17 +11,18 @@ from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
 from dnlseg.callbacks.prediction_writer import palette_table
-from dnlseg.data import ADE20KDataModule, SyntheticDataModule
+from dnlseg.data import ADE20KDataModule, LoaderOptions, SyntheticDataModule
 from dnlseg.data.folder import read_image
 from dnlseg.models import SegmentationModule
+from dnlseg.models.encoder import EncoderOptions
 from tests.datasets import ADE_SIZES, write_image_folder
+from tests.helpers import synthetic_loader, tiny_network
 
 
 def predict(datamodule, out, color=True):
     L.seed_everything(0)
-    model = SegmentationModule(
-        num_classes=datamodule.num_classes, encoder_name="resnet18", head_channels=16, aux_channels=0
-    )
+    network = tiny_network(encoder=EncoderOptions(name="resnet18"), aux_channels=0)
+    model = SegmentationModule(num_classes=datamodule.num_classes, network=network)
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -34,7 +35,7 @@ def predict(datamodule, out, color=True):
 
 
 def test_ade20k_predictions_are_written_as_1_to_150_at_each_image_size(ade20k_root, tmp_path):
-    dm = ADE20KDataModule(str(ade20k_root), num_workers=0)
+    dm = ADE20KDataModule(str(ade20k_root), loader=LoaderOptions(num_workers=0))
     _, returned = predict(dm, tmp_path)
     for (h, w), index, batch in zip(ADE_SIZES["validation"], (1, 2), returned, strict=True):
         labels = np.asarray(Image.open(tmp_path / "labels" / f"ADE_val_{index:08d}.png"))
@@ -47,7 +48,7 @@ def test_ade20k_predictions_are_written_as_1_to_150_at_each_image_size(ade20k_ro
 
 
 def test_a_datamodule_without_a_benchmark_encoding_gets_class_ids(tmp_path):
-    dm = SyntheticDataModule(num_train=2, num_val=2, image_size=32, batch_size=2)
+    dm = SyntheticDataModule(num_train=2, num_val=2, image_size=32, loader=synthetic_loader(batch_size=2))
     _, returned = predict(dm, tmp_path, color=False)
     labels = np.asarray(Image.open(tmp_path / "labels" / "synthetic_val_000001.png"))
     np.testing.assert_array_equal(labels, returned[0]["prediction"][1].numpy())
@@ -100,6 +101,18 @@ def test_without_an_output_dir_predictions_go_under_the_runs_log_dir(tmp_path):
     np.testing.assert_array_equal(colour[0, 0], (0, 0, 0))
     no_log_dir = SimpleNamespace(log_dir=None, datamodule=None)
     assert writer.resolve_dir(no_log_dir) == Path(".") / "predictions"
+
+
+def test_a_datamodules_label_palette_makes_the_label_files_palette_pngs_of_the_encoded_values(tmp_path):
+    label_palette = [(0, 0, 0), (10, 20, 30), (200, 100, 50)]  # e.g. Pascal VOC's colour map
+    datamodule = SimpleNamespace(palette=None, encode_prediction=lambda ids: ids + 1, label_palette=label_palette)
+    write_batch(PredictionWriter(str(tmp_path)), SimpleNamespace(datamodule=datamodule), [[[0, 1]]], names=["p"])
+    with Image.open(tmp_path / "labels" / "p.png") as written:
+        assert written.mode == "P" and np.asarray(written).tolist() == [[1, 2]]
+        assert written.getpalette()[:9] == [0, 0, 0, 10, 20, 30, 200, 100, 50]
+    datamodule.label_palette = None  # the other datasets: plain 8-bit values
+    write_batch(PredictionWriter(str(tmp_path)), SimpleNamespace(datamodule=datamodule), [[[0, 1]]], names=["q"])
+    assert Image.open(tmp_path / "labels" / "q.png").mode == "L"
 
 
 def test_class_ids_above_255_are_refused_before_an_8_bit_png_wraps_them(tmp_path):

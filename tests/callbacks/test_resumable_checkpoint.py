@@ -1,9 +1,18 @@
-"""ResumableModelCheckpoint: the record restored from last.ckpt is rebuilt from the checkpoint files on disk."""
+"""ResumableModelCheckpoint: the record restored from last.ckpt is rebuilt from the checkpoint files on disk; every fit
+that ends validates and saves last.ckpt at its final step."""
 
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import ResumableModelCheckpoint
+from tests.helpers import TinyRegression
 
 
 def best_callback(folder):
@@ -188,3 +197,115 @@ def test_own_score_runs_no_code_from_a_file_and_reads_files_without_callbacks_as
     assert own_score(path, callback.state_key) is None  # weights_only refuses the pickled object: not loaded
     torch.save({"state_dict": {}}, tmp_path / "weights.ckpt")  # a dict without callbacks
     assert own_score(tmp_path / "weights.ckpt", callback.state_key) is None
+
+
+class RecordingCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO that records ``(file name, global step)`` of every save."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, int]] = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.saved.append((Path(path).name, checkpoint["global_step"]))
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class StopAt(L.Callback):
+    """Sets ``trainer.should_stop`` after training step ``step`` (as a time limit or a user's callback would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def lifecycle_fit(tmp_path, every_n_train_steps: int, callbacks=(), **trainer_kwargs):
+    """A 4-batch-per-epoch fit with the shipped pair of checkpoint callbacks: last.ckpt every n steps, the best
+    ``val/mIoU`` (= step / 1000: the latest validation is the best). Returns (the saves, the validated steps, the
+    steps of the val/mIoU in the events, the last and best callbacks)."""
+    last = ResumableModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
+    )
+    best = ResumableModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", monitor="val/mIoU", mode="max", filename="step{step}",
+        auto_insert_metric_name=False,
+    )  # fmt: skip
+    io = RecordingCheckpointIO()
+    model = TinyRegression(num_train=4)
+    trainer = L.Trainer(
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        callbacks=[last, best, *callbacks],
+        plugins=[io],
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **trainer_kwargs,
+    )
+    trainer.fit(model)
+    steps, values = read_scalars(tmp_path / "run" / "version_0")["val/mIoU"]
+    logged = [round(v * 1000) for v in values]  # the step each logged val/mIoU was computed at
+    assert len(logged) == len(steps)
+    return io.saved, model.validated_at, logged, last, best
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "every_n_train_steps", "val_check_interval", "last_saves", "validations"),
+    [
+        (7, 2, 4, [2, 4, 6, 7], [4, 7]),  # neither interval divides max_steps
+        (8, 2, 4, [2, 4, 6, 8], [4, 8]),  # both do: nothing saved or validated twice
+        (10, 4, 5, [4, 8, 10], [5, 10]),  # validation due at the end, the last save not
+        (12, 4, 5, [4, 8, 12], [5, 10, 12]),  # the last save due at the end, the validation not
+        (9, 20, 4, [9], [4, 8, 9]),  # no periodic save before the end
+        (6, 3, 7, [3, 6], [6]),  # no validation before the end
+    ],
+)
+def test_a_fit_that_reaches_max_steps_validates_and_saves_last_at_its_final_step_once(
+    tmp_path, max_steps, every_n_train_steps, val_check_interval, last_saves, validations
+):
+    saved, validated, logged, last, best = lifecycle_fit(
+        tmp_path, every_n_train_steps, max_steps=max_steps, val_check_interval=val_check_interval
+    )
+    assert [step for name, step in saved if name == "last.ckpt"] == last_saves
+    assert validated == logged == validations
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == max_steps
+    assert last.last_model_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    # the best callback saw the final validation (its score is the highest)
+    assert Path(best.best_model_path).name == f"step{max_steps}.ckpt" and Path(best.best_model_path).is_file()
+
+
+@pytest.mark.parametrize(
+    ("ending", "last_saves", "validations"),
+    [
+        ({"max_epochs": 2}, [3, 6, 8], [3, 6, 8]),  # 2 epochs of 4 batches
+        ({"max_steps": 20, "callbacks": [EarlyStopping("val/mIoU", mode="max", stopping_threshold=0.0)]}, [2, 3], [3]),
+        ({"max_steps": 20, "callbacks": [StopAt(5)]}, [2, 4, 5], [3, 5]),  # a callback sets trainer.should_stop
+    ],
+    ids=["max_epochs", "early-stopping", "should_stop"],
+)
+def test_every_way_a_fit_ends_saves_last_at_its_final_step(tmp_path, ending, last_saves, validations):
+    ending = dict(ending)
+    callbacks = ending.pop("callbacks", [])
+    every = 3 if "max_epochs" in ending else 2
+    saved, validated, logged, _, _ = lifecycle_fit(tmp_path, every, callbacks=callbacks, val_check_interval=3, **ending)
+    assert [step for name, step in saved if name == "last.ckpt"] == last_saves
+    assert validated == logged == validations
+
+
+def test_restoring_a_record_of_another_folder_says_nothing(tmp_path):
+    import warnings
+
+    run, evaluation = tmp_path / "checkpoints", tmp_path / "eval" / "last" / "validate-0" / "checkpoints"
+    run.mkdir()
+    best = write_best(run, "step4.ckpt", 0.4, best_callback(run))
+    state = restored_state(best, 0.4) | {"dirpath": str(run)}
+    with warnings.catch_warnings(record=True) as caught:  # validate/test/predict restore every callback's state
+        warnings.simplefilter("always")
+        callback = best_callback(evaluation)
+        callback.load_state_dict(state)
+    assert [str(w.message) for w in caught] == []
+    assert callback.best_k_models == {}  # nothing of the run folder's record

@@ -71,3 +71,32 @@ def test_tokens_are_positions_by_channels_in_raster_order_and_contiguous():
     t = tokens(x)
     assert t.shape == (2, 8, 3) and t.is_contiguous()  # the layout SDPA's fused kernels need
     assert t[1, 5].tolist() == x[1, :, 1, 1].tolist()  # position 5 = row 1, column 1 of a 4-wide grid
+
+
+class Attend(torch.nn.Module):
+    def forward(self, q, k, v):
+        return fused_attention(q, k, v, scale=0.3)
+
+
+def reference_attention(q, k, v, scale=0.3):
+    return torch.softmax(q @ k.transpose(1, 2) * scale, dim=-1) @ v  # (N, P, Pk) @ (N, Pk, C') -> (N, P, C')
+
+
+def test_under_torch_export_the_attention_is_one_dnlseg_attention_node():
+    """What an exporter lowers (``dnlseg.deploy.onnx_attention``): one node, not SDPA's decomposition; run in
+    PyTorch the exported program still computes softmax attention."""
+    q, k, v = torch.randn(2, 50, 8), torch.randn(2, 40, 8), torch.randn(2, 40, 4)
+    program = torch.export.export(Attend(), (q, k, v))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets == ["dnlseg.attention.default"]
+    q, k, v = torch.randn(2, 50, 8), torch.randn(2, 40, 8), torch.randn(2, 40, 4)  # the program's (static) shapes
+    torch.testing.assert_close(program.module()(q, k, v), reference_attention(q, k, v))
+
+
+def test_a_call_traced_at_batch_one_holds_at_other_sizes_and_batches():
+    """What the TorchScript export relies on: ``torch.jit.trace`` records the CPU N = 1 split's size arithmetic
+    (ceil(P / 2), the padding) as operations on the input's sizes, not as the example's numbers."""
+    traced = torch.jit.trace(Attend(), (torch.randn(1, 64, 8), torch.randn(1, 64, 8), torch.randn(1, 64, 4)))
+    for n, p in ((1, 63), (3, 20)):
+        q, k, v = torch.randn(n, p, 8), torch.randn(n, 30, 8), torch.randn(n, 30, 4)
+        torch.testing.assert_close(traced(q, k, v), reference_attention(q, k, v))

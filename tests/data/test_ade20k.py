@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnlseg.data import ADE20KDataModule, DatasetLayoutError, TrainAugmentation
+from dnlseg.data import ADE20KDataModule, LoaderOptions, TrainAugmentation
 from dnlseg.data.ade20k import CLASS_NAMES
+from dnlseg.errors import DatasetLayoutError
 from tests.datasets import ADE_SIZES
 
 SMALL = TrainAugmentation(crop_size=(32, 32), scale_base=(128, 64))
 
 
-def datamodule(root, **kwargs):
-    return ADE20KDataModule(str(root), **{"augmentation": SMALL, "num_workers": 0, "seed": 0, **kwargs})
+def datamodule(root, batch_size=4, **kwargs):
+    loader = LoaderOptions(batch_size=batch_size, num_workers=0)
+    return ADE20KDataModule(str(root), **{"augmentation": SMALL, "loader": loader, "seed": 0, **kwargs})
 
 
 def test_150_official_class_names_in_mmsegmentation_order():
@@ -55,7 +57,7 @@ def test_root_may_be_the_challenge_folder_itself(ade20k_root):
 
 def test_root_from_the_environment_variable(ade20k_root, monkeypatch):
     monkeypatch.setenv("ADE20K_ROOT", str(ade20k_root))
-    dm = ADE20KDataModule(augmentation=SMALL, num_workers=0)
+    dm = ADE20KDataModule(augmentation=SMALL, loader=LoaderOptions(num_workers=0))
     dm.setup("validate")
     assert len(dm.datasets["val"]) == 2
 
@@ -94,7 +96,7 @@ def test_empty_split_fails_at_setup(ade20k_root, tmp_path):
     root = shutil.copytree(ade20k_root, tmp_path / "ade")
     for p in (root / "ADEChallengeData2016/images/training").iterdir():
         p.unlink()
-    with pytest.raises(DatasetLayoutError, match=r"no .jpg images in .*images/training \(empty split\)"):
+    with pytest.raises(DatasetLayoutError, match=r"no images \*.jpg in .*images/training \(empty split\)"):
         datamodule(root).setup("fit")
 
 

@@ -9,16 +9,17 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 from PIL import Image
 
-from dnlseg.cli import prepare
-from dnlseg.data import CityscapesDataModule, CorruptFileError, DatasetLayoutError, TrainAugmentation
+from dnlseg.cli.lightning_cli import prepare
+from dnlseg.data import CityscapesDataModule, LoaderOptions, TrainAugmentation
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 from tests.datasets import write_cityscapes
 
 SMALL = TrainAugmentation(crop_size=(32, 64), scale_base=(128, 64))
 
 
-def datamodule(root, **kwargs):
-    kwargs = {"augmentation": SMALL, "num_workers": 0, "seed": 0, **kwargs}
+def datamodule(root, batch_size=2, **kwargs):
+    kwargs = {"augmentation": SMALL, "loader": LoaderOptions(batch_size=batch_size, num_workers=0), "seed": 0, **kwargs}
     return CityscapesDataModule(str(root), **kwargs)
 
 
@@ -41,7 +42,8 @@ def test_train_items_are_crops_and_val_items_full_resolution_images_with_labels(
 def test_training_batches_repeat_from_the_run_seed(cityscapes_root):
     def first_batch(seed):
         L.seed_everything(seed)
-        dm = CityscapesDataModule(str(cityscapes_root), augmentation=SMALL, num_workers=0, batch_size=2)  # seed: null
+        loader = LoaderOptions(num_workers=0, batch_size=2)
+        dm = CityscapesDataModule(str(cityscapes_root), augmentation=SMALL, loader=loader)  # seed: null
         return next(iter(dm.train_dataloader()))
 
     a, b, c = first_batch(5), first_batch(5), first_batch(6)
@@ -96,7 +98,7 @@ def test_prepare_writes_train_id_files_equal_to_the_official_ones(cityscapes_roo
 
 def test_root_falls_back_to_the_environment_variable(cityscapes_root, monkeypatch):
     monkeypatch.setenv("CITYSCAPES_ROOT", str(cityscapes_root))
-    dm = CityscapesDataModule(augmentation=SMALL, num_workers=0)
+    dm = CityscapesDataModule(augmentation=SMALL, loader=LoaderOptions(num_workers=0))
     dm.setup("validate")
     assert len(dm.datasets["val"]) == 2
 

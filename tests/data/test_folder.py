@@ -1,5 +1,6 @@
 """data/folder.py: reading label PNGs, the setup checks of (image, label) pairs and their error messages."""
 
+import dataclasses
 import re
 from types import SimpleNamespace
 
@@ -9,10 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from dnlseg.data import ResumableDataLoader, TrainAugmentation
+from dnlseg.data import LoaderOptions, ResumableDataLoader, SetupChecks, TrainAugmentation
 from dnlseg.data.folder import (
-    CorruptFileError,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SegmentationFiles,
@@ -24,6 +23,7 @@ from dnlseg.data.folder import (
     read_label,
 )
 from dnlseg.data.transforms import RandomRescale, eval_transform
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 
 
 def write_label(path, values, mode=None):
@@ -131,6 +131,86 @@ def test_unmatched_images_and_labels_are_named_on_both_sides(tmp_path):
     assert pair_by_stem({"b": images["b"]}, {"b": labels["b"]}, "x", "") == [("b", images["b"], labels["b"])]
 
 
+def test_listed_samples_keep_the_list_order_once_each_and_missing_files_are_counted_in_one_line(tmp_path):
+    from dnlseg.data.folder import listed_pairs
+
+    for name in ("b", "a"):
+        save_image(tmp_path / f"{name}.jpg")
+        write_label(tmp_path / f"{name}.png", np.zeros((2, 2), dtype=np.uint8))
+    table = lookup_table({0: 0})
+    image, label = (lambda n: tmp_path / f"{n}.jpg"), (lambda n: tmp_path / f"{n}.png")
+    pairs = listed_pairs(["b", "a", "b"], image, label, table, "list x")
+    assert [(p.name, p.image, p.label, p.label_map is table) for p in pairs] == [
+        ("b", image("b"), label("b"), True),
+        ("a", image("a"), label("a"), True),
+    ]
+    assert [(p.label, p.label_map) for p in listed_pairs(["a"], image, None, table, "x")] == [(None, None)]
+    with pytest.raises(DatasetLayoutError) as error:
+        listed_pairs(["a", "c", "d", "e"], image, label, table, "list x")
+    missing = ", ".join(str(tmp_path / f) for f in ("c.jpg", "c.png", "d.jpg"))
+    assert str(error.value) == f"list x: 6 listed files do not exist: {missing} and 3 more"
+    for count, more in ((3, ""), (4, " and 1 more")):  # three are named, the rest counted
+        with pytest.raises(DatasetLayoutError) as error:
+            listed_pairs([f"m{i}" for i in range(count)], image, None, table, "list y")
+        assert str(error.value).endswith(f"{tmp_path / 'm2.jpg'}{more}")
+
+
+def test_unpaired_folder_files_are_named_with_the_split_and_the_expected_layout(tmp_path):
+    from dnlseg.data.folder import folder_pairs
+
+    for name in ("a", "b"):
+        save_image(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "labels").mkdir()
+    write_label(tmp_path / "labels" / "a.png", np.zeros((2, 2), dtype=np.uint8))
+    listing = {"list_images": lambda d: {p.stem: p for p in sorted(d.glob("*.png"))}, "image_pattern": "*.png"}
+    with pytest.raises(DatasetLayoutError) as error:
+        folder_pairs(
+            tmp_path / "images",
+            tmp_path / "labels",
+            True,
+            **listing,
+            list_labels=listing["list_images"],
+            label_map=lookup_table({0: 0}),
+            what="Own val (/r)",
+            layout="  the layout",
+        )
+    message = str(error.value)
+    assert message.startswith("Own val (/r): 1 images without labels") and message.endswith("layout:\n  the layout")
+
+
+def test_roots_are_named_with_the_dataset_or_the_class_and_the_environment_variable_only_where_there_is_one(
+    tmp_path, monkeypatch
+):
+    from dnlseg.data import CityscapesDataModule, ImageMaskDataModule
+
+    monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
+    assert CityscapesDataModule().describe("val") == "Cityscapes val ($CITYSCAPES_ROOT)"
+    own = ImageMaskDataModule(classes=[{"name": "a", "color": [0, 0, 0]}])
+    with pytest.raises(DatasetLayoutError) as error:
+        own.setup("fit")
+    assert (
+        str(error.value) == "no dataset root: set the DataModule's `root` (e.g. --data.init_args.root=/path/to/dataset)"
+    )
+    with pytest.raises(
+        DatasetLayoutError, match=rf"^NoFiles root {tmp_path / 'none'} does not exist or is not a folder"
+    ):
+        no_files(root=str(tmp_path / "none")).dataset_root()
+
+
+@pytest.mark.parametrize("name", ["CityscapesDataModule", "ADE20KDataModule", "VOCDataModule", "ImageMaskDataModule"])
+def test_every_file_datamodule_records_its_own_and_the_shared_arguments_as_hyperparameters(name):
+    import dnlseg.data
+
+    loader = LoaderOptions(batch_size=3, num_workers=0)
+    classes = [{"name": "a", "color": [1, 2, 3]}] if name == "ImageMaskDataModule" else None
+    extra = {"classes": classes} if classes else {}
+    dm = getattr(dnlseg.data, name)("somewhere", loader=loader, predict_split="other", predict_dir="x", **extra)
+    # as plain values, so that a checkpoint holding them loads with weights_only (checkpoints/hyperparameters.py)
+    assert dm.hparams["loader"] == dataclasses.asdict(loader)
+    assert dm.hparams["checks"] == dataclasses.asdict(SetupChecks())
+    assert (dm.hparams["root"], dm.hparams["predict_split"], dm.hparams["predict_dir"]) == ("somewhere", "other", "x")
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, rank):
     from dnlseg.data import CityscapesDataModule
@@ -138,7 +218,9 @@ def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, 
     from tests.helpers import fake_trainer
 
     augmentation = TrainAugmentation(crop_size=(32, 32))
-    dm = CityscapesDataModule(str(cityscapes_root), augmentation=augmentation, num_workers=0, seed=7)
+    dm = CityscapesDataModule(
+        str(cityscapes_root), augmentation=augmentation, loader=LoaderOptions(num_workers=0), seed=7
+    )
     dm.trainer = SimpleNamespace(**vars(fake_trainer(global_rank=rank)), world_size=2)
     loader = dm.train_dataloader()
     assert loader.worker_init_fn.func is init_worker and loader.worker_init_fn.keywords == {"rank": rank}
@@ -153,18 +235,23 @@ def test_the_train_loader_seeds_the_augmentation_with_the_rank(cityscapes_root, 
 class TwoSplits(FolderDataModule):
     """A FolderDataModule over files in ``root``: 3 labelled "train" images, 2 "val", 1 unlabelled "predict"."""
 
-    def __init__(self, root, seed=5, num_workers=0, pin_memory=False):
-        super().__init__(TrainAugmentation(crop_size=(4, 4)), 2, 1, num_workers, pin_memory, seed, True, 1)
-        self.root = root
+    def __init__(self, folder, seed=5, num_workers=0, pin_memory=False):
+        super().__init__(
+            augmentation=TrainAugmentation(crop_size=(4, 4)),
+            loader=LoaderOptions(batch_size=2, val_batch_size=1, num_workers=num_workers, pin_memory=pin_memory),
+            checks=SetupChecks(label_values=True, threads=1),
+            seed=seed,
+        )
+        self.folder = folder
         self.splits = {"train": "tr", "val": "va", "test": "va", "predict": "pr"}
         self.found = []
 
     def find_pairs(self, split, labelled):
         self.found.append(split)
         count = {"tr": 3, "va": 2, "pr": 1}[split]
-        Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(self.root / "image.png")
-        label = write_label(self.root / "label.png", np.zeros((4, 6), dtype=np.uint8)) if labelled else None
-        return [FilePair(f"{split}{i}", self.root / "image.png", label, lookup_table({0: 0})) for i in range(count)]
+        Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(self.folder / "image.png")
+        label = write_label(self.folder / "label.png", np.zeros((4, 6), dtype=np.uint8)) if labelled else None
+        return [FilePair(f"{split}{i}", self.folder / "image.png", label, lookup_table({0: 0})) for i in range(count)]
 
 
 def test_setup_finds_the_splits_each_stage_uses_once(tmp_path):
@@ -269,20 +356,9 @@ class NoFiles(FolderDataModule):
         return []
 
 
-@pytest.mark.parametrize(
-    "batch_size, val_batch_size, num_workers, message",
-    [
-        (0, 1, 0, r"^batch_size=0 must be >= 1$"),
-        (1, 0, 0, r"^val_batch_size=0 must be >= 1$"),
-        (1, 1, -1, r"^num_workers=-1 must be >= 0$"),
-    ],
-)
-def test_batch_sizes_below_one_and_negative_workers_are_refused_naming_the_argument(
-    batch_size, val_batch_size, num_workers, message
-):
-    with pytest.raises(ValueError, match=message):
-        NoFiles(TrainAugmentation(), batch_size, val_batch_size, num_workers, False, 0, True, 1)
-    NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1)  # the smallest valid values
+def no_files(**kwargs):
+    loader = LoaderOptions(batch_size=1, num_workers=0)
+    return NoFiles(augmentation=TrainAugmentation(), loader=loader, checks=SetupChecks(), **kwargs)
 
 
 def test_a_32_bit_label_is_read_and_negative_values_are_refused(tmp_path):
@@ -367,7 +443,7 @@ def test_the_predict_folder_loader_keeps_order_and_names_the_folder_of_a_bad_fil
     assert type(loader) is torch.utils.data.DataLoader and loader.num_workers == 0 and not loader.pin_memory
     assert [batch["name"][0] for batch in loader] == ["a", "b", "c"] and not loader.drop_last
     (tmp_path / "d.png").write_bytes(b"broken")
-    with pytest.raises(DatasetLayoutError, match=f"^1 bad samples in predict_dir {tmp_path}:"):
+    with pytest.raises(DatasetLayoutError, match=f"^predict_dir {tmp_path}: cannot read image {tmp_path / 'd.png'}:"):
         predict_folder_loader(tmp_path)
 
 
@@ -375,12 +451,12 @@ def test_an_unknown_stage_sets_up_the_fit_splits(tmp_path):
     dm = TwoSplits(tmp_path)
     dm.setup("sanity_check")
     assert dm.found == ["tr", "va"] and dm.splits == {"train": "tr", "val": "va", "test": "va", "predict": "pr"}
-    assert NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1).splits == {}  # a subclass fills them in
+    assert no_files().splits == {}  # a subclass fills them in
 
 
 def test_the_predict_dir_argument_is_what_the_predict_loader_reads(tmp_path):
     save_image(tmp_path / "images" / "x.png")
-    dm = NoFiles(TrainAugmentation(), 1, 1, 0, False, 0, True, 1, predict_dir=str(tmp_path / "images"))
+    dm = no_files(predict_dir=str(tmp_path / "images"))
     dm.setup("predict")  # no predict split needed
     assert [batch["name"][0] for batch in dm.predict_dataloader()] == ["x"]
 
@@ -404,7 +480,7 @@ def test_setup_checks_label_values_only_when_asked_names_the_split_and_logs_its_
     with pytest.raises(DatasetLayoutError, match="^2 bad samples in TwoSplits tr:"):
         dm.setup("fit")
     relaxed = TwoSplits(tmp_path)
-    relaxed.check_label_values = False
+    relaxed.checks = SetupChecks(label_values=False)
     relaxed.find_pairs = dm.find_pairs
     with caplog.at_level("INFO", logger="dnlseg.data.folder"):
         relaxed.setup("fit")  # the values are checked when a label is loaded

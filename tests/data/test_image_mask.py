@@ -7,14 +7,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from dnlseg.data import DatasetLayoutError, ImageMaskDataModule, TrainAugmentation
+from dnlseg.data import ImageMaskDataModule, LoaderOptions, TrainAugmentation
+from dnlseg.errors import DatasetLayoutError
 from tests.datasets import OWN_CLASSES, OWN_SIZES
 
 SMALL = TrainAugmentation(crop_size=(32, 32))
 
 
-def datamodule(root, **kwargs):
-    return ImageMaskDataModule(str(root), **{"augmentation": SMALL, "num_workers": 0, "seed": 0, **kwargs})
+def datamodule(root, batch_size=4, **kwargs):
+    loader = LoaderOptions(batch_size=batch_size, num_workers=0)
+    return ImageMaskDataModule(str(root), **{"augmentation": SMALL, "loader": loader, "seed": 0, **kwargs})
 
 
 def test_classes_come_from_classes_yaml_with_names_colours_and_mask_values(image_mask_root):
@@ -75,11 +77,13 @@ def test_an_image_without_mask_is_named(image_mask_root, tmp_path):
 def test_an_empty_split_and_a_missing_masks_folder_name_the_folder(image_mask_root, tmp_path):
     root = shutil.copytree(image_mask_root, tmp_path / "own")
     shutil.rmtree(root / "masks/val")
-    with pytest.raises(DatasetLayoutError, match=r"no folder .*masks/val for the masks"):
+    with pytest.raises(DatasetLayoutError, match=r"no folder .*masks/val for the labels of .*images/val"):
         datamodule(root).setup("validate")
     shutil.rmtree(root / "images/val")
     (root / "images/val").mkdir()
-    with pytest.raises(DatasetLayoutError, match=r"no images in .*images/val \(empty split\)"):
+    with pytest.raises(
+        DatasetLayoutError, match=r"no images \*.png\|.jpg\|.jpeg \(subfolders read\) in .*images/val \(empty split\)"
+    ):
         datamodule(root).setup("validate")
 
 

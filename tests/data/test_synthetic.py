@@ -8,7 +8,9 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from dnlseg.data import SyntheticDataModule, generate_sample, local_only_accuracy_bound, write_cityscapes_layout
+from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.synthetic import CITYSCAPES_TRAIN_IDS, INK
+from tests.helpers import synthetic_loader
 
 SIZE = 64
 
@@ -37,7 +39,7 @@ def test_train_and_val_images_differ_and_images_differ_by_index():
 
 
 def test_batches_have_documented_shapes_dtypes_and_value_ranges():
-    dm = SyntheticDataModule(num_train=6, num_val=3, image_size=SIZE, batch_size=4)
+    dm = SyntheticDataModule(num_train=6, num_val=3, image_size=SIZE, loader=synthetic_loader(batch_size=4))
     assert (dm.num_classes, dm.ignore_index) == (5, 255)
     assert dm.class_names == ["background", "red", "green", "blue", "yellow"]
     assert len(dm.palette) == dm.num_classes and all(len(c) == 3 for c in dm.palette)
@@ -59,7 +61,9 @@ def test_batches_have_documented_shapes_dtypes_and_value_ranges():
 
 def test_train_order_is_shuffled_reproducibly_from_the_seed():
     def order(seed):
-        dm = SyntheticDataModule(num_train=16, num_val=1, image_size=32, seed=seed, batch_size=16)
+        dm = SyntheticDataModule(
+            num_train=16, num_val=1, image_size=32, seed=seed, loader=synthetic_loader(batch_size=16)
+        )
         return next(iter(dm.train_dataloader()))["name"]
 
     assert order(0) == order(0)
@@ -76,9 +80,9 @@ def test_data_module_passes_groups_and_difficulty_to_its_images():
 
 
 def test_items_do_not_depend_on_the_worker_process():
-    dm = SyntheticDataModule(num_train=4, num_val=4, image_size=32, batch_size=2)
+    dm = SyntheticDataModule(num_train=4, num_val=4, image_size=32, loader=synthetic_loader(batch_size=2))
     in_main = list(dm.val_dataloader())
-    dm.num_workers = 2
+    dm.loader = synthetic_loader(batch_size=2, num_workers=2)
     in_workers = list(dm.val_dataloader())
     for a, b in zip(in_main, in_workers, strict=True):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
@@ -187,8 +191,6 @@ def test_difficulty_pales_the_ink_and_adds_noise():
         ({"image_size": 24}, "image_size"),
         ({"difficulty": 1.5}, "difficulty"),
         ({"difficulty": -0.1}, "difficulty"),
-        ({"num_workers": -1}, "num_workers"),
-        ({"batch_size": 0}, "batch_size"),
         ({"seed": -1}, "seed"),
         ({"groups": 0}, "groups"),
         ({"groups": 5}, "groups"),
@@ -248,3 +250,42 @@ def test_data_module_writes_its_own_images_in_cityscapes_layout(tmp_path):
     image = np.asarray(Image.open(root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"))
     assert np.array_equal(image, generate_sample(5, 0, "train", 32, 32).image)
     assert not list(root.rglob("*_labelIds.png"))
+
+
+@pytest.mark.parametrize("cores", [2, 8])
+def test_loading_in_the_training_process_is_explained_once_instead_of_lightnings_warning_per_loader(
+    cores, monkeypatch, caplog
+):
+    import logging
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.trainer.connectors.data_connector import _worker_check
+
+    from dnlseg.data.synthetic import datamodule
+
+    monkeypatch.setattr("lightning.fabric.utilities.data._num_cpus_available", lambda: cores)
+    monkeypatch.setattr(logging.getLogger("dnlseg"), "propagate", True)  # as the command may have set it up
+    caplog.set_level(logging.INFO, logger="dnlseg")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    seen = {}
+    for num_workers in (0, 1):
+        loader = LoaderOptions(batch_size=8, val_batch_size=None, num_workers=num_workers, pin_memory=False)
+        data = SyntheticDataModule(num_train=4, num_val=2, image_size=32, loader=loader)
+        data.trainer = trainer
+        with warnings.catch_warnings(record=True) as caught:  # what a fit does with its two loaders
+            warnings.simplefilter("always")
+            _worker_check(trainer, data.train_dataloader(), "train_dataloader")
+            _worker_check(trainer, data.val_dataloader(), "val_dataloader")
+        seen[num_workers] = [str(w.message) for w in caught if "does not have many workers" in str(w.message)]
+    records = {id(r): r for r in caplog.records}.values()  # one record reaches caplog twice when an in-process
+    # command of an earlier test left the dnlseg logger with pytest's handlers (propagate is set True above)
+    explained = [r.getMessage() for r in records if r.levelno == logging.INFO and r.name == datamodule.log.name]
+    if cores == 2:  # Lightning suggests at most 1 worker: nothing to say
+        assert seen == {0: [], 1: []} and explained == []
+    else:
+        assert seen[0] == [] and len(seen[1]) == 2  # a loader with 1 worker keeps Lightning's warning
+        assert explained == [
+            "synthetic images are generated in the training process (data.init_args.loader.num_workers=0); "
+            "--data.init_args.loader.num_workers=7 generates them in parallel on this machine (the same images)"
+        ]

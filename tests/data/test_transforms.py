@@ -256,7 +256,7 @@ def test_albumentations_update_check_does_not_run_when_the_dnlseg_command_is_imp
         "stub = types.ModuleType('albumentations.check_version')\n"
         "stub.check_for_updates = lambda *args, **kwargs: calls.append(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n"
         "sys.modules['albumentations.check_version'] = stub\n"
-        "import dnlseg.cli\n"
+        "import dnlseg.cli.lightning_cli\n"
         "import albumentations\n"
         "assert albumentations.check_for_updates is stub.check_for_updates, 'the stub was not used'\n"
         "print(len(calls), os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n"

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from dnlseg.callbacks import PredictionWriter
-from dnlseg.cli import run_cli
-from dnlseg.data import CityscapesDataModule
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.data import CityscapesDataModule, LoaderOptions
 from dnlseg.data.cityscapes import LABEL_ID_TABLE
 from dnlseg.evaluation import SegmentationIoU, confusion_summary
 from tests.recipes import recipe, recipe_cpu_args
@@ -45,7 +45,7 @@ def official_evaluation(cityscapes_root, prediction_dir) -> dict:
 
 def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, tmp_path):
     """Known predictions: ground truth with 30% of the pixels (ignored ones included) set to random classes."""
-    dm = CityscapesDataModule(str(cityscapes_root), num_workers=0)
+    dm = CityscapesDataModule(str(cityscapes_root), loader=LoaderOptions(num_workers=0))
     dm.setup("validate")
     metric = SegmentationIoU(19)
     out = tmp_path / "labels"
@@ -71,9 +71,9 @@ def test_our_metric_equals_the_evaluator_on_noisy_predictions(cityscapes_root, t
 def tiny_overrides(cityscapes_root, save_dir):
     return [
         *recipe_cpu_args(recipe("cityscapes/dnl_r50_d8_512x1024_80k"), cityscapes_root, save_dir),
-        "--model.encoder_name=resnet18",
-        "--model.head_channels=16",
-        "--model.aux_channels=8",
+        "--model.network.encoder.name=resnet18",
+        "--model.network.head_channels=16",
+        "--model.network.aux_channels=8",
     ]
 
 

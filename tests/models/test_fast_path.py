@@ -10,7 +10,9 @@ from torch import nn
 
 from dnlseg.context import VARIANTS, find_context_blocks
 from dnlseg.models import SegmentationModule
-from tests.helpers import context_of
+from dnlseg.models.encoder import EncoderOptions
+from dnlseg.models.module import RuntimeOptions
+from tests.helpers import context_of, tiny_network
 
 NAMES = ("nl", "dnl")  # of dnlseg.context.VARIANTS: the blocks with an attention kernel of their own
 
@@ -20,7 +22,7 @@ def tiny_module(context, **kwargs) -> SegmentationModule:
     reaches the output (at initialisation the block is the identity and would hide any difference)."""
     torch.manual_seed(0)
     module = SegmentationModule(
-        num_classes=5, encoder_name="resnet18", head_channels=16, aux_channels=8, context=context, **kwargs
+        num_classes=5, network=tiny_network(context, encoder=EncoderOptions(name="resnet18")), **kwargs
     )
     for block in find_context_blocks(module).values():
         nn.init.ones_(block.out_norm.weight)
@@ -54,7 +56,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", NAMES)
 def test_channels_last_matches_contiguous_forward_and_gradients(name):
     plain = tiny_module(context_of(name))
-    fast = tiny_module(context_of(name), channels_last=True)
+    fast = tiny_module(context_of(name), runtime=RuntimeOptions(channels_last=True))
     fast.load_state_dict(plain.state_dict())
     conv = fast.network.encoder.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -146,7 +148,7 @@ def test_fused_attention_gets_q_k_v_of_one_low_precision_dtype_under_autocast(
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_matches_eager_and_keeps_state_dict_keys():
     eager = tiny_module(context_of("dnl"))
-    compiled = tiny_module(context_of("dnl"), compile=True)
+    compiled = tiny_module(context_of("dnl"), runtime=RuntimeOptions(compile=True))
     assert compiled.network._compiled_call_impl is not None  # nn.Module.compile took effect
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())  # a checkpoint of the eager model loads as it is
@@ -161,7 +163,7 @@ def test_the_synthetic_config_through_the_dnlseg_cli_turns_cudnn_benchmark_off(m
     the session had autotuning on."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
@@ -177,10 +179,11 @@ def test_the_synthetic_config_through_the_dnlseg_cli_turns_cudnn_benchmark_off(m
 
 @pytest.mark.slow
 def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
-    """``trainer.precision: bf16-mixed`` and ``model.channels_last: true`` as a user sets them, on a synthetic fit."""
+    """``trainer.precision: bf16-mixed`` and ``model.runtime.channels_last: true`` as a user sets them, on a synthetic
+    fit."""
     from pathlib import Path
 
-    from dnlseg.cli import run_cli
+    from dnlseg.cli.lightning_cli import run_cli
 
     config = Path(__file__).resolve().parents[2] / "configs/synthetic/dnl.yaml"
     cli = run_cli(
@@ -189,21 +192,21 @@ def test_fast_path_turns_on_from_yaml_and_fits(tmp_path):
             "-c",
             str(config),
             "--trainer.precision=bf16-mixed",
-            "--model.channels_last=true",
+            "--model.runtime.channels_last=true",
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=1",
             "--trainer.val_check_interval=2",
             "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--model.head_channels=16",
-            "--model.aux_channels=8",
+            "--model.network.head_channels=16",
+            "--model.network.aux_channels=8",
             "--data.init_args.num_train=4",
             "--data.init_args.num_val=1",
             "--data.init_args.image_size=64",
-            "--data.init_args.batch_size=2",
+            "--data.init_args.loader.batch_size=2",
         ]
     )
     assert cli.trainer.global_step == 2 and cli.trainer.precision == "bf16-mixed"
-    assert cli.model.hparams.channels_last and not cli.model.hparams.compile
+    assert cli.model.hparams.runtime == {"channels_last": True, "compile": False}
     assert cli.model.network.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())

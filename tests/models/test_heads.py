@@ -20,7 +20,9 @@ def test_conv_bn_relu_keeps_the_size_has_no_conv_bias_and_is_non_negative(kernel
 
 def test_context_head_is_conv_block_conv_concat_fuse_dropout_classifier():
     torch.manual_seed(0)
-    head = ContextHead(10, 8, 3, context=lambda c: DisentangledNonLocal2d(c, reduction=2), dropout=0.5).eval()
+    head = ContextHead(
+        in_channels=10, channels=8, num_classes=3, context=lambda c: DisentangledNonLocal2d(c, reduction=2), dropout=0.5
+    ).eval()
     nn.init.ones_(head.context.out_norm.weight)  # the block is not the identity
     x = torch.randn(2, 10, 4, 6)
     y = head.conv_out(head.context(head.conv_in(x)))
@@ -32,7 +34,7 @@ def test_context_head_is_conv_block_conv_concat_fuse_dropout_classifier():
 
 
 def test_baseline_head_has_an_identity_where_the_block_was():
-    head = ContextHead(10, 8, 3).eval()
+    head = ContextHead(in_channels=10, channels=8, num_classes=3).eval()
     assert isinstance(head.context, nn.Identity)
     x = torch.randn(1, 10, 4, 6)
     expected = head.classifier(head.fuse(torch.cat([x, head.conv_out(head.conv_in(x))], dim=1)))
@@ -41,7 +43,7 @@ def test_baseline_head_has_an_identity_where_the_block_was():
 
 def test_dropout_is_active_in_training_only():
     torch.manual_seed(0)
-    head = FCNHead(6, 4, 2, dropout=0.5)
+    head = FCNHead(in_channels=6, channels=4, num_classes=2, dropout=0.5)
     x = torch.randn(2, 6, 5, 5)
     assert head.eval()(x).shape == (2, 2, 5, 5) and head.classifier.kernel_size == (1, 1)
     torch.testing.assert_close(head(x), head.classifier(head.conv(x)))
@@ -51,4 +53,7 @@ def test_dropout_is_active_in_training_only():
 
 
 def test_default_dropout_is_0_1_in_both_heads():
-    assert FCNHead(6, 4, 2).dropout.p == 0.1 and ContextHead(6, 4, 2).dropout.p == 0.1
+    assert (
+        FCNHead(in_channels=6, channels=4, num_classes=2).dropout.p == 0.1
+        and ContextHead(in_channels=6, channels=4, num_classes=2).dropout.p == 0.1
+    )

@@ -186,7 +186,7 @@ def test_the_defaults_and_the_setting_checks():
     SegmentationLoss(ohem_threshold=1.0, ohem_min_kept=0)
     with pytest.raises(ValueError, match=r"ohem_threshold=0 must be in \(0, 1\] or null"):
         SegmentationLoss(ohem_threshold=0)
-    with pytest.raises(ValueError, match="^ohem_min_kept=-1 must be >= 0$"):
+    with pytest.raises(ValueError, match="^model.loss.ohem_min_kept=-1 must be >= 0$"):
         SegmentationLoss(ohem_min_kept=-1)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmengine.structures import PixelData
 
-from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, mmseg_state_dict_for, rename
+from dnlseg.checkpoints.mmseg import SEGMENTOR_KEYS, mmseg_state_dict_for, rename
 from tests.mmseg_helpers import mmseg_model, recipe_model
 from tests.recipes import recipe
 

@@ -5,21 +5,22 @@ import torch
 
 from dnlseg.context import VARIANTS, capture_attention, find_context_blocks
 from dnlseg.models import SegmentationNetwork
+from dnlseg.models.encoder import EncoderOptions
 from tests.helpers import context_of
 
 NAMES = list(VARIANTS)  # every variant of the table, the baseline included
 
 
-def tiny(context=None, **kwargs):
+def tiny(context=None, encoder=EncoderOptions(name="resnet18"), **kwargs):
     torch.manual_seed(0)
-    defaults = dict(num_classes=5, encoder_name="resnet18", head_channels=16, aux_channels=8, context=context)
+    defaults = dict(num_classes=5, encoder=encoder, head_channels=16, aux_channels=8, context=context)
     return SegmentationNetwork(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_network_returns_logits_at_input_size(name, output_stride):
-    net = tiny(context_of(name), output_stride=output_stride).train()
+    net = tiny(context_of(name), EncoderOptions(name="resnet18", output_stride=output_stride)).train()
     out = net(torch.randn(2, 3, 64, 96))
     assert out.logits.shape == (2, 5, 64, 96)
     assert out.aux_logits.shape == (2, 5, 64, 96)
@@ -28,7 +29,7 @@ def test_network_returns_logits_at_input_size(name, output_stride):
 
 @pytest.mark.parametrize("output_stride, grid", [(8, (8, 12)), (16, (4, 6)), (32, (2, 3))])
 def test_context_block_runs_at_the_output_stride(output_stride, grid):
-    net = tiny(context_of("dnl"), output_stride=output_stride)
+    net = tiny(context_of("dnl"), EncoderOptions(name="resnet18", output_stride=output_stride))
     with capture_attention(net) as captured:
         net.eval()(torch.randn(1, 3, 64, 96))
     assert captured["decode_head.context"][0].query_size == grid  # (64 / stride, 96 / stride)
@@ -56,15 +57,15 @@ def test_baseline_head_differs_from_dnl_head_only_by_the_block():
 
 
 def test_bad_output_stride_and_encoder_name_raise():
-    with pytest.raises(ValueError, match="output_stride=4"):
-        tiny(output_stride=4)
-    with pytest.raises(ValueError, match="encoder_name='resnet7' is not an smp encoder"):
-        tiny(encoder_name="resnet7")
+    with pytest.raises(ValueError, match=r"model.network.encoder.output_stride=4 must be one of \(8, 16, 32\)"):
+        tiny(encoder=EncoderOptions(name="resnet18", output_stride=4))
+    with pytest.raises(ValueError, match="model.network.encoder.name='resnet7' is not an smp encoder"):
+        tiny(encoder=EncoderOptions(name="resnet7"))
 
 
 @pytest.mark.parametrize("depth", [3, 4])
 def test_shallow_resnet_encoder_feeds_both_heads_and_leaves_no_unused_parameter(depth):
-    net = tiny(context_of("dnl"), encoder_depth=depth).train()
+    net = tiny(context_of("dnl"), EncoderOptions(name="resnet18", depth=depth)).train()
     assert not hasattr(net.encoder, "layer4") and hasattr(net.encoder, f"layer{depth - 1}")
     out = net(torch.randn(2, 3, 64, 64))
     assert out.logits.shape == out.aux_logits.shape == (2, 5, 64, 64)
@@ -73,7 +74,7 @@ def test_shallow_resnet_encoder_feeds_both_heads_and_leaves_no_unused_parameter(
 
 
 def test_encoder_depth_is_refused_where_it_is_not_supported():
-    with pytest.raises(ValueError, match="encoder_depth=2 must be 3, 4 or 5"):
-        tiny(encoder_depth=2)
-    with pytest.raises(ValueError, match="encoder_depth=3 is supported for ResNet-family"):
-        tiny(encoder_name="mobilenet_v2", encoder_depth=3)
+    with pytest.raises(ValueError, match="model.network.encoder.depth=2 must be 3, 4 or 5"):
+        tiny(encoder=EncoderOptions(name="resnet18", depth=2))
+    with pytest.raises(ValueError, match="model.network.encoder.depth=3 is supported for ResNet-family"):
+        tiny(encoder=EncoderOptions(name="mobilenet_v2", depth=3))

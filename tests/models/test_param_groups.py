@@ -6,10 +6,13 @@ from functools import partial
 import pytest
 import torch
 
+from dnlseg.checkpoints.mmseg import SEGMENTOR_KEYS, rename
 from dnlseg.context import DisentangledNonLocal2d
 from dnlseg.models import SegmentationModule
-from dnlseg.models.mmseg_checkpoint import SEGMENTOR_KEYS, rename
+from dnlseg.models.encoder import EncoderOptions
+from dnlseg.models.network import NetworkOptions
 from dnlseg.models.param_groups import ParamGroup, apply_multipliers, param_groups
+from dnlseg.models.schedule import OptimizationOptions
 from tests.mmseg_helpers import mirrored_config, recipe_model
 from tests.recipes import recipe
 
@@ -67,7 +70,9 @@ def test_rules_give_the_lr_and_decay_mmengines_custom_keys_give():
     expected = mmengine_settings(mmseg_model, optim_wrapper)
     rules = [ParamGroup(r"^network\.encoder\.", lr_mult=0.1), ParamGroup(r"context\.(query|key)\.", wd_mult=0.0)]
     model = SegmentationModule(
-        num_classes=19, encoder_name="tu-resnet50c", context=partial(DisentangledNonLocal2d), param_groups=rules
+        num_classes=19,
+        network=NetworkOptions(encoder=EncoderOptions(name="tu-resnet50c"), context=partial(DisentangledNonLocal2d)),
+        optimization=OptimizationOptions(param_groups=rules),
     )
     ours = our_settings(poly_trainer(model))
     assert ours.keys() == expected.keys()

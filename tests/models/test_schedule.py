@@ -8,7 +8,8 @@ from torch import nn
 
 from dnlseg.models import SegmentationModule
 from dnlseg.models.param_groups import ParamGroup
-from dnlseg.models.schedule import PolyLR, mmseg_total_iters
+from dnlseg.models.schedule import OptimizationOptions, PolyLR, mmseg_total_iters
+from tests.helpers import tiny_network
 
 
 def sgd_with_two_groups() -> torch.optim.SGD:
@@ -43,13 +44,10 @@ def test_poly_lr_over_200_iterations_equals_mmengines():
 def test_the_module_builds_that_schedule_from_the_run_length_and_its_arguments():
     model = SegmentationModule(
         num_classes=3,
-        encoder_name="resnet18",
-        encoder_depth=3,
-        head_channels=16,
-        aux_channels=8,
-        poly_eta_min=1e-4,
-        poly_power=0.9,
-        param_groups=[ParamGroup(r"^network\.encoder\.", lr_mult=0.1)],
+        network=tiny_network(),
+        optimization=OptimizationOptions(
+            poly_eta_min=1e-4, poly_power=0.9, param_groups=[ParamGroup(r"^network\.encoder\.", lr_mult=0.1)]
+        ),
     )
     model._trainer = SimpleNamespace(estimated_stepping_batches=200)
     config = model.configure_optimizers()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from dnlseg.checkpoint_io import AtomicCheckpointIO
+from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.data import SyntheticDataModule
 
 
@@ -40,6 +41,13 @@ class StallingCheckpointIO(AtomicCheckpointIO):
         os.fsync(f.fileno())
         Path(self.marker).touch()
         time.sleep(600)
+
+
+class FullDiskCheckpointIO(AtomicCheckpointIO):
+    """Every checkpoint write fails as on a full disk: ``OSError(ENOSPC)`` from the write, without a file name."""
+
+    def write(self, f, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class NaNSyntheticDataModule(SyntheticDataModule):
@@ -92,3 +100,47 @@ class MarkStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step >= self.step:
             Path(self.marker).touch()
+
+
+class MarkValidation(L.Callback):
+    """Creates ``marker`` after the first batch of the first validation of training and sleeps ``seconds`` there,
+    so that a test's signal lands in the middle of that validation.
+
+    Args:
+        marker: the file to create.
+        seconds: the pause after that batch.
+    """
+
+    def __init__(self, marker: str, seconds: float = 2.0) -> None:
+        self.marker = marker
+        self.seconds = seconds
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if not trainer.sanity_checking and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            time.sleep(self.seconds)
+
+
+class StallBeforeTraining(L.Callback):
+    """Creates ``marker`` when the fit starts (model built, checkpoint not yet restored) and sleeps ``seconds``.
+
+    Args:
+        marker: the file to create.
+        seconds: the pause.
+    """
+
+    def __init__(self, marker: str, seconds: float = 3.0) -> None:
+        self.marker = marker
+        self.seconds = seconds
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        Path(self.marker).touch()
+        time.sleep(self.seconds)
+
+
+class FailBeforeTraining(L.Callback):
+    """Raises in ``on_train_start``: after the fit wrote its config, events and hparams and restored its checkpoint,
+    before its first step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("injected failure before the first training step")

@@ -26,9 +26,10 @@ def tiny_config(
     num_train: int = 12,
     batch_size: int = 2,
     name: str = "config.yaml",
-    **model: object,
+    **model: dict,
 ) -> Path:
-    """The shipped synthetic DNL config, shrunk: 32 px images, 8-channel head, runs under ``directory``.
+    """The shipped synthetic DNL config, shrunk: 32 px images, 8-channel head, runs under ``directory``; ``model``:
+    changes of the model's option groups (``loss={"on_nonfinite": "skip"}``).
 
     12 images in batches of 2: an epoch is 6 steps, so 8 steps cross an epoch boundary.
     """
@@ -50,24 +51,37 @@ def tiny_config(
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("SeparationProbe")]
     # 0.1 s after each step: a signal sent once a checkpoint appears lands mid-run even on a fast machine.
     trainer["callbacks"].append({"class_path": "tests.test_reliability.faults.SlowSteps"})
-    config["model"].update(head_channels=8, aux_channels=8, **model)
-    config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32, batch_size=batch_size)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
+    for group, options in model.items():  # e.g. loss={"on_nonfinite": "skip"}
+        config["model"][group].update(options)
+    config["data"]["init_args"].update(num_train=num_train, num_val=4, image_size=32)
+    config["data"]["init_args"]["loader"]["batch_size"] = batch_size
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def env() -> dict[str, str]:
-    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings."""
+# What a DDP launch sets in its process: a child that inherits LOCAL_RANK thinks its workers are started for it.
+DDP_LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env(show_warnings: bool = False) -> dict[str, str]:
+    """This process's environment (PYTHONPATH, plus the repository root for ``tests.*``), one thread, no warnings
+    (``show_warnings``: warnings as a user sees them)."""
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    inherited = {name: value for name, value in os.environ.items() if name not in DDP_LAUNCH_VARIABLES}
+    environment = {**inherited, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if show_warnings:
+        del environment["PYTHONWARNINGS"]
+    return environment
 
 
-def dnlseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def dnlseg(*args: str, timeout: float = 300, show_warnings: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m dnlseg ARGS`` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT
-    )
+        [sys.executable, "-m", "dnlseg", *args], capture_output=True, text=True, timeout=timeout,
+        env=env(show_warnings), cwd=ROOT,
+    )  # fmt: skip
 
 
 def run_dir(directory: Path) -> Path:
@@ -150,10 +164,10 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def printed_checkpoints(output: str) -> dict[str, str]:
-    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``)."""
+    """{"last": path, "best": path} from the summary a fit prints at its end (``FitSummary``), without the steps."""
     found = {}
     for line in output.splitlines():
         for kind in ("last", "best"):
             if line.strip().startswith(f"{kind}: "):
-                found[kind] = line.strip().split(": ", 1)[1]
+                found[kind] = line.strip().split(": ", 1)[1].split(" (step ")[0]
     return found

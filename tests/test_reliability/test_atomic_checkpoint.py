@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.checkpoint_io import AtomicCheckpointIO
+from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from tests.test_reliability.runs import ROOT, dnlseg, env, last_ckpt, load, tiny_config
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.evaluation.tensorboard_scalars import read_scalars
+from dnlseg.analysis.tensorboard_scalars import read_scalars
+from tests.helpers import warning_lines
 from tests.test_reliability.runs import dnlseg, last_ckpt, load, run_dir, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -21,11 +22,11 @@ def ddp_config(directory, processes: int):
         directory, max_steps=4, every_n_train_steps=4, val_check_interval=2, batch_size=GLOBAL_BATCH // processes
     )
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["dropout"] = 0.0  # each process draws its own dropout masks: the one random difference
+    cfg["model"]["network"]["dropout"] = 0.0  # each process draws its own dropout masks: the one random difference
     cfg["trainer"].update(accelerator="cpu", devices=processes, strategy="ddp" if processes > 1 else "auto")
     cfg["trainer"]["sync_batchnorm"] = processes > 1
     if processes > 1:
-        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.sync_batchnorm.SyncBatchNormPlugin"})
+        cfg["trainer"]["plugins"].append({"class_path": "dnlseg.models.sync_batchnorm.SyncBatchNormPlugin"})
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config
 
@@ -35,10 +36,15 @@ def runs(tmp_path_factory):
     out = {}
     for processes in (1, 2):
         directory = tmp_path_factory.mktemp(f"processes{processes}")
-        result = dnlseg("fit", "-c", str(ddp_config(directory, processes)), timeout=600)
+        result = dnlseg("fit", "-c", str(ddp_config(directory, processes)), timeout=600, show_warnings=True)
         assert result.returncode == 0, result.stderr[-4000:]
+        (directory / "output.txt").write_text(result.stdout + result.stderr)
         out[processes] = directory
     return out
+
+
+def test_two_processes_print_no_warning(runs):
+    assert warning_lines((runs[2] / "output.txt").read_text()) == []  # e.g. Lightning's sync_dist one, per metric
 
 
 def test_two_processes_give_the_loss_curve_and_weights_of_one(runs):

@@ -65,7 +65,7 @@ def test_each_evaluation_writes_its_own_folder_beside_the_checkpoint_and_prints_
     assert own["data"]["init_args"]["difficulty"] == 1.0 and own["model"]["inference"]["flip"] is True
     assert "test/mIoU" in json.loads((run / "eval" / "last" / "test-0" / "metrics.json").read_text())["metrics"]
     analysis = json.loads((run / "eval" / "last" / "analyze-0" / "metrics.json").read_text())
-    assert analysis["figures"] == ["step000004_decode_head.context_image0.png"]
+    assert analysis["figures"] == ["step000004_dnl_decode_head.context_image0.png"]
 
 
 def test_predict_writes_label_colour_and_overlay_pngs_at_each_images_size(evaluated):

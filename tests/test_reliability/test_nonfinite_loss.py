@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from dnlseg.models.nonfinite import NonFiniteLossError, skip_nonfinite_loss
+from dnlseg.errors import NonFiniteLossError
+from dnlseg.models.nonfinite import skip_nonfinite_loss
 from tests.test_reliability.runs import dnlseg, last_ckpt, load, tiny_config
 
 
@@ -44,7 +45,7 @@ def test_nan_loss_stops_the_fit_at_that_step_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.slow
 def test_nan_loss_with_skip_drops_the_batch_and_trains_on(tmp_path):
-    result = dnlseg("fit", "-c", str(nan_config(tmp_path, nan_batches=[1, 5], on_nonfinite_loss="skip")))
+    result = dnlseg("fit", "-c", str(nan_config(tmp_path, nan_batches=[1, 5], loss={"on_nonfinite": "skip"})))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "non-finite training loss at step 1" in result.stderr and "batch skipped" in result.stderr
     checkpoint = load(last_ckpt(tmp_path))

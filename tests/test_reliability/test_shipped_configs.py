@@ -11,10 +11,10 @@ CHECKPOINT = "dnlseg.callbacks.ResumableModelCheckpoint"
 @pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
 def test_shipped_config_resumes_from_a_stable_last_checkpoint(config):
     trainer = resolved(config)["trainer"]  # as --print_config shows it: every default filled in
-    # no fixed version: dnlseg.run_dirs gives a new run the next folder and --ckpt_path last the latest one
+    # no fixed version: dnlseg.cli.run_dirs gives a new run the next folder and --ckpt_path last the latest one
     assert trainer["logger"]["init_args"].get("version") is None
     assert trainer.get("deterministic") is True or config.parent.name != "synthetic"  # bitwise resume on CPU
-    assert [p["class_path"] for p in trainer["plugins"]] == ["dnlseg.checkpoint_io.AtomicCheckpointIO"]
+    assert [p["class_path"] for p in trainer["plugins"]] == ["dnlseg.checkpoints.checkpoint_io.AtomicCheckpointIO"]
     classes = [c["class_path"] for c in trainer["callbacks"]]
     # Lightning's own ModelCheckpoint would resume with a stale record: last-v1.ckpt, a deleted best path
     assert classes[:2] == [CHECKPOINT, CHECKPOINT] and "lightning.pytorch.callbacks.ModelCheckpoint" not in classes

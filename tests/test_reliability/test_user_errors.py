@@ -3,10 +3,16 @@ and no traceback, and leaves no new run or evaluation folder behind."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import yaml
 
+from dnlseg.cli import run_dirs
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.errors import CheckpointMismatchError
 from tests.datasets import write_image_mask
+from tests.helpers import damage, damage_points
 from tests.recipes import recipe, resolved
 from tests.test_reliability.runs import dnlseg, error_line, run_files, tiny_config
 
@@ -27,8 +33,10 @@ def own_data_config(directory, empty_val: bool):
     config = resolved(recipe("own_data/dnl_r50_d8_512x512_40k"))
     config["trainer"].update(accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, max_steps=2)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(directory / "runs")
-    config["model"].update(encoder_name="resnet18", head_channels=8, aux_channels=8)
-    config["data"]["init_args"].update(root=str(root), num_workers=0, batch_size=2)
+    config["model"]["network"].update(head_channels=8, aux_channels=8)
+    config["model"]["network"]["encoder"]["name"] = "resnet18"
+    config["data"]["init_args"].update(root=str(root))
+    config["data"]["init_args"]["loader"].update(num_workers=0, batch_size=2)
     config["data"]["init_args"]["augmentation"]["crop_size"] = [32, 32]
     path = directory / "own.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -43,7 +51,8 @@ def broken_checkpoints(finished_run, tmp_path):
     truncated.write_bytes(last.read_bytes()[:4096])  # an interrupted copy
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
-    return {"truncated": truncated, "text": text, "last": last}
+    damaged = damage(last, tmp_path / "damaged.ckpt", damage_points(last)["tensor data"])  # 1 KB overwritten
+    return {"truncated": truncated, "text": text, "last": last, "damaged": damaged}
 
 
 CASES = {
@@ -60,8 +69,16 @@ CASES = {
         ["predict", "-c", "{config}", "--ckpt_path", "{text}"],
         "ckpt_path={text}: not a complete PyTorch checkpoint",
     ),
+    "damaged-checkpoint": (
+        ["validate", "-c", "{config}", "--ckpt_path", "{damaged}"],
+        "ckpt_path={damaged}: the file is damaged, record archive/data/",
+    ),
+    "damaged-init-weights": (
+        ["fit", "-c", "{config}", "--model.init_weights", "{damaged}"],
+        "model.init_weights: {damaged}: the file is damaged, record archive/data/",
+    ),
     "mismatched-checkpoint": (
-        ["fit", "-c", "{config}", "--ckpt_path", "{last}", "--model.head_channels=16"],
+        ["fit", "-c", "{config}", "--ckpt_path", "{last}", "--model.network.head_channels=16"],
         "the checkpoint does not fit the model built from this config:",
     ),
     "bad-value": (
@@ -69,7 +86,7 @@ CASES = {
         "data (SyntheticDataModule): num_train=0 must be > 0",
     ),
     "bad-value-of-a-torch-module": (
-        ["fit", "-c", "{config}", "--model.dropout=2"],
+        ["fit", "-c", "{config}", "--model.network.dropout=2"],
         "model (SegmentationModule): dropout probability has to be between 0 and 1, but got 2.0",
     ),
     "analyze-missing-checkpoint": (
@@ -99,10 +116,18 @@ def test_a_mistake_is_one_line_with_a_non_zero_exit_and_leaves_no_folder(case, t
     assert folders(tmp_path) == before  # no run folder, no evaluation folder
 
 
+def test_no_verify_evaluates_a_damaged_checkpoint_anyway(tmp_path, broken_checkpoints):
+    config, damaged = tiny_config(tmp_path), broken_checkpoints["damaged"]
+    result = dnlseg("--no_verify", "validate", "-c", str(config), "--ckpt_path", str(damaged))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validate: metrics written to" in result.stderr
+
+
 def test_an_empty_split_fails_before_training_and_removes_the_run_folder_it_made(tmp_path):
     result = dnlseg("fit", "-c", str(own_data_config(tmp_path, empty_val=True)))
     assert result.returncode == 1
-    assert error_line(result).startswith("dnlseg: no images in ") and "images/val (empty split)" in result.stderr
+    assert error_line(result).startswith("dnlseg: dataset val (") and ": no images " in error_line(result)
+    assert "images/val (empty split)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "dnl_r50_d8_512x512_40k" / "version_0").exists()
 
@@ -136,3 +161,62 @@ def test_predict_that_would_write_nothing_says_so(tmp_path):
     assert result.returncode == 1
     assert error_line(result).startswith("dnlseg: trainer.callbacks has no dnlseg.callbacks.PredictionWriter")
     assert not list(tmp_path.rglob("predict-*"))
+
+
+def every_file(folder) -> dict[str, str]:
+    """{path below ``folder``: sha256} of every file, the evaluation folders included."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+FAILED_RESUMES = {
+    # a model config the checkpoint does not fit: refused before the fit starts
+    "shape-mismatch": ["--model.network.context.init_args.reduction=4"],
+    # an error after the fit wrote its config, events and hparams and restored the checkpoint, before its first step
+    "failure-before-the-first-step": [
+        "--trainer.max_steps=6",
+        "--trainer.callbacks+=tests.test_reliability.faults.FailBeforeTraining",
+    ],
+}
+
+
+@pytest.mark.parametrize("failure", FAILED_RESUMES)
+def test_a_refused_or_failed_resume_leaves_every_file_of_the_run_byte_identical(finished_run, failure):
+    _, run = finished_run
+    config = str(run / "config.yaml")
+    before = every_file(run)
+    result = dnlseg("fit", "-c", config, "--ckpt_path", "last", *FAILED_RESUMES[failure])
+    assert result.returncode == 1, result.stderr[-3000:]
+    if failure == "shape-mismatch":
+        assert error_line(result).startswith("dnlseg: the checkpoint does not fit the model built from this config")
+        assert "decode_head.context.query.weight: checkpoint (4, 8, 1, 1) vs model (2, 8, 1, 1)" in result.stderr
+    assert every_file(run) == before  # config.yaml, hparams.yaml, events, checkpoints: nothing added or changed
+    validate = dnlseg("validate", "-c", config, "--ckpt_path", "last")
+    assert validate.returncode == 0, validate.stderr[-3000:]
+
+
+def test_a_resume_whose_checkpoint_does_not_fit_is_refused_before_the_trainer_starts(finished_run, monkeypatch):
+    _, run = finished_run
+    monkeypatch.setenv(run_dirs.FOLDER_ENV, "")  # the CLI sets it for DDP workers: put back after the test
+    monkeypatch.setattr("sys.argv", ["dnlseg"])
+    started = []  # Trainer.fit, validate, ...: everything that sets up, writes and restores
+    monkeypatch.setattr(
+        "lightning.pytorch.trainer.call._call_and_handle_interrupt",
+        lambda trainer, *args, **kw: started.append(trainer),
+    )
+    args = [
+        "fit",
+        "-c",
+        str(run / "config.yaml"),
+        "--ckpt_path",
+        "last",
+        "--model.network.context.init_args.reduction=4",
+    ]
+    with pytest.raises(
+        CheckpointMismatchError, match=r"query.weight: checkpoint \(4, 8, 1, 1\) vs model \(2, 8, 1, 1\)"
+    ):
+        run_cli(args)
+    assert started == []

@@ -1,7 +1,7 @@
 """Over the validation set, how much the pairwise term attends to the query's own class and the unary term to
 boundaries: ``val/pairwise_category_consistency`` and ``val/unary_boundary_consistency``.
 
-Definitions (``dnlseg.evaluation.attention_consistency``; 1 = no better than chance):
+Definitions (``dnlseg.analysis.attention_consistency``; 1 = no better than chance):
 
     pairwise-category = mean over labelled queries i of
         ( sum_{j : label_j = label_i} softmax_j(p_ij) ) / ( #{j : label_j = label_i} / Pk )
@@ -18,34 +18,41 @@ and logs nothing.
 
 Logged per block ``val/<metric>/<block>`` and, for the first block, the plain ``val/<metric>``. Blocks without
 a pairwise (unary-only) or unary (pairwise-only) term log only what exists; a network without a block logs
-nothing. Under DDP the numerators and counts are summed over ranks before dividing.
+nothing; a metric without meaning for a block (``ContextBlock.undefined_analyses``: CAM's keys are channels) or not
+computed on its keys (pyramid cells, class regions) is left out with the reason logged once. Under DDP the
+numerators and counts are summed over ranks before dividing.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks
-from dnlseg.evaluation.attention_consistency import (
+from dnlseg.analysis.attention_consistency import (
     boundary_consistency,
     category_consistency,
     labels_on_grid,
     sampled_category_consistency,
 )
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import ignore_index_of, inference_mode_of
+from dnlseg.context import CapturedAttention, find_context_blocks
 
 log = logging.getLogger(__name__)
 
+# their names in dnlseg.context.ANALYSES (ContextBlock.undefined_analyses)
+CATEGORY, BOUNDARY = "category_consistency", "boundary_consistency"
 PAIRWISE = "pairwise_category_consistency"
 UNARY = "unary_boundary_consistency"
 
 
-class AttentionConsistency(L.Callback):
+class AttentionConsistency(AttentionCaptureCallback):
     """Logs ``val/pairwise_category_consistency`` and ``val/unary_boundary_consistency`` (module docstring).
 
     Args:
@@ -53,13 +60,17 @@ class AttentionConsistency(L.Callback):
             null: every labelled query (the fused kernel with one-hot label values; costs about one more
             attention per block call).
         radius: boundary band half-width in key cells for the unary metric.
-        max_batches: measure on at most this many validation batches per epoch (null: all).
+        max_batches: measure on at most this many validation batches per epoch (null: all; ``dnlseg analyze``
+            measures every batch it runs).
         seed: seed of the query sampling; the same queries are drawn for the same batch every epoch.
     """
+
+    capture_validation = True
 
     def __init__(
         self, num_queries: int | None = 64, radius: int = 1, max_batches: int | None = None, seed: int = 0
     ) -> None:
+        super().__init__()
         if num_queries is not None and num_queries < 1:
             raise ValueError(f"num_queries={num_queries} must be >= 1 or null (every labelled query)")
         if radius < 0:
@@ -72,40 +83,37 @@ class AttentionConsistency(L.Callback):
         self.seed = seed
         self._blocks: list[str] = []
         self._sums: dict[str, Tensor] = {}  # "<metric>/<block>" -> (2,) [sum of values, count]
-        self._capture: ExitStack | None = None
-        self._captured: dict[str, list[CapturedAttention]] = {}
         self._ignore_index = 255
+        self._undefined: dict[str, set[str]] = {}  # analysis -> the blocks it has no meaning for
 
-    # -- Lightning hooks ---------------------------------------------------------------------------------------
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
+    @classmethod
+    def analyze_arguments(cls, output_dir: Path) -> dict[str, Any]:
+        return {"max_batches": None}  # a checkpoint's analysis measures every batch (--limit_batches bounds it)
+
+    # -- the capture's lifecycle (``AttentionCaptureCallback``) -------------------------------------------------
+    def begin_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         self._sums = {}
         self._blocks = list(find_context_blocks(pl_module))
         if not self._blocks or trainer.sanity_checking:
             self._blocks = []
-            return
-        if getattr(getattr(pl_module, "inference", None), "mode", "whole") != "whole":
+            return False
+        if inference_mode_of(pl_module) != "whole":
             rank_zero_warn("AttentionConsistency: sliding-window inference is not supported; no metrics logged")
             self._blocks = []
-            return
-        self._ignore_index = int(pl_module.hparams.get("ignore_index", 255))
+            return False
+        self._ignore_index = ignore_index_of(pl_module)
+        return True
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._close()
-        if not self._blocks or (self.max_batches is not None and batch_idx >= self.max_batches):
-            return
-        self._capture = ExitStack()
-        self._captured = self._capture.enter_context(capture_attention(pl_module, max_calls=1))
+    def capture_batch(self, batch_idx: int, dataloader_idx: int) -> bool:
+        return self.max_batches is None or batch_idx < self.max_batches
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        captured, self._captured = self._captured, {}
-        self._close()
-        for name, calls in captured.items():
-            if calls:
-                self._accumulate(name, calls[0], batch["mask"], batch_idx + 100_003 * dataloader_idx)
+    def measure_batch(self, trainer, pl_module, captured, batch, batch_idx, dataloader_idx) -> None:
+        # what has no meaning for a block (CAM's channels, EMA's bases) or is not computed on its keys: logged once
+        self._undefined = {a: self.skipped(pl_module, a, captured) for a in (CATEGORY, BOUNDARY)}
+        for name, call in captured.items():
+            self._accumulate(name, call, batch["mask"], batch_idx + 100_003 * dataloader_idx)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
+    def end_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._blocks:
             return
         keys = [f"{metric}/{name}" for name in self._blocks for metric in (PAIRWISE, UNARY)]
@@ -117,18 +125,11 @@ class AttentionConsistency(L.Callback):
                 continue  # the block has no such term, or no labelled query / boundary was seen
             metric, name = key.split("/", 1)
             value = torch.tensor(total / count, dtype=torch.float32, device=pl_module.device)
-            # The same value on every rank already; sync_dist only keeps Lightning's epoch-level DDP check quiet.
-            pl_module.log(f"val/{metric}/{name}", value, sync_dist=True)
+            # The same value on every rank already: a max over the ranks keeps it exact (a mean could move the last
+            # bit) and keeps Lightning's epoch-level DDP check quiet.
+            pl_module.log(f"val/{metric}/{name}", value, sync_dist=True, reduce_fx="max")
             if name == first:
-                pl_module.log(f"val/{metric}", value, sync_dist=True)
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._capture is not None:
-            self._capture.close()
-            self._capture = None
+                pl_module.log(f"val/{metric}", value, sync_dist=True, reduce_fx="max")
 
     # -- the metrics ---------------------------------------------------------------------------------------------
     def _add(self, key: str, values: Tensor) -> None:
@@ -138,7 +139,7 @@ class AttentionConsistency(L.Callback):
     def _accumulate(self, name: str, captured: CapturedAttention, masks: Tensor, batch_key: int) -> None:
         masks = masks.to(captured.values.device)
         key_labels = labels_on_grid(masks, captured.key_size)  # (N, Hk, Wk)
-        if captured.pairwise_query is not None:
+        if captured.pairwise_query is not None and name not in self._undefined.get(CATEGORY, ()):
             query_labels = labels_on_grid(masks, captured.query_size).flatten(1)  # (N, P)
             if self.num_queries is None:
                 values = category_consistency(captured, query_labels, key_labels.flatten(1), self._ignore_index)
@@ -148,7 +149,7 @@ class AttentionConsistency(L.Callback):
                     captured, query_labels, key_labels.flatten(1), rows, self._ignore_index
                 )
             self._add(f"{PAIRWISE}/{name}", values)
-        if captured.unary_logits is not None:
+        if captured.unary_logits is not None and name not in self._undefined.get(BOUNDARY, ()):
             self._add(f"{UNARY}/{name}", boundary_consistency(captured, key_labels, self.radius))
 
     def sample_queries(self, query_labels: Tensor, batch_key: int = 0) -> Tensor:
@@ -161,4 +162,5 @@ class AttentionConsistency(L.Callback):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_key)
         scores = torch.rand(N, P, generator=generator).to(query_labels.device)  # (N, P) in [0, 1)
         scores = scores + (query_labels != self._ignore_index)  # labelled cells rank first
+        assert self.num_queries is not None  # sampled only with num_queries set
         return scores.topk(min(self.num_queries, P), dim=1).indices  # (N, Q)

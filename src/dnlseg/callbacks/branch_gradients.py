@@ -9,9 +9,13 @@ plus ``pairwise`` = ||(grad W_q, grad W_k)|| and the ratio ``unary_over_pairwise
 
 Taken in ``on_before_optimizer_step``: after AMP has unscaled the gradients, before gradient clipping,
 and (under DDP) after the gradients were all-reduced, so rank zero logs the synchronised values once.
+At the start of a fit it writes a TensorBoard custom-scalars layout (``separation_layout``): one chart per
+quantity and block, where the NL and DNL runs of a log folder compare.
 """
 
 from __future__ import annotations
+
+import re
 
 import lightning as L
 import torch
@@ -35,22 +39,35 @@ def branch_gradient_norms(block: ContextBlock) -> dict[str, Tensor]:
     return norms
 
 
+def exactly(tag: str) -> str:
+    """A custom-scalars tag regex that matches ``tag`` and nothing else: TensorBoard matches a chart's regexes with
+    ``re.match`` (anchored at the start only), so ``branch_grad/b/unary`` alone would also match
+    ``branch_grad/b/unary_over_pairwise``, and the ``.`` of a block name any character."""
+    return re.escape(tag) + "$"
+
+
 def separation_layout(block_names: list[str]) -> dict:
-    """TensorBoard custom-scalars layout: per block, pairwise vs unary side by side (every run in one chart)."""
+    """TensorBoard custom-scalars layout: per block, one chart per quantity, every run in it.
+
+    One quantity per chart because TensorBoard colours a chart's lines by run only: the pairwise and the unary
+    norm of one run would share a colour (and their magnitudes one y axis); so NL and DNL runs compare within each
+    chart. Each chart's regex matches its one tag exactly (``exactly``). The layout cannot set the y range or
+    outlier clipping (``layout.proto`` has no such field): that is the dashboard's "Ignore outliers" box.
+    """
     layout = {}
     for b in block_names:
-        layout[f"gradient separation: {b}"] = {
-            "pairwise vs unary branch gradient norm": [
-                "Multiline",
-                [f"branch_grad/{b}/pairwise", f"branch_grad/{b}/unary"],
-            ],
-            "unary / pairwise gradient ratio": ["Multiline", [f"branch_grad/{b}/unary_over_pairwise"]],
-            "every branch": ["Multiline", [f"branch_grad/{b}/({'|'.join(BRANCHES)})$"]],
-            "pairwise vs unary logit gradient": [
-                "Multiline",
-                [f"separation/{b}/pairwise_logit_grad", f"separation/{b}/unary_logit_grad"],
-            ],
-            "cross-sensitivity (0 = separated)": ["Multiline", [f"separation/{b}/cross_sensitivity"]],
+        grad, probe = f"branch_grad/{b}", f"separation/{b}"
+        charts = {
+            "pairwise branch gradient norm (query and key)": f"{grad}/pairwise",
+            "unary branch gradient norm": f"{grad}/unary",
+            "unary / pairwise branch gradient ratio": f"{grad}/unary_over_pairwise",
+            "pairwise logit gradient ||dL/dp||": f"{probe}/pairwise_logit_grad",
+            "unary logit gradient ||dL/du||": f"{probe}/unary_logit_grad",
+            "cross-sensitivity (0 = separated)": f"{probe}/cross_sensitivity",
+        }
+        layout[f"gradient separation: {b}"] = {title: ["Multiline", [exactly(tag)]] for title, tag in charts.items()}
+        layout[f"branch gradient norms: {b}"] = {
+            f"{branch} branch gradient norm": ["Multiline", [exactly(f"{grad}/{branch}")]] for branch in BRANCHES
         }
     return layout
 

@@ -5,11 +5,13 @@ the image's own size::
 
     <output_dir>/labels/<name>.png    8-bit single channel, the DataModule's ``encode_prediction`` of the train ids
                                       (Cityscapes: labelIds, as the server and cityscapesscripts read them;
-                                      ADE20K: 1..150; own data: the classes' mask values; synthetic: class ids).
+                                      ADE20K: 1..150; own data: the classes' mask values; synthetic: class ids);
+                                      a palette PNG with the DataModule's ``label_palette`` where it has one
+                                      (Pascal VOC: class ids 0..20, as VOC's own SegmentationClass files).
     <output_dir>/color/<name>.png     RGB, the DataModule's ``palette``.
     <output_dir>/overlay/<name>.png   RGB, the image with the colours blended over it (``overlay_alpha``).
 
-``dnlseg predict`` writes into ``<its output folder>/predictions`` (``dnlseg.run_dirs``; ``--output_dir``).
+``dnlseg predict`` writes into ``<its output folder>/predictions`` (``dnlseg.cli.run_dirs``; ``--output_dir``).
 For the Cityscapes evaluator point ``CITYSCAPES_RESULTS`` at ``<output_dir>/labels`` (it searches a folder
 recursively and would find the colour files of an image too).
 """
@@ -79,6 +81,7 @@ class PredictionWriter(BasePredictionWriter):
         out = self.resolve_dir(trainer)
         datamodule = trainer.datamodule
         encode = getattr(datamodule, "encode_prediction", None)
+        label_palette = getattr(datamodule, "label_palette", None)  # palette PNGs (mode P), e.g. Pascal VOC's
         colours = palette_table(getattr(datamodule, "palette", None)) if self.color else None
         ids = prediction["prediction"].cpu().numpy()  # (N, H, W)
         names = prediction.get("name") or [f"{batch_idx:06d}_{i}" for i in range(len(ids))]
@@ -87,7 +90,10 @@ class PredictionWriter(BasePredictionWriter):
             if train_ids.max(initial=0) > 255:
                 raise ValueError(f"prediction {name} has class ids > 255; an 8-bit label PNG cannot hold them")
             labels = encode(train_ids) if encode is not None else train_ids.astype(np.uint8)
-            save(Image.fromarray(labels.astype(np.uint8)), out / "labels" / f"{name}.png")
+            label_png = Image.fromarray(labels.astype(np.uint8))
+            if label_palette:
+                label_png.putpalette(np.asarray(label_palette, dtype=np.uint8).ravel().tolist())  # mode L -> P
+            save(label_png, out / "labels" / f"{name}.png")
             if colours is None:
                 continue
             colour = colours[train_ids]  # (H, W, 3)

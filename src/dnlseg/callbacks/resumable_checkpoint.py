@@ -1,4 +1,21 @@
-"""Lightning's ``ModelCheckpoint``, whose record of its files is checked against the disk when a run resumes.
+"""Lightning's ``ModelCheckpoint``, whose last file is the fit's final state and whose record of its files is checked
+against the disk when a run resumes.
+
+**The final state.** Lightning's ``ModelCheckpoint(save_last=True, every_n_train_steps=n)`` writes ``last.ckpt`` at
+multiples of ``n`` only, and the trainer validates at multiples of ``val_check_interval``: a fit of ``max_steps=120``
+with ``n = 50`` and validation every 100 steps ends with ``last.ckpt`` of step 100 and its last ``val/mIoU`` at step
+100, its last 20 steps lost. A ``ResumableModelCheckpoint`` that keeps a last file therefore
+
+- stops the fit itself after its final batch (``trainer.should_stop``; the batch that reaches ``max_steps``, or the
+  last batch of the last epoch): Lightning validates after a batch that stops the fit, so the final step is
+  validated (once: a step that was due for validation anyway is not validated twice) and every checkpoint callback,
+  the best-``val/mIoU`` one included, sees that validation;
+- saves ``last.ckpt`` when the fit ends (``on_train_end``: max_steps, max_epochs, early stopping or any other
+  ``trainer.should_stop``) unless its last file already holds that step (no second save).
+
+A fit stopped by an exception (SIGTERM, Ctrl-C: ``dnlseg.callbacks.CheckpointOnSigterm``) does not end here.
+
+**The record on resume.**
 
 A resumed run restores each checkpoint callback's state (its last file, its best-k files and their scores) from
 ``last.ckpt``. That state can be older than the files on disk, because ``last.ckpt`` is written before the
@@ -23,6 +40,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
@@ -42,11 +60,48 @@ def own_score(path: Path, state_key: str) -> Tensor | None:
     return score if isinstance(score, Tensor) else None
 
 
+def is_final_batch(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the training batch ``batch_idx`` that just ended is the last one of the fit.
+
+    That is the batch that reached ``max_steps``, or the last batch of the last epoch (``max_epochs``).
+    """
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    last_epoch = max_epochs is not None and max_epochs != -1 and trainer.current_epoch + 1 >= max_epochs
+    return last_epoch and batch_idx + 1 >= trainer.num_training_batches
+
+
 class ResumableModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` (same arguments) whose restored state is reconciled with its files (module docstring)."""
+    """``ModelCheckpoint`` (same arguments): the last file is the final state, the restored record is reconciled with
+    the files on disk (module docstring)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_saved_step: int | None = None  # the global step of the last file this fit wrote
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.save_last and is_final_batch(trainer, batch_idx):
+            trainer.should_stop = True  # Lightning validates after a batch that stops the fit, then ends it
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self.last_saved_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self.last_saved_step = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        # Another folder (an evaluation's own, a moved run): Lightning keeps only best_model_path and warns that it
+        # does, on every evaluation; the record is rebuilt from the files on disk below in any case.
+        if state_dict.get("dirpath", self.dirpath) != self.dirpath:
+            self.best_model_path = state_dict["best_model_path"]
+        else:
+            super().load_state_dict(state_dict)
         if self.dirpath is None:
             return
         folder = Path(self.dirpath)

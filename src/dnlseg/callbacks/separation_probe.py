@@ -7,16 +7,18 @@ from y_i = sum_j w_ij v_j as
 
     G_ij = dL/dw_ij = dL/dy_i . v_j                        (N, Q, Pk), never the whole (P, Pk)
 
-and, holding G fixed, the gradients of the block's ``combine`` restricted to those rows give per block:
+and, holding G fixed, the gradients of the call's ``combine(p, u, rows)`` on those rows (restricted to each query's
+keys: CCNet's row and column, ISA's group) give per block:
 
     separation/<block>/pairwise_logit_grad     ||dL/dp|| over the sampled rows
     separation/<block>/unary_logit_grad        ||dL/du|| from the sampled rows' weights
-    separation/<block>/cross_sensitivity       ``dnlseg.evaluation.gradient_separation`` on the sampled rows
+    separation/<block>/cross_sensitivity       ``dnlseg.analysis.gradient_separation`` on the sampled rows
 
 With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
 rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
 cross-sensitivity of DNL stays exactly 0 on any set of rows. For NL, p and u are its implicit decomposition; a block
-whose weights are no function of (p, u) (dot-product NL) logs nothing.
+whose weights are no function of (p, u) (dot-product NL) logs nothing, and a block for which a quantity has no
+meaning (``ContextBlock.undefined_analyses``: EMA's attention carries no gradient) logs the reason once instead.
 
 Training is unchanged: parameters and optimiser state are not touched, BatchNorm running statistics are restored,
 and the probe runs inside ``torch.random.fork_rng`` with its own generator, so the global RNG stream continues as
@@ -26,16 +28,19 @@ logs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import lightning as L
 import torch
 from torch import Tensor
 
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks, select_rows
-from dnlseg.evaluation import cross_sensitivity
-from dnlseg.models.buffers import BufferSnapshot
+from dnlseg.analysis import cross_sensitivity
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.module_interface import LossTerms
+from dnlseg.context import CapturedAttention, find_context_blocks, select_rows
 
 
-class SeparationProbe(L.Callback):
+class SeparationProbe(AttentionCaptureCallback):
     """Logs ``separation/<block>/{pairwise_logit_grad,unary_logit_grad,cross_sensitivity}`` every N steps.
 
     Args:
@@ -45,9 +50,12 @@ class SeparationProbe(L.Callback):
         seed: seed of the probe's own generator (row sampling, perturbation direction).
     """
 
+    requires = (LossTerms,)  # the extra forward computes the module's training loss
+
     def __init__(
         self, every_n_steps: int = 50, relative_step: float = 1e-2, num_queries: int = 256, seed: int = 0
     ) -> None:
+        super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1")
         if not relative_step > 0:
@@ -69,27 +77,20 @@ class SeparationProbe(L.Callback):
                 logger.log_metrics(dict(zip(metrics, values, strict=True)), step=trainer.global_step)
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict) -> dict[str, Tensor]:
-        snapshot = BufferSnapshot(pl_module)
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        try:
-            with (
-                torch.random.fork_rng(devices=devices),
-                torch.enable_grad(),
-                trainer.precision_plugin.forward_context(),
-                capture_attention(pl_module, max_calls=1) as captured,
-            ):
-                loss = pl_module.losses(batch)["loss"]
-            calls = {name: c[0] for name, c in captured.items() if c and c[0].combine is not None}
+        module = cast(LossTerms, pl_module)
+        with self.leave_no_trace(pl_module, grad=True):  # RNG forked, BatchNorm statistics restored after the grad
+            loss, captured = self.captured_forward(trainer, pl_module, lambda: module.losses(batch)["loss"])
+            skipped = self.skipped(pl_module, "logit_gradients")  # EMA: no gradient reaches its attention
+            calls = {name: c for name, c in captured.items() if c.combine is not None and name not in skipped}
             outputs = [c.output for c in calls.values()]
             grads = torch.autograd.grad(loss, outputs, allow_unused=True) if outputs else []
-        finally:
-            snapshot.restore()
 
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_step)
         metrics: dict[str, Tensor] = {}
+        no_cross = self.skipped(pl_module, "cross_sensitivity")
         for (name, call), grad_y in zip(calls.items(), grads, strict=True):
             if grad_y is not None:
-                metrics |= self.block_metrics(name, call, grad_y, generator)
+                metrics |= self.block_metrics(name, call, grad_y, generator, cross=name not in no_cross)
         return metrics
 
     def sample_rows(self, count: int, batch: int, generator: torch.Generator) -> Tensor:
@@ -100,9 +101,13 @@ class SeparationProbe(L.Callback):
         return scores.topk(self.num_queries, dim=1).indices.sort(dim=1).values
 
     def block_metrics(
-        self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator
+        self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator, cross: bool = True
     ) -> dict[str, Tensor]:
-        """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv)."""
+        """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv); ``cross``: whether
+        the cross-sensitivity has a meaning for the block."""
+        combine = call.combine
+        if combine is None:  # not reached: the calls are those with a combine
+            return {}
         N = grad_y.shape[0]
         rows = self.sample_rows(grad_y.shape[1], N, generator)  # (N, Q)
         upstream = select_rows(grad_y.float(), rows) @ call.values.detach().float().transpose(1, 2)  # (N, Q, Pk)
@@ -111,7 +116,7 @@ class SeparationProbe(L.Callback):
         unary = call.unary_logits.detach().float().requires_grad_(True) if call.unary_logits is not None else None
         inputs = [t for t in (pairwise, unary) if t is not None]
         with torch.enable_grad():
-            weights = call.combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
+            weights = combine(pairwise, unary, rows).expand_as(upstream)  # (N, Q, Pk), 0 outside each query's keys
             grads = dict(zip(map(id, inputs), torch.autograd.grad(weights, inputs, upstream), strict=True))
         prefix = f"separation/{name}"
         metrics: dict[str, Tensor] = {}
@@ -119,8 +124,15 @@ class SeparationProbe(L.Callback):
             metrics[f"{prefix}/pairwise_logit_grad"] = grads[id(pairwise)].norm()
         if unary is not None:
             metrics[f"{prefix}/unary_logit_grad"] = grads[id(unary)].norm()
-        if pairwise is not None and unary is not None:
+        if pairwise is not None and unary is not None and cross:
             metrics[f"{prefix}/cross_sensitivity"] = cross_sensitivity(
-                call.combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
+                combine,
+                pairwise.detach(),
+                unary.detach(),
+                upstream,
+                self.relative_step,
+                generator,
+                rows=rows,
+                key_mask=call.key_mask(rows),
             )
         return metrics

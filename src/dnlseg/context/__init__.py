@@ -26,7 +26,7 @@ from dnlseg.context.non_local import NonLocal2d
 from dnlseg.context.non_local_base import NonLocalBase
 from dnlseg.context.object_context import ObjectContextAttention2d
 from dnlseg.context.position_attention import PositionAttention2d
-from dnlseg.context.variants import BLOCKS, VARIANTS, Block, Variant
+from dnlseg.context.variants import BLOCKS, VARIANTS, Block, Variant, variant_of
 
 __all__ = [
     "ANALYSES",
@@ -62,4 +62,5 @@ __all__ = [
     "fused_attention",
     "select_rows",
     "tokens",
+    "variant_of",
 ]

@@ -68,7 +68,8 @@ class PyramidNonLocal(CoupledAttention):
         self.value = nn.Conv2d(key_channels, channels, 1)  # W_v: C_k -> C'
         self.out = nn.Conv2d(channels, out_channels, 1)  # W_out: C' -> C_out
         nn.init.zeros_(self.out.weight)  # mmseg's constant_init(out_project, 0)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
         self.bottleneck = ConvNormAct(out_channels + query_channels, out_channels, norm_layer, act=bottleneck_act)
 
     def attend(self, xq: Tensor, xk: Tensor) -> Tensor:

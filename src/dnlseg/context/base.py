@@ -102,9 +102,14 @@ class CapturedAttention:
         if self.keys is None:
             self.keys = GridKeys(self.key_size)
 
+    @property
+    def key_set(self) -> KeySet:
+        """``keys``, never None (``__post_init__`` fills in the whole key grid)."""
+        return self.keys if self.keys is not None else GridKeys(self.key_size)
+
     def pairwise_logits(self, rows: Tensor | None = None) -> Tensor | None:
         """p for the query rows ``rows`` (N, Q) -> (N, Q, Pk); all rows when None (materialises (N, P, Pk))."""
-        if self.pairwise_query is None:
+        if self.pairwise_query is None or self.pairwise_key is None:
             return None
         q = self.pairwise_query if rows is None else select_rows(self.pairwise_query, rows)  # (N, Q, Cq)
         return q @ self.pairwise_key.transpose(1, 2)  # (N, Q, Cq) @ (N, Cq, Pk) -> (N, Q, Pk)
@@ -115,7 +120,7 @@ class CapturedAttention:
         logits = self.pairwise_logits(rows)
         if logits is None:
             return None
-        inside = self.keys.mask(rows)  # (N, Q, Pk) or None: every key
+        inside = self.key_set.mask(rows)  # (N, Q, Pk) or None: every key
         logits = at_least_float32(logits)
         if inside is not None:
             logits = logits.masked_fill(~inside.to(logits.device), -inf)
@@ -134,7 +139,7 @@ class CapturedAttention:
 
     def key_mask(self, rows: Tensor | None = None) -> Tensor | None:
         """(N, Q, Pk) bool: the keys of each query row (all rows when None); None when every query has every key."""
-        return self.keys.mask(rows)
+        return self.key_set.mask(rows)
 
     def pairwise_mass(self, key_values: Tensor) -> Tensor | None:
         """sum_j softmax_j(p_ij) V_jk over query i's keys for every query i, with the block's kernel: V (N, Pk, K)
@@ -144,10 +149,10 @@ class CapturedAttention:
         each key's label distribution) this is the pairwise attention mass of every query on every class, in O(P K)
         memory (the criss-cross: O(P (H + W))).
         """
-        if self.pairwise_query is None:
+        if self.pairwise_query is None or self.pairwise_key is None:
             return None
         q = at_least_float32(self.pairwise_query)
-        return self.keys.attend(q, self.pairwise_key.to(q.dtype), key_values.to(q.dtype))
+        return self.key_set.attend(q, self.pairwise_key.to(q.dtype), key_values.to(q.dtype))
 
 
 def at_least_float32(t: Tensor) -> Tensor:
@@ -237,6 +242,8 @@ class CoupledAttention(ContextBlock):
         self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
     ) -> Tensor:
         """w = softmax_j(p_ij + u_j) over the block's keys (the record's ``combine`` restricts a per-query key set)."""
+        if pairwise_logits is None or unary_logits is None:
+            raise ValueError(f"{type(self).__name__}'s weights need its pairwise and its unary logits")
         return torch.softmax(pairwise_logits + unary_logits, dim=-1)
 
 

@@ -127,9 +127,13 @@ class DisentangledNonLocal2d(NonLocalBase):
         if pairwise is not None and self.gamma is not None:
             pairwise = self.gamma * pairwise
         unary = torch.softmax(unary_logits, dim=-1) if unary_logits is not None else None
-        if pairwise is None or unary is None:
-            return pairwise if unary is None else unary
-        return pairwise + unary
+        if pairwise is not None and unary is not None:
+            return pairwise + unary
+        if pairwise is not None:
+            return pairwise
+        if unary is not None:
+            return unary
+        raise ValueError("no pairwise and no unary logits: this block has no weights")
 
     def forward(self, x: Tensor) -> Tensor:
         N, C, H, W = x.shape
@@ -137,35 +141,38 @@ class DisentangledNonLocal2d(NonLocalBase):
         v = tokens(self.value(xk))  # (N, Pk, Cv)
         q = k = mean_query = raw_key = None
         s = self.logit_scale()
-        if self.has_pairwise:
+        if self.query is not None and self.key is not None:  # has_pairwise
             raw_query, raw_key = tokens(self.query(x)), tokens(self.key(xk))  # (N, P, C'), (N, Pk, C')
             mean_query = raw_query.mean(dim=1, keepdim=True)  # mu_q (N, 1, C')
             # q carries the logit scale s, so tau may be a learned tensor.
-            q = (self.query_whiten(raw_query) if self.query_whiten else raw_query) * s  # (N, P, C')
-            k = self.key_whiten(raw_key) if self.key_whiten else raw_key  # (N, Pk, C')
+            q = (self.query_whiten(raw_query) if self.query_whiten is not None else raw_query) * s  # (N, P, C')
+            k = self.key_whiten(raw_key) if self.key_whiten is not None else raw_key  # (N, Pk, C')
         unary = self.unary_logits(xk, mean_query, raw_key, s)  # (N, 1, Pk) or None
 
         if self.materialize:
-            pairwise = q @ k.transpose(1, 2) if q is not None else None  # (N, P, C') @ (N, C', Pk) -> (N, P, Pk)
+            pairwise = (
+                q @ k.transpose(1, 2) if q is not None and k is not None else None
+            )  # (N,P,C')@(N,C',Pk)->(N,P,Pk)
             y = self.combine(pairwise, unary) @ v  # (N, P or 1, Pk) @ (N, Pk, Cv) -> (N, P or 1, Cv)
         else:
-            y = 0
-            if q is not None:
+            terms = []
+            if q is not None and k is not None:
                 # sum_j softmax_j(p_ij) v_j without the (P, Pk) matrix: (N, 1, P, C'), one head.
-                y = fused_attention(q, k, v, scale=1.0)
-                if self.gamma is not None:
-                    y = self.gamma * y
+                y_pairwise = fused_attention(q, k, v, scale=1.0)
+                terms.append(self.gamma * y_pairwise if self.gamma is not None else y_pairwise)
             if unary is not None:
-                y = y + torch.softmax(unary, dim=-1) @ v  # (N, 1, Pk) @ (N, Pk, Cv) -> (N, 1, Cv)
-        key_size = tuple(xk.shape[-2:])
+                terms.append(torch.softmax(unary, dim=-1) @ v)  # (N, 1, Pk) @ (N, Pk, Cv) -> (N, 1, Cv)
+            y = sum(terms[1:], terms[0])  # the pairwise and the unary term, ADDED (one of them at least: __init__)
+        key_size = (xk.shape[-2], xk.shape[-1])
         self.publish(lambda: CapturedAttention(q, k, unary, v, y, (H, W), key_size, self.combine))
         return self.residual(x, y.expand(N, H * W, self.value_channels))  # unary part broadcast over the queries
 
     def unary_logits(self, xk: Tensor, mean_query: Tensor | None, raw_key: Tensor | None, s: Tensor) -> Tensor | None:
         """u_j, (N, 1, Pk): W_m x, or mu_q . k_j times ``shared_key_scale`` for the shared key, or None."""
-        if self.unary_source == "conv":
+        if self.unary is not None:  # unary_source "conv"
             return self.unary(xk).flatten(2)  # (N, 1, Hk, Wk) -> (N, 1, Pk)
         if self.unary_source == "shared_key":
+            assert mean_query is not None and raw_key is not None  # shared_key needs the pairwise branch (__init__)
             logits = mean_query @ raw_key.transpose(1, 2)  # (N, 1, C') @ (N, C', Pk) -> (N, 1, Pk)
             if self.shared_key_scale == "sqrt":
                 return logits * self.channels**-0.5

@@ -63,6 +63,7 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
     """
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"query": (), "key": (), "value": (), "out": ("out",)}
+    bases: Tensor  # buffer (1, C, K), registered in __init__
     undefined_analyses: ClassVar[dict[str, str]] = {
         "logit_gradients": NO_GRADIENT,
         "cross_sensitivity": NO_GRADIENT,

@@ -41,19 +41,23 @@ class GlobalContext2d(ContextBlock):
         hidden = in_channels // reduction
         self.in_channels = in_channels
         self.unary = nn.Conv2d(in_channels, 1, 1)  # W_k: C -> 1
+        last = nn.Conv2d(hidden, in_channels, 1)  # W_2, zero: the block starts as the identity
         self.out = nn.Sequential(  # the transform W_2 ReLU(LN(W_1 c))
             nn.Conv2d(in_channels, hidden, 1),
             nn.LayerNorm([hidden, 1, 1]),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, in_channels, 1),
+            last,
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
 
     def combine(
         self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
     ) -> Tensor:
         """w_ij = softmax_j(u_j): the same weights for every query."""
+        if unary_logits is None:
+            raise ValueError("GlobalContext2d's weights need its unary logits")
         return torch.softmax(unary_logits, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:

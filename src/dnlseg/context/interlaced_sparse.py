@@ -61,7 +61,8 @@ class GroupAttention2d(CoupledAttention):
     ) -> None:
         super().__init__()
         check_choice("group_range", group_range, RANGES)
-        self.channels, self.group_range, self.group_size = channels, group_range, tuple(group_size)
+        self.channels, self.group_range = channels, group_range
+        self.group_size: tuple[int, int] = (group_size[0], group_size[1])  # a YAML list arrives as a list
         self.query = conv_norm_acts(in_channels, channels, 2, norm_layer)  # C -> C' -> C'
         self.key = conv_norm_acts(in_channels, channels, 2, norm_layer)
         self.value = nn.Conv2d(in_channels, in_channels, 1)  # W_v: C -> C
@@ -120,9 +121,9 @@ class InterlacedSparseAttention2d(nn.Module):
         super().__init__()
         if in_channels <= 0 or reduction <= 0 or in_channels % reduction:
             raise ValueError(f"in_channels={in_channels} must be a positive multiple of reduction={reduction}")
-        if min(group_size) <= 0:
-            raise ValueError(f"group_size={tuple(group_size)} must be positive")
-        self.group_size = tuple(group_size)
+        if len(group_size) != 2 or min(group_size) <= 0:
+            raise ValueError(f"group_size={tuple(group_size)} must be two positive sizes (height, width)")
+        self.group_size: tuple[int, int] = (group_size[0], group_size[1])  # a YAML list arrives as a list
         channels = in_channels // reduction
         self.long_range = GroupAttention2d(in_channels, channels, "long", self.group_size, norm_layer)
         self.short_range = GroupAttention2d(in_channels, channels, "short", self.group_size, norm_layer)

@@ -62,6 +62,10 @@ class SubsetKeys(KeySet):
     kind: ClassVar[KeyKind] = "subset"
     size: tuple[int, int]
 
+    def mask(self, rows: Tensor | None) -> Tensor:
+        """(N, Q, Pk) bool, True where key j is one of query ``rows[n, q]``'s keys (a subset: never None)."""
+        raise NotImplementedError
+
     def all_rows(self, batch: int, device: torch.device) -> Tensor:
         positions = self.size[0] * self.size[1]
         return torch.arange(positions, device=device).expand(batch, positions)
@@ -69,6 +73,8 @@ class SubsetKeys(KeySet):
     def restrict(self, combine: Combine) -> Combine:
         def restricted(pairwise: Tensor | None, unary: Tensor | None, rows: Tensor | None = None) -> Tensor:
             logits = pairwise if pairwise is not None else unary
+            if logits is None:
+                raise ValueError("no pairwise and no unary logits: nothing to restrict to each query's keys")
             if rows is None:
                 if logits.shape[1] not in (1, self.size[0] * self.size[1]):
                     raise ValueError(
@@ -80,7 +86,7 @@ class SubsetKeys(KeySet):
             outside = torch.zeros(inside.shape, dtype=logits.dtype, device=logits.device)
             outside = outside.masked_fill(~inside, float("-inf"))  # 0 on the query's keys, -inf elsewhere
             if pairwise is None:
-                return combine(None, unary + outside, rows)
+                return combine(None, logits + outside, rows)  # logits is the unary term
             return combine(pairwise + outside, unary, rows)
 
         return restricted

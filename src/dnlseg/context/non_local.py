@@ -80,8 +80,9 @@ class NonLocal2d(NonLocalBase):
         if mode == "dot_product" and (whitening or temperature != 1.0 or learn_temperature):
             raise ValueError("mode='dot_product' has no softmax: whitening and temperature apply to the other modes")
         self.mode = mode
+        self.query: nn.Conv2d | None = None  # Gaussian mode: no embedding, q = x and k = x
+        self.key: nn.Conv2d | None = None
         if mode == "gaussian":
-            self.query = self.key = None
             key_channels = in_channels
         else:
             self.query = nn.Conv2d(in_channels, self.channels, 1)  # W_q: C -> C'
@@ -99,6 +100,8 @@ class NonLocal2d(NonLocalBase):
     ) -> Tensor:
         """w = softmax_j(p_ij + u_j) -- the terms MULTIPLY (embedded Gaussian and Gaussian modes; in dot-product
         mode w = q.k / Pk is not a function of p and u, and its ``CapturedAttention.combine`` is None)."""
+        if pairwise_logits is None or unary_logits is None:
+            raise ValueError("NL's weights need its pairwise and its unary logits")
         return torch.softmax(pairwise_logits + unary_logits, dim=-1)
 
     def embed(self, x: Tensor, xk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,11 +109,11 @@ class NonLocal2d(NonLocalBase):
 
         q and k are whitened when ``whitening`` is set; the logit scale is not applied here.
         """
-        if self.mode == "gaussian":
+        if self.query is None or self.key is None:  # Gaussian mode
             q, k = tokens(x), tokens(xk)
         else:
             q, k = tokens(self.query(x)), tokens(self.key(xk))
-        if self.query_whiten is not None:
+        if self.query_whiten is not None and self.key_whiten is not None:
             q, k = self.query_whiten(q), self.key_whiten(k)
         return q, k, tokens(self.value(xk))
 

@@ -67,11 +67,12 @@ class NonLocalBase(ContextBlock):
         self.out_norm = norm_layer(in_channels) if norm_layer is not None else nn.Identity()
         if zero_init:
             zero_target = self.out_norm if norm_layer is not None else self.out if use_out else self.value
-            if not isinstance(getattr(zero_target, "weight", None), Tensor):
+            weight, bias = getattr(zero_target, "weight", None), getattr(zero_target, "bias", None)
+            if not isinstance(weight, Tensor):
                 raise ValueError(f"norm_layer {norm_layer!r} has no affine weight to zero-initialise")
-            nn.init.zeros_(zero_target.weight)
-            if getattr(zero_target, "bias", None) is not None:
-                nn.init.zeros_(zero_target.bias)
+            nn.init.zeros_(weight)
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     @property
     def materialize(self) -> bool:

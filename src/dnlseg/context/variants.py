@@ -1,7 +1,7 @@
 """The two tables of context blocks (docs/science.md sections 3 and 7).
 
 ``VARIANTS``: the context heads the paper compares -- blocks that drop into ``ContextHead`` (conv, block, conv,
-concat, classifier), named in configs by ``variant.context_config()`` (``model.context``; ``null`` for the
+concat, classifier), named in configs by ``variant.context_config()`` (``model.network.context``; ``null`` for the
 baseline). Tests (the block contract suite), benchmarks, the ablation experiment and the README's variant table
 read it.
 
@@ -13,6 +13,7 @@ level); the contract suite, the parity tests and the block benchmark read this t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,10 +54,14 @@ class Variant:
 
     def build(self, in_channels: int, **overrides: Any) -> nn.Module | None:
         """The block for ``in_channels`` (None for the baseline); ``overrides`` replace or add arguments."""
-        return None if self.block is None else self.block(in_channels, **{**self.init_args, **overrides})
+        if self.block is None:
+            return None
+        block: Callable[..., ContextBlock] = self.block  # a subclass: takes in_channels and its own arguments
+        return block(in_channels, **{**self.init_args, **overrides})
 
     def context_config(self) -> dict[str, Any] | None:
-        """``{"class_path": ..., "init_args": {...}}``: the value of ``model.context`` in a config (None: baseline)."""
+        """``{"class_path": ..., "init_args": {...}}``: the value of ``model.network.context`` in a config (None:
+        baseline)."""
         if self.block is None:
             return None
         class_path = f"dnlseg.context.{self.block.__name__}"
@@ -209,3 +214,53 @@ BLOCKS: dict[str, Block] = {
         "ocr_head.SpatialGatherModule + ObjectAttentionBlock",
     ),
 }
+
+
+REFERENCE_WIDTH = 16  # channels of the reference blocks ``variant_of`` builds: a multiple of every default reduction
+
+
+def variant_of(block: nn.Module) -> tuple[str, str]:
+    """``(name, label)`` of the ``VARIANTS`` entry ``block`` is an instance of, e.g. ``("dnl", "DNL")``, for figures
+    and file names; else of the ``BLOCKS`` entry of its class (``("cc", "CCNet criss-cross (R=2)")``); ``(class
+    name, class name)`` for a block of no entry.
+
+    Of the entries of the block's class, the most specific one whose arguments show in the block: where that
+    entry's block differs from the class's default block (a submodule or parameter present or absent, of another
+    class, or a setting such as ``unary_source``), ``block`` differs in the same way. Widths, temperatures and
+    other arguments no entry sets are not compared.
+    """
+    settings = _settings(block)
+    matching = [
+        (name, distinguishing)
+        # torch's stub declares Module.__hash__ for instances; a class is hashable
+        for name, distinguishing in _distinguishing(type(block)).items()  # type: ignore[arg-type]
+        if all(settings.get(k) == v for k, v in distinguishing.items())
+    ]
+    if not matching:
+        entry = next(((key, b.label) for key, b in BLOCKS.items() if b.block is type(block)), None)
+        return entry or (type(block).__name__, type(block).__name__)
+    name, _ = max(matching, key=lambda match: len(match[1]))  # the most specific
+    return name, VARIANTS[name].label
+
+
+@functools.cache
+def _distinguishing(block_class: type) -> dict[str, dict[str, Any]]:
+    """{variant name: the settings in which its block differs from ``block_class``'s default one} for the variants
+    of ``block_class``."""
+    own = {name: variant for name, variant in VARIANTS.items() if variant.block is block_class}
+    default = _settings(block_class(REFERENCE_WIDTH)) if own else {}
+    found = {}
+    for name, variant in own.items():
+        built = variant.build(REFERENCE_WIDTH)
+        assert built is not None  # variant.block is block_class
+        settings = _settings(built)
+        found[name] = {k: v for k, v in settings.items() if k not in default or default[k] != v}
+    return found
+
+
+def _settings(block: nn.Module) -> dict[str, Any]:
+    """A block's configuration as it shows: each submodule's and parameter's class (None when absent) and each
+    plain attribute (bool, number, string, None). Only what differs between two builds of a class is compared."""
+    parts = {**block._modules, **block._parameters}
+    settings: dict[str, Any] = {k: type(v).__name__ if v is not None else None for k, v in parts.items()}
+    return settings | {k: v for k, v in vars(block).items() if isinstance(v, (bool, int, float, str, type(None)))}

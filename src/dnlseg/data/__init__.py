@@ -1,4 +1,5 @@
-"""Datasets as LightningDataModules: the built-in synthetic one, Cityscapes, ADE20K and your own; their transforms."""
+"""Datasets as LightningDataModules: the built-in synthetic one, Cityscapes, ADE20K, Pascal VOC and your own; their
+transforms and the options they share (``LoaderOptions``, ``SetupChecks``, ``TrainAugmentation``)."""
 
 import os
 
@@ -8,15 +9,15 @@ from dnlseg.data.ade20k import ADE20KDataModule  # noqa: E402
 from dnlseg.data.base import SegmentationDataModule  # noqa: E402
 from dnlseg.data.cityscapes import CityscapesDataModule, prepare_cityscapes  # noqa: E402
 from dnlseg.data.folder import (  # noqa: E402
-    CorruptFileError,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
     SegmentationFiles,
+    SetupChecks,
     image_folder_pairs,
     predict_folder_loader,
 )
 from dnlseg.data.image_mask import ImageMaskDataModule, SegmentationClass  # noqa: E402
+from dnlseg.data.loaders import LoaderOptions  # noqa: E402
 from dnlseg.data.resumable import ResumableDataLoader  # noqa: E402
 from dnlseg.data.synthetic import (  # noqa: E402
     SyntheticDataModule,
@@ -33,25 +34,27 @@ from dnlseg.data.transforms import (  # noqa: E402
     init_worker,
     train_transform,
 )
+from dnlseg.data.voc import VOCDataModule  # noqa: E402
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ADE20KDataModule",
     "CityscapesDataModule",
-    "CorruptFileError",
-    "DatasetLayoutError",
     "FilePair",
     "FolderDataModule",
     "ImageMaskDataModule",
+    "LoaderOptions",
     "ResumableDataLoader",
     "SegmentationClass",
     "SegmentationDataModule",
     "SegmentationFiles",
+    "SetupChecks",
     "SyntheticDataModule",
     "SyntheticSample",
     "SyntheticSegmentation",
     "TrainAugmentation",
+    "VOCDataModule",
     "generate_sample",
     "image_folder_pairs",
     "local_only_accuracy_bound",

@@ -9,16 +9,21 @@ The CLI accepts as ``--data`` any concrete subclass of ``SegmentationDataModule`
 - ``predict_dir``: a folder of images for ``dnlseg predict`` (None: the dataset's own predict split);
 
 and implements ``predict_dataloader`` (``dnlseg.data.folder.predict_folder_loader`` reads ``predict_dir``).
-``encode_prediction`` maps train ids to the dataset's label-file encoding (identity here).
+``encode_prediction`` maps train ids to the dataset's label-file encoding (identity here); ``label_palette``, where
+a dataset's label files are palette PNGs (Pascal VOC), is the palette ``dnlseg predict`` writes into its label PNGs.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
+
+from dnlseg.checkpoints.hyperparameters import plain
 
 IGNORE_INDEX = 255  # the label value of void pixels, in every dataset here (Cityscapes' and mmseg's convention)
 
@@ -31,6 +36,13 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
     ignore_index: int
     palette: list[tuple[int, int, int]]
     predict_dir: str | None = None
+    label_palette: list[tuple[int, int, int]] | None = None  # None: label PNGs are plain 8-bit (mode L)
+
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """Lightning's, with the option groups (``LoaderOptions``, ``SetupChecks`` ...) stored as plain values: a
+        checkpoint then holds no pickled dnlseg object, and a resumed fit (``weights_only=True``) reads it."""
+        super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)  # type: ignore[union-attr]
+        self._hparams.update({name: plain(value) for name, value in self._hparams.items()})
 
     @abstractmethod
     def predict_dataloader(self) -> DataLoader:

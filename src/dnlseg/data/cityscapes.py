@@ -28,15 +28,18 @@ from PIL import Image
 
 from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
-    DatasetLayoutError,
+    DEFAULT_CHECKS,
     FilePair,
     FolderDataModule,
+    SetupChecks,
+    folder_pairs,
     lookup_table,
-    pair_by_stem,
     read_label,
     resolve_root,
 )
+from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
+from dnlseg.errors import DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ Split = Literal["train", "val", "test"]
 CITYSCAPES_AUGMENTATION = TrainAugmentation(
     crop_size=(512, 1024), scale_range=(0.5, 2.0), scale_base=(2048, 1024), cat_max_ratio=0.75
 )
+CITYSCAPES_LOADER = LoaderOptions(batch_size=2, val_batch_size=1)  # 2 x 4 GPUs = the recipes' batch of 8
 
 
 def _files(folder: Path, suffix: str) -> dict[str, Path]:
@@ -76,38 +80,29 @@ def _files(folder: Path, suffix: str) -> dict[str, Path]:
     return {p.name[: -len(suffix)]: p for p in sorted(folder.glob(f"*/*{suffix}"))}
 
 
+def _labels(folder: Path) -> dict[str, Path]:
+    """The label files under ``folder`` by stem: labelTrainIds where a sample has it, else labelIds."""
+    return _files(folder, LABEL_SUFFIXES["labelIds"]) | _files(folder, LABEL_SUFFIXES["labelTrainIds"])
+
+
+def label_table(label: Path) -> np.ndarray:
+    """The lookup table of a label file: labelTrainIds files as they are, labelIds files mapped."""
+    return TRAIN_ID_TABLE if label.name.endswith(LABEL_SUFFIXES["labelTrainIds"]) else LABEL_ID_TABLE
+
+
 def cityscapes_pairs(root: Path, split: str, labelled: bool = True) -> list[FilePair]:
     """The samples of ``split`` under ``root``; raise ``DatasetLayoutError`` naming what is missing or unpaired."""
-    if not root.is_dir():
-        raise DatasetLayoutError(f"Cityscapes root {root} does not exist or is not a folder; expected:\n{LAYOUT}")
-    image_dir = root / "leftImg8bit" / split
-    if not image_dir.is_dir():
-        raise DatasetLayoutError(f"Cityscapes: no folder {image_dir}; expected:\n{LAYOUT}")
-    images = _files(image_dir, IMAGE_SUFFIX)
-    if not images:
-        raise DatasetLayoutError(
-            f"Cityscapes: no images */*{IMAGE_SUFFIX} in {image_dir} (empty split); expected:\n{LAYOUT}"
-        )
-    if not labelled:
-        return [FilePair(name, path) for name, path in images.items()]
-    label_dir = root / "gtFine" / split
-    if not label_dir.is_dir():
-        raise DatasetLayoutError(
-            f"Cityscapes: no folder {label_dir} for the labels of {image_dir}; expected:\n{LAYOUT}"
-        )
-    # labelIds first, so that a labelTrainIds file of the same sample replaces it.
-    labels = _files(label_dir, LABEL_SUFFIXES["labelIds"]) | _files(label_dir, LABEL_SUFFIXES["labelTrainIds"])
-    what = f"Cityscapes {split} ({root})"
-    pairs = pair_by_stem(images, labels, what, LAYOUT)
-    return [
-        FilePair(
-            name,
-            image,
-            label,
-            TRAIN_ID_TABLE if label.name.endswith(LABEL_SUFFIXES["labelTrainIds"]) else LABEL_ID_TABLE,
-        )
-        for name, image, label in pairs
-    ]
+    return folder_pairs(
+        root / "leftImg8bit" / split,
+        root / "gtFine" / split,
+        labelled,
+        list_images=lambda folder: _files(folder, IMAGE_SUFFIX),
+        image_pattern=f"*/*{IMAGE_SUFFIX}",
+        list_labels=_labels,
+        label_map=label_table,
+        what=f"Cityscapes {split} ({root})",
+        layout=LAYOUT,
+    )
 
 
 def prepare_cityscapes(
@@ -120,9 +115,7 @@ def prepare_cityscapes(
         splits: gtFine splits to convert.
         overwrite: rewrite existing labelTrainIds files.
     """
-    root = resolve_root(root, ENV_VAR, "Cityscapes")
-    if not root.is_dir():
-        raise DatasetLayoutError(f"Cityscapes root {root} does not exist or is not a folder; expected:\n{LAYOUT}")
+    root = resolve_root(root, ENV_VAR, "Cityscapes", LAYOUT)
     written = 0
     for split in splits:
         label_dir = root / "gtFine" / split
@@ -153,63 +146,45 @@ class CityscapesDataModule(FolderDataModule):
     Args:
         root: the folder holding ``leftImg8bit/`` and ``gtFine/``; null: the environment variable
             ``CITYSCAPES_ROOT``.
-        augmentation: the training augmentation (default: the 512x1024 recipe).
-        batch_size: training crops per batch and device (the recipes: 2 x 4 GPUs = 8).
-        val_batch_size: evaluation images per batch.
-        num_workers: DataLoader workers per loader.
-        pin_memory: DataLoader ``pin_memory``.
-        seed: seeds shuffling and augmentation; null: the run's ``seed_everything`` seed.
         train_split: split to train on.
         val_split: split to validate on.
         test_split: split for ``dnlseg test`` (needs labels: the public test labels are placeholders).
         predict_split: split for ``dnlseg predict`` (``test`` for a benchmark-server submission).
+        augmentation: the training augmentation (default: the 512x1024 recipe).
+        loader: batch sizes (the recipes: 2 crops x 4 GPUs = 8), workers, ``pin_memory``.
+        checks: setup checks; ``label_values`` decodes every label of train + val (~3,500 PNGs).
+        seed: seeds shuffling and augmentation; null: the run's ``seed_everything`` seed.
         predict_dir: a folder of images to predict instead of ``predict_split`` (subfolders read; no root needed).
-        check_label_values: at setup, decode every label and check its values (train + val: ~3,500 PNGs).
-        check_threads: threads for the setup checks.
     """
 
+    dataset = "Cityscapes"
     env_var = ENV_VAR
+    layout = LAYOUT
 
     def __init__(
         self,
         root: str | None = None,
-        augmentation: TrainAugmentation = CITYSCAPES_AUGMENTATION,
-        batch_size: int = 2,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        seed: int | None = None,
         train_split: Split = "train",
         val_split: Split = "val",
         test_split: Split = "val",
         predict_split: Split = "val",
+        augmentation: TrainAugmentation = CITYSCAPES_AUGMENTATION,
+        loader: LoaderOptions = CITYSCAPES_LOADER,
+        checks: SetupChecks = DEFAULT_CHECKS,
+        seed: int | None = None,
         predict_dir: str | None = None,
-        check_label_values: bool = True,
-        check_threads: int = 8,
     ) -> None:
         super().__init__(
-            augmentation,
-            batch_size,
-            val_batch_size,
-            num_workers,
-            pin_memory,
-            seed,
-            check_label_values,
-            check_threads,
-            predict_dir,
+            root=root, augmentation=augmentation, loader=loader, checks=checks, seed=seed, predict_dir=predict_dir
         )
         self.save_hyperparameters()
-        self.root = root
         self.num_classes: int = NUM_CLASSES
         self.class_names: list[str] = list(CLASS_NAMES)
         self.palette: list[tuple[int, int, int]] = list(PALETTE)
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
 
     def find_pairs(self, split: str, labelled: bool) -> list[FilePair]:
-        return cityscapes_pairs(resolve_root(self.root, ENV_VAR, "Cityscapes"), split, labelled)
-
-    def describe(self, split: str) -> str:
-        return f"Cityscapes {split} ({self.root or '$' + ENV_VAR})"
+        return cityscapes_pairs(self.dataset_root(), split, labelled)
 
     def encode_prediction(self, train_ids: np.ndarray) -> np.ndarray:
         """(H, W) train ids -> Cityscapes label ids (uint8), as the benchmark server and evaluator read them."""

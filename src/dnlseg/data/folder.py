@@ -1,18 +1,24 @@
 """Datasets stored as (image file, label file) pairs: the shared Dataset, its checks, and the DataModule base.
 
-A dataset's DataModule (``cityscapes.py``, ``ade20k.py``) only says where its files are and how its label
-values map to train ids; this file reads, checks and serves them:
+A dataset's DataModule (``cityscapes.py``, ``ade20k.py``, ``image_mask.py``, ``voc.py``) says only where its files
+are, its classes and how its label values map to train ids; this file finds, reads, checks and serves them:
 
 - ``FilePair``: one image, its label file (None for unlabelled images) and the 256-entry lookup table that
   maps the label file's values to train ids in [0, num_classes) or ``ignore_index`` (-1: not a valid value).
-- ``check_pairs``: at setup, before any training: every image has a label and the other way round (the
-  caller pairs them), image and label sizes agree, and (optionally) every label value is valid. All problems
-  are collected and reported together, each with its path.
+- Finding a split's samples, with the layout checks every dataset makes (each failure names the path and the
+  expected layout): ``resolve_root`` (the root is set and is a folder), ``dataset_folder`` (the dataset's folder
+  under the root), then one of the two pairing helpers: ``folder_pairs`` for an image folder and a label folder
+  whose files match by name (Cityscapes, ADE20K, own data), ``listed_pairs`` for a split given as a list of
+  sample ids (Pascal VOC).
+- ``check_pairs``: at setup, before any training: image and label sizes agree, and (optionally) every label
+  value is valid. All problems are collected and reported together, each with its path.
 - ``SegmentationFiles``: the torch Dataset; a file that cannot be decoded raises ``CorruptFileError``
   naming it.
 - ``image_folder_pairs`` / ``predict_folder_loader``: every image under a folder, for ``dnlseg predict`` with
   ``predict_dir`` (any DataModule).
-- ``FolderDataModule``: loaders, seeding, splits per stage (abstract: a dataset's module says where its files are).
+- ``FolderDataModule``: what every file dataset's DataModule shares: its root, the training augmentation, the
+  loader options (``LoaderOptions``), the setup checks (``SetupChecks``), seeding, ``predict_dir``, and the
+  splits each stage uses (abstract: a dataset's module says where its files are, in ``find_pairs``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dnlseg.data.base import IGNORE_INDEX, SegmentationDataModule
-from dnlseg.data.loaders import build_loader, trainer_rank_and_world_size
+from dnlseg.data.loaders import LoaderOptions, build_loader, trainer_rank_and_world_size
 from dnlseg.data.transforms import (
     TrainAugmentation,
     eval_transform,
@@ -44,20 +50,12 @@ from dnlseg.data.transforms import (
     train_transform,
     worker_seed,
 )
-from dnlseg.errors import UserError
+from dnlseg.errors import CorruptFileError, DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED = 10  # problems listed in one error message
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a predict_dir is searched for (any case)
-
-
-class DatasetLayoutError(UserError, ValueError):
-    """The files on disk are not the dataset's expected layout or content."""
-
-
-class CorruptFileError(UserError, RuntimeError):
-    """An image or label file could not be decoded."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: label_map is an array
@@ -120,7 +118,7 @@ def read_label(path: Path, label_map: np.ndarray | None) -> np.ndarray:
         bad = np.unique(label[mapped < 0])
         raise DatasetLayoutError(
             f"label {path} holds values {bad.tolist()[:20]} outside the dataset's label values "
-            f"({describe_values(np.flatnonzero(label_map >= 0))}, see the DataModule docstring)"
+            f"({describe_values(np.flatnonzero(label_map >= 0).tolist())}, see the DataModule docstring)"
         )
     return mapped.astype(np.uint8)
 
@@ -167,6 +165,8 @@ def check_pair(pair: FilePair, check_values: bool) -> str | None:
 def check_pairs(pairs: Sequence[FilePair], what: str, check_values: bool = True, num_threads: int = 8) -> None:
     """Raise ``DatasetLayoutError`` listing every unreadable file, size mismatch and invalid label value.
 
+    One problem is reported in one line, ``<what>: <problem>``; several as a count and one line each.
+
     Image headers are read; labels are decoded in full when ``check_values`` (threads: PNG decoding releases
     the GIL).
 
@@ -180,6 +180,8 @@ def check_pairs(pairs: Sequence[FilePair], what: str, check_values: bool = True,
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         problems = [p for p in pool.map(partial(check_pair, check_values=check_values), pairs) if p]
     log.info("checked %d samples of %s in %.1f s", len(pairs), what, time.perf_counter() - start)
+    if len(problems) == 1:
+        raise DatasetLayoutError(f"{what}: {problems[0]}")  # one line
     if problems:
         listed = "\n  ".join(problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -200,6 +202,79 @@ def pair_by_stem(
             "\n  " + "\n  ".join(lines) + f"\nexpected layout:\n{layout}"
         )
     return [(name, images[name], labels[name]) for name in sorted(images)]
+
+
+LabelMap = np.ndarray | Callable[[Path], np.ndarray]  # one lookup table, or one per label file (by its name)
+
+
+def folder_pairs(
+    image_dir: Path,
+    label_dir: Path,
+    labelled: bool,
+    *,
+    list_images: Callable[[Path], dict[str, Path]],
+    image_pattern: str,
+    list_labels: Callable[[Path], dict[str, Path]],
+    label_map: LabelMap,
+    what: str,
+    layout: str,
+) -> list[FilePair]:
+    """The samples of a split stored as an image folder and a label folder whose files match by name.
+
+    Checks, each failure a ``DatasetLayoutError`` naming the folder or file and the expected ``layout``: the
+    image folder exists and holds images; for a labelled split, the label folder exists, every image has a
+    label and every label an image.
+
+    Args:
+        image_dir: the split's image folder.
+        label_dir: the split's label folder (not looked at when ``labelled`` is false).
+        labelled: read the labels (false: images only, e.g. a test split for prediction).
+        list_images: the images of a folder, by sample name.
+        image_pattern: what ``list_images`` looks for, in messages (``*/*_leftImg8bit.png``).
+        list_labels: the label files of a folder, by sample name.
+        label_map: the lookup table of every label file, or a function of the label file giving its table.
+        what: names the split in messages, e.g. "Cityscapes val (/data/cityscapes)".
+        layout: the expected layout, appended to layout errors.
+    """
+    if not image_dir.is_dir():
+        raise DatasetLayoutError(f"{what}: no folder {image_dir}; expected:\n{layout}")
+    images = list_images(image_dir)
+    if not images:
+        raise DatasetLayoutError(f"{what}: no images {image_pattern} in {image_dir} (empty split); expected:\n{layout}")
+    if not labelled:
+        return [FilePair(name, path) for name, path in images.items()]
+    if not label_dir.is_dir():
+        raise DatasetLayoutError(f"{what}: no folder {label_dir} for the labels of {image_dir}; expected:\n{layout}")
+    pairs = pair_by_stem(images, list_labels(label_dir), what, layout)
+    table = label_map if callable(label_map) else lambda _: label_map
+    return [FilePair(name, image, label, table(label)) for name, image, label in pairs]
+
+
+def listed_pairs(
+    names: Sequence[str],
+    image_of: Callable[[str], Path],
+    label_of: Callable[[str], Path] | None,
+    label_map: np.ndarray,
+    what: str,
+) -> list[FilePair]:
+    """The samples of a split given as a list of names (a split file), each with its image and label file.
+
+    Raises ``DatasetLayoutError`` in one line naming the missing files (the first few) and how many there are.
+
+    Args:
+        names: the split's sample names, in order (duplicates are kept once).
+        image_of: a name's image file.
+        label_of: a name's label file; None: images only (prediction).
+        label_map: the lookup table of the label files.
+        what: names the split and its list in messages.
+    """
+    names = list(dict.fromkeys(names))
+    files = [(name, image_of(name), label_of(name) if label_of is not None else None) for name in names]
+    missing = [str(p) for _, image, label in files for p in (image, label) if p is not None and not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DatasetLayoutError(f"{what}: {len(missing)} listed files do not exist: {shown}")
+    return [FilePair(name, image, label, label_map if label is not None else None) for name, image, label in files]
 
 
 class SegmentationFiles(Dataset):
@@ -275,72 +350,100 @@ def predict_folder_loader(folder: str | Path, num_workers: int = 0, pin_memory: 
     return build_loader(dataset, train=False, batch_size=1, seed=0, num_workers=num_workers, pin_memory=pin_memory)
 
 
-def resolve_root(root: str | Path | None, env_var: str, dataset: str) -> Path:
-    """``root``, else ``$env_var``; raise naming both when neither is set."""
+def resolve_root(root: str | Path | None, env_var: str, dataset: str, layout: str) -> Path:
+    """``root``, else ``$env_var``; raise naming both when neither is set, and naming the path when it is no folder."""
     if root is None:
-        root = os.environ.get(env_var)
+        root = os.environ.get(env_var) if env_var else None
         if not root:
             raise DatasetLayoutError(
-                f"no {dataset} root: set the DataModule's `root` (e.g. --data.init_args.root=/path/to/{dataset}) "
-                f"or the environment variable {env_var}"
+                f"no {dataset} root: set the DataModule's `root` (e.g. --data.init_args.root=/path/to/{dataset})"
+                + (f" or the environment variable {env_var}" if env_var else "")
             )
-    return Path(root).expanduser()
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{dataset} root {root} does not exist or is not a folder; expected:\n{layout}")
+    return root
+
+
+def dataset_folder(root: Path, candidates: Sequence[str], marker: str, dataset: str, layout: str) -> Path:
+    """The first ``root/<candidate>`` that is a folder, else ``root`` itself when it holds ``marker``.
+
+    How an archive unpacks (``<root>/ADEChallengeData2016``, ``<root>/VOCdevkit/VOC2012``) or that folder itself.
+    """
+    for candidate in candidates:
+        if (root / candidate).is_dir():
+            return root / candidate
+    if (root / marker).is_dir():
+        return root
+    tried = " nor ".join(str(root / c) for c in candidates)
+    raise DatasetLayoutError(f"{dataset}: neither {tried} nor {root / marker} exists; expected:\n{layout}")
+
+
+@dataclass(frozen=True)
+class SetupChecks:
+    """What a file DataModule checks at setup, before the first step (layout, pairing and image sizes always).
+
+    Args:
+        label_values: decode every label of the splits in use and check its values (slower on the full datasets;
+            with false, values are still checked whenever a label is loaded).
+        threads: reader threads for the checks.
+    """
+
+    label_values: bool = True
+    threads: int = 8
+
+
+DEFAULT_CHECKS = SetupChecks()
 
 
 class FolderDataModule(SegmentationDataModule):
-    """Shared by the file-based datasets; subclasses set the class metadata and implement ``find_pairs``.
+    """What the file datasets share; a subclass sets its classes and splits and implements ``find_pairs``.
 
-    Subclasses set in ``__init__``: ``num_classes``, ``class_names``, ``ignore_index``, ``palette`` (linked
-    into the model by the CLI), ``splits`` (stage -> split name) and call ``super().__init__``.
+    A subclass calls ``super().__init__(...)`` with its keyword arguments and ``self.save_hyperparameters()``
+    (its own signature holds every argument), then sets ``num_classes``,
+    ``class_names``, ``palette`` (linked into the model by the CLI; ``ignore_index`` is 255 here) and ``splits``
+    (stage -> the dataset's split name); as class attributes ``dataset`` (its name in messages), ``env_var``
+    (where ``root`` may come from) and ``layout`` (the expected layout, for error messages).
 
     Args:
+        root: the dataset folder; null: the environment variable ``env_var``.
         augmentation: the training augmentation.
-        batch_size: training images per batch (per device).
-        val_batch_size: evaluation images per batch; images of different sizes need 1.
-        num_workers: DataLoader worker processes per loader (0: load in the main process).
-        pin_memory: DataLoader ``pin_memory`` (when a CUDA device is present).
+        loader: batch sizes, workers, ``pin_memory`` (``LoaderOptions``).
+        checks: what setup checks before training (``SetupChecks``).
         seed: seeds the training shuffle and the augmentation (with the worker id and rank); null: the global
             seed that ``seed_everything`` set (``torch.initial_seed()``), so a run follows its one seed.
-        check_label_values: at setup, decode every label of the splits in use and check its values (slower
-            on the full datasets; with false, values are still checked whenever a label is loaded).
-        check_threads: threads for the setup checks.
         predict_dir: a folder of images for ``dnlseg predict`` instead of the predict split (no dataset root
             needed; ``image_folder_pairs``).
     """
 
-    layout: str = ""  # the expected layout, for error messages
+    dataset: str = ""  # the dataset's name in messages ("Cityscapes"); empty: the class name
     env_var: str = ""
+    layout: str = ""
 
     def __init__(
         self,
+        *,
+        root: str | None = None,
         augmentation: TrainAugmentation,
-        batch_size: int,
-        val_batch_size: int,
-        num_workers: int,
-        pin_memory: bool,
-        seed: int | None,
-        check_label_values: bool,
-        check_threads: int,
+        loader: LoaderOptions,
+        checks: SetupChecks,
+        seed: int | None = None,
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        self.root = root
         self.augmentation = augmentation
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.loader = loader
+        self.checks = checks
         self.seed = seed
-        self.check_label_values = check_label_values
-        self.check_threads = check_threads
         self.predict_dir = predict_dir
         self.ignore_index: int = IGNORE_INDEX
         self.splits: dict[str, str] = {}  # "train" / "val" / "test" / "predict" -> the dataset's split name
         self.datasets: dict[str, SegmentationFiles] = {}
+
+    def dataset_root(self) -> Path:
+        """``root`` (or ``$env_var``), checked to be a folder."""
+        return resolve_root(self.root, self.env_var, self.dataset or type(self).__name__, self.layout)
 
     # --- what a subclass provides -------------------------------------------------------------------------
     @abstractmethod
@@ -349,7 +452,8 @@ class FolderDataModule(SegmentationDataModule):
 
     def describe(self, split: str) -> str:
         """Names a split in messages, e.g. "Cityscapes val (/data/cityscapes)"."""
-        return f"{type(self).__name__} {split}"
+        root = self.root or (f"${self.env_var}" if self.env_var else None)
+        return f"{self.dataset or type(self).__name__} {split}" + (f" ({root})" if root else "")
 
     # --- Lightning hooks ----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -361,7 +465,7 @@ class FolderDataModule(SegmentationDataModule):
             split = self.splits[role]
             labelled = role != "predict"
             pairs = self.find_pairs(split, labelled)
-            check_pairs(pairs, self.describe(split), self.check_label_values and labelled, self.check_threads)
+            check_pairs(pairs, self.describe(split), self.checks.label_values and labelled, self.checks.threads)
             if role == "train":
                 transform = train_transform(self.augmentation, self.ignore_index)
             else:
@@ -381,12 +485,12 @@ class FolderDataModule(SegmentationDataModule):
         return build_loader(
             dataset,
             train=train,
-            batch_size=self.batch_size if train else self.val_batch_size,
+            batch_size=self.loader.batch_size if train else self.loader.eval_batch_size,
             seed=seed,
             rank=rank,
             world_size=world_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=self.loader.num_workers,
+            pin_memory=self.loader.pin_memory,
             drop_last=train,
             worker_init_fn=partial(init_worker, rank=rank),
         )
@@ -402,5 +506,5 @@ class FolderDataModule(SegmentationDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dir is not None:
-            return predict_folder_loader(self.predict_dir, self.num_workers, self.pin_memory)
+            return predict_folder_loader(self.predict_dir, self.loader.num_workers, self.loader.pin_memory)
         return self._loader("predict")

@@ -16,8 +16,8 @@ below ``images/<split>`` without the suffix (``site_a/0001``). The class list, i
 Mask values are the classes' ``value``s (0, 1, 2, ... in list order by default) or ``ignore_value`` (255 by
 default: no loss, no metric); any other value is an error naming the file. Train ids are the list positions.
 Everything else is as for Cityscapes and ADE20K (``folder.py``): the same checks at setup (layout, pairing,
-sizes, values), the same augmentation (``augmentation``), evaluation at full resolution, and predictions
-written as mask values (``encode_prediction``) with the classes' colours.
+sizes, values), the same augmentation (``augmentation``) and loader options (``loader``), evaluation at full
+resolution, and predictions written as mask values (``encode_prediction``) with the classes' colours.
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ import yaml
 
 from dnlseg.data.base import IGNORE_INDEX
 from dnlseg.data.folder import (
+    DEFAULT_CHECKS,
     IMAGE_SUFFIXES,
-    DatasetLayoutError,
     FilePair,
     FolderDataModule,
+    SetupChecks,
+    folder_pairs,
     lookup_table,
-    pair_by_stem,
 )
+from dnlseg.data.loaders import LoaderOptions
 from dnlseg.data.transforms import TrainAugmentation
+from dnlseg.errors import DatasetLayoutError, yaml_problem
 
 CLASSES_FILE = "classes.yaml"
 LAYOUT = """  <root>/images/<split>/<name>.png|.jpg|.jpeg
@@ -46,6 +49,7 @@ LAYOUT = """  <root>/images/<split>/<name>.png|.jpg|.jpeg
   <root>/classes.yaml               (a list of {name, color: [r, g, b], value (optional)}, unless `classes` is set)"""
 
 OWN_AUGMENTATION = TrainAugmentation(crop_size=(512, 512), scale_range=(0.5, 2.0), scale_base=None)
+OWN_LOADER = LoaderOptions(batch_size=4, val_batch_size=1)  # images of different sizes: evaluated one by one
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,8 @@ def read_classes(path: Path) -> list[SegmentationClass]:
         return [SegmentationClass(e["name"], tuple(e["color"]), e.get("value")) for e in entries]
     except (yaml.YAMLError, TypeError, KeyError, AttributeError) as error:
         raise DatasetLayoutError(
-            f"class list {path}: expected a YAML list of {{name: ..., color: [r, g, b], value: (optional)}} ({error})"
+            f"class list {path}: expected a YAML list of {{name: ..., color: [r, g, b], value: (optional)}} "
+            f"({yaml_problem(error)})"
         ) from error
 
 
@@ -115,65 +120,51 @@ class ImageMaskDataModule(FolderDataModule):
             inline ``classes`` runs without it.
         classes: the class list (name, color, optional mask value); null: read ``<root>/classes.yaml``.
         ignore_value: the mask value of unlabelled pixels (no loss, no metric).
-        augmentation: the training augmentation (default: 512x512 crops, rescale 0.5-2.0 of the image's own size).
-        batch_size: training crops per batch and device.
-        val_batch_size: evaluation images per batch (1 unless all images have one size).
-        num_workers: DataLoader workers per loader.
-        pin_memory: DataLoader ``pin_memory``.
-        seed: seeds shuffling and augmentation; null: the run's ``seed_everything`` seed.
         train_split: folder name of the training split.
         val_split: folder name of the validation split.
         test_split: folder name of the split for ``dnlseg test``.
         predict_split: folder name of the split for ``dnlseg predict`` when ``predict_dir`` is null.
+        augmentation: the training augmentation (default: 512x512 crops, rescale 0.5-2.0 of the image's own size).
+        loader: batch sizes (``val_batch_size`` 1 unless all images have one size), workers, ``pin_memory``.
+        checks: setup checks; ``label_values`` decodes every mask and checks its values.
+        seed: seeds shuffling and augmentation; null: the run's ``seed_everything`` seed.
         predict_dir: a folder of images to predict instead (subfolders read; no root needed).
-        check_label_values: at setup, decode every mask and check its values.
-        check_threads: threads for the setup checks.
     """
+
+    dataset = "dataset"
+    layout = LAYOUT
 
     def __init__(
         self,
         root: str | None = None,
         classes: list[SegmentationClass] | None = None,
         ignore_value: int = IGNORE_INDEX,
-        augmentation: TrainAugmentation = OWN_AUGMENTATION,
-        batch_size: int = 4,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        seed: int | None = None,
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "val",
         predict_split: str = "val",
+        augmentation: TrainAugmentation = OWN_AUGMENTATION,
+        loader: LoaderOptions = OWN_LOADER,
+        checks: SetupChecks = DEFAULT_CHECKS,
+        seed: int | None = None,
         predict_dir: str | None = None,
-        check_label_values: bool = True,
-        check_threads: int = 8,
     ) -> None:
         super().__init__(
-            augmentation,
-            batch_size,
-            val_batch_size,
-            num_workers,
-            pin_memory,
-            seed,
-            check_label_values,
-            check_threads,
-            predict_dir,
+            root=root, augmentation=augmentation, loader=loader, checks=checks, seed=seed, predict_dir=predict_dir
         )
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
         if classes is None:
-            if self.root is None:
+            if root is None:
                 raise DatasetLayoutError("ImageMaskDataModule needs `root` (with root/classes.yaml) or `classes`")
-            where = str(self.root / CLASSES_FILE)
-            classes = read_classes(self.root / CLASSES_FILE)
+            where = str(Path(root).expanduser() / CLASSES_FILE)
+            classes = read_classes(Path(root).expanduser() / CLASSES_FILE)
         else:
             where = "data.init_args.classes"
             classes = [SegmentationClass(**c) if isinstance(c, dict) else c for c in classes]
         values = check_classes(classes, ignore_value, where)
         self.num_classes: int = len(classes)
         self.class_names: list[str] = [c.name for c in classes]
-        self.palette: list[tuple[int, int, int]] = [tuple(c.color) for c in classes]
+        self.palette: list[tuple[int, int, int]] = [(c.color[0], c.color[1], c.color[2]) for c in classes]
         self.mask_values = np.asarray(values, dtype=np.uint8)  # train id -> mask value
         self.label_table = lookup_table(
             dict(zip(values, range(len(values)), strict=True)), ignore_values=[ignore_value]
@@ -181,24 +172,18 @@ class ImageMaskDataModule(FolderDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
 
     def find_pairs(self, split: str, labelled: bool) -> list[FilePair]:
-        if self.root is None or not self.root.is_dir():
-            raise DatasetLayoutError(f"dataset root {self.root} does not exist or is not a folder; expected:\n{LAYOUT}")
-        image_dir = self.root / "images" / split
-        if not image_dir.is_dir():
-            raise DatasetLayoutError(f"no folder {image_dir}; expected:\n{LAYOUT}")
-        images = files_below(image_dir, IMAGE_SUFFIXES)
-        if not images:
-            raise DatasetLayoutError(f"no images in {image_dir} (empty split); expected:\n{LAYOUT}")
-        if not labelled:
-            return [FilePair(name, path) for name, path in images.items()]
-        mask_dir = self.root / "masks" / split
-        if not mask_dir.is_dir():
-            raise DatasetLayoutError(f"no folder {mask_dir} for the masks of {image_dir}; expected:\n{LAYOUT}")
-        pairs = pair_by_stem(images, files_below(mask_dir, (".png",)), self.describe(split), LAYOUT)
-        return [FilePair(name, image, mask, self.label_table) for name, image, mask in pairs]
-
-    def describe(self, split: str) -> str:
-        return f"dataset {split} ({self.root})"
+        root = self.dataset_root()
+        return folder_pairs(
+            root / "images" / split,
+            root / "masks" / split,
+            labelled,
+            list_images=lambda folder: files_below(folder, IMAGE_SUFFIXES),
+            image_pattern="*.png|.jpg|.jpeg (subfolders read)",
+            list_labels=lambda folder: files_below(folder, (".png",)),
+            label_map=self.label_table,
+            what=self.describe(split),
+            layout=LAYOUT,
+        )
 
     def encode_prediction(self, train_ids: np.ndarray) -> np.ndarray:
         """(H, W) train ids -> the classes' mask values (uint8), as the mask files hold them."""

@@ -9,11 +9,42 @@ dataset's order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dnlseg.data.resumable import ResumableDataLoader
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The DataLoader settings of a DataModule (every dnlseg DataModule takes them as ``loader``).
+
+    Args:
+        batch_size: training images per batch and device (a recipe's global batch: this x the GPUs).
+        val_batch_size: evaluation images per batch and device (1 where image sizes differ); null: ``batch_size``.
+        num_workers: worker processes per loader (0: load in the main process).
+        pin_memory: DataLoader ``pin_memory`` (honoured only when a CUDA device is present).
+    """
+
+    batch_size: int = 2
+    val_batch_size: int | None = 1
+    num_workers: int = 4
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value in (("batch_size", self.batch_size), ("val_batch_size", self.val_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"loader.{name}={value} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"loader.num_workers={self.num_workers} must be >= 0 (0: load in the main process)")
+
+    @property
+    def eval_batch_size(self) -> int:
+        """``val_batch_size``, or ``batch_size`` where it is null."""
+        return self.batch_size if self.val_batch_size is None else self.val_batch_size
 
 
 def train_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
@@ -60,7 +91,7 @@ def build_loader(
         drop_last: drop an incomplete last batch.
         worker_init_fn: called in each worker with its id.
     """
-    common = {
+    common: dict[str, Any] = {
         "batch_size": batch_size,
         "num_workers": num_workers,
         "pin_memory": pin_memory and torch.cuda.is_available(),

@@ -53,7 +53,8 @@ class ResumableDataLoader(DataLoader):
         sampler = super()._index_sampler
         return _SkipFirst(sampler, self._skip) if self._skip else sampler
 
-    def __iter__(self) -> Iterator:
+    # A generator counting the batches it yields, not torch's _BaseDataLoaderIter: callers only iterate it.
+    def __iter__(self) -> Iterator:  # type: ignore[override]
         if self.generator is not None:
             self._generator_at_epoch_start = self.generator.get_state()
         self._yielded = self._skip

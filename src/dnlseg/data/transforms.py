@@ -105,7 +105,7 @@ class RandomRescale(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         self.scale_range = tuple(scale_range)
-        self.scale_base = tuple(scale_base) if scale_base is not None else None
+        self.scale_base = (scale_base[0], scale_base[1]) if scale_base is not None else None
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]

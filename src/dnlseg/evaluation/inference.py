@@ -35,7 +35,9 @@ def resize(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tenso
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def slide_windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, ...]]:
+def slide_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) windows of at most ``crop`` every ``stride``, the last one flush with the border (mmseg)."""
     (crop_h, crop_w), (stride_h, stride_w) = crop, stride
     rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
@@ -105,7 +107,7 @@ class Inference:
         size = (H, W) if size is None else tuple(size)
         if self.views == 1:
             return resize(self._run(model, self._rescale(images, self.scales[0])), size, align_corners)
-        probs = None
+        probs: Tensor | None = None
         for scale in self.scales:
             scaled = self._rescale(images, scale)
             for flipped in (False, True) if self.flip else (False,):
@@ -115,6 +117,7 @@ class Inference:
                     logits = logits.flip(-1)
                 p = resize(logits, size, align_corners).float().softmax(dim=1)  # (N, K, *size)
                 probs = p if probs is None else probs.add_(p)
+        assert probs is not None  # views > 1
         return probs.div_(self.views).clamp_min_(1e-12).log_()
 
     def _rescale(self, images: Tensor, scale: float) -> Tensor:
@@ -126,12 +129,15 @@ class Inference:
         if self.mode == "whole":
             return model(images)
         N, _, h, w = images.shape
-        logits = count = None
+        assert self.crop_size is not None and self.stride is not None  # mode "slide" (__post_init__)
+        logits: Tensor | None = None
+        count: Tensor | None = None
         for y0, y1, x0, x1 in slide_windows(h, w, self.crop_size, self.stride):
             window = model(images[:, :, y0:y1, x0:x1])  # (N, K, y1 - y0, x1 - x0)
-            if logits is None:
+            if logits is None or count is None:
                 logits = window.new_zeros(N, window.shape[1], h, w)
                 count = window.new_zeros(1, 1, h, w)
             logits[:, :, y0:y1, x0:x1] += window
             count[:, :, y0:y1, x0:x1] += 1
+        assert logits is not None and count is not None  # at least one window
         return logits / count

@@ -19,47 +19,63 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
-from dnlseg.models.mmseg_checkpoint import RESNET_V1C_KEYS, nested_state_dict, rename
-from dnlseg.weight_files import WeightFileError, read_torch_file
+from dnlseg.checkpoints.mmseg import RESNET_V1C_KEYS, nested_state_dict, rename
+from dnlseg.checkpoints.weight_files import read_torch_file
+from dnlseg.errors import WeightFileError
 
 log = logging.getLogger(__name__)
 
 OUTPUT_STRIDES = (8, 16, 32)
 TRUNCATABLE_PREFIXES = ("resnet", "resnext")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+WEIGHTS_KEY = "model.network.encoder.weights"  # the config key that names an encoder weight file
 
 
-def build_encoder(name: str, output_stride: int = 8, weights: str | Path | None = None, depth: int = 5) -> nn.Module:
-    """An smp encoder; ``encoder.out_channels[-2]`` feeds the aux head, ``[-1]`` the context head.
+@dataclass(frozen=True)
+class EncoderOptions:
+    """The backbone (``model.network.encoder``): an smp encoder, built by ``build_encoder``.
 
     Args:
         name: any smp encoder name (``resnet50``, ``resnet101``, ``resnet18``, ``tu-<timm name>`` ...).
-        output_stride: 8 (dilated stages 3-4, the paper's setting), 16 or 32.
-        weights: None (random init) or the path of a local state-dict file.
+        weights: None (random init) or a local weight file (no downloads): torchvision/smp, timm or mmseg ImageNet
+            layout (module docstring).
         depth: 5 (all stages, the paper). ResNets also take 3 or 4: the encoder ends after ``layer2`` /
             ``layer3`` (stride 8 / 8-16), whose receptive field is far smaller -- the built-in synthetic
             configs use 3 so that long-range context has to come from the head. Unused stages are removed.
+        output_stride: 8 (dilated stages 3-4, the paper's setting), 16 or 32.
     """
+
+    name: str = "resnet50"
+    weights: str | Path | None = None
+    depth: int = 5
+    output_stride: int = 8
+
+
+def build_encoder(name: str, *, output_stride: int = 8, weights: str | Path | None = None, depth: int = 5) -> nn.Module:
+    """An smp encoder (arguments: ``EncoderOptions``); ``encoder.out_channels[-2]`` feeds the aux head, ``[-1]`` the
+    context head. A value that cannot work raises ``ValueError`` naming its ``model.network.encoder`` key."""
+    key = "model.network.encoder"
     if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride={output_stride} must be one of {OUTPUT_STRIDES}")
+        raise ValueError(f"{key}.output_stride={output_stride} must be one of {OUTPUT_STRIDES}")
     if depth not in (3, 4, 5):
-        raise ValueError(f"encoder_depth={depth} must be 3, 4 or 5")
+        raise ValueError(f"{key}.depth={depth} must be 3, 4 or 5")
     if depth < 5 and not name.startswith(TRUNCATABLE_PREFIXES):
         raise ValueError(
-            f"encoder_depth={depth} is supported for ResNet-family encoders ({', '.join(TRUNCATABLE_PREFIXES)}*), "
-            f"not {name!r}; use encoder_depth=5"
+            f"{key}.depth={depth} is supported for ResNet-family encoders ({', '.join(TRUNCATABLE_PREFIXES)}*), "
+            f"not {name!r}; use {key}.depth=5"
         )
     if not name.startswith("tu-") and name not in get_encoder_names():
-        raise ValueError(f"encoder_name={name!r} is not an smp encoder; known: {', '.join(get_encoder_names())}")
+        raise ValueError(f"{key}.name={name!r} is not an smp encoder; known: {', '.join(get_encoder_names())}")
     if weights is not None and not str(weights).endswith(WEIGHT_SUFFIXES):
         raise ValueError(
-            f"encoder_weights={weights!r} is not a local weight file. dnlseg never downloads: pass the path of "
+            f"{key}.weights={weights!r} is not a local weight file. dnlseg never downloads: pass the path of "
             f"a state dict on disk ({', '.join(WEIGHT_SUFFIXES)}), e.g. torchvision's resnet50-0676ba61.pth "
             "copied from a machine with internet, or null for random initialisation."
         )
@@ -82,7 +98,7 @@ def weight_layouts(encoder: nn.Module) -> dict[str, Callable[[str], str | None]]
 
     "smp/torchvision": the encoder's own keys (torchvision's ResNets are smp's); for smp's ``tu-`` (timm) encoders
     also "timm" (timm's model keys: the encoder's without ``model.``) and, for ``tu-resnet*c``, "mmseg ImageNet"
-    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.models.mmseg_checkpoint``).
+    (mmseg's ResNetV1c files, ``stem.0.weight`` ...; ``dnlseg.checkpoints.mmseg``).
     """
     layouts: dict[str, Callable[[str], str | None]] = {"smp/torchvision": lambda key: key}
     if hasattr(encoder, "model"):  # smp's TimmUniversalEncoder
@@ -99,14 +115,14 @@ def example_keys(encoder: nn.Module, layout: str) -> list[str]:
     if layout == "timm":
         return [k.removeprefix("model.") for k in keys]
     if layout == "mmseg ImageNet":
-        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) for k in keys]
+        return [rename(k, [(new, old) for old, new in RESNET_V1C_KEYS]) or k for k in keys]
     return keys
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weight file, unwrapped from a ``state_dict`` / ``model`` entry; ``WeightFileError`` naming
     the file when it cannot be read or holds no state dict."""
-    loaded = read_torch_file(path, "encoder_weights")
+    loaded = read_torch_file(path, WEIGHTS_KEY)
     state = nested_state_dict(loaded)
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         held = (
@@ -114,7 +130,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if state is None
             else f"a dict without tensors ({', '.join(list(map(str, state))[:5])})"
         )
-        raise WeightFileError(f"encoder_weights: {path} holds {held}, expected a state dict (parameter name -> tensor)")
+        raise WeightFileError(f"{WEIGHTS_KEY}: {path} holds {held}, expected a state dict (parameter name -> tensor)")
     return state
 
 
@@ -129,8 +145,11 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     expected = encoder.state_dict()
     attempts = []
     for layout, convert in weight_layouts(encoder).items():
-        renamed = {convert(k): v for k, v in state.items()}
-        renamed = {k: v for k, v in renamed.items() if k is not None and not (dropped and k.startswith(dropped))}
+        renamed = {
+            new: v
+            for k, v in state.items()
+            if (new := convert(k)) is not None and not (dropped and new.startswith(dropped))
+        }
         shape_errors = [
             f"{k}: file {tuple(v.shape)} vs encoder {tuple(expected[k].shape)}"
             for k, v in renamed.items()
@@ -146,7 +165,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     _, layout, missing, unexpected, shape_errors = min(attempts, key=lambda attempt: attempt[0])
     layouts = "; ".join(f"{name}: {', '.join(example_keys(encoder, name))}, ..." for name in weight_layouts(encoder))
     raise WeightFileError(
-        f"encoder_weights: {path} does not fit the encoder in any layout it takes ({layouts}). The file has "
+        f"{WEIGHTS_KEY}: {path} does not fit the encoder in any layout it takes ({layouts}). The file has "
         f"{len(state)} tensors ({', '.join(list(state)[:3])}, ...); closest, {layout}: missing {missing[:5]}, "
         f"unexpected {unexpected[:5]}, shape mismatches {shape_errors[:5]}"
     )

@@ -30,6 +30,7 @@ class ContextHead(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         channels: int,
         num_classes: int,
@@ -54,7 +55,7 @@ class ContextHead(nn.Module):
 class FCNHead(nn.Module):
     """Auxiliary head on stage 3: 3x3 conv C_in -> C + BN + ReLU, Dropout2d, 1x1 conv to classes."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
+    def __init__(self, *, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.conv = conv_bn_relu(in_channels, channels)
         self.dropout = nn.Dropout2d(dropout)

@@ -18,12 +18,15 @@ pixels per process.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dnlseg.models.nonfinite import NONFINITE_ACTIONS, NonFiniteAction
 
 LossNormalization = Literal["labelled", "all"]
 LOSS_NORMALIZATIONS = ("labelled", "all")
@@ -56,6 +59,33 @@ def mean_loss_terms(losses: dict[str, Tensor], strategy=None) -> dict[str, Tenso
     return dict(zip(names, terms.unbind(), strict=True))
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """The training loss (``model.loss``): cross-entropy of the decode head plus ``aux_weight`` times the aux head's.
+
+    Args:
+        aux_weight: weight of the auxiliary FCN-head loss (0.4); 0 removes the aux head.
+        ohem_threshold: null for plain cross-entropy, else OHEM with this probability threshold (0.7).
+        ohem_min_kept: OHEM keeps at least this many pixels per image.
+        normalization: "labelled": the loss is the mean over the labelled (kept) pixels; "all": their sum over all
+            pixels of the batch, mmseg's ``CrossEntropyLoss(avg_non_ignore=False)`` (module docstring).
+        on_nonfinite: a NaN/inf training loss "stop"s the fit (an error naming the step and the loss terms; no
+            checkpoint of that state) or "skip"s the batch (no optimiser step; one process only).
+    """
+
+    aux_weight: float = 0.4
+    ohem_threshold: float | None = None
+    ohem_min_kept: int = 100_000
+    normalization: LossNormalization = "labelled"
+    on_nonfinite: NonFiniteAction = "stop"
+
+    def __post_init__(self) -> None:
+        if self.aux_weight < 0:
+            raise ValueError(f"model.loss.aux_weight={self.aux_weight} must be >= 0")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f"model.loss.on_nonfinite={self.on_nonfinite!r} must be one of {NONFINITE_ACTIONS}")
+
+
 class SegmentationLoss(nn.Module):
     """Pixel-wise cross-entropy over the kept (non-ignored, OHEM-selected) pixels, divided by their number or by
     the number of all pixels (module docstring).
@@ -70,6 +100,7 @@ class SegmentationLoss(nn.Module):
 
     def __init__(
         self,
+        *,
         ignore_index: int = 255,
         ohem_threshold: float | None = None,
         ohem_min_kept: int = 100_000,
@@ -77,11 +108,11 @@ class SegmentationLoss(nn.Module):
     ):
         super().__init__()
         if ohem_threshold is not None and not 0 < ohem_threshold <= 1:
-            raise ValueError(f"ohem_threshold={ohem_threshold} must be in (0, 1] or null")
+            raise ValueError(f"model.loss.ohem_threshold={ohem_threshold} must be in (0, 1] or null")
         if ohem_min_kept < 0:
-            raise ValueError(f"ohem_min_kept={ohem_min_kept} must be >= 0")
+            raise ValueError(f"model.loss.ohem_min_kept={ohem_min_kept} must be >= 0")
         if normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(f"loss normalization={normalization!r} must be one of {LOSS_NORMALIZATIONS}")
+            raise ValueError(f"model.loss.normalization={normalization!r} must be one of {LOSS_NORMALIZATIONS}")
         self.ignore_index = ignore_index
         self.ohem_threshold = ohem_threshold
         self.ohem_min_kept = ohem_min_kept

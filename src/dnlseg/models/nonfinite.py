@@ -14,16 +14,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dnlseg.errors import UserError
+from dnlseg.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 NonFiniteAction = Literal["stop", "skip"]
 NONFINITE_ACTIONS = ("stop", "skip")
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss is NaN or infinite (the message names the step and every loss term)."""
 
 
 def describe_terms(losses: dict[str, Tensor]) -> str:
@@ -45,9 +41,9 @@ def skip_nonfinite_loss(losses: dict[str, Tensor], step: int, action: NonFiniteA
         return False
     message = f"non-finite training loss at step {step}: {describe_terms(losses)}"
     if action == "skip":
-        log.warning("%s; batch skipped (on_nonfinite_loss=skip)", message)
+        log.warning("%s; batch skipped (model.loss.on_nonfinite=skip)", message)
         return True
     raise NonFiniteLossError(
         f"{message}. Training stopped; the last checkpoint written before this step is kept. "
-        "Set model.on_nonfinite_loss=skip to skip such batches instead."
+        "Set model.loss.on_nonfinite=skip to skip such batches instead."
     )

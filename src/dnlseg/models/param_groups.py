@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -50,7 +51,7 @@ class ParamGroup:
 def param_groups(module: nn.Module, rules: list[ParamGroup]) -> list[dict]:
     """``[{"params", "name", "lr_mult", "wd_mult"}, ...]``: the default group first, then one per rule that
     matches any trainable parameter. Raises ``ValueError`` for a rule that matches nothing (a typo)."""
-    groups = [{"name": "default", "params": [], "lr_mult": 1.0, "wd_mult": 1.0}]
+    groups: list[dict[str, Any]] = [{"name": "default", "params": [], "lr_mult": 1.0, "wd_mult": 1.0}]
     groups += [{"name": rule.pattern, "params": [], "lr_mult": rule.lr_mult, "wd_mult": rule.wd_mult} for rule in rules]
     for name, param in module.named_parameters():
         if not param.requires_grad:

@@ -9,8 +9,32 @@ T = max_iters - 1, so the last of the run's iterations trains at exactly ``eta_m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from dnlseg.models.param_groups import ParamGroup
+
+
+@dataclass(frozen=True)
+class OptimizationOptions:
+    """How the optimiser (``model.optimizer``) treats parameter groups, and the default learning-rate schedule
+    (``model.optimization``).
+
+    Args:
+        param_groups: lr / weight-decay multipliers by parameter-name pattern, e.g.
+            ``[{pattern: "context\\.(query|key)\\.", wd_mult: 0.0}]`` (``dnlseg.models.param_groups``); null: one
+            group.
+        poly_power: exponent of the default poly schedule (0.9), used when ``model.lr_scheduler`` is null: poly over
+            the run's total optimiser steps, stepped every iteration, as mmengine's ``PolyLR``.
+        poly_eta_min: floor of the default poly schedule, reached at the last step (mmseg 1e-4).
+    """
+
+    param_groups: list[ParamGroup] | None = None
+    poly_power: float = 0.9
+    poly_eta_min: float = 0.0
 
 
 class PolyLR(LRScheduler):
@@ -35,7 +59,7 @@ class PolyLR(LRScheduler):
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         t = min(self.last_epoch, self.total_iters)
         decay = (1 - t / self.total_iters) ** self.power
         return [self.eta_min + (lr_0 - self.eta_min) * decay for lr_0 in self.base_lrs]

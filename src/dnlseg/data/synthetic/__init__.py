@@ -3,7 +3,7 @@
 ``cityscapes_layout`` writes them in the Cityscapes on-disk layout (fixtures for the real loaders)."""
 
 from dnlseg.data.synthetic.cityscapes_layout import CITYSCAPES_TRAIN_IDS, write_cityscapes_layout
-from dnlseg.data.synthetic.datamodule import SyntheticDataModule
+from dnlseg.data.synthetic.datamodule import SYNTHETIC_LOADER, SyntheticDataModule
 from dnlseg.data.synthetic.dataset import SyntheticSegmentation, normalize
 from dnlseg.data.synthetic.scene import (
     CLASS_NAMES,
@@ -20,6 +20,7 @@ __all__ = [
     "CLASS_NAMES",
     "INK",
     "NUM_FOREGROUND",
+    "SYNTHETIC_LOADER",
     "TEXTURE_ANGLES",
     "SyntheticDataModule",
     "SyntheticSample",

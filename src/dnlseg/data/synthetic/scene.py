@@ -251,7 +251,9 @@ def generate_sample(
         rim = is_key[region] & (gap < 1.2 * max(scale, 0.5) + 2 * RIM_WIDTH * max(scale, 1.0))  # (H, W)
         image[rim] = inked[region[rim]]
 
-    blotches = cv2.resize(rng.normal(0, 0.1, size=(5, 5)).astype(np.float32), (width, height), cv2.INTER_CUBIC)
+    # Bilinear: what the data has always been made with (cv2.INTER_CUBIC was passed as ``dst``, which cv2 ignores).
+    noise = rng.normal(0, 0.1, size=(5, 5)).astype(np.float32)
+    blotches = cv2.resize(noise, (width, height), interpolation=cv2.INTER_LINEAR)
     level = rng.uniform(0.35, 0.6) * (1 + rng.uniform(-0.05, 0.05, size=3))
     background = level[None, None, :] + blotches[..., None]
     image = np.where((group < 0)[region][..., None], background, image).astype(np.float32)

@@ -1,0 +1,169 @@
+"""``dnlseg analyze``: consistency metrics and attention figures of a checkpoint, without training."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jsonargparse import Namespace
+
+from dnlseg.callbacks import AttentionCaptureCallback, AttentionConsistency, AttentionMapLogger
+from dnlseg.cli import run_dirs
+from dnlseg.cli.analyze import analyze, config_analyses
+from dnlseg.cli.lightning_cli import run_cli
+from dnlseg.errors import ConfigError
+from tests.helpers import TINY, warning_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A 2-step NL fit on 64 px synthetic images: (its saved config, last.ckpt)."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    overrides = [arg for arg in TINY if not arg.startswith("--trainer.max_steps")]
+    run_cli(
+        [
+            "fit",
+            "-c",
+            str(ROOT / "configs/synthetic/nl.yaml"),
+            *overrides,
+            "--trainer.max_steps=2",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={save_dir}",
+        ]
+    )
+    (run_dir,) = save_dir.glob("nl/version_*")
+    return run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_analyze_writes_metrics_and_figures_for_a_checkpoint(tiny_checkpoint, tmp_path):
+    config, ckpt = tiny_checkpoint
+    out = tmp_path / "analysis"
+    cmd = [sys.executable, "-m", "dnlseg", "analyze", "-c", str(config), "--ckpt_path", str(ckpt)]
+    cmd += ["--output", str(out), "--num_images", "2", "--limit_batches", "1", "--accelerator", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((out / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert {"val/mIoU", "val/pairwise_category_consistency", "val/unary_boundary_consistency"} <= metrics.keys()
+    assert metrics["val/pairwise_category_consistency"] > 0 and metrics["val/unary_boundary_consistency"] > 0
+    # labelled with the checkpoint's step
+    assert sorted(record["figures"]) == [f"step000002_nl_decode_head.context_image{i}.png" for i in (0, 1)]
+    assert all((out / name).stat().st_size > 0 for name in record["figures"])
+    assert "val/pairwise_category_consistency" in (out / "metrics.md").read_text()
+    assert "val/unary_boundary_consistency" in result.stderr  # logged summary
+
+
+def test_analyze_reads_a_recipe_that_composes_its_family_file(tiny_checkpoint, tmp_path):
+    """A recipe (not a run's config) names its shared file relative to itself; analyze must still find it."""
+    _, ckpt = tiny_checkpoint
+    recipe = ROOT / "configs/synthetic/nl.yaml"
+    model = [arg for arg in TINY if arg.startswith(("--model.", "--data."))]
+    args = ["-c", str(recipe), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1", *model]
+    metrics = analyze([*args, "--output_dir", str(tmp_path / "out")])
+    assert "val/pairwise_category_consistency" in metrics and (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_analyze_names_a_missing_checkpoint(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(ConfigError, match="nope.ckpt: no such checkpoint file"):
+        analyze(["-c", str(ROOT / "configs/synthetic/nl.yaml"), "--ckpt_path", str(missing)])
+
+
+def test_default_output_is_a_new_folder_in_the_runs_eval_folder_of_the_checkpoint(tiny_checkpoint):
+    config, ckpt = tiny_checkpoint
+    args = ["-c", str(config), "--ckpt_path", str(ckpt), "--num_images", "1", "--limit_batches", "1"]
+    metrics = analyze(args)
+    out = Path(ckpt).parent.parent / "eval" / "last" / "analyze-0"  # <run>/eval/<checkpoint name>/analyze-<n>
+    written = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert written.keys() == metrics.keys()
+    assert written == pytest.approx({k: v if v == v else None for k, v in metrics.items()})  # NaN -> null
+    analyze(args)
+    assert (out.parent / "analyze-1" / "metrics.json").is_file()  # a second analysis does not overwrite the first
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_analyzes_the_weights_validate_evaluates_into_the_runs_eval_folder_without_warnings(
+    tiny_checkpoint, tmp_path
+):
+    """``--ckpt_path last`` is the run's last.ckpt in analyze as in validate (not the untrained model), the output
+    goes to ``<run>/eval/last/analyze-<n>`` (not ``./eval`` of the working folder), and a default analyze prints
+    no warning: a subprocess as a user runs it, from another folder, with Python's default warning filters."""
+    config, ckpt = tiny_checkpoint
+    expected = run_dirs.next_free(ckpt.parent.parent / "eval" / "last", "analyze")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dnlseg", "analyze", "-c", str(config), "--ckpt_path", "last"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not (tmp_path / "eval").exists()
+    analyzed = json.loads((expected / "metrics.json").read_text())
+    assert analyzed["ckpt_path"] == str(ckpt) and analyzed["step"] == 2
+
+    validate = run_cli(["validate", "-c", str(config), "--ckpt_path", "last", "--trainer.enable_progress_bar=false"])
+    validated = validate.trainer.callback_metrics
+    for key in ("val/mIoU", "val/loss", "val/pixel_acc"):  # the loss tells any other weights apart
+        assert analyzed["metrics"][key] == pytest.approx(validated[key].item(), rel=1e-6), key
+
+    assert warning_lines(result.stderr + result.stdout) == []
+    assert "limit_val_batches" not in result.stderr  # Lightning's note on a limit analyze did not ask for
+    assert result.stderr.count("GPU available") == 1
+
+
+def callback_entries(*entries) -> list[Namespace]:
+    """``trainer.callbacks`` as the parsed config holds them: (class path, {init args}) -> Namespaces."""
+    return [Namespace(class_path=path, init_args=Namespace(**args)) for path, args in entries]
+
+
+CALLBACKS = callback_entries(
+    ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
+    ("dnlseg.callbacks.SeparationProbe", {"every_n_steps": 50}),  # measures training: not an analysis of checkpoints
+    ("dnlseg.callbacks.AttentionConsistency", {"num_queries": 32, "radius": 2, "max_batches": 25, "seed": 0}),
+    ("dnlseg.callbacks.AttentionMapLogger", {"num_images": 2, "scale": 0.5, "every_n_validations": 5}),
+)
+NO_OPTIONS = {"num_images": None, "num_queries": None, "radius": None, "scale": None}
+
+
+def test_the_analyses_are_the_configs_with_its_arguments_measuring_every_batch_into_the_output_folder(tmp_path):
+    consistency, figures = config_analyses(CALLBACKS, tmp_path, NO_OPTIONS, "c.yaml")
+    assert type(consistency) is AttentionConsistency and type(figures) is AttentionMapLogger
+    assert (consistency.num_queries, consistency.radius, consistency.max_batches) == (32, 2, None)
+    assert (figures.num_images, figures.scale, figures.every_n_validations) == (2, 0.5, 1)
+    assert figures.output_dir == tmp_path
+
+
+def test_an_option_given_sets_the_argument_of_every_analysis_that_takes_it(tmp_path):
+    options = {**NO_OPTIONS, "num_images": 3, "scale": 2.0, "num_queries": 5}
+    consistency, figures = config_analyses(CALLBACKS, tmp_path, options, "c.yaml")
+    assert (consistency.num_queries, consistency.radius, figures.num_images, figures.scale) == (5, 2, 3, 2.0)
+    with pytest.raises(ConfigError, match=r"^--radius: no analysis of --config c.yaml \(AttentionMapLogger\) takes"):
+        config_analyses(CALLBACKS[-1:], tmp_path, {**NO_OPTIONS, "radius": 1}, "c.yaml")
+
+
+class CountBatches(AttentionCaptureCallback):
+    """An analysis analyze has never heard of."""
+
+    capture_validation = True
+
+    def __init__(self, limit: int = 1) -> None:
+        super().__init__()
+        self.limit = limit
+
+    @classmethod
+    def analyze_arguments(cls, output_dir):
+        return {}
+
+
+def test_a_new_analysis_runs_once_the_config_lists_it_and_a_config_without_one_is_refused(tmp_path):
+    (analysis,) = config_analyses(
+        callback_entries((f"{__name__}.CountBatches", {"limit": 7})), tmp_path, NO_OPTIONS, "c.yaml"
+    )
+    assert type(analysis) is CountBatches and analysis.limit == 7
+    with pytest.raises(ConfigError, match=r"^--config c.yaml: trainer.callbacks lists no analysis of checkpoints"):
+        config_analyses(CALLBACKS[:2], tmp_path, NO_OPTIONS, "c.yaml")
+    with pytest.raises(ConfigError, match="lists no analysis"):
+        config_analyses(None, tmp_path, NO_OPTIONS, "c.yaml")
