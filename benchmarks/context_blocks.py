@@ -1,10 +1,13 @@
 """Time and peak memory of the context blocks alone (``dnlseg.context.VARIANTS``), fused vs materialised attention
 and beside mmsegmentation 1.2.2's own blocks where the ``parity`` extra is installed: forward + backward at
-training grids, and the forward of a whole 1024x2048 image at stride 8 (P = 32768).
+training grids, and the forward of a whole 1024x2048 image at stride 8 (P = 32768). The blocks of the other heads
+(``dnlseg.context.BLOCKS``: DANet, CCNet, ANN, ISA, EMANet, OCR) run beside mmseg's own modules, interleaved, at
+P = 9409 (fwd+bwd) and the whole image.
 
     make bench-blocks     # N=2 at the recipes' crops (P = 4225, 8192, 9409)           -> context_blocks.md
     make bench-scaling    # --scaling: N=1, P = 1024 ... 32768, growth exponents, plot -> resolution_scaling.md
     .venv/bin/python benchmarks/context_blocks.py --quick --variants dnl --no-mmseg
+    .venv/bin/python benchmarks/context_blocks.py --variants --blocks pam cc --output /tmp/blocks.md
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from _measure import (
 )
 from torch import nn
 
-from dnlseg.context import VARIANTS, NonLocalBase
+from dnlseg.context import BLOCKS, VARIANTS
 
 SEED = 0
 CHANNELS = 512  # C; NL and DNL use C' = C / 2 (their default reduction)
@@ -46,6 +49,7 @@ WHOLE_IMAGE = (128, 256)  # 1024x2048 at stride 8
 MMSEG_KINDS = {"nl": "NL", "dnl": "DNL"}  # our variants that mmseg_reference.context_block builds too
 FIT_FROM = 4096  # growth exponents are fitted on P >= this, where the attention outweighs the fixed costs
 TARGETS = {"time": 0.7, "memory": 0.2, "rate": 0.7, "scaling_memory": 1 / 20}  # from issue #7
+BLOCK_TARGETS = {"time": 1.0, "memory": 0.5, "whole_gb": 2.0}  # from issue #21: ours / mmseg's, PAM's memory
 
 
 def attention_flops(batch: int, positions: int, channels: int, backward: bool) -> int:
@@ -71,7 +75,7 @@ def make_block(variant: str, path: str, device: torch.device) -> nn.Module:
         from mmseg_reference import context_block
 
         block = context_block(MMSEG_KINDS[variant], CHANNELS, 2)
-    elif issubclass(VARIANTS[variant].block, NonLocalBase):
+    elif VARIANTS[variant].block.attention_paths:
         block = VARIANTS[variant].build(CHANNELS, attention=path)
     else:
         block = VARIANTS[variant].build(CHANNELS)
@@ -82,7 +86,7 @@ def make_block(variant: str, path: str, device: torch.device) -> nn.Module:
 
 
 def paths(variant: str, mmseg: bool) -> list[str]:
-    if not issubclass(VARIANTS[variant].block, NonLocalBase):
+    if not VARIANTS[variant].block.attention_paths:
         return ["fused"]  # no (P, P) attention to materialise: the block as it is
     return ["fused", "materialized"] + (["mmseg"] if mmseg and variant in MMSEG_KINDS else [])
 
@@ -205,6 +209,140 @@ def attention_alone(grid: tuple[int, int], args) -> dict[str, Timing]:
 
     time_interleaved({"SDPA": sdpa, "plain": plain}, 1, args.device)  # warmup
     return time_interleaved({"SDPA": sdpa, "plain": plain}, args.repeats, args.device)
+
+
+@dataclass
+class BlockCell:
+    """One block of ``BLOCKS`` on one path ("fused", "materialized", "-" for a block with one path, or "mmseg")."""
+
+    block: str
+    path: str
+    grid: tuple[int, int]
+    timing: Timing | None = None
+    memory: Memory | None = None
+    skipped: str = ""
+
+    @property
+    def positions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def block_paths(name: str, args, train: bool) -> list[str]:
+    """Our paths of the block (its default first), then mmseg's; the materialised reference only in training."""
+    declared = list(BLOCKS[name].block.attention_paths) or ["-"]
+    ours = declared if train else declared[:1]
+    return ours + (["mmseg"] if args.mmseg else [])
+
+
+def make_lab_block(name: str, path: str, device: torch.device) -> nn.Module:
+    """Ours (``path``) or mmseg's module of ``BLOCKS[name]`` for a C-channel head; zero-initialised parameters
+    (gammas, ANN's output conv) set to ones so that the gradient reaches every branch."""
+    torch.manual_seed(SEED)
+    if path == "mmseg":
+        from mmseg_reference import block_module
+
+        block = block_module(name, CHANNELS)
+    else:
+        block = BLOCKS[name].build(CHANNELS, **({} if path == "-" else {"attention": path}))
+    for parameter in block.parameters():
+        if not parameter.detach().any():
+            nn.init.ones_(parameter)
+    return block.to(device)
+
+
+def block_skip_reason(name: str, path: str, batch: int, positions: int, args, train: bool) -> str:
+    """PAM's and CC's materialised maps and mmseg's PAM: skipped when their (P, P) maps would not fit."""
+    if not (path == "materialized" or (path == "mmseg" and name == "pam")):
+        return ""
+    need, free = materialized_bytes(batch, positions, "mmseg", train), available_bytes(args.device)
+    if need > args.max_materialized_gib * GiB or need + 2 * GiB > free:
+        return f"skipped: needs ~{need / GiB:.0f} GiB (cap {args.max_materialized_gib:g}, {free / GiB:.0f} free)"
+    return ""
+
+
+def bench_lab_blocks(grid: tuple[int, int], batch: int, train: bool, args) -> list[BlockCell]:
+    """Every block of ``args.blocks`` on each path: a warmup and a memory run each, then interleaved timed rounds."""
+    generator = torch.Generator().manual_seed(SEED)
+    cells, calls = [], {}
+    for name in args.blocks:
+        inputs = [t.to(args.device) for t in BLOCKS[name].example_inputs(batch, CHANNELS, grid, generator=generator)]
+        for t in inputs:
+            t.requires_grad_(train)
+        for path in block_paths(name, args, train):
+            cell = BlockCell(name, path, grid)
+            cells.append(cell)
+            cell.skipped = block_skip_reason(name, path, batch, cell.positions, args, train)
+            if cell.skipped:
+                continue
+            block = make_lab_block(name, path, args.device).train(train)
+
+            def call(block=block, inputs=inputs) -> None:
+                with torch.set_grad_enabled(train), autocast(args.device, args.precision):
+                    y = block(*inputs)
+                if train:
+                    y.backward(torch.ones_like(y))
+
+            call()  # warmup
+            for t in inputs:
+                t.grad = None
+            block.zero_grad(set_to_none=True)
+            cell.memory = measure_memory(call, args.device)
+            calls[name, path] = call
+            print(f"  P={cell.positions} {name} {path}: {mib(cell.memory.extra_peak)} MiB", flush=True)
+    repeats = args.repeats if train else args.whole_repeats
+    timings = time_interleaved(calls, repeats, args.device)
+    for cell in cells:
+        cell.timing = timings.get((cell.block, cell.path))
+    return cells
+
+
+def lab_table(cells: list[BlockCell]) -> list[str]:
+    """One row per block and our path, beside mmseg's module at the same P."""
+    mmseg = {(c.block, c.grid): c for c in cells if c.path == "mmseg"}
+    rows = []
+    for c in (c for c in cells if c.path != "mmseg"):
+        ref = mmseg.get((c.block, c.grid))
+        ran = ref is not None and not ref.skipped
+        rows.append(
+            [
+                BLOCKS[c.block].label,
+                c.path,
+                f"{c.positions} ({c.grid[0]} x {c.grid[1]})",
+                c.skipped or f"{c.timing.wall:.3f}",
+                "-" if ref is None else ref.skipped or f"{ref.timing.wall:.3f}",
+                ratio(c.timing.wall, ref.timing.wall) if ran and not c.skipped else "-",
+                ratio(c.timing.cpu, ref.timing.cpu) if ran and not c.skipped else "-",
+                "-" if c.skipped else mib(c.memory.extra_peak),
+                mib(ref.memory.extra_peak) if ran else "-",
+                ratio(c.memory.extra_peak, ref.memory.extra_peak, 3) if ran and not c.skipped else "-",
+            ]
+        )
+    header = ["block", "path", "P (H x W)", "ours s", "mmseg s", "time ours/mmseg", "CPU time ours/mmseg"]
+    return markdown_table(header + ["ours MiB", "mmseg MiB", "memory ours/mmseg"], rows)
+
+
+def lab_target_lines(train: list[BlockCell], whole: list[BlockCell]) -> list[str]:
+    """Issue #21's targets on each block's default path: time <= 1.0x mmseg's (fwd+bwd and whole image), PAM's
+    memory <= 0.5x mmseg's, no block above 2 GB at whole-image inference."""
+    lines = []
+    for cells, setting in ((train, "fwd+bwd"), (whole, "whole-image forward")):
+        mmseg = {c.block: c for c in cells if c.path == "mmseg" and not c.skipped}
+        for name in dict.fromkeys(c.block for c in cells):
+            ours = next(c for c in cells if c.block == name and c.path != "mmseg")
+            label = f"{BLOCKS[name].label} {setting} P={ours.positions}"
+            if name in mmseg:
+                time = ours.timing.wall / mmseg[name].timing.wall
+                ok = time <= BLOCK_TARGETS["time"]
+                lines.append(f"- {'PASS' if ok else 'FAIL'} {label} time ours/mmseg {time:.2f} <= 1.0")
+                if name == "pam":
+                    memory = ours.memory.extra_peak / mmseg[name].memory.extra_peak
+                    ok = memory <= BLOCK_TARGETS["memory"]
+                    lines.append(f"- {'PASS' if ok else 'FAIL'} {label} memory ours/mmseg {memory:.3f} <= 0.5")
+            if setting != "fwd+bwd":
+                gb = ours.memory.extra_peak / 1e9
+                ok = gb <= BLOCK_TARGETS["whole_gb"]
+                lines.append(f"- {'PASS' if ok else 'FAIL'} {label} {gb:.2f} GB above the input <= 2")
+    return lines
 
 
 def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
@@ -332,6 +470,23 @@ def target_lines(train: list[Cell], whole: list[Cell], args) -> list[str]:
     return lines
 
 
+def lab_report(train: list[BlockCell], whole: list[BlockCell], args) -> list[str]:
+    if not train and not whole:
+        return []
+    return [
+        "## The other heads' blocks beside mmseg 1.2.2's own modules",
+        "",
+        f"C={CHANNELS} (AFNB: stage-3 map C/2, C'=C/8; OCR: 19 classes), {args.precision}; N={args.batch} fwd+bwd "
+        "(train mode), N=1 whole-image forward (eval, no_grad); path `-`: the block's one way to compute; interleaved "
+        "rounds as above.",
+        "",
+        *lab_target_lines(train, whole),
+        "",
+        *lab_table(train + whole),
+        "",
+    ]
+
+
 def report(train: list[Cell], whole: list[Cell], core: dict[str, Timing] | None, args) -> list[str]:
     title = "Resolution scaling of the context blocks" if args.scaling else "Context blocks: fused vs materialised"
     hw = whole[0].grid if whole else WHOLE_IMAGE
@@ -387,7 +542,8 @@ def parse_args(argv: list[str] | None):
         __doc__, Path(__file__).with_name(f"{'resolution_scaling' if scaling else 'context_blocks'}.md")
     )
     names = [name for name, variant in VARIANTS.items() if variant.block is not None]
-    parser.add_argument("--variants", nargs="+", default=["dnl", "nl", "gc"], choices=names)
+    parser.add_argument("--variants", nargs="*", default=["dnl", "nl", "gc"], choices=names)
+    parser.add_argument("--blocks", nargs="*", default=list(BLOCKS), choices=list(BLOCKS), help="of BLOCKS (none: -)")
     parser.add_argument("--scaling", action="store_true", help="N=1, P = 1024 ... 32768 -> resolution_scaling.md")
     parser.add_argument("--batch", type=int, default=None, help="N (default 2; --scaling: 1, with --paper 2)")
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS))
@@ -408,17 +564,24 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def main(argv: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
+def main(argv: list[str] | None = None) -> tuple[list[Cell], list[Cell], list[BlockCell], list[BlockCell]]:
     args = parse_args(argv)
-    train = []
-    for grid in args.grids:
-        print(f"forward + backward at {grid[0]} x {grid[1]} ...", flush=True)
-        train += bench(grid, args.batch, True, args)
-    print("whole-image forward ...", flush=True)
-    whole = bench(args.whole, 1, False, args)
-    core = None if args.scaling else attention_alone(args.grids[-1], args)
-    write_report(report(train, whole, core, args), args.output)
-    return train, whole
+    train, whole, lab_train, lab_whole = [], [], [], []
+    if args.variants:
+        for grid in args.grids:
+            print(f"forward + backward at {grid[0]} x {grid[1]} ...", flush=True)
+            train += bench(grid, args.batch, True, args)
+        print("whole-image forward ...", flush=True)
+        whole = bench(args.whole, 1, False, args)
+    if args.blocks and not args.scaling:
+        print(f"BLOCKS: forward + backward at {args.grids[-1][0]} x {args.grids[-1][1]} ...", flush=True)
+        lab_train = bench_lab_blocks(args.grids[-1], args.batch, True, args)
+        print("BLOCKS: whole-image forward ...", flush=True)
+        lab_whole = bench_lab_blocks(args.whole, 1, False, args)
+    core = None if args.scaling or not args.variants else attention_alone(args.grids[-1], args)
+    lines = report(train, whole, core, args) if args.variants else args.run.header("Context blocks", args.device, SEED)
+    write_report(lines + lab_report(lab_train, lab_whole, args), args.output)
+    return train, whole, lab_train, lab_whole
 
 
 if __name__ == "__main__":

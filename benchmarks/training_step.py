@@ -36,7 +36,7 @@ from _measure import (
     write_report,
 )
 
-from dnlseg.context import VARIANTS, NonLocalBase
+from dnlseg.context import VARIANTS
 from dnlseg.models.module import default_optimizer
 
 SEED = 0
@@ -96,7 +96,7 @@ def bench(args: argparse.Namespace) -> dict[str, HeadResult]:
     for head, step in steps.items():
         print(f"{head}: warmup step (momentum buffers; compiles with --compile), then the memory step", flush=True)
         kernel = sdpa_kernel_of(step, args.compile)
-        attention = VARIANTS[head].block is not None and issubclass(VARIANTS[head].block, NonLocalBase)
+        attention = VARIANTS[head].block is not None and "fused" in VARIANTS[head].block.attention_paths
         kernels[head] = kernel if attention else ""  # the baseline and GC have no pairwise attention
         # The measured step starts without gradients, so its peak counts the new ones on either device.
         step.optimizer.zero_grad(set_to_none=True)

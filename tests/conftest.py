@@ -48,3 +48,13 @@ def lightning_checkpoint(tmp_path_factory):
     from tests.helpers import saved_lightning_checkpoint
 
     return saved_lightning_checkpoint(tmp_path_factory.mktemp("checkpoint") / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def criss_cross_oracle():
+    """mmcv 2.1.0's ``CrissCrossAttention`` from its own ``mmcv/ops/cc_attention.py``, which mmcv-lite lacks: pip
+    downloads mmcv's source distribution once into the cache folder (``mmseg_reference.fetch_cc_attention``). A
+    machine that cannot reach the package registry gets an error here, not a skipped test."""
+    from mmseg_reference import criss_cross_attention
+
+    return criss_cross_attention()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -183,6 +184,49 @@ TINY = [
     "--data.init_args.image_size=64",
     "--data.init_args.loader.batch_size=2",
 ]
+
+
+class TwoRanks:
+    """Two DDP "ranks" as two threads of this process: ``all_reduce`` waits for both and returns the sum.
+
+    The sum keeps both ranks' autograd graphs, so one backward of (loss_0 + loss_1) gives each rank the
+    gradient the real differentiable all-reduce would (its backward sums the ranks' upstream gradients).
+    """
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2)
+        self.slots: list = [None, None]
+        self.calls = [0, 0]
+        self.local = threading.local()
+
+    def all_reduce(self, tensor, group=None):
+        rank = self.local.rank
+        self.calls[rank] += 1
+        self.slots[rank] = tensor
+        self.barrier.wait()
+        total = self.slots[0] + self.slots[1]
+        self.barrier.wait()  # both have read the slots before the next call overwrites them
+        return total
+
+    def run(self, function, inputs):
+        outputs, errors = [None, None], []
+
+        def body(rank):
+            self.local.rank = rank
+            try:
+                outputs[rank] = function(rank, inputs[rank])
+            except BaseException as error:  # noqa: BLE001 - re-raised below
+                errors.append(error)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=body, args=(rank,)) for rank in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        if errors:
+            raise errors[0]
+        return outputs
 
 
 def wake_context_blocks(module: nn.Module, seed: int = 1) -> nn.Module:

@@ -58,7 +58,9 @@ def test_interleaved_timing_keeps_the_fastest_and_slowest_round(scripts, monkeyp
 @pytest.mark.slow
 def test_context_blocks_compares_the_variants_fused_materialised_and_mmsegs(scripts, tmp_path):
     output = tmp_path / "blocks.md"
-    train, whole = scripts("context_blocks").main(["--tiny", "--device", "cpu", "--output", str(output)])
+    train, whole, lab_train, lab_whole = scripts("context_blocks").main(
+        ["--tiny", "--device", "cpu", "--output", str(output)]
+    )
     assert {(c.variant, c.path) for c in train} == {
         *((v, p) for v in ("nl", "dnl") for p in ("fused", "materialized", "mmseg")),
         ("gc", "fused"),
@@ -72,13 +74,22 @@ def test_context_blocks_compares_the_variants_fused_materialised_and_mmsegs(scri
     assert "| DNL | 144 (12 x 12) |" in text and "| GC (GCNet) | 144 (12 x 12) |" in text
     assert "## Whole-image forward" in text and "memory ~ P^" in text
     assert output.with_suffix(".png").stat().st_size > 0
+    # BLOCKS beside mmseg's modules: our paths (PAM and CC: both, in training) and mmseg's, at P = 144 and 512.
+    assert {(c.block, c.path) for c in lab_train} == {
+        *((b, p) for b in ("pam", "cc") for p in ("fused", "materialized", "mmseg")),
+        *((b, p) for b in ("cam", "apnb", "afnb", "isa", "ema", "ocr") for p in ("-", "mmseg")),
+    }
+    assert {(c.block, c.path) for c in lab_whole} == {(c.block, c.path) for c in lab_train if c.path != "materialized"}
+    assert all(c.memory.extra_peak > 0 and c.timing.wall > 0 for c in lab_train + lab_whole if not c.skipped)
+    assert "time ours/mmseg" in text and "| DANet PAM | fused | 144 (12 x 12) |" in text
+    assert "PAM fwd+bwd P=144 memory ours/mmseg" in text and "CCNet criss-cross (R=2) whole-image forward P=512" in text
 
 
 @pytest.mark.slow
 def test_context_blocks_scaling_sweep_writes_the_scaling_target(scripts, tmp_path):
     output = tmp_path / "scaling.md"
     argv = ["--tiny", "--scaling", "--variants", "dnl", "--no-mmseg", "--output", str(output)]
-    train, _ = scripts("context_blocks").main(argv)
+    train, *_ = scripts("context_blocks").main(argv)
     assert [c.batch for c in train] == [1] * len(train)  # --scaling: N=1
     assert "fwd+bwd P=144 fused/mat. memory 1/" in output.read_text()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dnlseg.analysis import cross_sensitivity, unary_logit_gradient
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
+from dnlseg.context import CrissCrossAttention2d, DisentangledNonLocal2d, NonLocal2d, capture_attention
 
 NL_COMBINE, DNL_COMBINE = NonLocal2d(8).combine, DisentangledNonLocal2d(8).combine
 
@@ -64,8 +64,45 @@ def test_cross_sensitivity_is_the_relative_change_of_a_known_unary_gradient():
     for step in (1e-2, 0.3):
         dp = direction * (step * p.norm() / direction.norm())
         expected = (g * ((p + dp) ** 2 - p**2)).sum(1).norm() / (g * p**2).sum(1).norm()
-        value = cross_sensitivity(lambda p, u: p**2 * u, p, u, g, step, torch.Generator().manual_seed(11))
+        value = cross_sensitivity(lambda p, u, rows=None: p**2 * u, p, u, g, step, torch.Generator().manual_seed(11))
         torch.testing.assert_close(value, expected)
     default = cross_sensitivity(NL_COMBINE, p, u, g, generator=torch.Generator().manual_seed(1))
     explicit = cross_sensitivity(NL_COMBINE, p, u, g, 1e-2, torch.Generator().manual_seed(1))
     assert default == explicit  # relative_step defaults to 1 %
+
+
+def criss_cross_record(seed=0, size=(5, 6)):
+    """One captured criss-cross call (CCNet: each query attends to its row and column) in float64."""
+    torch.manual_seed(seed)
+    block = CrissCrossAttention2d(8, recurrence=1).double()
+    with capture_attention(block) as captured:
+        block(torch.randn(1, 8, *size, dtype=torch.float64))
+    ((record,),) = captured.values()
+    return record
+
+
+def test_cross_sensitivity_of_some_query_rows_hands_the_rows_to_a_per_query_key_set():
+    record = criss_cross_record()
+    rows = torch.tensor([[0, 7, 29]])  # 3 of the 30 queries: combine must know whose row and column they have
+    p, u = record.pairwise_logits(rows), record.unary_logits
+    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype)
+    value = cross_sensitivity(record.combine, p, u, g, rows=rows, key_mask=record.key_mask(rows))
+    assert value > 1e-3  # CC's softmax of p + u couples the terms, as NL's
+    # the same rows taken out of the all-rows computation (rows=None: every query, in order)
+    all_p = record.pairwise_logits()
+    expected = unary_logit_gradient(record.combine, all_p, u, torch.zeros_like(all_p).index_copy(1, rows[0], g))
+    torch.testing.assert_close(unary_logit_gradient(record.combine, p, u, g, rows), expected)
+
+
+def test_cross_sensitivity_perturbs_and_measures_the_logits_of_each_querys_keys_only():
+    # logits outside a query's row and column enter no softmax: whatever they are, the number is the same
+    record = criss_cross_record(seed=3)
+    rows = torch.tensor([[2, 11, 20, 24]])
+    p, u, mask = record.pairwise_logits(rows), record.unary_logits, record.key_mask(rows)
+    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(4), dtype=p.dtype)
+
+    def cross(pairwise):
+        generator = torch.Generator().manual_seed(5)
+        return cross_sensitivity(record.combine, pairwise, u, g, 0.05, generator, rows=rows, key_mask=mask)
+
+    torch.testing.assert_close(cross(p.masked_fill(~mask, 40.0)), cross(p))

@@ -8,7 +8,14 @@ from torch.utils.data import DataLoader
 
 from dnlseg.callbacks import LossTerms
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
-from dnlseg.context import DisentangledNonLocal2d, find_context_blocks
+from dnlseg.context import (
+    BLOCKS,
+    ChannelAttention2d,
+    DisentangledNonLocal2d,
+    ExpectationMaximizationAttention2d,
+    capture_attention,
+    find_context_blocks,
+)
 from dnlseg.errors import ModuleInterfaceError
 from tests.helpers import fake_trainer, tiny_batch, tiny_module
 
@@ -179,3 +186,48 @@ def test_by_default_every_batch_is_captured_and_setup_checks_the_required_protoc
 def test_the_base_measures_training_only_unless_a_subclass_says_how_analyze_runs_it(tmp_path):
     assert AttentionCaptureCallback.analyze_arguments(tmp_path) is None
     assert Recorder().written == [] and Recorder().written is not Recorder().written
+
+
+class ThreeKinds(nn.Module):
+    """A DNL block (every analysis), DANet's CAM (keys are channels) and EMA's attention (no gradient, bases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dnl, self.cam, self.ema = (
+            DisentangledNonLocal2d(8),
+            ChannelAttention2d(8),
+            ExpectationMaximizationAttention2d(8, 4),
+        )
+
+
+def test_an_analysis_without_meaning_for_a_block_skips_it_and_logs_the_blocks_reason_once(caplog):
+    module, callback = ThreeKinds(), Recorder()
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        assert callback.skipped(module, "category_consistency") == {"cam", "ema"}
+        assert callback.skipped(module, "category_consistency") == {"cam", "ema"}  # logged the first time only
+        assert callback.skipped(module, "logit_gradients") == {"ema"}
+        assert callback.skipped(module, "branch_gradients") == set()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert (
+        lines[0]
+        == f"Recorder: no category_consistency for cam: {ChannelAttention2d.undefined_analyses['category_consistency']}"
+    )
+    reason = ExpectationMaximizationAttention2d.undefined_analyses["logit_gradients"]
+    assert f"Recorder: no logit_gradients for ema: {reason}" in lines
+    with pytest.raises(ValueError, match="^analysis='miou' is not one of 'branch_gradients', "):
+        callback.skipped(module, "miou")
+
+
+def test_analyses_that_read_the_key_grid_are_not_computed_on_keys_that_are_not_pixels(caplog):
+    # ANN's keys are pyramid cells: its category consistency and maps would need each cell's pixels (keys.cover)
+    block = BLOCKS["apnb"].build(8)
+    with capture_attention(block) as captured:
+        block(torch.randn(1, 8, 6, 7))
+    calls = {"apnb": captured[""][0]}
+    callback = Recorder()
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        assert callback.skipped(block, "attention_maps", calls) == {"apnb"}
+        assert callback.skipped(block, "category_consistency", calls) == {"apnb"}
+        assert callback.skipped(block, "logit_gradients", calls) == set()
+    assert "no attention_maps for apnb: its keys are pyramid cells, not pixels" in caplog.text

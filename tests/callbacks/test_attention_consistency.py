@@ -12,7 +12,17 @@ from dnlseg.analysis import boundary_band
 from dnlseg.analysis.attention_consistency import pairwise_category_consistency
 from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import AttentionConsistency
-from dnlseg.context import VARIANTS, ContextBlock, DisentangledNonLocal2d, capture_attention, find_context_blocks
+from dnlseg.context import (
+    BLOCKS,
+    VARIANTS,
+    ChannelAttention2d,
+    ContextBlock,
+    DisentangledNonLocal2d,
+    capture_attention,
+    find_context_blocks,
+)
+from dnlseg.context.asymmetric_non_local import NOT_PIXELS
+from dnlseg.context.channel_attention import NO_PIXELS
 from tests.helpers import TensorSizes, captured_from_logits, fake_trainer, fit_with_validation, tiny_module
 
 PAIRWISE, UNARY = "val/pairwise_category_consistency", "val/unary_boundary_consistency"
@@ -310,6 +320,44 @@ def test_epoch_end_divides_numerators_and_counts_summed_over_ranks_and_logs_ever
     for name, (value, kwargs) in module.logged.items():
         assert value.dtype == torch.float32 and value.item() == pytest.approx(expected[name], rel=1e-6), name
         assert kwargs == {"sync_dist": True, "reduce_fx": "max"}, name  # the same on every rank: max keeps it exact
+
+
+class ThreeKinds(TwoOracles):
+    """A DNL block (keys are pixels), DANet's CAM (keys are channels) and ANN's APNB (keys are pyramid cells)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = DisentangledNonLocal2d(2), ChannelAttention2d(2)
+        self.third = BLOCKS["apnb"].build(2, reduction=1)
+
+    def forward(self, x):
+        return self.third(self.second(self.first(x)))
+
+
+def test_a_metric_without_meaning_for_a_block_or_its_keys_is_left_out_with_the_reason_logged(caplog):
+    module, trainer, callback = (
+        ThreeKinds(),
+        fake_trainer(strategy=OtherRank(torch.zeros(6, 2))),
+        AttentionConsistency(),
+    )
+    images = torch.stack([LABELS, LABELS]).float()[:, None].expand(-1, 2, -1, -1)
+    batch = {"image": images, "mask": torch.stack([LABELS, LABELS])}
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        callback.on_validation_epoch_start(trainer, module)
+        for batch_idx in (0, 1):
+            callback.on_validation_batch_start(trainer, module, batch, batch_idx)
+            module(images)
+            callback.on_validation_batch_end(trainer, module, None, batch, batch_idx)
+        callback.on_validation_epoch_end(trainer, module)
+    assert set(module.logged) == {f"{metric}{block}" for metric in (PAIRWISE, UNARY) for block in ("", "/first")}
+    reasons = [r.getMessage() for r in caplog.records]
+    assert reasons == [
+        f"AttentionConsistency: no category_consistency for second: {NO_PIXELS}",
+        "AttentionConsistency: no category_consistency for third: its keys are pyramid cells, not pixels: "
+        "category_consistency through each key's pixels is not computed",
+        f"AttentionConsistency: no boundary_consistency for second: {NO_PIXELS}",
+        f"AttentionConsistency: no boundary_consistency for third: {NOT_PIXELS}",
+    ]
 
 
 def test_counts_past_two_to_the_24_stay_exact():

@@ -17,7 +17,7 @@ from dnlseg.analysis.attention_consistency import labels_on_grid
 from dnlseg.analysis.attention_figure import select_queries
 from dnlseg.callbacks import AttentionMapLogger
 from dnlseg.callbacks import attention_map_logger as logger_module
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.context import ChannelAttention2d, DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data.transforms import unnormalize
 from tests.helpers import fake_trainer, fit_with_validation, tiny_module
 
@@ -105,6 +105,18 @@ def test_figures_are_drawn_at_every_n_th_validation_after_the_sanity_check(figur
     other_rank.is_global_zero = False
     callback.on_validation_epoch_end(other_rank, module)
     assert len(figures) == 3
+
+
+def test_a_block_whose_keys_are_not_pixels_gets_no_figure_and_the_reason_is_logged(figures, caplog):
+    # DANet's CAM attends over channels: no map of it lies on the image; the DNL block beside it is drawn
+    module = tiny_module(DisentangledNonLocal2d)
+    head = module.network.decode_head
+    head.context = torch.nn.Sequential(head.context, ChannelAttention2d(16))
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        AttentionMapLogger(num_images=1).draw(validation_trainer(), module)
+    assert [title for title, *_ in figures] == ["DNL (decode_head.context.0), step 0, image 0"]
+    reason = ChannelAttention2d.undefined_analyses["attention_maps"]
+    assert f"AttentionMapLogger: no attention_maps for decode_head.context.1: {reason}" in caplog.text
 
 
 def test_scale_shrinks_the_images_before_the_forward(figures):

@@ -9,7 +9,13 @@ import torch
 from dnlseg.analysis import cross_sensitivity
 from dnlseg.analysis.tensorboard_scalars import read_scalars
 from dnlseg.callbacks import SeparationProbe
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d, capture_attention
+from dnlseg.context import (
+    CrissCrossAttention2d,
+    DisentangledNonLocal2d,
+    ExpectationMaximizationAttention2d,
+    NonLocal2d,
+    capture_attention,
+)
 from dnlseg.models.losses import LossOptions
 from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
 
@@ -197,6 +203,34 @@ def test_probe_on_sampled_rows_takes_the_reference_gradient_of_those_rows():
     rows = probe.sample_rows(42, 1, torch.Generator().manual_seed(0))[0]  # the rows the probe drew first
     assert rows.unique().numel() == 5
     torch.testing.assert_close(metrics["separation/b/pairwise_logit_grad"], grad_p[0, rows].norm().float())
+
+
+def test_probe_on_sampled_rows_of_a_criss_cross_block_takes_each_querys_row_and_column():
+    # CCNet: query i's softmax runs over its row and column; the probe's rows must reach the record's combine
+    torch.manual_seed(0)
+    block = CrissCrossAttention2d(8, recurrence=1).double().eval()
+    torch.nn.init.ones_(block.gamma)
+    x = torch.randn(1, 8, 6, 7, dtype=torch.float64)
+    out, record = capture_one(block, x)
+    (grad_y,) = torch.autograd.grad(weighted_sum(out), record.output)
+    p = record.pairwise_logits().detach().requires_grad_(True)  # every row: (1, 42, 42)
+    w = record.combine(p, record.unary_logits.detach(), None)  # 0 off each query's cross
+    (grad_p,) = torch.autograd.grad(w, p, grad_y @ record.values.detach().transpose(1, 2))
+    probe = SeparationProbe(num_queries=5)
+    metrics = probe.block_metrics("b", record, grad_y, torch.Generator().manual_seed(0))
+    rows = probe.sample_rows(42, 1, torch.Generator().manual_seed(0))[0]  # the rows the probe drew first
+    torch.testing.assert_close(metrics["separation/b/pairwise_logit_grad"], grad_p[0, rows].norm().float())
+    assert metrics["separation/b/cross_sensitivity"] > 1e-3  # one softmax of p + u: coupled, as NL
+
+
+def test_a_block_whose_attention_takes_no_gradient_logs_why_instead_of_numbers(caplog):
+    # EMA's EM iterations run under no_grad: no logit gradient to measure, and the log says so
+    module, batch = tiny_module(DisentangledNonLocal2d, loss=LossOptions(aux_weight=0)), tiny_batch()
+    module.network.decode_head.context = ExpectationMaximizationAttention2d(16, 4)
+    with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
+        assert SeparationProbe().probe(fake_trainer(), module, batch) == {}
+    reason = ExpectationMaximizationAttention2d.undefined_analyses["logit_gradients"]
+    assert f"SeparationProbe: no logit_gradients for decode_head.context: {reason}" in caplog.text
 
 
 def test_probe_reports_every_context_block_of_a_model_with_two():

@@ -1,5 +1,5 @@
-"""The contract every context block keeps (``dnlseg.context.base``), run for every variant of ``VARIANTS`` and
-for the block options that change its computation."""
+"""The contract every context block keeps (``dnlseg.context.base``), run for every variant of ``VARIANTS``, every
+block of ``BLOCKS`` and the block options that change their computation."""
 
 from functools import partial
 
@@ -7,10 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from dnlseg.context import BRANCHES, VARIANTS, ContextBlock, NonLocalBase, capture_attention
+from dnlseg.context import (
+    ANALYSES,
+    BLOCKS,
+    BRANCHES,
+    VARIANTS,
+    ContextBlock,
+    NonLocalBase,
+    capture_attention,
+    find_context_blocks,
+)
 from dnlseg.context.whitening import WHITENINGS
 
 C = 8
+BLOCK_C = 16  # BLOCKS' heads: C' = C / 8 query/key channels for PAM and CC
 # Options that change what a block computes, beyond the variants of the table.
 OPTIONS = {
     "nl": {
@@ -34,29 +44,60 @@ OPTIONS = {
     "dnl_shared_key": {f"scale_{scale}": dict(shared_key_scale=scale) for scale in ("none", "temperature")},
     "dnl_official": {"no_out": dict(use_out=False), "no_unary": dict(unary=None)},
 }
-CASES = {name: (name, {}) for name, v in VARIANTS.items() if v.block is not None}
-CASES |= {f"{name}-{option}": (name, kwargs) for name, options in OPTIONS.items() for option, kwargs in options.items()}
+BLOCK_OPTIONS = {
+    "cc": {"one_step": dict(recurrence=1)},
+    "isa": {"small_groups": dict(group_size=(2, 3))},
+    "ema": {"few_bases": dict(num_bases=3, num_stages=1)},
+    "ocr": {"scaled_gather": dict(scale=2.0)},
+    "apnb": {"small_pyramid": dict(pool_scales=(1, 2))},
+}
+CASES = {name: (VARIANTS, name, {}) for name, v in VARIANTS.items() if v.block is not None}
+CASES |= {f"{name}-{opt}": (VARIANTS, name, kw) for name, options in OPTIONS.items() for opt, kw in options.items()}
+CASES |= {name: (BLOCKS, name, {}) for name in BLOCKS}
+CASES |= {f"{name}-{opt}": (BLOCKS, name, kw) for name, options in BLOCK_OPTIONS.items() for opt, kw in options.items()}
 
 
-def make(case: str, attention: str = "fused", dtype=torch.float32) -> nn.Module:
-    name, kwargs = CASES[case]
+def make(case: str, attention: str | None = None, dtype=torch.float32) -> nn.Module:
+    table, name, kwargs = CASES[case]
     torch.manual_seed(0)
-    variant = VARIANTS[name]
-    if issubclass(variant.block, NonLocalBase):
+    if attention is not None:
         kwargs = {**kwargs, "attention": attention}
-    return variant.build(C, **kwargs).to(dtype)
+    return table[name].build(C if table is VARIANTS else BLOCK_C, **kwargs).to(dtype)
 
 
-def paths(case: str) -> tuple[str, ...]:
-    """The attention paths a block has: non-local blocks fused and materialised, others one."""
-    return ("fused", "materialized") if issubclass(VARIANTS[CASES[case][0]].block, NonLocalBase) else ("fused",)
+def inputs(case: str, batch: int, size: tuple[int, int], dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+    """The block's forward arguments: x (N, C, H, W); BLOCKS' AFNB (low, high), OCR (x, coarse logits)."""
+    table, name, _ = CASES[case]
+    if table is VARIANTS:
+        return (torch.randn(batch, C, *size, dtype=dtype),)
+    return BLOCKS[name].example_inputs(batch, BLOCK_C, size, classes=3, dtype=dtype)
+
+
+def query_map(case: str, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The input whose shape the output keeps: x, or AFNB's high-level map."""
+    table, name, _ = CASES[case]
+    return args[-1] if table is BLOCKS and BLOCKS[name].inputs == ("low", "high") else args[0]
+
+
+def paths(case: str) -> tuple[str | None, ...]:
+    """The attention paths the block declares (None: its one way to compute)."""
+    table, name, _ = CASES[case]
+    return table[name].block.attention_paths or (None,)
 
 
 def identity_at_init(case: str) -> bool:
-    """Every block starts as the identity, except the official output mode with a unary term (gamma = 0 silences
-    only the pairwise part, and the norm after ``out`` is not zero-initialised)."""
+    """Every variant starts as the identity, except the official output mode with a unary term (gamma = 0 silences
+    only the pairwise part, and the norm after ``out`` is not zero-initialised); of BLOCKS, those the table says."""
+    table, name, _ = CASES[case]
+    if table is BLOCKS:
+        return BLOCKS[name].identity_at_init
     block = make(case)
     return getattr(block, "gamma", None) is None or getattr(block, "unary_source", None) is None
+
+
+def exact_gradient(case: str) -> bool:
+    """False for a block whose attention runs under no_grad (EMA): its gradient leaves the attention out on purpose."""
+    return all("logit_gradients" not in b.undefined_analyses for b in find_context_blocks(make(case)).values())
 
 
 def randomise_output(block: nn.Module) -> None:
@@ -71,38 +112,49 @@ def randomise_output(block: nn.Module) -> None:
                     last.weight.normal_(0, last.weight.shape[1] ** -0.5)
                 if getattr(module, "gamma", None) is not None:
                     module.gamma.fill_(0.7)
-            elif isinstance(module, ContextBlock):  # GCNet: the transform's last conv
+            elif type(module).__name__ == "GlobalContext2d":  # GCNet: the transform's last conv
                 module.out[-1].weight.normal_(0, 1.0)
+        for name, parameter in block.named_parameters():  # BLOCKS: gammas and ANN's zero-initialised output conv
+            if name.endswith("gamma") and not parameter.any():
+                parameter.fill_(0.7)
+            elif parameter.dim() == 4 and not parameter.any():
+                parameter.normal_(0, parameter.shape[1] ** -0.5)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("size", [(5, 7), (6, 6), (1, 9), (3, 1)])
 def test_block_keeps_shape_for_odd_and_non_square_inputs(case, size):
-    x = torch.randn(2, C, *size)
+    args = inputs(case, 2, size)
     for attention in paths(case):
-        assert make(case, attention)(x).shape == x.shape
+        assert make(case, attention)(*args).shape == query_map(case, args).shape
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if identity_at_init(c)])
 def test_block_is_identity_at_init(case):
-    x = torch.randn(2, C, 5, 6)
+    args = inputs(case, 2, (5, 6))
     for attention in paths(case):
         block = make(case, attention)
-        torch.testing.assert_close(block.train()(x), x, rtol=0, atol=0)
-        torch.testing.assert_close(block.eval()(x), x, rtol=0, atol=0)
+        torch.testing.assert_close(block.train()(*args), args[0], rtol=0, atol=0)
+        torch.testing.assert_close(block.eval()(*args), args[0], rtol=0, atol=0)
+
+
+def test_the_blocks_that_are_not_the_identity_at_init_are_those_of_papers_without_one():
+    assert {c for c in CASES if CASES[c][0] is BLOCKS and not identity_at_init(c)} == {
+        c for c in CASES if CASES[c][1] in ("apnb", "afnb", "isa", "ema", "ocr")
+    }
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if len(paths(c)) == 2])
 def test_fused_equals_materialized_outputs_and_gradients(case):
     torch.manual_seed(1)
-    x = torch.randn(2, C, 5, 7)
+    args = inputs(case, 2, (5, 7))
     results = []
     for attention in ("fused", "materialized"):
         # eval: train-mode BN after ``out`` cancels the value bias, leaving its gradient as rounding noise.
         block = make(case, attention).eval()
         randomise_output(block)
-        xi = x.clone().requires_grad_(True)
-        out = block(xi)
+        xi = args[0].clone().requires_grad_(True)
+        out = block(xi, *args[1:])
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
         results.append((out.detach(), xi.grad.clone(), grads))
@@ -118,13 +170,13 @@ def test_fused_equals_materialized_outputs_and_gradients(case):
         torch.testing.assert_close(gp_f[key], gp_m[key], rtol=1e-5, atol=atol, msg=key)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c for c in CASES if exact_gradient(c)])
 def test_block_passes_float64_gradcheck(case):
     for attention in paths(case):
         block = make(case, attention, torch.float64).eval()
         randomise_output(block)
-        x = torch.randn(1, C, 3, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+        args = tuple(t.requires_grad_(True) for t in inputs(case, 1, (3, 4), torch.float64))
+        assert torch.autograd.gradcheck(block, args, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -132,22 +184,22 @@ def test_backward_raises_no_autograd_error_under_anomaly_detection(case):
     for attention in paths(case):
         block = make(case, attention)
         randomise_output(block)
-        x = torch.randn(2, C, 4, 5, requires_grad=True)
+        args = tuple(t.requires_grad_(True) for t in inputs(case, 2, (4, 5)))
         with torch.autograd.set_detect_anomaly(True):
-            block(x).square().sum().backward()
-        assert torch.isfinite(x.grad).all()
+            block(*args).square().sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in args)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bf16_autocast_is_finite_and_close_to_fp32(case):
     torch.manual_seed(2)
-    x = torch.randn(2, C, 6, 6)
+    args = inputs(case, 2, (6, 6))
     for attention in paths(case):
         block = make(case, attention).eval()
         randomise_output(block)
-        reference = block(x)
+        reference = block(*args)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = block(x)
+            low = block(*args)
         assert torch.isfinite(low).all()
         torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
 
@@ -157,16 +209,35 @@ def test_bf16_autocast_is_finite_and_close_to_fp32(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_every_trainable_parameter_is_in_exactly_one_named_branch(case):
-    block = make(case)
-    branches = block.branches()
-    assert set(branches) <= set(BRANCHES) and branches
-    listed = [id(p) for params in branches.values() for p in params]
-    assert len(listed) == len(set(listed))
-    # The learned temperature scales the logits but is no branch of the paper's; a nested block (NL's global
-    # context) has branches of its own.
-    nested = {id(p) for m in block.modules() if isinstance(m, ContextBlock) and m is not block for p in m.parameters()}
-    own = {id(p) for n, p in block.named_parameters() if not n.startswith("logit_scale.")} - nested
-    assert set(listed) == own
+    outer = make(case)
+    blocks = find_context_blocks(outer)  # ISA: its two stages; NL with global context: both blocks
+    every = {id(p) for n, p in outer.named_parameters() if p.requires_grad and not n.endswith("logit_scale.log_tau")}
+    listed_anywhere = []
+    for block in blocks.values():
+        branches = block.branches()
+        assert set(branches) <= set(BRANCHES) and branches
+        listed = [id(p) for params in branches.values() for p in params]
+        assert len(listed) == len(set(listed))
+        # The learned temperature scales the logits but is no branch of the paper's; a nested block (NL's global
+        # context) has branches of its own; frozen parameters (EMA's input conv) are in none.
+        nested = {
+            id(p) for m in block.modules() if isinstance(m, ContextBlock) and m is not block for p in m.parameters()
+        }
+        own = {id(p) for n, p in block.named_parameters() if p.requires_grad and not n.startswith("logit_scale.")}
+        assert set(listed) == own - nested
+        listed_anywhere += listed
+    learned_temperature = {id(p) for n, p in outer.named_parameters() if "logit_scale." in n}
+    assert set(listed_anywhere) == every - learned_temperature
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_block_declares_its_paths_and_the_analyses_without_meaning_for_it(case):
+    table, name, _ = CASES[case]
+    outer = make(case)
+    assert type(outer).attention_paths in ((), ("fused", "materialized"))
+    for block in find_context_blocks(outer).values():
+        assert set(block.undefined_analyses) <= set(ANALYSES)
+        assert all(len(reason) > 20 for reason in block.undefined_analyses.values())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -175,47 +246,53 @@ def test_capture_leaves_outputs_bitwise_unchanged_and_records_each_call(case):
     for attention in paths(case):
         block = make(case, attention).eval()
         randomise_output(block)
-        x = torch.randn(2, C, 5, 6)
-        plain, plain_one = block(x), block(x[:1])
+        args = inputs(case, 2, (5, 6))
+        plain, plain_one = block(*args), block(*(t[:1] for t in args))
         with capture_attention(block) as captured:
-            first, second = block(x), block(x[:1])
+            first, second = block(*args), block(*(t[:1] for t in args))
         assert torch.equal(first, plain) and torch.equal(second, plain_one)
-        records = captured[""]  # the block itself (a nested block has its own entry)
-        assert [r.output.shape[0] for r in records] == [2, 1]
-        block(x)  # after the capture closed: nothing more is recorded
-        assert len(records) == 2
+        steps = getattr(block, "recurrence", 1)  # CC publishes each of its steps
+        for records in captured.values():  # the block, or its stages (ISA); a nested block has its own entry
+            assert [r.output.shape[0] for r in records] == [2] * steps + [1] * steps
+        block(*args)  # after the capture closed: nothing more is recorded
+        assert all(len(records) == 2 * steps for records in captured.values())
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_captured_factors_give_the_output_the_block_computed(case):
     """y = combine(p, u) @ v from the factors alone, for every block whose weights are a function of (p, u)."""
     torch.manual_seed(4)
-    block = make(case, "fused", torch.float64).eval()
-    x = torch.randn(2, C, 5, 6, dtype=torch.float64)
+    block = make(case, paths(case)[0], torch.float64).eval()
     with capture_attention(block) as captured:
-        block(x)
-    (record,) = captured[""]
-    if record.combine is None:
-        return  # dot-product NL: w = q.k / Pk is no function of (p, u); test_non_local.py checks its factors
-    weights = record.weights()  # (N, P or 1, Pk)
-    torch.testing.assert_close(weights @ record.values, record.output, rtol=1e-10, atol=1e-10)
-    H, W = record.query_size
-    if record.pairwise_query is not None:  # rows: the same as the corresponding rows of the whole map
-        rows = torch.tensor([[0, 7, 29], [3, 3, 11]])
-        torch.testing.assert_close(
-            record.weights(rows), torch.gather(weights, 1, rows[..., None].expand(-1, -1, weights.shape[-1]))
-        )
-        assert record.pairwise_query.shape[1] == H * W
+        block(*inputs(case, 2, (5, 6), torch.float64))
+    for record in (r for records in captured.values() for r in records):
+        if record.combine is None:
+            continue  # dot-product NL: w = q.k / Pk is no function of (p, u); test_non_local.py checks its factors
+        weights = record.weights()  # (N, P or 1, Pk), 0 outside each query's keys
+        torch.testing.assert_close(weights @ record.values, record.output, rtol=1e-10, atol=1e-10)
+        H, W = record.query_size
+        if record.pairwise_query is not None:  # rows: the same as the corresponding rows of the whole map
+            Q = record.pairwise_query.shape[1]
+            rows = torch.tensor([[0, 7 % Q, Q - 1], [3 % Q, 3 % Q, Q // 2]])
+            torch.testing.assert_close(
+                record.weights(rows), torch.gather(weights, 1, rows[..., None].expand(-1, -1, weights.shape[-1]))
+            )
+            assert Q == H * W
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if VARIANTS[CASES[c][0]].pairwise != "-"])
+def has_pairwise(case: str) -> bool:
+    table, name, _ = CASES[case]
+    return table is BLOCKS or VARIANTS[name].pairwise != "-"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if has_pairwise(c)])
 def test_pairwise_mass_with_the_fused_kernel_equals_the_materialised_sum(case):
     torch.manual_seed(5)
     block = make(case).eval()
     with capture_attention(block) as captured:
-        block(torch.randn(2, C, 6, 7))
-    (record,) = captured[""]
-    Pk = record.pairwise_key.shape[1]
-    onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (2, Pk)), 3).float()  # (N, Pk, K)
-    expected = record.pairwise_attention() @ onehot  # (N, P, Pk) @ (N, Pk, K)
-    torch.testing.assert_close(record.pairwise_mass(onehot), expected, rtol=1e-5, atol=1e-6)
+        block(*inputs(case, 2, (6, 7)))
+    for record in (r for records in captured.values() for r in records if r.pairwise_query is not None):
+        Pk = record.pairwise_key.shape[1]
+        onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (2, Pk)), 3).float()  # (N, Pk, K)
+        expected = record.pairwise_attention() @ onehot  # (N, P, Pk) @ (N, Pk, K), 0 outside each query's keys
+        torch.testing.assert_close(record.pairwise_mass(onehot), expected, rtol=1e-5, atol=1e-6)

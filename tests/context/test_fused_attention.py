@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnlseg.context import fused_attention
+from dnlseg.context import attention, fused_attention
 from dnlseg.context.attention import tokens
 
 
@@ -43,14 +43,27 @@ def test_on_cpu_one_image_is_split_into_two_query_heads_and_a_batch_is_not(monke
         return original(q, k, v, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    q, k, v = torch.randn(batch, positions, 8), torch.randn(batch, 40, 8), torch.randn(batch, 40, 4)
-    assert fused_attention(q, k, v, scale=0.3).shape == (batch, positions, 4)
+    q, k, v = torch.randn(batch, positions, 8), torch.randn(batch, 40, 8), torch.randn(batch, 40, 8)
+    assert fused_attention(q, k, v, scale=0.3).shape == (batch, positions, 8)
     heads = query_heads[1]
     ((q_shape, k_shape, v_shape, k_head_stride, kwargs),) = calls
-    assert (q_shape, k_shape, v_shape) == (query_heads, (batch, heads, 40, 8), (batch, heads, 40, 4))
+    assert (q_shape, k_shape, v_shape) == (query_heads, (batch, heads, 40, 8), (batch, heads, 40, 8))
     assert kwargs == {"scale": 0.3}
     if heads == 2:
         assert k_head_stride == 0  # the two heads share one k (expand, no copy)
+
+
+def test_on_cpu_values_wider_than_the_keys_take_the_row_blocked_kernel_not_sdpas_map(monkeypatch):
+    """PyTorch's CPU flash kernel needs Cv == Cq and its fallback builds the (P, Pk) map: DANet's PAM (Cv = 8 Cq)
+    goes through ``RowBlockedAttention``, in blocks of rows and of keys, with SDPA's result and gradients."""
+    torch.manual_seed(3)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 40)  # blocks of 7 rows (forward) and 7 keys (backward)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: pytest.fail("SDPA was called"))
+    q, k, v = (torch.randn(2, 40, c, dtype=torch.float64, requires_grad=True) for c in (4, 4, 12))
+    out = fused_attention(q, k, v, scale=0.3)
+    expected = torch.softmax(q @ k.transpose(1, 2) * 0.3, dim=-1) @ v  # (2, 40, 12)
+    torch.testing.assert_close(out, expected)
+    assert torch.autograd.gradcheck(lambda *t: fused_attention(*t, scale=0.3), (q, k, v))
 
 
 def test_tokens_are_positions_by_channels_in_raster_order_and_contiguous():

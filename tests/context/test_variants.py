@@ -4,7 +4,7 @@ import importlib
 
 import torch
 
-from dnlseg.context import VARIANTS, DisentangledNonLocal2d, GlobalContext2d, NonLocal2d, variant_of
+from dnlseg.context import BLOCKS, VARIANTS, DisentangledNonLocal2d, GlobalContext2d, NonLocal2d, variant_of
 
 
 def test_build_passes_the_variant_arguments_and_overrides_replace_them():
@@ -46,6 +46,11 @@ def test_every_variants_block_is_recognised_as_that_variant_at_any_width_and_set
         other = {"reduction": 8} if variant.block is GlobalContext2d else {"reduction": 4, "temperature": 0.5}
         assert variant_of(variant.build(64, **other)) == (name, variant.label)
     assert variant_of(NonLocal2d(16, mode="dot_product")) == ("nl", "NL")
+
+
+def test_a_block_of_the_blocks_table_is_named_by_its_entry():
+    for name, entry in BLOCKS.items():
+        assert variant_of(entry.build(16)) == (name, entry.label)
 
 
 def test_a_block_of_no_variant_is_named_by_its_class():

@@ -2,7 +2,6 @@
 process, computes what BatchNorm computes on the global batch (values, running statistics, gradients)."""
 
 import copy
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 
 from dnlseg.models import sync_batchnorm
 from dnlseg.models.sync_batchnorm import SyncBatchNorm, SyncBatchNormPlugin
+from tests.helpers import TwoRanks
 
 
 def test_plugin_converts_every_batchnorm_and_reverts_keeping_the_state():
@@ -35,49 +35,6 @@ def test_single_process_forward_equals_batchnorm():
     x = torch.randn(3, 4, 5, 5)
     torch.testing.assert_close(sync(x), reference(x))
     torch.testing.assert_close(sync.running_var, reference.running_var)
-
-
-class TwoRanks:
-    """Two DDP "ranks" as two threads of this process: ``all_reduce`` waits for both and returns the sum.
-
-    The sum keeps both ranks' autograd graphs, so one backward of (loss_0 + loss_1) gives each rank the
-    gradient the real differentiable all-reduce would (its backward sums the ranks' upstream gradients).
-    """
-
-    def __init__(self) -> None:
-        self.barrier = threading.Barrier(2)
-        self.slots: list = [None, None]
-        self.calls = [0, 0]
-        self.local = threading.local()
-
-    def all_reduce(self, tensor, group=None):
-        rank = self.local.rank
-        self.calls[rank] += 1
-        self.slots[rank] = tensor
-        self.barrier.wait()
-        total = self.slots[0] + self.slots[1]
-        self.barrier.wait()  # both have read the slots before the next call overwrites them
-        return total
-
-    def run(self, function, inputs):
-        outputs, errors = [None, None], []
-
-        def body(rank):
-            self.local.rank = rank
-            try:
-                outputs[rank] = function(rank, inputs[rank])
-            except BaseException as error:  # noqa: BLE001 - re-raised below
-                errors.append(error)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=body, args=(rank,)) for rank in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        if errors:
-            raise errors[0]
-        return outputs
 
 
 @pytest.fixture

@@ -15,7 +15,11 @@ factors of the block's first call of the batch) in one of two ways:
   draws and BatchNorm statistics leave no trace (``grad=True``).
 
 What a block has is read from its capture, never from its class: ``pairwise_query``, ``unary_logits`` and
-``combine`` are None where the block has no such term or its weights are no function of them.
+``combine`` are None where the block has no such term or its weights are no function of them. What has no meaning
+for a block is read from the block (``ContextBlock.undefined_analyses``: CAM's keys are channels, EMA's attention
+carries no gradient): ``skipped`` names those blocks and logs the reason once, so that an absent number is never a
+silent gap. ``unmeasured`` says which analyses of a call's keys that are not pixels (ANN's pyramid cells, OCR's class
+regions) are not computed here.
 
 A subclass names the module protocols it needs in ``requires`` (``dnlseg.callbacks.module_interface``; checked at
 ``setup``), the files its last run wrote in ``written``, and how ``dnlseg analyze`` runs it on a checkpoint in
@@ -24,6 +28,7 @@ A subclass names the module protocols it needs in ``requires`` (``dnlseg.callbac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -31,12 +36,37 @@ from typing import Any, ClassVar, TypeVar
 
 import lightning as L
 import torch
+from torch import nn
 
 from dnlseg.callbacks.module_interface import check_module
-from dnlseg.context import CapturedAttention, capture_attention, find_context_blocks
+from dnlseg.context import ANALYSES, CapturedAttention, capture_attention, find_context_blocks
 from dnlseg.models.buffers import BufferSnapshot
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+# the analyses that read labels or paint maps on the key grid: not computed for keys that are not pixels
+ON_KEY_PIXELS = ("attention_maps", "category_consistency", "boundary_consistency")
+
+
+def undefined_analyses(module: nn.Module, analysis: str) -> dict[str, str]:
+    """{block: why ``analysis`` (one of ``dnlseg.context.ANALYSES``) has no meaning for it} for the context blocks
+    of ``module`` that declare so (``ContextBlock.undefined_analyses``)."""
+    if analysis not in ANALYSES:
+        raise ValueError(f"analysis={analysis!r} is not one of {', '.join(map(repr, ANALYSES))}")
+    blocks = find_context_blocks(module).items()
+    return {name: block.undefined_analyses[analysis] for name, block in blocks if analysis in block.undefined_analyses}
+
+
+def unmeasured(call: CapturedAttention, analysis: str) -> str | None:
+    """Why ``analysis`` is not computed on this call, or None: the analyses of ``ON_KEY_PIXELS`` need keys that are
+    pixels (the key grid's labels, a map of the keys), and keys that are not (pyramid cells, class regions) would
+    need each key's label distribution (``keys.cover``), which these callbacks do not compute yet."""
+    keys = call.key_set
+    if analysis in ON_KEY_PIXELS and keys.kind == "tokens":
+        what = getattr(keys, "what", "tokens")
+        return f"its keys are {what}, not pixels: {analysis} through each key's pixels is not computed"
+    return None
 
 
 def first_calls(captured: dict[str, list[CapturedAttention]]) -> dict[str, CapturedAttention]:
@@ -61,6 +91,7 @@ class AttentionCaptureCallback(L.Callback):
         self._captured: dict[str, list[CapturedAttention]] = {}  # what it has captured so far
         self._measuring = False  # whether the current validation is measured
         self.written: list[Path] = []  # files the last run wrote (figures), for ``dnlseg analyze``'s record
+        self._explained: set[tuple[str, str]] = set()  # (block, analysis) whose absence was logged
 
     @classmethod
     def analyze_arguments(cls, output_dir: Path) -> dict[str, Any] | None:
@@ -91,6 +122,22 @@ class AttentionCaptureCallback(L.Callback):
 
     def end_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """At each validation's end (every one, measured or not, the sanity check included): reduce and log."""
+
+    # -- what is not measured ------------------------------------------------------------------------------------
+    def skipped(self, module: nn.Module, analysis: str, calls: dict[str, CapturedAttention] | None = None) -> set[str]:
+        """The blocks of ``module`` that ``analysis`` skips -- those for which it has no meaning
+        (``undefined_analyses``) and, of ``calls``, those whose keys it is not computed on (``unmeasured``) -- each
+        reason logged once per block and analysis."""
+        reasons = undefined_analyses(module, analysis)
+        for name, call in (calls or {}).items():
+            reason = unmeasured(call, analysis)
+            if reason is not None:
+                reasons.setdefault(name, reason)
+        for name, reason in reasons.items():
+            if (name, analysis) not in self._explained:
+                self._explained.add((name, analysis))
+                log.info("%s: no %s for %s: %s", type(self).__name__, analysis, name, reason)
+        return set(reasons)
 
     # -- extra forwards ------------------------------------------------------------------------------------------
     @staticmethod

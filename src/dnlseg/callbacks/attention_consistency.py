@@ -18,7 +18,9 @@ and logs nothing.
 
 Logged per block ``val/<metric>/<block>`` and, for the first block, the plain ``val/<metric>``. Blocks without
 a pairwise (unary-only) or unary (pairwise-only) term log only what exists; a network without a block logs
-nothing. Under DDP the numerators and counts are summed over ranks before dividing.
+nothing; a metric without meaning for a block (``ContextBlock.undefined_analyses``: CAM's keys are channels) or not
+computed on its keys (pyramid cells, class regions) is left out with the reason logged once. Under DDP the
+numerators and counts are summed over ranks before dividing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from dnlseg.context import CapturedAttention, find_context_blocks
 
 log = logging.getLogger(__name__)
 
+# their names in dnlseg.context.ANALYSES (ContextBlock.undefined_analyses)
+CATEGORY, BOUNDARY = "category_consistency", "boundary_consistency"
 PAIRWISE = "pairwise_category_consistency"
 UNARY = "unary_boundary_consistency"
 
@@ -80,6 +84,7 @@ class AttentionConsistency(AttentionCaptureCallback):
         self._blocks: list[str] = []
         self._sums: dict[str, Tensor] = {}  # "<metric>/<block>" -> (2,) [sum of values, count]
         self._ignore_index = 255
+        self._undefined: dict[str, set[str]] = {}  # analysis -> the blocks it has no meaning for
 
     @classmethod
     def analyze_arguments(cls, output_dir: Path) -> dict[str, Any]:
@@ -103,6 +108,8 @@ class AttentionConsistency(AttentionCaptureCallback):
         return self.max_batches is None or batch_idx < self.max_batches
 
     def measure_batch(self, trainer, pl_module, captured, batch, batch_idx, dataloader_idx) -> None:
+        # what has no meaning for a block (CAM's channels, EMA's bases) or is not computed on its keys: logged once
+        self._undefined = {a: self.skipped(pl_module, a, captured) for a in (CATEGORY, BOUNDARY)}
         for name, call in captured.items():
             self._accumulate(name, call, batch["mask"], batch_idx + 100_003 * dataloader_idx)
 
@@ -132,7 +139,7 @@ class AttentionConsistency(AttentionCaptureCallback):
     def _accumulate(self, name: str, captured: CapturedAttention, masks: Tensor, batch_key: int) -> None:
         masks = masks.to(captured.values.device)
         key_labels = labels_on_grid(masks, captured.key_size)  # (N, Hk, Wk)
-        if captured.pairwise_query is not None:
+        if captured.pairwise_query is not None and name not in self._undefined.get(CATEGORY, ()):
             query_labels = labels_on_grid(masks, captured.query_size).flatten(1)  # (N, P)
             if self.num_queries is None:
                 values = category_consistency(captured, query_labels, key_labels.flatten(1), self._ignore_index)
@@ -142,7 +149,7 @@ class AttentionConsistency(AttentionCaptureCallback):
                     captured, query_labels, key_labels.flatten(1), rows, self._ignore_index
                 )
             self._add(f"{PAIRWISE}/{name}", values)
-        if captured.unary_logits is not None:
+        if captured.unary_logits is not None and name not in self._undefined.get(BOUNDARY, ()):
             self._add(f"{UNARY}/{name}", boundary_consistency(captured, key_labels, self.radius))
 
     def sample_queries(self, query_labels: Tensor, batch_key: int = 0) -> Tensor:

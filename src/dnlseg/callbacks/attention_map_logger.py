@@ -102,7 +102,10 @@ class AttentionMapLogger(AttentionCaptureCallback):
             mask = labels_on_grid(mask, tuple(image.shape[-2:]))  # (1, H, W) at the image size
             maps = self.captured_attention(trainer, pl_module, image)
             display = unnormalize(image[0])
+            skipped = self.skipped(pl_module, "attention_maps", maps)  # CAM: no pixel keys; the reason logged once
             for name, m in maps.items():
+                if name in skipped:
+                    continue
                 queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
                 head, label = variant_of(blocks[name])  # e.g. ("dnl", "DNL")
                 title = f"{label} ({name}), step {step}, image {i}"

@@ -7,7 +7,8 @@ from y_i = sum_j w_ij v_j as
 
     G_ij = dL/dw_ij = dL/dy_i . v_j                        (N, Q, Pk), never the whole (P, Pk)
 
-and, holding G fixed, the gradients of the block's ``combine`` restricted to those rows give per block:
+and, holding G fixed, the gradients of the call's ``combine(p, u, rows)`` on those rows (restricted to each query's
+keys: CCNet's row and column, ISA's group) give per block:
 
     separation/<block>/pairwise_logit_grad     ||dL/dp|| over the sampled rows
     separation/<block>/unary_logit_grad        ||dL/du|| from the sampled rows' weights
@@ -16,7 +17,8 @@ and, holding G fixed, the gradients of the block's ``combine`` restricted to tho
 With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
 rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
 cross-sensitivity of DNL stays exactly 0 on any set of rows. For NL, p and u are its implicit decomposition; a block
-whose weights are no function of (p, u) (dot-product NL) logs nothing.
+whose weights are no function of (p, u) (dot-product NL) logs nothing, and a block for which a quantity has no
+meaning (``ContextBlock.undefined_analyses``: EMA's attention carries no gradient) logs the reason once instead.
 
 Training is unchanged: parameters and optimiser state are not touched, BatchNorm running statistics are restored,
 and the probe runs inside ``torch.random.fork_rng`` with its own generator, so the global RNG stream continues as
@@ -78,15 +80,17 @@ class SeparationProbe(AttentionCaptureCallback):
         module = cast(LossTerms, pl_module)
         with self.leave_no_trace(pl_module, grad=True):  # RNG forked, BatchNorm statistics restored after the grad
             loss, captured = self.captured_forward(trainer, pl_module, lambda: module.losses(batch)["loss"])
-            calls = {name: c for name, c in captured.items() if c.combine is not None}
+            skipped = self.skipped(pl_module, "logit_gradients")  # EMA: no gradient reaches its attention
+            calls = {name: c for name, c in captured.items() if c.combine is not None and name not in skipped}
             outputs = [c.output for c in calls.values()]
             grads = torch.autograd.grad(loss, outputs, allow_unused=True) if outputs else []
 
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_step)
         metrics: dict[str, Tensor] = {}
+        no_cross = self.skipped(pl_module, "cross_sensitivity")
         for (name, call), grad_y in zip(calls.items(), grads, strict=True):
             if grad_y is not None:
-                metrics |= self.block_metrics(name, call, grad_y, generator)
+                metrics |= self.block_metrics(name, call, grad_y, generator, cross=name not in no_cross)
         return metrics
 
     def sample_rows(self, count: int, batch: int, generator: torch.Generator) -> Tensor:
@@ -97,9 +101,10 @@ class SeparationProbe(AttentionCaptureCallback):
         return scores.topk(self.num_queries, dim=1).indices.sort(dim=1).values
 
     def block_metrics(
-        self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator
+        self, name: str, call: CapturedAttention, grad_y: Tensor, generator: torch.Generator, cross: bool = True
     ) -> dict[str, Tensor]:
-        """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv)."""
+        """The three numbers of one block from its captured factors and dL/dy (N, P or 1, Cv); ``cross``: whether
+        the cross-sensitivity has a meaning for the block."""
         combine = call.combine
         if combine is None:  # not reached: the calls are those with a combine
             return {}
@@ -111,7 +116,7 @@ class SeparationProbe(AttentionCaptureCallback):
         unary = call.unary_logits.detach().float().requires_grad_(True) if call.unary_logits is not None else None
         inputs = [t for t in (pairwise, unary) if t is not None]
         with torch.enable_grad():
-            weights = combine(pairwise, unary).expand_as(upstream)  # (N, Q, Pk)
+            weights = combine(pairwise, unary, rows).expand_as(upstream)  # (N, Q, Pk), 0 outside each query's keys
             grads = dict(zip(map(id, inputs), torch.autograd.grad(weights, inputs, upstream), strict=True))
         prefix = f"separation/{name}"
         metrics: dict[str, Tensor] = {}
@@ -119,8 +124,15 @@ class SeparationProbe(AttentionCaptureCallback):
             metrics[f"{prefix}/pairwise_logit_grad"] = grads[id(pairwise)].norm()
         if unary is not None:
             metrics[f"{prefix}/unary_logit_grad"] = grads[id(unary)].norm()
-        if pairwise is not None and unary is not None:
+        if pairwise is not None and unary is not None and cross:
             metrics[f"{prefix}/cross_sensitivity"] = cross_sensitivity(
-                combine, pairwise.detach(), unary.detach(), upstream, self.relative_step, generator
+                combine,
+                pairwise.detach(),
+                unary.detach(),
+                upstream,
+                self.relative_step,
+                generator,
+                rows=rows,
+                key_mask=call.key_mask(rows),
             )
         return metrics

@@ -119,7 +119,9 @@ class DisentangledNonLocal2d(NonLocalBase):
     def temperature(self) -> Tensor:
         return self.logit_scale.temperature
 
-    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+    def combine(
+        self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
+    ) -> Tensor:
         """w_ij = g * softmax_j(p_ij) + softmax_j(u_j) -- each term normalised on its own, then ADDED."""
         pairwise = torch.softmax(pairwise_logits, dim=-1) if pairwise_logits is not None else None
         if pairwise is not None and self.gamma is not None:

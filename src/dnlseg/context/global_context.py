@@ -52,7 +52,9 @@ class GlobalContext2d(ContextBlock):
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
-    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+    def combine(
+        self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
+    ) -> Tensor:
         """w_ij = softmax_j(u_j): the same weights for every query."""
         if unary_logits is None:
             raise ValueError("GlobalContext2d's weights need its unary logits")

@@ -95,7 +95,9 @@ class NonLocal2d(NonLocalBase):
 
     branch_modules = {"query": ("query", "query_whiten"), "key": ("key", "key_whiten"), "out": ("out", "out_norm")}
 
-    def combine(self, pairwise_logits: Tensor | None, unary_logits: Tensor | None) -> Tensor:
+    def combine(
+        self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None
+    ) -> Tensor:
         """w = softmax_j(p_ij + u_j) -- the terms MULTIPLY (embedded Gaussian and Gaussian modes; in dot-product
         mode w = q.k / Pk is not a function of p and u, and its ``CapturedAttention.combine`` is None)."""
         if pairwise_logits is None or unary_logits is None:

@@ -33,6 +33,7 @@ class NonLocalBase(ContextBlock):
     """
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"out": ("out", "out_norm")}
+    attention_paths: ClassVar[tuple[str, ...]] = ATTENTION_PATHS
 
     def __init__(
         self,

@@ -1,0 +1,66 @@
+"""DANet's channel attention module (CAM; Fu et al., CVPR 2019, arXiv 1809.02983, Sec. 3.3), docs/science.md
+section 7. The queries and keys are the C channels of x, each a vector over the P positions:
+
+    E_ab = x_a . x_b                                  (N, C, C), no embedding
+    w_ab = softmax_b( max_c E_ac - E_ab )             = softmax_b( -x_a . x_b ): the row max cancels
+    y_a  = sum_b w_ab x_b                             (N, C, P)
+    out  = x + gamma * y                              gamma a learned scalar, 0 at init: the block starts as identity
+
+Under autocast the energies and weights stay in float32. The analyses get the split of -x_a . x_b over channel keys
+(``TokenKeys("channels")``, covering no pixel); the pixel analyses have no meaning for it (``undefined_analyses``).
+
+mmseg 1.2.2: ``mmseg.models.decode_heads.da_head.CAM`` (``DAHead.cam``), key ``gamma.scale`` -> ours ``gamma``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dnlseg.context.base import CoupledAttention, implicit_split
+from dnlseg.context.keys import TokenKeys
+
+NO_PIXELS = "its queries and keys are the C channels, not pixels: no weight of it lies on the image"
+
+
+class ChannelAttention2d(CoupledAttention):
+    """DANet's channel attention, (N, C, H, W) -> (N, C, H, W); the identity at initialisation (gamma = 0).
+
+    Args:
+        in_channels: C, channels of the input feature map (CAM has no embedding: C only checks the input).
+    """
+
+    branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"out": ("gamma",)}
+    undefined_analyses: ClassVar[dict[str, str]] = {
+        "attention_maps": NO_PIXELS,
+        "category_consistency": NO_PIXELS,
+        "boundary_consistency": NO_PIXELS,
+    }
+    mmseg_names: ClassVar[dict[str, str]] = {"gamma": "gamma.scale"}
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        if in_channels <= 0:
+            raise ValueError(f"in_channels={in_channels} must be positive")
+        self.in_channels = in_channels
+        self.gamma = nn.Parameter(torch.zeros(()))  # mmcv's Scale(0): a 0-d parameter
+
+    def forward(self, x: Tensor) -> Tensor:
+        N, C, H, W = x.shape
+        if C != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {C}")
+        channels = x.reshape(N, C, H * W)  # (N, C, P): each channel a token of P features
+        # Under autocast too in float32 (or wider): an energy sums P products, bf16 would lose its differences.
+        with torch.autocast(x.device.type, enabled=False):
+            channels = channels.to(torch.promote_types(channels.dtype, torch.float32))
+            energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
+            weights = torch.softmax(energy.max(dim=-1, keepdim=True).values.expand_as(energy) - energy, dim=-1)
+            y = weights @ channels  # (N, C, C) @ (N, C, P) -> (N, C, P)
+        self.publish(
+            lambda: implicit_split(
+                -channels, channels, channels, y, (C, 1), (C, 1), self.combine, TokenKeys("channels"), "channels"
+            )
+        )
+        return self.gamma * y.reshape(N, C, H, W) + x  # mmseg: gamma(out) + x
