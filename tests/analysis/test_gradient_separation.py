@@ -106,3 +106,27 @@ def test_cross_sensitivity_perturbs_and_measures_the_logits_of_each_querys_keys_
         return cross_sensitivity(record.combine, pairwise, u, g, 0.05, generator, rows=rows, key_mask=mask)
 
     torch.testing.assert_close(cross(p.masked_fill(~mask, 40.0)), cross(p))
+
+
+def test_the_perturbation_has_the_asked_relative_size_even_when_its_random_direction_is_short():
+    """||dp|| = relative_step * ||p|| over each query's keys, also when the direction is one number below 1."""
+
+    def coupled(p, u, rows=None):  # NL's softmax of p + u: dL/du depends on p
+        return torch.softmax(p + u, dim=-1)
+
+    p = torch.tensor([[[2.0, -1.0, 0.5]]], dtype=torch.float64)
+    u = torch.tensor([[[0.3, 0.0, -0.2]]], dtype=torch.float64)
+    upstream = torch.tensor([[[1.0, -2.0, 0.5]]], dtype=torch.float64)
+    mask = torch.tensor([[[True, False, False]]])  # one key: the direction is a single standard-normal number
+    seed = next(
+        s for s in range(100) if 0.05 < abs(torch.randn(3, generator=torch.Generator().manual_seed(s))[0]) < 0.5
+    )
+    direction = torch.randn((1, 1, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    step = torch.zeros_like(p)
+    step[0, 0, 0] = torch.sign(direction[0, 0, 0]) * 0.1 * 2.0  # relative_step * ||p over the key||
+    before = unary_logit_gradient(coupled, p, u, upstream)
+    expected = (unary_logit_gradient(coupled, p + step, u, upstream) - before).norm() / before.norm()
+    got = cross_sensitivity(
+        coupled, p, u, upstream, relative_step=0.1, generator=torch.Generator().manual_seed(seed), key_mask=mask
+    )
+    torch.testing.assert_close(got, expected)
