@@ -16,6 +16,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# A 4-GPU recipe as one CPU process (no DDP, no SyncBatchNorm).
+ONE_CPU_PROCESS = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.sync_batchnorm=false",
+]
+# ... and small: ResNet-18 (deep, stride 8), a 16-channel head, loading in the main process.
+SMALL_ON_ONE_CPU = [
+    *ONE_CPU_PROCESS,
+    "--model.network.encoder.name=resnet18",
+    "--model.network.head_channels=16",
+    "--model.network.aux_channels=8",
+    "--data.init_args.loader.num_workers=0",
+]
 SHARED_PREFIX = "_"
 MIRRORS = re.compile(r"^# Mirrors mmsegmentation 1\.2\.2 configs/(\S+\.py)", re.M)
 MMSEG_FAMILIES = ("cityscapes", "ade20k", "voc")  # the recipes that mirror an mmseg config (tests/test_configs.py)
@@ -115,10 +130,7 @@ def recipe_cpu_args(recipe_file: Path, data_root: Path, save_dir: Path) -> list[
     return [
         "-c",
         str(recipe_file),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.strategy=auto",
-        "--trainer.sync_batchnorm=false",
+        *ONE_CPU_PROCESS,
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={save_dir}",
         f"--data.init_args.root={data_root}",

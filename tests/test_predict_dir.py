@@ -9,20 +9,12 @@ from PIL import Image
 
 from dnlseg.data.cityscapes import TRAIN_ID_TO_LABEL_ID
 from tests.datasets import OWN_CLASSES, write_image_folder
+from tests.recipes import SMALL_ON_ONE_CPU
 from tests.test_reliability.runs import ROOT, dnlseg
 
 pytestmark = pytest.mark.slow
 
-ON_CPU = [
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.strategy=auto",
-    "--trainer.sync_batchnorm=false",
-    "--model.network.encoder.name=resnet18",
-    "--model.network.head_channels=16",
-    "--model.network.aux_channels=8",
-    "--data.init_args.loader.num_workers=0",
-]
+ON_CPU = SMALL_ON_ONE_CPU
 DATASETS = {
     # config: (extra arguments, label values the dataset's encoding allows, the label PNGs' mode)
     "cityscapes/dnl_r50_d8_512x1024_80k": ([], set(TRAIN_ID_TO_LABEL_ID[:19].tolist()), "L"),  # labelIds

@@ -22,20 +22,12 @@ from dnlseg.deploy.torchscript import read_torchscript_metadata
 from dnlseg.errors import ExportError
 from tests.helpers import uint8_images, wake_context_blocks
 from tests.mmseg_helpers import mmseg_model, save_mmseg_checkpoint
+from tests.recipes import SMALL_ON_ONE_CPU
 from tests.test_reliability.runs import ROOT, dnlseg
 
 CITYSCAPES = str(ROOT / "configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml")
 SYNTHETIC = str(ROOT / "configs/synthetic/dnl.yaml")
-ON_CPU = [  # the Cityscapes recipe, small: ResNet-18 (deep, stride 8), a 16-channel head, one CPU process
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.strategy=auto",
-    "--trainer.sync_batchnorm=false",
-    "--model.network.encoder.name=resnet18",
-    "--model.network.head_channels=16",
-    "--model.network.aux_channels=8",
-    "--data.init_args.loader.num_workers=0",
-]
+ON_CPU = SMALL_ON_ONE_CPU  # the Cityscapes recipe, small
 SMALL = ["--model.network.head_channels=16", "--model.network.aux_channels=8"]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"
 

@@ -20,6 +20,7 @@ from dnlseg.cli.lightning_cli import resolve_config, run_cli
 from dnlseg.data import SegmentationDataModule
 from dnlseg.errors import ConfigError, UserError
 from tests.helpers import TINY
+from tests.recipes import ONE_CPU_PROCESS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,12 +166,7 @@ def test_resolve_config_merges_the_recipe_its_shared_file_and_overrides_and_buil
 
 
 OWN_DATA = str(ROOT / "configs/own_data/dnl_r50_d8_512x512_40k.yaml")
-ON_CPU = [
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.strategy=auto",
-    "--trainer.sync_batchnorm=false",
-]
+ON_CPU = ONE_CPU_PROCESS
 
 
 def test_a_bad_file_behind_a_config_value_is_reported_with_its_own_message_naming_the_file(image_mask_root, tmp_path):
