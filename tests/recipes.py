@@ -2,9 +2,10 @@
 how the tests run a 4-GPU recipe as one CPU process.
 
 A recipe is a YAML file ``configs/<family>/<name>.yaml``; a file whose name starts with ``_`` is not a recipe but
-the part that a family's recipes share (its recipes name it in their ``config:`` key). A folder whose name starts with
-``_`` (``configs/_callbacks/``) holds shared pieces that the family files name by path, never a recipe. The tests list
-the recipes from the folder: a new recipe file is tested without naming it anywhere.
+the part that a family's recipes share (its recipes name it in their ``config:`` key); a family file may in turn
+compose ``configs/_base/`` (what every dataset family shares). A folder whose name starts with ``_``
+(``configs/_callbacks/``, ``configs/_base/``) holds shared pieces named by path, never a recipe (configs/README.md).
+The tests list the recipes from the folder: a new recipe file is tested without naming it anywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SMALL_ON_ONE_CPU = [
     "--data.init_args.loader.num_workers=0",
 ]
 SHARED_PREFIX = "_"
+BASE = CONFIGS / "_base"  # what every dataset family composes (a family file's ``config:``)
 MIRRORS = re.compile(r"^# Mirrors mmsegmentation 1\.2\.2 configs/(\S+\.py)", re.M)
 MMSEG_FAMILIES = ("cityscapes", "ade20k", "voc")  # the recipes that mirror an mmseg config (tests/test_configs.py)
 # Recipes of those families with no mmseg config to mirror, and why (each still composes its family's shared file).

@@ -1,6 +1,7 @@
 """Every recipe is found in configs/, composes its family's shared part, names its command, and (the recipes that
 mirror mmseg) loads, builds its model and data, trains one step and has the settings of mmseg's own config."""
 
+import itertools
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from dnlseg.data import ADE20KDataModule, CityscapesDataModule, VOCDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.mmseg_helpers import mirrored_config
 from tests.recipes import (
+    BASE,
     CONFIGS,
     MMSEG_FAMILIES,
     MMSEG_RECIPES,
@@ -76,15 +78,16 @@ def test_the_voc_dnl_recipe_is_the_mirrored_nl_recipe_with_the_dnl_head_of_the_a
     assert dnl == nl
 
 
-def own_keys(recipe_file: Path) -> dict:
-    """What a recipe file itself says: its dotted keys (``model.network.context``) and values, without ``config``."""
-    return {k: v for k, v in yaml.safe_load(recipe_file.read_text()).items() if k != "config"}
+def own_keys(config_file: Path) -> dict:
+    """What a config file itself says: its keys (dotted in a file that composes another) and values, without
+    ``config``."""
+    return {k: v for k, v in yaml.safe_load(config_file.read_text()).items() if k != "config"}
 
 
-def shared_part(recipe_file: Path) -> Path | None:
-    """The shared file a recipe composes (its ``config:`` key, relative to the recipe's folder), or None."""
-    name = yaml.safe_load(recipe_file.read_text()).get("config")
-    return None if name is None else recipe_file.parent / name
+def shared_part(config_file: Path) -> Path | None:
+    """The file a config file composes (its ``config:`` key, relative to its folder), or None."""
+    name = yaml.safe_load(config_file.read_text()).get("config")
+    return None if name is None else (config_file.parent / name).resolve()
 
 
 def with_files_loaded(value, folder: Path):
@@ -98,6 +101,21 @@ def with_files_loaded(value, folder: Path):
         path = folder / value
         return with_files_loaded(yaml.safe_load(path.read_text()), path.parent)
     return value
+
+
+def composed(config_file: Path) -> dict:
+    """The settings ``config_file`` makes, layered as configs/README.md says jsonargparse does it: first the file its
+    ``config:`` key names (itself composed), then the file's own keys in order; a dotted key replaces that one entry,
+    a key without a dot its whole section; a value that names a YAML file is that file's content."""
+    shared = shared_part(config_file)
+    settings = composed(shared) if shared is not None else {}
+    for key, value in own_keys(config_file).items():
+        *parents, last = key.split(".")
+        section = settings
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[last] = with_files_loaded(value, config_file.parent)
+    return settings
 
 
 def lookup(config: dict, dotted: str):
@@ -125,55 +143,56 @@ def contains(whole, given) -> bool:
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
-def test_recipe_composes_one_shared_file_of_its_family(config):
-    shared = shared_part(config)
-    if shared is None:  # a family of one: the recipe is the whole file
+def test_recipe_composes_its_family_file_which_composes_at_most_the_shared_base(config):
+    """recipe -> ``<family>/_<name>.yaml`` -> at most one file of ``configs/_base/``, which composes nothing; a file
+    that composes another names its own settings by dotted keys (a nested section would replace the shared one)."""
+    family = shared_part(config)
+    if family is None:  # a family of one: the recipe is the whole file
         return
-    assert shared.parent == config.parent and shared.name.startswith(SHARED_PREFIX) and shared.is_file()
-    assert "config" not in yaml.safe_load(shared.read_text())  # one level of composition, not a chain
-    assert all("." in key for key in own_keys(config)), "a nested section would replace the shared one whole"
+    assert family.parent == config.parent and family.name.startswith(SHARED_PREFIX) and family.is_file()
+    chain = [config, family]
+    base = shared_part(family)
+    if base is not None:
+        assert base.parent == BASE and base.is_file(), base
+        assert shared_part(base) is None, f"{base} composes another file: at most recipe -> family -> base"
+        chain.append(base)
+    for upper, lower in itertools.pairwise(chain):
+        below = composed(lower)
+        whole = [key for key in own_keys(upper) if "." not in key and isinstance(below.get(key), dict)]
+        assert not whole, f"{upper}: {whole} would replace the whole section of {lower}; write dotted keys"
 
 
-def test_every_shared_file_is_composed_by_a_recipe():
+def test_every_shared_file_is_composed():
     for shared in shared_files():
         assert any(shared_part(p) == shared for p in RECIPES), f"{shared} is composed by no recipe"
+    for base in sorted(BASE.glob("*.yaml")):
+        assert any(shared_part(p) == base for p in shared_files()), f"{base} is composed by no family file"
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=recipe_id)
 def test_recipe_resolves_to_its_shared_settings_and_its_own(config):
-    """What ``--print_config`` shows: every setting of the shared file unless the recipe sets it, and the recipe's."""
+    """What ``--print_config`` shows: every setting of the files it composes unless a later one sets it, and its own."""
     whole, own = resolved(config), with_files_loaded(own_keys(config), config.parent)  # a head given by path
-    assert "config" not in whole  # the whole config: it resumes without the shared file
+    assert "config" not in whole  # the whole config: it resumes without the shared files
     for key, value in own.items():
         assert contains(lookup(whole, key), value), (key, value)
-    shared = shared_part(config)
-    if shared is not None:
-        settings = with_files_loaded(yaml.safe_load(shared.read_text()), shared.parent)
-        for key in own:  # the recipe's own value replaces the shared one
-            drop(settings, key)
-        assert contains(whole, settings)
+    assert contains(whole, composed(config))
 
 
-# Settings lines that several family files still share (file pair: how many 6-line blocks), each a section a family
-# changes a key of: the 4-GPU DDP head of `trainer:`, `data.init_args.loader`/`checks`, the crop schedule of ADE20K and
-# VOC, the two Cityscapes families' trainer and data, a whole-image `model.inference` (4 lines) with the `data:` line
-# after it. Inside one file jsonargparse replaces a section or a list whole (configs/_callbacks/README.md), so one key
-# of a section shared by path cannot be changed there. The other `model:` sub-blocks are written once, by path: the
-# heads (configs/_heads/), the mmseg families' network, loss, optimizer and schedule (configs/_networks/, _losses/,
-# _optimizers/, _optimization/). The list may only shrink: the test fails on a new pair, on more blocks, and on a pair
-# that no longer shares any (then delete it).
-KNOWN_SHARED_BLOCKS = {
-    ("ade20k/_512x512_160k", "cityscapes/_512x1024_80k"): 3,
-    ("ade20k/_512x512_160k", "cityscapes/_769x769_80k"): 3,
-    ("ade20k/_512x512_160k", "own_data/_512x512_40k"): 5,
-    ("ade20k/_512x512_160k", "voc/_512x512_20k"): 13,
-    ("cityscapes/_512x1024_80k", "cityscapes/_769x769_80k"): 19,
-    ("cityscapes/_512x1024_80k", "own_data/_512x512_40k"): 4,
-    ("cityscapes/_512x1024_80k", "voc/_512x512_20k"): 3,
-    ("cityscapes/_769x769_80k", "own_data/_512x512_40k"): 3,
-    ("cityscapes/_769x769_80k", "voc/_512x512_20k"): 3,
-    ("own_data/_512x512_40k", "voc/_512x512_20k"): 5,
-}
+def test_a_dotted_key_changes_one_entry_of_a_composed_section_and_a_nested_one_replaces_it(tmp_path):
+    """The layering the family files and recipes rely on and ``composed`` models (configs/README.md), as jsonargparse
+    does it: over a family (itself over the base) `trainer.max_steps` keeps the 4-GPU trainer, `trainer:` drops it."""
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    folder = tmp_path / "configs" / "cityscapes"
+    for layout, own, devices in (
+        ("dotted", "trainer.max_steps: 5\n", 4),
+        ("nested", "trainer:\n  max_steps: 5\n", "auto"),  # Trainer's default
+    ):
+        probe = folder / f"{layout}.yaml"
+        probe.write_text(f"config: _512x1024_80k.yaml\n{own}")
+        trainer, settings = resolved(probe)["trainer"], composed(probe)["trainer"]
+        assert trainer["max_steps"] == settings["max_steps"] == 5, layout
+        assert trainer["devices"] == settings.get("devices", "auto") == devices, layout
 
 
 def config_id(path: Path) -> str:
@@ -196,16 +215,10 @@ def test_repeated_blocks_are_six_setting_lines_in_two_files_whatever_their_comme
 
 
 def test_no_block_of_six_setting_lines_is_written_in_two_config_files():
-    """Each shared setting is written once (a callback in configs/_callbacks/, a family's in its ``_`` file)."""
-    found = repeated_blocks(config_files())
-    counts = {(config_id(a), config_id(b)): len(lines) for (a, b), lines in found.items()}
-    new = {
-        f"{config_id(a)} ~ {config_id(b)}": lines
-        for (a, b), lines in found.items()
-        if len(lines) > KNOWN_SHARED_BLOCKS.get((config_id(a), config_id(b)), 0)
-    }
-    assert not new, f"6+ setting lines written again (files: (line, line) where each block starts): {new}"
-    assert counts.keys() == KNOWN_SHARED_BLOCKS.keys(), "a known overlap is gone: delete it from KNOWN_SHARED_BLOCKS"
+    """Each shared setting is written once: what every dataset family shares in configs/_base/, a callback in
+    configs/_callbacks/, a value several families name in a ``configs/_<kind>/`` folder, a family's in its file."""
+    found = {f"{config_id(a)} ~ {config_id(b)}": lines for (a, b), lines in repeated_blocks(config_files()).items()}
+    assert not found, f"6+ setting lines written again (files: (line, line) where each block starts): {found}"
 
 
 def test_every_shared_callback_file_is_listed_by_a_family_and_holds_one_callback():
