@@ -394,7 +394,9 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
 def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
-    own = with_files_loaded(own_keys(config).get("model.network.context"), config.parent)  # a head named by path
+    keys = own_keys(config)
+    own_head = keys.get("model.network.decode_head")  # a head of its own layout, or a block in the context head
+    own = with_files_loaded(keys.get("model.network.context"), config.parent)  # a block named by path
     cli = run_cli(
         [
             "-c",
@@ -413,10 +415,16 @@ def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
         ],
         run=False,
     )
-    block = cli.model.network.decode_head.context
-    if own is None:  # the baseline
+
+    def path_of(module: nn.Module) -> str:
+        return f"{type(module).__module__.rsplit('.', 1)[0]}.{type(module).__name__}"
+
+    if own_head is not None:
+        assert own is None and path_of(cli.model.network.decode_head) == own_head["class_path"]
+    elif own is None:  # the baseline
+        block = cli.model.network.decode_head.context
         assert isinstance(block, nn.Identity)
     else:
-        assert f"{type(block).__module__.rsplit('.', 1)[0]}.{type(block).__name__}" == own["class_path"]
+        assert path_of(cli.model.network.decode_head.context) == own["class_path"]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])

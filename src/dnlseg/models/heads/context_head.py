@@ -1,8 +1,10 @@
-"""Decode heads of docs/science.md section 4: the context head (NL/DNL/none) and the auxiliary FCN head."""
+"""The decode heads of docs/science.md section 4: the context head around one block (NL, DNL, GC, CC, none) and the
+auxiliary FCN head."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +28,13 @@ class ContextHead(nn.Module):
         context: builds the context block from C, e.g. ``partial(DisentangledNonLocal2d, temperature=0.05)``;
             None: the baseline head, identical but without a block.
         dropout: Dropout2d probability before the classifier.
+
+    mmseg 1.2.2's ``NLHead``, ``DNLHead``, ``GCHead``, ``CCHead`` and ``FCNHead`` (2 convs, ``concat_input``) share
+    this layout; the network builds it from ``model.network.head_channels`` and ``context`` unless a config names a
+    ``decode_head`` of its own (``dnlseg.models.heads.base``: what a head declares).
     """
+
+    inputs: ClassVar[tuple[str, ...]] = ("last",)
 
     def __init__(
         self,
