@@ -1,15 +1,13 @@
 """SegmentationNetwork: smp encoder + decode head (+ aux head), for the variants and the heads of their own."""
 
-import functools
-
 import pytest
 import torch
 
 from dnlseg.context import VARIANTS, capture_attention, find_context_blocks
 from dnlseg.models import SegmentationNetwork
 from dnlseg.models.encoder import EncoderOptions
-from dnlseg.models.heads import ANNHead, ContextHead, DAHead, EMAHead, ISAHead, OCRHead
-from tests.helpers import context_of
+from dnlseg.models.heads import ContextHead, DAHead
+from tests.helpers import TINY_HEADS, context_of
 
 NAMES = list(VARIANTS)  # every variant of the table, the baseline included
 
@@ -83,13 +81,7 @@ def test_encoder_depth_is_refused_where_it_is_not_supported():
         tiny(encoder=EncoderOptions(name="mobilenet_v2", depth=3))
 
 
-HEADS = {  # every decode head of its own layout, at a tiny width
-    "danet": functools.partial(DAHead, pam_reduction=4),
-    "annnet": functools.partial(ANNHead, pool_scales=(1, 2)),
-    "isanet": functools.partial(ISAHead, group_size=(2, 2)),
-    "emanet": functools.partial(EMAHead, num_bases=4),
-    "ocrnet": OCRHead,
-}
+HEADS = {name: head["decode_head"] for name, head in TINY_HEADS.items() if "decode_head" in head}
 
 
 @pytest.mark.parametrize("name", list(HEADS))

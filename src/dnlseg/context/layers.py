@@ -49,7 +49,13 @@ def conv_norm_acts(in_channels: int, out_channels: int, count: int, norm_layer: 
 
 def pyramid_pool(x: Tensor, scales: Sequence[int]) -> Tensor:
     """ANN's pyramid pooling: x (N, C, H, W) average-pooled to s x s for every s in ``scales``, flattened and
-    concatenated -> (N, C, sum s^2) (1, 3, 6, 8: 110 cells)."""
+    concatenated -> (N, C, sum s^2) (1, 3, 6, 8: 110 cells).
+
+    Under ``torch.export`` (``dnlseg export``) it is the product with ``pyramid_cover``, the same averages: ONNX has
+    no adaptive pooling, and the exporter's lowering of it is wrong where the size does not divide by s."""
+    if torch.compiler.is_exporting():
+        cover = pyramid_cover((x.shape[-2], x.shape[-1]), scales, x.device, x.dtype)  # (S, H W)
+        return x.flatten(2) @ cover.transpose(0, 1)  # (N, C, H W) @ (H W, S) -> (N, C, S)
     return torch.cat([F.adaptive_avg_pool2d(x, s).flatten(2) for s in scales], dim=2)
 
 
