@@ -1,7 +1,7 @@
 """``dnlseg predict -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path <mmseg DNL R50-D8 .pth>`` on a
 Cityscapes-layout folder writes mmseg's own predictions: those of mmseg's ``init_model`` + ``inference_model``
 (its test pipeline, data preprocessor and model) with the same checkpoint, on the same PNG files; so do the recipes
-of a head of each family: one of its own layout (DANet), one block in the context head (CCNet) and a cascade (OCR)."""
+of a head of the other families: one of its own layout (DANet) and a cascade (OCR)."""
 
 import numpy as np
 import pytest
@@ -16,7 +16,6 @@ from tests.recipes import recipe, recipe_cpu_args
 RECIPES = {
     "dnl_r50_d8_512x1024_80k": 0,
     "danet_r50_d8_512x1024_80k": 0,
-    "ccnet_r50_d8_512x1024_80k": 0,
     "ocrnet_r101_d8_512x1024_80k": 2,
 }
 
@@ -26,10 +25,9 @@ def mmseg_predictions(recipe_file, checkpoint, images: list, size: tuple[int, in
     fixture's (width, height), which leaves these images as they are, as the real one leaves 2048x1024 images."""
     from mmseg.apis import inference_model, init_model
 
-    from mmseg_reference import import_mmseg, load_config, use_criss_cross_attention
+    from mmseg_reference import import_mmseg, load_config
 
     import_mmseg()
-    use_criss_cross_attention()  # CCNet's CCHead: mmcv 2.1.0's CrissCrossAttention
     config = load_config(mirrored_config(recipe_file))
     for step in config.test_pipeline:
         if step["type"] == "Resize":
@@ -41,9 +39,7 @@ def mmseg_predictions(recipe_file, checkpoint, images: list, size: tuple[int, in
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
-def test_predict_with_an_mmseg_checkpoint_writes_mmsegs_predictions(
-    name, cityscapes_root, tmp_path, criss_cross_oracle
-):
+def test_predict_with_an_mmseg_checkpoint_writes_mmsegs_predictions(name, cityscapes_root, tmp_path):
     recipe_file = recipe(f"cityscapes/{name}")
     reference = mmseg_model(recipe_file, seed=RECIPES[name])
     checkpoint = save_mmseg_checkpoint(reference, tmp_path / "zoo.pth", list(CLASS_NAMES))

@@ -299,12 +299,15 @@ def test_recipe_with_mmseg_checkpoint_computes_mmsegs_logits(name, cityscapes_ro
     "name",
     [  # the heads whose zoo files tests/test_mmseg_predict.py does not run through `dnlseg predict`
         "cityscapes/gcnet_r50_d8_512x1024_80k",
+        "cityscapes/ccnet_r50_d8_512x1024_80k",
         "cityscapes/ann_r50_d8_512x1024_80k",
         "cityscapes/isanet_r50_d8_512x1024_80k",
         "cityscapes/emanet_r50_d8_512x1024_80k",
     ],
 )
-def test_fit_init_weights_starts_from_every_weight_and_buffer_of_a_zoo_file(name, cityscapes_root, tmp_path):
+def test_fit_init_weights_starts_from_every_weight_and_buffer_of_a_zoo_file(
+    name, cityscapes_root, tmp_path, criss_cross_oracle
+):
     reference = mmseg_model(recipe(name))
     path = save_mmseg_checkpoint(reference, tmp_path / "zoo.pth", CITYSCAPES_CLASSES)
     args = recipe_cpu_args(recipe(name), cityscapes_root, tmp_path)

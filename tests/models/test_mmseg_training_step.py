@@ -5,7 +5,9 @@ equals mmseg's, for a crop with ignored pixels (NL, DNL, DANet, CCNet, OCR).
 
 Both models run in float64: in fp32 the two implementations (fused SDPA against mmseg's softmax matmuls, summed
 through a ResNet) differ by up to ~1e-5 relative in a few gradients (measured: NL R101 769x769 conv_out 1.06e-5),
-which would hide nothing but leave no margin; in float64 they agree to ~1e-11, so any real difference shows."""
+which would hide nothing but leave no margin; in float64 they agree to ~1e-11, so any real difference shows
+(measured for DANet, CCNet and OCR: every loss term and every gradient 9.7e-12 relative, all alike: mmseg's
+``CrossEntropyLoss`` divides by the pixel count plus float32's eps, 1.2e-7 / 12288)."""
 
 import pytest
 import torch
