@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import threading
 from collections.abc import Callable
@@ -15,11 +16,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from dnlseg.context import VARIANTS, find_context_blocks
+from dnlseg.context import VARIANTS, CrissCrossAttention2d, find_context_blocks
 from dnlseg.data import LoaderOptions, SyntheticDataModule
 from dnlseg.data.synthetic import CLASS_NAMES, SYNTHETIC_LOADER
 from dnlseg.models import SegmentationModule
 from dnlseg.models.encoder import EncoderOptions
+from dnlseg.models.heads import ANNHead, DAHead, EMAHead, ISAHead, OCRHead
 from dnlseg.models.network import NetworkOptions
 
 
@@ -242,14 +244,32 @@ def wake_context_blocks(module: nn.Module, seed: int = 1) -> nn.Module:
     return module
 
 
+# The heads of the field beyond VARIANTS at a tiny width: model.network changes (a decode head of its own layout, or
+# CCNet's block in the context head), keyed as the synthetic recipes (configs/synthetic/<name>.yaml).
+TINY_HEADS: dict[str, dict] = {
+    "danet": {"decode_head": functools.partial(DAHead, pam_reduction=4)},
+    "ccnet": {"context": functools.partial(CrissCrossAttention2d, reduction=4)},
+    "annnet": {"decode_head": functools.partial(ANNHead, pool_scales=(1, 2))},
+    "isanet": {"decode_head": functools.partial(ISAHead, group_size=(2, 2))},
+    "emanet": {"decode_head": functools.partial(EMAHead, num_bases=4)},
+    "ocrnet": {"decode_head": OCRHead},
+}
+
+
+def tiny_head_network(name: str, **changes) -> NetworkOptions:
+    """``tiny_network`` with the head ``name``: a ``dnlseg.context.VARIANTS`` entry or a ``TINY_HEADS`` one."""
+    head = TINY_HEADS[name] if name in TINY_HEADS else {"context": context_of(name)}
+    return tiny_network(**{**head, **changes})
+
+
 def tiny_segmenter(variant: str, num_classes: int = 5):
     """A ``dnlseg.deploy.ImageSegmenter`` (uint8 images -> logits) over a resnet18 (up to layer2) + 16-channel head
-    with the ``dnlseg.context.VARIANTS`` head ``variant``, its blocks woken (``wake_context_blocks``), in eval mode."""
+    ``variant`` (``tiny_head_network``), its blocks woken (``wake_context_blocks``), in eval mode."""
     from dnlseg.data import IMAGENET_MEAN, IMAGENET_STD
     from dnlseg.deploy import ImageSegmenter
 
     torch.manual_seed(0)
-    module = SegmentationModule(num_classes, network=tiny_network(context_of(variant)))
+    module = SegmentationModule(num_classes, network=tiny_head_network(variant))
     wake_context_blocks(module)
     return ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
 

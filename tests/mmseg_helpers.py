@@ -28,7 +28,15 @@ def mmseg_model(recipe_file: Path, seed: int = 0) -> nn.Module:
     """mmseg's model of the config a recipe mirrors, every weight and BatchNorm statistic random, eval mode."""
     from mmseg_reference import build_segmentor, randomize
 
-    return randomize(build_segmentor(mirrored_config(recipe_file)), seed=seed).eval()
+    return assert_randomised(randomize(build_segmentor(mirrored_config(recipe_file)), seed=seed).eval())
+
+
+def assert_randomised(model: nn.Module) -> nn.Module:
+    """``model``, checked to have no weight left constant: a gamma at 0 or a LayerNorm at 1 and 0 would hide its
+    branch from every comparison."""
+    constant = [name for name, p in model.named_parameters() if not p.any() or (p.numel() > 1 and not p.std())]
+    assert not constant, f"left constant by the randomisation: {constant}"
+    return model
 
 
 def save_mmseg_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> Path:
@@ -50,3 +58,22 @@ def save_mmseg_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> P
     optimizer = {"state": {}, "param_groups": [{"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "params": params}]}
     torch.save({"meta": meta, "state_dict": model.state_dict(), "optimizer": optimizer}, path)
     return path
+
+
+def mmseg_zoo_state(config_name: str) -> dict:
+    """The state dict mmseg builds for ``config_name``, as its zoo file holds it (random weights). PSANet's
+    ``PSAMask`` is a compiled op that mmcv-lite lacks; it has no parameters or buffers (it adds no key), so a module
+    without any stands in for it while mmseg builds the head."""
+    from unittest import mock
+
+    from mmseg_reference import build_segmentor, import_mmseg
+
+    import_mmseg()
+    from mmseg.models.decode_heads import psa_head
+
+    class NoPSAMask(nn.Module):
+        def __init__(self, psa_type: str, mask_size=None) -> None:
+            super().__init__()
+
+    with mock.patch.object(psa_head, "PSAMask", NoPSAMask):
+        return build_segmentor(config_name).state_dict()

@@ -13,9 +13,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from dnlseg.cli.lightning_cli import run_cli
-from dnlseg.context import DisentangledNonLocal2d, NonLocal2d
+from dnlseg.context import CrissCrossAttention2d, DisentangledNonLocal2d, GlobalContext2d, NonLocal2d
 from dnlseg.data import ADE20KDataModule, CityscapesDataModule, VOCDataModule
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dnlseg.models.heads import ANNHead, DAHead, DecodeHead, EMAHead, ISAHead, OCRHead
+from dnlseg.models.schedule import mmseg_total_iters
 from tests.mmseg_helpers import mirrored_config
 from tests.recipes import (
     BASE,
@@ -35,7 +37,26 @@ from tests.recipes import (
     shared_files,
 )
 
-NAME = re.compile(r"(?P<variant>baseline|nl|dnl)_r(?P<depth>50|101)_d8_(?P<h>\d+)x(?P<w>\d+)_(?P<k>\d+)k")
+NAME = re.compile(
+    r"(?P<variant>baseline|nl|dnl|gcnet|ccnet|danet|ann|isanet|emanet|ocrnet)_r(?P<depth>50|101)_d8_"
+    r"(?P<h>\d+)x(?P<w>\d+)_(?P<k>\d+)k"
+)
+# What a recipe's name says it builds: the context head's block, or a head of its own layout.
+VARIANT_HEADS = {
+    "baseline": nn.Identity,
+    "nl": NonLocal2d,
+    "dnl": DisentangledNonLocal2d,
+    "gcnet": GlobalContext2d,
+    "ccnet": CrissCrossAttention2d,
+    "danet": DAHead,
+    "ann": ANNHead,
+    "isanet": ISAHead,
+    "emanet": EMAHead,
+    "ocrnet": OCRHead,
+}
+GPUS_X_BATCH = re.compile(r"_(?P<gpus>\d+)xb(?P<batch>\d+)-")  # mmseg's config names: 4xb2 = 4 GPUs x 2 images
+# mmseg's metafile lists some models under another name than their config's
+METAFILE_NAMES = {"emanet_r50-d8_4xb2-80k_cityscapes-512x1024": "eemanet_r50-d8_4xb2-80k_cityscapes-512x1024"}
 # An mmseg family's DataModule, class count, fixture (tests/conftest.py) and test resize on the fixture's images:
 # not 2048x512 / 2049x1025 on a CPU (Cityscapes' fixture images stay at their 128x64).
 FAMILIES = {
@@ -275,8 +296,9 @@ def test_config_builds_and_trains_one_step(config, request, tmp_path):
     encoder = model.hparams.network["encoder"]
     assert encoder["name"] == f"tu-resnet{recipe['depth']}c" and encoder["output_stride"] == 8
     assert model.hparams.network["head_channels"] == 512 and model.aux_weight == 0.4
-    context = {"baseline": nn.Identity, "nl": NonLocal2d, "dnl": DisentangledNonLocal2d}[recipe["variant"]]
-    assert isinstance(model.network.decode_head.context, context)
+    head = VARIANT_HEADS[recipe["variant"]]
+    built = model.network.decode_head
+    assert isinstance(built, head) if issubclass(head, DecodeHead) else isinstance(built.context, head)
     assert trainer.max_steps == 1 and cli.config["trainer"]["max_steps"] == 1
     # The recipe's training settings, as in the file (before the overrides above).
     whole = resolved(config)
@@ -307,13 +329,60 @@ def metafile_results(config_name: str) -> dict[str, float]:
     from mmseg_reference import config_path
 
     folder = config_path(config_name).parent
-    entry = next(
-        m
-        for m in yaml.safe_load((folder / "metafile.yaml").read_text())["Models"]
-        if m["Name"] == Path(config_name).stem
-    )
+    name = METAFILE_NAMES.get(Path(config_name).stem, Path(config_name).stem)
+    entry = next(m for m in yaml.safe_load((folder / "metafile.yaml").read_text())["Models"] if m["Name"] == name)
     results = entry["Results"][0] if isinstance(entry["Results"], list) else entry["Results"]
     return results["Metrics"]
+
+
+def context_head(block: str, **init_args) -> dict:
+    return {"decode_head": None, "context": {"class_path": f"dnlseg.context.{block}", "init_args": init_args}}
+
+
+def own_head(head: str, **init_args) -> dict:
+    return {"context": None, "decode_head": {"class_path": f"dnlseg.models.heads.{head}", "init_args": init_args}}
+
+
+def mirrored_head(head) -> dict:
+    """The ``model.network`` settings that build mmseg's decode head of config ``head`` (what it sets, and its
+    defaults where it sets nothing), by head type."""
+    width = {"head_channels": head.channels}
+    if head.type in ("FCNHead", "NLHead", "DNLHead", "GCHead", "CCHead"):  # FCNHead's layout: the context head
+        assert head.get("num_convs", 2) == 2 and head.get("concat_input", True)
+    if head.type == "FCNHead":
+        return {**width, "context": None, "decode_head": None}
+    if head.type in ("NLHead", "DNLHead"):
+        assert head.use_scale and head.mode == "embedded_gaussian"
+        if head.type == "NLHead":
+            return {**width, **context_head("NonLocal2d", reduction=head.reduction)}
+        # mmseg's DNLHead temperature: its default unless the config sets one
+        dnl = {"reduction": head.reduction, "temperature": head.get("temperature", 0.05), "unary": "conv"}
+        return {**width, **context_head("DisentangledNonLocal2d", **dnl)}
+    if head.type == "GCHead":
+        assert head.pooling_type == "att" and tuple(head.fusion_types) == ("channel_add",)
+        return {**width, **context_head("GlobalContext2d", reduction=round(1 / head.ratio))}
+    if head.type == "CCHead":  # mmcv's CrissCrossAttention: query and key C // 8
+        return {**width, **context_head("CrissCrossAttention2d", reduction=8, recurrence=head.recurrence)}
+    if head.type == "DAHead":  # its three losses (pam_cam, pam, cam) all use loss_decode
+        side = head.loss_decode.loss_weight
+        return {**width, **own_head("DAHead", pam_reduction=head.channels // head.pam_channels, side_loss_weight=side)}
+    if head.type == "ANNHead":
+        assert tuple(head.query_scales) == (1,)
+        pyramid = {"reduction": head.channels // head.project_channels, "pool_scales": list(head.key_pool_scales)}
+        return {**width, **own_head("ANNHead", **pyramid)}
+    if head.type == "ISAHead":
+        isa = {"reduction": head.channels // head.isa_channels, "group_size": list(head.down_factor)}
+        return {**width, **own_head("ISAHead", **isa)}
+    if head.type == "EMAHead":  # the EM attention's width is ours head_channels; mmseg's channels come after it
+        ema = {"out_channels": head.channels, "num_bases": head.num_bases, "num_stages": head.num_stages}
+        ema.update(momentum=head.momentum, concat_input=head.get("concat_input", True))
+        return {"head_channels": head.ema_channels, **own_head("EMAHead", **ema)}
+    if head.type == "OCRHead":
+        return {
+            **width,
+            **own_head("OCRHead", reduction=head.channels // head.ocr_channels, scale=head.get("scale", 1)),
+        }
+    raise AssertionError(f"no recipe settings known for mmseg's {head.type}")
 
 
 @pytest.mark.parametrize("config", MMSEG_RECIPES, ids=recipe_id)
@@ -325,23 +394,22 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     ours = resolved(config)
     model, data, trainer = ours["model"], ours["data"]["init_args"], ours["trainer"]
     network, loss, optimization = model["network"], model["loss"], model["optimization"]
-    backbone, head, aux = mm.model.backbone, mm.model.decode_head, mm.model.auxiliary_head
+    backbone = mm.model.backbone
+    if isinstance(mm.model.decode_head, list):  # OCR's CascadeEncoderDecoder: the FCN stage is our aux head
+        assert mm.model.type == "CascadeEncoderDecoder" and "auxiliary_head" not in mm.model
+        aux, head = mm.model.decode_head
+    else:
+        head, aux = mm.model.decode_head, mm.model.auxiliary_head
     # Encoder: ResNetV1c-50/101 at output stride 8 with contracted dilation = timm's resnet*c (tested for weights
     # and features in tests/checkpoints/test_mmseg.py)
     assert (backbone.type, backbone.strides, backbone.dilations) == ("ResNetV1c", (1, 2, 1, 1), (1, 1, 2, 4))
     assert backbone.contract_dilation and network["encoder"]["name"] == f"tu-resnet{backbone.depth}c"
     assert network["encoder"]["output_stride"] == 8
-    # Heads
-    block = {"NLHead": "dnlseg.context.NonLocal2d", "DNLHead": "dnlseg.context.DisentangledNonLocal2d"}
-    if head.type == "FCNHead":
-        assert (head.num_convs, head.concat_input, network["context"]) == (2, True, None)
-    else:
-        assert network["context"]["class_path"] == block[head.type]
-        args = network["context"]["init_args"]
-        assert args["reduction"] == head.reduction and head.use_scale and head.mode == "embedded_gaussian"
-        if head.type == "DNLHead":  # mmseg's DNLHead temperature: its default unless the config sets one
-            assert args["temperature"] == head.get("temperature", 0.05) and args["unary"] == "conv"
-    assert network["head_channels"] == head.channels and network["aux_channels"] == aux.channels
+    # Heads: the decode head's own settings, then the aux head (OCR: its cascade's first stage)
+    expected = mirrored_head(head)
+    assert contains(network, expected), (network["context"], network["decode_head"], expected)
+    assert head.in_index == ([2, 3] if head.type == "ANNHead" else 3)  # ANN: stages 3 and 4; the others: stage 4
+    assert network["aux_channels"] == aux.channels
     assert (aux.num_convs, aux.concat_input, aux.in_index) == (1, False, 2)
     assert network["dropout"] == head.dropout_ratio == aux.dropout_ratio
     assert network["align_corners"] == head.align_corners == aux.align_corners
@@ -361,12 +429,17 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
     custom = mm.optim_wrapper.get("paramwise_cfg", {}).get("custom_keys", {})
     assert optimization["param_groups"] is None and not any({"lr_mult", "decay_mult"} & set(v) for v in custom.values())
     (poly,) = mm.param_scheduler
-    assert poly.type == "PolyLR" and not poly.by_epoch and (poly.begin, poly.end) == (0, mm.train_cfg.max_iters)
-    assert (optimization["poly_eta_min"], optimization["poly_power"], model["lr_scheduler"]) == (
-        poly.eta_min,
-        poly.power,
-        None,
-    )
+    assert poly.type == "PolyLR" and not poly.by_epoch and poly.begin == 0
+    if poly.end == mm.train_cfg.max_iters:  # the default poly: over the whole run
+        assert (optimization["poly_eta_min"], optimization["poly_power"], model["lr_scheduler"]) == (
+            poly.eta_min,
+            poly.power,
+            None,
+        )
+    else:  # a poly that ends before the run (OCR R101: at 40000 of 80000), then stays at its floor
+        args = {"total_iters": mmseg_total_iters(poly.end), "power": poly.power, "eta_min": poly.eta_min}
+        assert model["lr_scheduler"]["class_path"] == "dnlseg.models.schedule.PolyLR"
+        assert contains(model["lr_scheduler"]["init_args"], args)
     assert trainer["max_steps"] == mm.train_cfg.max_iters and trainer["val_check_interval"] == mm.train_cfg.val_interval
     # Data: the splits (VOC: the lists, train + aug concatenated), crop, batch 4 GPUs x per-GPU batch, normalisation
     if datamodule is VOCDataModule:
@@ -376,7 +449,9 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
         assert [part.data_prefix.seg_map_path for part in parts] == ["SegmentationClass", "SegmentationClassAug"]
         assert Path(mm.val_dataloader.dataset.ann_file).stem == data["val_split"]
     assert tuple(data["augmentation"]["crop_size"]) == tuple(mm.crop_size)
-    assert trainer["devices"] * data["loader"]["batch_size"] == 4 * mm.train_dataloader.batch_size
+    gpus_x_batch = GPUS_X_BATCH.search(mirrored_config(config))
+    assert (trainer["devices"], data["loader"]["batch_size"]) == (int(gpus_x_batch["gpus"]), int(gpus_x_batch["batch"]))
+    assert data["loader"]["batch_size"] == mm.train_dataloader.batch_size
     preprocessor = mm.model.data_preprocessor
     assert preprocessor.mean == pytest.approx([255 * m for m in IMAGENET_MEAN])
     assert preprocessor.std == pytest.approx([255 * s for s in IMAGENET_STD])
@@ -407,7 +482,9 @@ def test_recipe_has_the_settings_of_the_mmseg_config_it_mirrors(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [p for p in RECIPES if p.parent.name == "synthetic"], ids=recipe_id)
 def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
-    own = with_files_loaded(own_keys(config).get("model.network.context"), config.parent)  # a head named by path
+    keys = own_keys(config)
+    own_head = keys.get("model.network.decode_head")  # a head of its own layout, or a block in the context head
+    own = with_files_loaded(keys.get("model.network.context"), config.parent)  # a block named by path
     cli = run_cli(
         [
             "-c",
@@ -426,10 +503,16 @@ def test_synthetic_recipe_trains_one_step_with_its_head(config, tmp_path):
         ],
         run=False,
     )
-    block = cli.model.network.decode_head.context
-    if own is None:  # the baseline
+
+    def path_of(module: nn.Module) -> str:
+        return f"{type(module).__module__.rsplit('.', 1)[0]}.{type(module).__name__}"
+
+    if own_head is not None:
+        assert own is None and path_of(cli.model.network.decode_head) == own_head["class_path"]
+    elif own is None:  # the baseline
+        block = cli.model.network.decode_head.context
         assert isinstance(block, nn.Identity)
     else:
-        assert f"{type(block).__module__.rsplit('.', 1)[0]}.{type(block).__name__}" == own["class_path"]
+        assert path_of(cli.model.network.decode_head.context) == own["class_path"]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])

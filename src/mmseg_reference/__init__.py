@@ -10,11 +10,13 @@ CCNet's ``mmcv.ops.CrissCrossAttention`` is not in mmcv-lite. mmcv 2.1.0's own `
 PyTorch and ships in mmcv's source distribution on PyPI: ``fetch_cc_attention`` downloads that with pip once (its
 metadata step needs a setuptools that still has ``pkg_resources``: pip's build environment is pinned to
 ``setuptools<70``), extracts that one file into a cache folder and checks its SHA-256; ``criss_cross_attention``
-imports the class from it.
+imports the class from it, and ``use_criss_cross_attention`` hands it to mmseg's ``cc_head`` (which bound the stand-in
+when it was imported): ``build_segmentor`` does so for a CCNet config. PSANet's ``PSAMask`` stays a stand-in.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -85,23 +87,50 @@ def load_config(name: str):
 
 
 def build_segmentor(name: str, num_classes: int | None = None) -> nn.Module:
-    """mmseg's ``EncoderDecoder`` of config ``name``, BN instead of SyncBN, no pretrained download, eval mode."""
+    """mmseg's ``EncoderDecoder`` (``CascadeEncoderDecoder`` for OCR) of config ``name``, BN instead of SyncBN, no
+    pretrained download, eval mode. A CCHead gets mmcv 2.1.0's ``CrissCrossAttention`` (``use_criss_cross_attention``).
+    """
     models = import_mmseg()
     config = load_config(name)
     config.model.pretrained = None
     config.model.backbone.init_cfg = None
+    heads = decode_head_configs(config.model)
+    if any(head.type == "CCHead" for head in heads):
+        use_criss_cross_attention()
     if num_classes is not None:
-        config.model.decode_head.num_classes = num_classes
-        config.model.auxiliary_head.num_classes = num_classes
+        for head in heads:
+            head.num_classes = num_classes
     model = models.build_segmentor(config.model)
     model.init_weights()
     return model.eval()
 
 
+def decode_head_configs(model_config) -> list:
+    """The configs of a segmentor's decode heads: the one of an ``EncoderDecoder`` (with its auxiliary head), the
+    stages of a ``CascadeEncoderDecoder``'s list."""
+    heads = model_config.decode_head if isinstance(model_config.decode_head, list) else [model_config.decode_head]
+    aux = model_config.get("auxiliary_head")
+    return [*heads, *(aux if isinstance(aux, list) else [aux] if aux else [])]
+
+
+def use_criss_cross_attention() -> None:
+    """mmseg's ``cc_head`` bound ``mmcv.ops.CrissCrossAttention`` when it was imported, to the stand-in of a compiled
+    op: give it, and the stand-in ``mmcv.ops``, mmcv 2.1.0's own pure-PyTorch class (``criss_cross_attention``)."""
+    from mmseg.models.decode_heads import cc_head
+
+    oracle = criss_cross_attention()
+    setattr(cc_head, "CrissCrossAttention", oracle)  # noqa: B010  (mmseg has no type information)
+    ops = sys.modules.get("mmcv.ops")
+    if ops is not None and not hasattr(ops, "__file__"):  # the stand-in, not a full mmcv's ops
+        setattr(ops, "CrissCrossAttention", oracle)  # noqa: B010
+
+
 @torch.no_grad()
 def randomize(model: nn.Module, seed: int = 0, size: tuple[int, int] = (64, 64)) -> nn.Module:
     """Random weights everywhere, including what mmseg initialises to constants: BatchNorm weights, biases and
-    running statistics, and the zero-initialised norm of a block's output (else those branches are invisible).
+    running statistics, the zero-initialised norm of a block's output, the zero-initialised last conv and the
+    LayerNorm of GC's transform, and mmcv's ``Scale`` gammas (PAM, CAM, CC: 0 at init), else those branches are
+    invisible. EMA's bases are random already.
 
     Each BatchNorm's running statistics are those of its own input in an eval forward of a random batch of
     ``size`` images, perturbed by a random shift and factor per channel: activations stay of order one, so the
@@ -130,13 +159,24 @@ def randomize(model: nn.Module, seed: int = 0, size: tuple[int, int] = (64, 64))
             module.weight.copy_(uniform(module.weight.shape, 0.5, 1.5))
             module.bias.copy_(normal(module.bias.shape) * 0.1)
             hooks.append(module.register_forward_pre_hook(calibrate))
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:  # GC's transform: 1 and 0 at init
+            module.weight.copy_(uniform(module.weight.shape, 0.5, 1.5))
+            module.bias.copy_(normal(module.bias.shape) * 0.1)
+        elif type(module).__name__ == "Scale":  # mmcv's Scale: PAM's, CAM's and CC's gamma, 0 at init
+            scale = module.get_parameter("scale")
+            scale.copy_(uniform(scale.shape, 0.5, 1.0))
     was_training = model.training
     model.eval()
     segmentor: Any = model  # an mmseg EncoderDecoder (mmseg has no type information)
     features = segmentor.extract_feat(normal((2, 3, *size)))
-    for head in (segmentor.decode_head, getattr(model, "auxiliary_head", None)):
-        if head is not None:
-            head(features)
+    if isinstance(segmentor.decode_head, nn.ModuleList):  # a cascade: each stage reads the previous one's logits
+        out = segmentor.decode_head[0](features)
+        for stage in segmentor.decode_head[1:]:
+            out = stage(features, out)
+    else:
+        segmentor.decode_head(features)
+    if getattr(model, "auxiliary_head", None) is not None:
+        segmentor.auxiliary_head(features)
     for hook in hooks:
         hook.remove()
     return model.train(was_training)
@@ -322,4 +362,24 @@ def randomize_block(module: nn.Module, seed: int = 0) -> nn.Module:
         elif type(child).__name__ == "Scale":
             scale = child.get_parameter("scale")  # mmcv's Scale: one learned scalar (mmcv has no type information)
             scale.copy_(uniform(scale.shape, 0.5, 1.0))
+        elif isinstance(child, nn.LayerNorm) and child.elementwise_affine:  # GC's transform: 1 and 0 at init
+            child.weight.copy_(uniform(child.weight.shape, 0.5, 1.5))
+            child.bias.copy_(torch.randn(child.bias.shape, generator=generator) * 0.1)
     return module
+
+
+def decode_head(config: Any, num_classes: int = 5, shrink: int = 16) -> nn.Module:
+    """mmseg's decode head of ``config`` (a decode head's config dict, e.g. ``load_config(name).model.decode_head``)
+    with every width divided by ``shrink`` (``in_channels``, ``channels`` and the heads' ``*_channels``), BatchNorm,
+    ``num_classes`` outputs; CCHead with mmcv 2.1.0's ``CrissCrossAttention``."""
+    import_mmseg()
+    from mmseg.registry import MODELS
+
+    config = copy.deepcopy(dict(config))
+    for key, value in config.items():
+        if key.endswith("channels"):
+            config[key] = [v // shrink for v in value] if isinstance(value, list | tuple) else value // shrink
+    config.update(num_classes=num_classes, norm_cfg={"type": "BN", "requires_grad": True})
+    if config["type"] == "CCHead":
+        use_criss_cross_attention()
+    return MODELS.build(config)

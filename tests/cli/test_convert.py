@@ -46,3 +46,21 @@ def test_convert_never_overwrites_and_refuses_what_it_cannot_map(zoo_file, tmp_p
     with pytest.raises(WeightFileError, match="is not an mmsegmentation checkpoint"):
         convert(["--ckpt_path", str(tmp_path / "dnlseg.pth"), "--output", str(tmp_path / "x.ckpt")])
     assert not (tmp_path / "psp.ckpt").exists() and not (tmp_path / "x.ckpt").exists()
+
+
+def test_convert_names_a_head_it_does_not_rename_and_how_to_use_its_file(zoo_file, tmp_path):
+    """A DANet file (keys built by mmseg's DAHead) loads with its recipe, not through convert; PSANet's not at all."""
+    from mmseg_reference import decode_head, load_config
+
+    state = {k: v for k, v in torch.load(zoo_file, weights_only=True)["state_dict"].items() if "decode_head" not in k}
+    danet = decode_head(load_config("danet/danet_r50-d8_4xb2-80k_cityscapes-512x1024.py").model.decode_head)
+    torch.save(
+        {"state_dict": {**state, **{f"decode_head.{k}": v for k, v in danet.state_dict().items()}}}, tmp_path / "d.pth"
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"a DAHead file loads as it is: give it to --ckpt_path"):
+        convert(["--ckpt_path", str(tmp_path / "d.pth"), "--output", str(tmp_path / "d.ckpt")])
+    state["decode_head.reduce.conv.weight"] = state["decode_head.proj.conv.weight"] = torch.zeros(1)  # PSAHead's
+    torch.save({"state_dict": state}, tmp_path / "psa.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"is a PSANet \(PSAHead\) checkpoint: dnlseg does not support"):
+        convert(["--ckpt_path", str(tmp_path / "psa.pth"), "--output", str(tmp_path / "psa.ckpt")])
+    assert not (tmp_path / "d.ckpt").exists() and not (tmp_path / "psa.ckpt").exists()

@@ -2,6 +2,7 @@
 ``examples/onnx_predict.py``) and TorchScript archive give; bad options, files and checkpoints end in one line and
 leave nothing at ``--output``."""
 
+import functools
 import json
 import os
 import subprocess
@@ -14,13 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dnlseg.cli.export import build, export
+from dnlseg.cli.export import build, check_blocks, export
 from dnlseg.data.cityscapes import CLASS_NAMES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dnlseg.data.folder import image_folder_pairs, read_image
 from dnlseg.deploy.onnx_model import onnxruntime_session, read_metadata, relative_error
 from dnlseg.deploy.torchscript import read_torchscript_metadata
 from dnlseg.errors import ExportError
-from tests.helpers import uint8_images, wake_context_blocks
+from dnlseg.models.heads import DAHead
+from dnlseg.models.network import SegmentationNetwork
+from tests.helpers import tiny_head_network, uint8_images, wake_context_blocks
 from tests.mmseg_helpers import mmseg_model, save_mmseg_checkpoint
 from tests.recipes import SMALL_ON_ONE_CPU
 from tests.test_reliability.runs import ROOT, dnlseg
@@ -172,6 +175,17 @@ def test_a_config_that_builds_the_attention_matrix_is_refused(tmp_path):
             ]
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_decode_head_building_the_attention_matrix_is_refused_naming_its_own_option():
+    network = SegmentationNetwork.from_options(
+        tiny_head_network("danet", decode_head=functools.partial(DAHead, attention="materialized")), num_classes=3
+    )
+    with pytest.raises(
+        ExportError, match=r"^model.network.decode_head.init_args.attention=materialized \(decode_head.pam\)"
+    ):
+        check_blocks(network)
+    check_blocks(SegmentationNetwork.from_options(tiny_head_network("danet"), num_classes=3))  # fused: exported
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from dnlseg.context import VARIANTS
 from dnlseg.deploy.onnx_attention import CHUNK_ROWS, FORMULATIONS
 from dnlseg.deploy.onnx_model import check_options, export_onnx, onnxruntime_session, relative_error
 from dnlseg.errors import ExportError
-from tests.helpers import tiny_segmenter, uint8_images
+from tests.helpers import TINY_HEADS, tiny_segmenter, uint8_images
 
 pytestmark = pytest.mark.slow  # each export traces the network (seconds)
 
@@ -39,7 +39,7 @@ def test_the_larger_size_runs_more_than_one_block_of_query_rows():
     assert 25 * 33 > CHUNK_ROWS > 25 * 33 - CHUNK_ROWS  # two Loop steps, the second one partial
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [*VARIANTS, *TINY_HEADS])
 def test_onnxruntime_logits_equal_pytorch_at_two_sizes_for_every_head(variant):
     segmenter = tiny_segmenter(variant)
     model = export_onnx(segmenter, METADATA)

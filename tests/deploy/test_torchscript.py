@@ -16,14 +16,14 @@ from dnlseg.deploy.torchscript import (
     read_torchscript_metadata,
     save_torchscript,
 )
-from tests.helpers import tiny_segmenter, uint8_images
+from tests.helpers import TINY_HEADS, tiny_segmenter, uint8_images
 
 pytestmark = pytest.mark.slow  # a trace per head
 
 SIZES = [(2, 3, 64, 96), (1, 3, 200, 264)]  # neither is the traced example's size (1, 3, 96, 128)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [*VARIANTS, *TINY_HEADS])
 def test_torchscript_logits_equal_eager_at_two_sizes_for_every_head(variant, tmp_path):
     segmenter = tiny_segmenter(variant)
     path = tmp_path / "model.pt"

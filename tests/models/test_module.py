@@ -1,5 +1,6 @@
 """SegmentationModule: the poly learning-rate schedule against its formula, the loss terms of a training step."""
 
+import functools
 from types import SimpleNamespace
 
 import lightning as L
@@ -9,8 +10,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 
 from dnlseg.analysis.tensorboard_scalars import read_scalars
+from dnlseg.models.heads import DAHead
 from dnlseg.models.losses import LossOptions
-from tests.helpers import synthetic_loader, tiny_batch, tiny_module
+from dnlseg.models.module import SegmentationModule
+from tests.helpers import synthetic_loader, tiny_batch, tiny_module, tiny_network
 
 
 def attach(module, **trainer):
@@ -188,3 +191,14 @@ def test_a_module_built_in_python_records_its_option_groups_as_plain_values_a_sa
         "on_nonfinite": "stop",
     }
     assert saved["runtime"] == {"channels_last": False, "compile": False} and saved["inference"] is None
+
+
+def test_danets_branch_losses_enter_the_total_with_the_heads_weight():
+    torch.manual_seed(0)
+    network = tiny_network(decode_head=functools.partial(DAHead, side_loss_weight=0.3))
+    module = SegmentationModule(num_classes=3, network=network, loss=LossOptions(aux_weight=0.4))
+    losses = module.losses(tiny_batch())
+    assert set(losses) == {"loss", "main_loss", "aux_loss", "pam_loss", "cam_loss"}
+    expected = losses["main_loss"] + 0.4 * losses["aux_loss"] + 0.3 * (losses["pam_loss"] + losses["cam_loss"])
+    torch.testing.assert_close(losses["loss"], expected)
+    assert len({round(v.item(), 6) for v in losses.values()}) == 5  # five different terms

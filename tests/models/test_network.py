@@ -1,4 +1,4 @@
-"""SegmentationNetwork: smp encoder + context head (+ aux head), for the baseline, NL and DNL."""
+"""SegmentationNetwork: smp encoder + decode head (+ aux head), for the variants and the heads of their own."""
 
 import pytest
 import torch
@@ -6,7 +6,8 @@ import torch
 from dnlseg.context import VARIANTS, capture_attention, find_context_blocks
 from dnlseg.models import SegmentationNetwork
 from dnlseg.models.encoder import EncoderOptions
-from tests.helpers import context_of
+from dnlseg.models.heads import ContextHead, DAHead
+from tests.helpers import TINY_HEADS, context_of
 
 NAMES = list(VARIANTS)  # every variant of the table, the baseline included
 
@@ -78,3 +79,52 @@ def test_encoder_depth_is_refused_where_it_is_not_supported():
         tiny(encoder=EncoderOptions(name="resnet18", depth=2))
     with pytest.raises(ValueError, match="model.network.encoder.depth=3 is supported for ResNet-family"):
         tiny(encoder=EncoderOptions(name="mobilenet_v2", depth=3))
+
+
+HEADS = {name: head["decode_head"] for name, head in TINY_HEADS.items() if "decode_head" in head}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_a_decode_head_of_its_own_trains_every_parameter_and_predicts_at_input_size(name):
+    net = tiny(None, decode_head=HEADS[name]).train()
+    assert not isinstance(net.decode_head, ContextHead)
+    out = net(torch.randn(2, 3, 64, 96))
+    assert out.logits.shape == out.aux_logits.shape == (2, 5, 64, 96)
+    assert all(side.shape == (2, 5, 64, 96) for side in out.side_logits.values())
+    loss = sum(t.square().mean() for t in (out.logits, out.aux_logits, *out.side_logits.values()))
+    loss.backward()
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}  # EMA's W_in, frozen as in mmseg
+    assert [n for n, p in net.named_parameters() if p.grad is None and n not in frozen] == []
+    evaluated = net.eval()(torch.randn(1, 3, 33, 50))
+    assert evaluated.logits.shape == (1, 5, 33, 50) and evaluated.aux_logits is None and evaluated.side_logits == {}
+
+
+def test_only_danet_has_side_classifiers_and_only_in_training():
+    net = tiny(None, decode_head=HEADS["danet"])
+    assert net.side_loss_weights == {"pam": 1.0, "cam": 1.0}
+    assert set(net.train()(torch.randn(1, 3, 32, 32)).side_logits) == {"pam", "cam"}
+    assert tiny(None, decode_head=HEADS["isanet"]).side_loss_weights == {}
+
+
+def test_the_ocr_head_refines_the_aux_heads_logits_also_in_evaluation():
+    net = tiny(None, decode_head=HEADS["ocrnet"]).eval()
+    seen = []
+    net.aux_head.register_forward_hook(lambda module, args, out: seen.append(out))
+    with capture_attention(net) as captured:
+        net(torch.randn(1, 3, 32, 32))
+    assert len(seen) == 1 and "decode_head.attention" in captured  # the aux head ran, its logits fed OCR
+    with pytest.raises(ValueError, match="OCRHead refines the aux head's logits: keep model.network.aux_channels"):
+        tiny(None, decode_head=HEADS["ocrnet"], aux_channels=0)
+
+
+def test_a_context_block_beside_a_decode_head_of_its_own_is_refused():
+    with pytest.raises(ValueError, match="model.network.context is the block of the context head.*set context: null"):
+        tiny(context_of("dnl"), decode_head=HEADS["danet"])
+
+
+def test_a_head_reading_an_input_the_network_does_not_have_is_refused():
+    class Odd(DAHead):
+        inputs = ("stage2",)
+
+    with pytest.raises(ValueError, match=r"Odd.inputs \['stage2'\] are not among"):
+        tiny(None, decode_head=Odd)

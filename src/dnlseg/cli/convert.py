@@ -20,6 +20,7 @@ import lightning
 from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.checkpoints.mmseg import (
     SEGMENTOR_KEYS,
+    check_supported_head,
     describe_mmseg,
     first,
     is_mmseg_checkpoint,
@@ -30,6 +31,7 @@ from dnlseg.checkpoints.weight_files import read_torch_file
 from dnlseg.errors import CheckpointMismatchError, WeightFileError
 
 log = logging.getLogger(__name__)
+CONVERTED_HEADS = ("NLHead", "DNLHead", "FCNHead")  # the heads whose keys SEGMENTOR_KEYS renames without a model
 
 
 def parse(args: list[str]) -> argparse.Namespace:
@@ -52,11 +54,20 @@ def convert(args: list[str]) -> Path:
             f"--ckpt_path {source} is not an mmsegmentation checkpoint: expected a dict whose 'state_dict' holds "
             "backbone.* / decode_head.* keys"
         )
+    head = check_supported_head(mmseg_state, str(source))  # PSANet, SegFormer, ...: refused, the head named
     state, unmatched = rename_all(mmseg_state, SEGMENTOR_KEYS)
     if unmatched:
+        other = head.head not in CONVERTED_HEADS  # a head whose keys only its recipe's model can map
         raise CheckpointMismatchError(
             f"the mmsegmentation checkpoint {source} ({describe_mmseg(mmseg_state)}) has {len(unmatched)} key(s) of a "
             f"module dnlseg has no counterpart for: {first(unmatched)}"
+            + (
+                f"; dnlseg convert renames {', '.join(CONVERTED_HEADS)} files, a {head.head} file loads as it is: "
+                "give it to --ckpt_path (validate, test, predict, analyze) or --model.init_weights (fit) with the "
+                "recipe that mirrors its mmseg config (configs/cityscapes/)"
+                if other
+                else ""
+            )
         )
     checkpoint = {
         "pytorch-lightning_version": lightning.__version__,

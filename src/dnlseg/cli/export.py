@@ -127,11 +127,11 @@ def check_blocks(network) -> None:
     from dnlseg.context import find_context_blocks
 
     for name, block in find_context_blocks(network).items():
-        if getattr(block, "attention", None) == "materialized":
+        if "materialized" in block.attention_paths and getattr(block, "attention", None) == "materialized":
+            key = "model.network.context" if name == "decode_head.context" else "model.network.decode_head"
             raise ExportError(
-                f"model.network.context.init_args.attention=materialized ({name}) would put the P x P attention "
-                "matrix in the exported graph: export with --model.network.context.init_args.attention=fused (same "
-                "weights and outputs)"
+                f"{key}.init_args.attention=materialized ({name}) would put the P x P attention matrix in the "
+                f"exported graph: export with --{key}.init_args.attention=fused (same weights and outputs)"
             )
 
 

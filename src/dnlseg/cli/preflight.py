@@ -193,6 +193,23 @@ def check_checkpoint_file(ckpt_path: str | None, key: str = "ckpt_path") -> None
             "torch.save / Lightning"
         ) from error
     verify_checksums(path, f"{key}={ckpt_path}")
+    check_mmseg_head(path)
+
+
+def check_mmseg_head(path: str | Path) -> None:
+    """An mmseg model-zoo file of a decode head dnlseg does not read (PSANet, SegFormer, ...) is refused from its keys
+    (``dnlseg.checkpoints.mmseg.check_supported_file``)."""
+    from dnlseg.checkpoints.mmseg import check_supported_file  # imports Lightning: not at the command's start
+
+    check_supported_file(path)
+
+
+def check_init_weights(config: Any) -> None:
+    """``model.init_weights``: an mmseg file of a head dnlseg does not read is refused before anything is built (a
+    missing or damaged file is reported where it is read)."""
+    path = _get(config, "model.init_weights")
+    if path is not None and Path(path).expanduser().is_file():
+        check_mmseg_head(Path(path).expanduser())
 
 
 def check_config(config: Any, subcommand: str | None = None) -> None:
@@ -201,3 +218,4 @@ def check_config(config: Any, subcommand: str | None = None) -> None:
     check_hardware(config)
     check_sync_batchnorm(config)
     check_nonfinite_action(config)
+    check_init_weights(config)

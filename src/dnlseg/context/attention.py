@@ -48,8 +48,9 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     if torch.compiler.is_exporting():
         return torch.ops.dnlseg.attention(q, k, v, scale)
     N, P, Cq = q.shape
-    if q.device.type == "cpu" and v.shape[-1] != Cq:
+    if q.device.type == "cpu" and v.shape[-1] != Cq and not torch.jit.is_tracing():
         # PyTorch's CPU flash kernel needs Cv == Cq; its fallback builds the (P, Pk) map (DANet's PAM: Cq = C / 8).
+        # A TorchScript trace cannot record a Python autograd Function: it records SDPA (that fallback) instead.
         return RowBlockedAttention.apply(q, k, v, scale)
     if q.device.type != "cpu" or N > 1:
         return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]

@@ -196,14 +196,17 @@ class ContextBlock(nn.Module):
     ``branch_modules`` maps a branch to its submodules or parameters, e.g. ``out`` to ``("out", "out_norm")``) and call
     ``self.publish(make)`` once per attention with a function building the call's ``CapturedAttention``. They declare
     ``attention_paths`` (the values of their ``attention`` argument, none if they have one path),
-    ``undefined_analyses`` (``ANALYSES`` without meaning for them, with the reason) and ``mmseg_names`` (our state-dict
-    prefix -> mmsegmentation 1.2.2's, relative to the block; ``from_mmseg`` renames a state dict with it).
+    ``undefined_analyses`` (``ANALYSES`` without meaning for them, with the reason), ``mmseg_names`` (our state-dict
+    prefix -> mmsegmentation 1.2.2's, relative to the block; ``from_mmseg`` renames a state dict with it) and, for a
+    block that mmseg's FCNHead-layout heads hold (NLHead, DNLHead, GCHead, CCHead), ``mmseg_attribute``: its name on
+    that head (``nl_block``, ``dnl_block``, ``gc_block``, ``cca``), what ``ContextHead`` maps its ``context`` to.
     """
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     attention_paths: ClassVar[tuple[str, ...]] = ()
     undefined_analyses: ClassVar[dict[str, str]] = {}
     mmseg_names: ClassVar[dict[str, str]] = {}
+    mmseg_attribute: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()

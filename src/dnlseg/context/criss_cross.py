@@ -45,6 +45,7 @@ class CrissCrossAttention2d(CoupledAttention):
         "value": "value_conv",
         "gamma": "gamma.scale",
     }
+    mmseg_attribute = "cca"  # CCHead's
 
     def __init__(
         self, in_channels: int, reduction: int = 8, recurrence: int = 2, attention: AttentionPath = "fused"

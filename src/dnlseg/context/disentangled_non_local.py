@@ -74,6 +74,7 @@ class DisentangledNonLocal2d(NonLocalBase):
         "key": ("key", "key_whiten"),
         "out": ("out", "out_norm", "gamma"),  # gamma scales the output of the pairwise part
     }
+    mmseg_attribute = "dnl_block"  # DNLHead's
 
     def __init__(
         self,

@@ -30,6 +30,9 @@ class GlobalContext2d(ContextBlock):
     """
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"unary": ("unary",), "out": ("out",)}
+    # mmcv's ContextBlock(pooling_type="att", fusion_types=("channel_add",)), GCHead's ``gc_block``
+    mmseg_names: ClassVar[dict[str, str]] = {"unary": "conv_mask", "out": "channel_add_conv"}
+    mmseg_attribute = "gc_block"
 
     def __init__(self, in_channels: int, reduction: int = 4) -> None:
         super().__init__()

@@ -20,7 +20,6 @@ and ``local_relation``, keys ``{query,key,value}_project`` and ``output_project`
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import torch
@@ -83,12 +82,13 @@ class GroupAttention2d(CoupledAttention):
 
     def forward(self, x: Tensor, image: tuple[int, int, int, int] | None = None) -> Tensor:
         N, C, Hp, Wp = x.shape
-        if Hp % self.group_size[0] or Wp % self.group_size[1]:
+        if not torch.compiler.is_exporting() and (Hp % self.group_size[0] or Wp % self.group_size[1]):
             raise ValueError(f"a {Hp} x {Wp} map is not made of whole {self.group_size} tiles: pad it first")
         keys = self.keys((Hp, Wp), image or (0, 0, Hp, Wp), x.device)
         q = tokens(self.query(x)) * self.channels**-0.5  # (N, P, C'), the logit scale folded in
         k, v = tokens(self.key(x)), tokens(self.value(x))  # (N, P, C'), (N, P, C)
-        members = Hp * Wp // int(keys.groups.max() + 1)
+        gh, gw = self.group_size
+        members = (Hp // gh) * (Wp // gw) if self.group_range == "long" else gh * gw  # pixels per group
         y = grouped_attention(q, k, v, keys.order, members)  # (N, P, C): one (S, S) map per group
         self.publish(lambda: implicit_split(q, k, v, y, (Hp, Wp), (Hp, Wp), keys.restrict(self.combine), keys))
         return self.out(y.transpose(1, 2).reshape(N, C, Hp, Wp))
@@ -131,10 +131,9 @@ class InterlacedSparseAttention2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         N, C, H, W = x.shape
         (gh, gw) = self.group_size
-        pad_h, pad_w = math.ceil(H / gh) * gh - H, math.ceil(W / gw) * gw - W
+        pad_h, pad_w = -H % gh, -W % gw  # to whole tiles; integer arithmetic, so an export keeps H, W symbolic
         top, left = pad_h // 2, pad_w // 2
-        if pad_h or pad_w:
-            x = F.pad(x, (left, pad_w - left, top, pad_h - top))  # as mmseg's ISAHead
+        x = F.pad(x, (left, pad_w - left, top, pad_h - top))  # as mmseg's ISAHead (a no-op without padding)
         image = (top, left, H, W)
         x = self.short_range(self.long_range(x, image), image)
         return x[:, :, top : top + H, left : left + W]

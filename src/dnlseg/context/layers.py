@@ -13,15 +13,24 @@ NormLayer = Callable[[int], nn.Module]
 
 
 class ConvNormAct(nn.Module):
-    """1x1 conv, then ``norm_layer`` (the conv without a bias, as under a norm) and ReLU when ``act``.
+    """A k x k conv (1x1 unless ``kernel_size``; size-preserving padding), then ``norm_layer`` (the conv without a
+    bias, as under a norm) and ReLU when ``act``.
 
-    The layers of mmcv's ``ConvModule(in, out, 1, norm_cfg=BN, act_cfg=ReLU)`` in its order, with its submodule
-    names ``conv`` and ``bn``: a state dict of one loads into the other unchanged.
+    The layers of mmcv's ``ConvModule(in, out, k, padding=k // 2, norm_cfg=BN, act_cfg=ReLU)`` in its order, with
+    its submodule names ``conv`` and ``bn``: a state dict of one loads into the other unchanged.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_layer: NormLayer | None, act: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_layer: NormLayer | None,
+        act: bool = True,
+        kernel_size: int = 1,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=norm_layer is None)
+        bias = norm_layer is None
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
         self.bn = norm_layer(out_channels) if norm_layer is not None else None
         self.act = nn.ReLU(inplace=True) if act else None
 
@@ -40,7 +49,13 @@ def conv_norm_acts(in_channels: int, out_channels: int, count: int, norm_layer: 
 
 def pyramid_pool(x: Tensor, scales: Sequence[int]) -> Tensor:
     """ANN's pyramid pooling: x (N, C, H, W) average-pooled to s x s for every s in ``scales``, flattened and
-    concatenated -> (N, C, sum s^2) (1, 3, 6, 8: 110 cells)."""
+    concatenated -> (N, C, sum s^2) (1, 3, 6, 8: 110 cells).
+
+    Under ``torch.export`` (``dnlseg export``) it is the product with ``pyramid_cover``, the same averages: ONNX has
+    no adaptive pooling, and the exporter's lowering of it is wrong where the size does not divide by s."""
+    if torch.compiler.is_exporting():
+        cover = pyramid_cover((x.shape[-2], x.shape[-1]), scales, x.device, x.dtype)  # (S, H W)
+        return x.flatten(2) @ cover.transpose(0, 1)  # (N, C, H W) @ (H W, S) -> (N, C, S)
     return torch.cat([F.adaptive_avg_pool2d(x, s).flatten(2) for s in scales], dim=2)
 
 

@@ -94,6 +94,7 @@ class NonLocal2d(NonLocalBase):
         self.global_context = GlobalContext2d(in_channels) if global_context else None
 
     branch_modules = {"query": ("query", "query_whiten"), "key": ("key", "key_whiten"), "out": ("out", "out_norm")}
+    mmseg_attribute = "nl_block"  # NLHead's
 
     def combine(
         self, pairwise_logits: Tensor | None, unary_logits: Tensor | None, rows: Tensor | None = None

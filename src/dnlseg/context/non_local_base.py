@@ -34,6 +34,14 @@ class NonLocalBase(ContextBlock):
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"out": ("out", "out_norm")}
     attention_paths: ClassVar[tuple[str, ...]] = ATTENTION_PATHS
+    mmseg_names: ClassVar[dict[str, str]] = {  # mmcv's NonLocal2d / mmseg's DisentangledNonLocal2d (ConvModules)
+        "value": "g.conv",
+        "query": "theta.conv",
+        "key": "phi.conv",
+        "unary": "conv_mask",  # DNL's unary conv C -> 1, a plain conv
+        "out": "conv_out.conv",
+        "out_norm": "conv_out.bn",
+    }
 
     def __init__(
         self,

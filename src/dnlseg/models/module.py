@@ -136,16 +136,22 @@ class SegmentationModule(L.LightningModule):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
-        """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present)} for a training batch."""
+        """{"loss": total, "main_loss": decode head, "aux_loss": aux head (when present), "<side>_loss": each extra
+        classifier of the decode head (DANet's "pam", "cam")} for a training batch; the total weighs the aux loss
+        by ``loss.aux_weight`` and each side loss by the head's ``side_loss_weights``."""
         masks = batch["mask"]
         out = self.network(self.to_memory_format(batch["image"]))
         size = masks.shape[-2:]
         losses = {"main_loss": self.criterion(self.network.upsample(out.logits, size), masks)}
-        losses["loss"] = losses["main_loss"]
+        total = losses["main_loss"]
         if out.aux_logits is not None:
             losses["aux_loss"] = self.criterion(self.network.upsample(out.aux_logits, size), masks)
-            losses["loss"] = losses["main_loss"] + self.aux_weight * losses["aux_loss"]
-        return losses
+            total = total + self.aux_weight * losses["aux_loss"]
+        weights = self.network.side_loss_weights
+        for name, logits in out.side_logits.items():
+            losses[f"{name}_loss"] = self.criterion(self.network.upsample(logits, size), masks)
+            total = total + weights[name] * losses[f"{name}_loss"]
+        return {"loss": total, **losses}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         # A skipped batch must not leave its NaN in the BatchNorm running statistics either.

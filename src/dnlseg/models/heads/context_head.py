@@ -1,8 +1,10 @@
-"""Decode heads of docs/science.md section 4: the context head (NL/DNL/none) and the auxiliary FCN head."""
+"""The decode heads of docs/science.md section 4: the context head around one block (NL, DNL, GC, CC, none) and the
+auxiliary FCN head."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +28,24 @@ class ContextHead(nn.Module):
         context: builds the context block from C, e.g. ``partial(DisentangledNonLocal2d, temperature=0.05)``;
             None: the baseline head, identical but without a block.
         dropout: Dropout2d probability before the classifier.
+
+    mmseg 1.2.2's ``NLHead``, ``DNLHead``, ``GCHead``, ``CCHead`` and ``FCNHead`` (2 convs, ``concat_input``) share
+    this layout; the network builds it from ``model.network.head_channels`` and ``context`` unless a config names a
+    ``decode_head`` of its own (``dnlseg.models.heads.base``: what a head declares). Its ``mmseg_names`` are those of
+    that layout, ``context`` named as the block says mmseg's head holds it (its ``mmseg_attribute``: ``nl_block``,
+    ``dnl_block``, ``gc_block``, ``cca``).
     """
+
+    inputs: ClassVar[tuple[str, ...]] = ("last",)
+    MMSEG_LAYOUT: ClassVar[dict[str, str]] = {  # mmseg's FCNHead(num_convs=2, concat_input=True) and its subclasses
+        "conv_in.0": "convs.0.conv",
+        "conv_in.1": "convs.0.bn",
+        "conv_out.0": "convs.1.conv",
+        "conv_out.1": "convs.1.bn",
+        "fuse.0": "conv_cat.conv",
+        "fuse.1": "conv_cat.bn",
+        "classifier": "conv_seg",
+    }
 
     def __init__(
         self,
@@ -44,6 +63,8 @@ class ContextHead(nn.Module):
         self.fuse = conv_bn_relu(in_channels + channels, channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        attribute = getattr(self.context, "mmseg_attribute", None)
+        self.mmseg_names = {**self.MMSEG_LAYOUT, **({"context": attribute} if attribute else {})}
 
     def forward(self, features: Tensor) -> Tensor:
         """(N, C_in, h, w) -> logits (N, classes, h, w)."""
@@ -53,7 +74,10 @@ class ContextHead(nn.Module):
 
 
 class FCNHead(nn.Module):
-    """Auxiliary head on stage 3: 3x3 conv C_in -> C + BN + ReLU, Dropout2d, 1x1 conv to classes."""
+    """Auxiliary head on stage 3: 3x3 conv C_in -> C + BN + ReLU, Dropout2d, 1x1 conv to classes (mmseg's
+    ``FCNHead(num_convs=1, concat_input=False)``: its ``auxiliary_head``, or OCR's ``decode_head.0``)."""
+
+    mmseg_names: ClassVar[dict[str, str]] = {"conv.0": "convs.0.conv", "conv.1": "convs.0.bn", "classifier": "conv_seg"}
 
     def __init__(self, *, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
