@@ -57,11 +57,11 @@ def test_on_cpu_values_wider_than_the_keys_take_the_row_blocked_kernel_not_sdpas
     """PyTorch's CPU flash kernel needs Cv == Cq and its fallback builds the (P, Pk) map: DANet's PAM (Cv = 8 Cq)
     goes through ``RowBlockedAttention``, in blocks of rows and of keys, with SDPA's result and gradients."""
     torch.manual_seed(3)
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 40)  # blocks of 7 rows (forward) and 7 keys (backward)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 18)  # blocks of 7 rows (forward) and 7 keys (backward)
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: pytest.fail("SDPA was called"))
-    q, k, v = (torch.randn(2, 40, c, dtype=torch.float64, requires_grad=True) for c in (4, 4, 12))
+    q, k, v = (torch.randn(2, 18, c, dtype=torch.float64, requires_grad=True) for c in (3, 3, 7))
     out = fused_attention(q, k, v, scale=0.3)
-    expected = torch.softmax(q @ k.transpose(1, 2) * 0.3, dim=-1) @ v  # (2, 40, 12)
+    expected = torch.softmax(q @ k.transpose(1, 2) * 0.3, dim=-1) @ v  # (2, 18, 7)
     torch.testing.assert_close(out, expected)
     assert torch.autograd.gradcheck(lambda *t: fused_attention(*t, scale=0.3), (q, k, v))
 
