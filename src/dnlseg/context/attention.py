@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-BLOCK_ELEMENTS = 1 << 24  # the row-blocked kernel's (rows, Pk) map per image per block: 64 MiB in fp32
-MIN_BLOCKS = 4  # ... and never more than a quarter of the map, however small P is
+BLOCK_ELEMENTS = 1 << 25  # the row-blocked kernel's (rows, Pk) map per image per block: 128 MiB in fp32
+MIN_BLOCKS = 10  # ... and never more than a tenth of the map, however small P is (inference, the analyses)
+TRAINING_MIN_BLOCKS = 2  # training: at most half the map; fewer, longer products (each waits for both threads)
 
 
-def block_length(length: int, other: int) -> int:
-    """Rows (or key columns) per block of a (length, other) map: BLOCK_ELEMENTS per image, at least MIN_BLOCKS
+def block_length(length: int, other: int, min_blocks: int = MIN_BLOCKS) -> int:
+    """Rows (or key columns) per block of a (length, other) map: BLOCK_ELEMENTS per image, at least ``min_blocks``
     blocks, at least 16 rows."""
-    return max(16, min(BLOCK_ELEMENTS // max(other, 1), -(-length // MIN_BLOCKS)))
+    return max(16, min(BLOCK_ELEMENTS // max(other, 1), -(-length // min_blocks)))
 
 
 def tokens(t: Tensor) -> Tensor:
@@ -96,7 +97,7 @@ class RowBlockedAttention(torch.autograd.Function):
             scaled = (q if scale == 1.0 else q * scale).to(dtype)  # the scale on the small factor
             k, v = k.to(dtype), v.to(dtype)
             lse = scaled.new_empty(*q.shape[:2], 1)
-            out = attend_by_rows(scaled, k, v, lse)
+            out = attend_by_rows(scaled, k, v, lse, min_blocks=TRAINING_MIN_BLOCKS)
         ctx.save_for_backward(scaled, k, v, out, lse)
         ctx.scale, ctx.dtypes = scale, (q.dtype, k.dtype, v.dtype)
         return out
@@ -113,7 +114,7 @@ class RowBlockedAttention(torch.autograd.Function):
             ones = k.new_ones(N, Pk, 1)
             query, key = torch.cat([scaled, -lse], -1), torch.cat([k, ones], -1)  # (N, P | Pk, Cq + 1)
             grad, value = torch.cat([grad_out, -delta], -1), torch.cat([v, ones], -1)  # (N, P | Pk, Cv + 1)
-            columns = block_length(Pk, P)
+            columns = block_length(Pk, P, TRAINING_MIN_BLOCKS)
             a_map, ds_map = scaled.new_empty(P * columns), scaled.new_empty(P * columns)  # (P, J) each
             grad_q, grad_k, grad_v = torch.zeros_like(scaled), torch.empty_like(k), torch.empty_like(v)
             for n in range(N):
@@ -131,13 +132,13 @@ class RowBlockedAttention(torch.autograd.Function):
         return (*(t.to(d) for t, d in zip((grad_q, grad_k, grad_v), ctx.dtypes, strict=True)), None)
 
 
-def attend_by_rows(q: Tensor, k: Tensor, v: Tensor, lse: Tensor | None = None) -> Tensor:
+def attend_by_rows(q: Tensor, k: Tensor, v: Tensor, lse: Tensor | None = None, min_blocks: int = MIN_BLOCKS) -> Tensor:
     """softmax(q k^T) v by blocks of query rows, one image at a time: q (N, P, Cq), k (N, Pk, Cq), v (N, Pk, C')
     -> (N, P, C') in v's layout; each row's log-sum-exp written into ``lse`` (N, P, 1) when given. The (rows, Pk)
     logits and weights are two buffers that every block reuses; the products write in place."""
     N, P, _ = q.shape
     Pk, Cv = v.shape[1:]
-    rows = block_length(P, Pk)
+    rows = block_length(P, Pk, min_blocks)
     logits_map, weights_map = q.new_empty(rows * Pk), q.new_empty(rows * Pk)  # (rows, Pk) each
     channels_first = v.stride(1) == 1 and v.stride(2) != 1  # v a (N, Pk, C') view of an (N, C', Pk) map
     out = v.new_empty(N, Cv, P).transpose(1, 2) if channels_first else v.new_empty(N, P, Cv)
