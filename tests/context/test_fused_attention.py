@@ -57,13 +57,66 @@ def test_on_cpu_values_wider_than_the_keys_take_the_row_blocked_kernel_not_sdpas
     """PyTorch's CPU flash kernel needs Cv == Cq and its fallback builds the (P, Pk) map: DANet's PAM (Cv = 8 Cq)
     goes through ``RowBlockedAttention``, in blocks of rows and of keys, with SDPA's result and gradients."""
     torch.manual_seed(3)
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 40)  # blocks of 7 rows (forward) and 7 keys (backward)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 18)  # blocks of 7 rows (forward) and 7 keys (backward)
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: pytest.fail("SDPA was called"))
-    q, k, v = (torch.randn(2, 40, c, dtype=torch.float64, requires_grad=True) for c in (4, 4, 12))
+    q, k, v = (torch.randn(2, 18, c, dtype=torch.float64, requires_grad=True) for c in (3, 3, 7))
     out = fused_attention(q, k, v, scale=0.3)
-    expected = torch.softmax(q @ k.transpose(1, 2) * 0.3, dim=-1) @ v  # (2, 40, 12)
+    expected = torch.softmax(q @ k.transpose(1, 2) * 0.3, dim=-1) @ v  # (2, 18, 7)
     torch.testing.assert_close(out, expected)
     assert torch.autograd.gradcheck(lambda *t: fused_attention(*t, scale=0.3), (q, k, v))
+
+
+@pytest.mark.parametrize("keys", [23, 17])  # Pk = P (PAM) and Pk != P
+def test_row_blocked_backward_equals_autograd_of_the_materialised_attention_in_float64(monkeypatch, keys):
+    """``RowBlockedAttention``'s own backward (recomputed attention, per-row log-sum-exp, -delta and -lse carried as
+    an extra channel) against autograd through softmax(q k^T * scale) v: uneven blocks of rows and keys (7, 7, 7, 2),
+    two images, peaked softmaxes (logits up to ~50, so a log-sum-exp off by anything shows), Pk = P and Pk != P."""
+    torch.manual_seed(4)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 7 * 23)  # 7 rows (forward) and 7 keys (backward) per block
+    q = (torch.randn(2, 23, 3, dtype=torch.float64) * 6).requires_grad_(True)
+    k = (torch.randn(2, keys, 3, dtype=torch.float64) * 2).requires_grad_(True)
+    v = torch.randn(2, keys, 5, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 23, 5, dtype=torch.float64)
+    out = attention.RowBlockedAttention.apply(q, k, v, 0.7)
+    expected = reference_attention(q, k, v, scale=0.7)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    for got, want in zip(grads, torch.autograd.grad(expected, (q, k, v), grad_out), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    tiny = tuple(t[:, :5].detach().requires_grad_(True) for t in (q, k, v))  # P = Pk = 5: blocks of 7 and 16 rows
+    assert torch.autograd.gradcheck(lambda *t: attention.RowBlockedAttention.apply(*t, 0.7), tiny)
+
+
+def test_row_blocked_kernel_reads_channels_first_views_in_place_and_answers_in_their_layout():
+    """PAM hands q, k, v over as (N, P, C) views of its convs' (N, C, P) maps: the same numbers as from contiguous
+    tokens, and the output and the gradients come back channels-first (so ``y.transpose(1, 2)`` is a free view)."""
+    torch.manual_seed(5)
+    maps = [torch.randn(2, c, 30, dtype=torch.float64, requires_grad=True) for c in (4, 4, 12)]  # (N, C, P)
+    views = [m.transpose(1, 2) for m in maps]  # (N, P, C), strides (C P, 1, P)
+    out = fused_attention(*views, scale=0.4)
+    assert out.transpose(1, 2).is_contiguous()
+    expected = reference_attention(*(m.detach().transpose(1, 2).contiguous() for m in maps), scale=0.4)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out, views, torch.randn_like(out))  # what the kernel's backward returned
+    assert all(g.transpose(1, 2).is_contiguous() for g in grads)
+    with torch.no_grad():
+        inference = fused_attention(*(m.transpose(1, 2) for m in maps), scale=0.4)
+    assert inference.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(inference, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_with_values_wider_than_the_keys_keeps_no_log_sum_exp(monkeypatch):
+    """Without gradients the row-blocked forward runs alone (no autograd Function, nothing kept for a backward),
+    with the same result."""
+    monkeypatch.setattr(
+        attention.RowBlockedAttention, "forward", lambda *a: pytest.fail("the training kernel ran in inference")
+    )
+    q, k, v = torch.randn(2, 40, 4), torch.randn(2, 40, 4), torch.randn(2, 40, 12)
+    with torch.no_grad():
+        out = fused_attention(q, k, v, scale=0.3)
+    torch.testing.assert_close(out, reference_attention(q, k, v))
+    out = fused_attention(q, k, v, scale=0.3)  # no input needs a gradient: the same
+    torch.testing.assert_close(out, reference_attention(q, k, v))
 
 
 def test_tokens_are_positions_by_channels_in_raster_order_and_contiguous():

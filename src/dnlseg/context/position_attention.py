@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from dnlseg.context.attention import fused_attention, tokens
+from dnlseg.context.attention import fused_attention
 from dnlseg.context.base import CoupledAttention, check_choice, implicit_split
 from dnlseg.context.non_local_base import ATTENTION_PATHS, AttentionPath
 
@@ -30,7 +30,8 @@ class PositionAttention2d(CoupledAttention):
     Args:
         in_channels: C, channels of the input feature map.
         reduction: C' = C // reduction query/key channels (DANet and mmseg: 8; mmseg's ``pam_channels`` = C').
-        attention: "fused" (no (P, P) map: row-blocked, as Cv = C != C') or "materialized" (mmseg's).
+        attention: "fused" (no (P, P) map: on CPU row-blocked with the attention recomputed in the backward, as
+            Cv = C != C') or "materialized" (mmseg's).
     """
 
     branch_modules: ClassVar[dict[str, tuple[str, ...]]] = {"out": ("gamma",)}
@@ -55,7 +56,8 @@ class PositionAttention2d(CoupledAttention):
 
     def forward(self, x: Tensor) -> Tensor:
         N, C, H, W = x.shape
-        q, k, v = tokens(self.query(x)), tokens(self.key(x)), tokens(self.value(x))  # (N, P, C'), (N, P, C')
+        # (N, P, C'), (N, P, C'), (N, P, C): views of the conv outputs (N, C', P), no copy
+        q, k, v = (t.flatten(2).transpose(1, 2) for t in (self.query(x), self.key(x), self.value(x)))
         if self.attention == "materialized":
             w = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # (N, P, C') @ (N, C', P) -> (N, P, P)
             y = w @ v  # (N, P, P) @ (N, P, C) -> (N, P, C)
