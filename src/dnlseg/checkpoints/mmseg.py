@@ -52,6 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from dnlseg.checkpoints.weight_files import check_state_dict_fits, read_torch_file
+from dnlseg.context.disentangled_non_local import DisentangledNonLocal2d
+from dnlseg.context.non_local import NonLocal2d
+from dnlseg.context.non_local_base import NonLocalBase
 from dnlseg.errors import CheckpointMismatchError, WeightFileError
 
 MMSEG_KEY = "mmseg_checkpoint"  # what a Lightning checkpoint dict read from an mmseg file carries: path and meta
@@ -68,29 +71,27 @@ RESNET_V1C_KEYS = (  # mmseg ResNetV1c -> timm's deep-stem ResNet (the module ``
     ("stem.7.", "model.bn1."),
     *((f"layer{i}.", f"model.layer{i}.") for i in range(1, 5)),
 )
-HEAD_KEYS = (  # mmseg NLHead / DNLHead / FCNHead(num_convs=2, concat_input=True) -> ContextHead
-    ("convs.0.conv.", "conv_in.0."),
-    ("convs.0.bn.", "conv_in.1."),
-    ("convs.1.conv.", "conv_out.0."),
-    ("convs.1.bn.", "conv_out.1."),
-    ("conv_cat.conv.", "fuse.0."),
-    ("conv_cat.bn.", "fuse.1."),
-    ("conv_seg.", "classifier."),
-)
-BLOCK_KEYS = (  # mmseg NonLocal2d / DisentangledNonLocal2d -> dnlseg's blocks
-    ("g.conv.", "value."),
-    ("theta.conv.", "query."),
-    ("phi.conv.", "key."),
-    ("conv_mask.", "unary."),
-    ("conv_out.conv.", "out."),
-    ("conv_out.bn.", "out_norm."),
-)
-AUX_KEYS = (  # mmseg FCNHead(num_convs=1, concat_input=False) -> FCNHead
-    ("convs.0.conv.", "conv.0."),
-    ("convs.0.bn.", "conv.1."),
-    ("conv_seg.", "classifier."),
-)
-MMSEG_BLOCKS = {"nl_block": "NLHead", "dnl_block": "DNLHead"}
+CONTEXT_HEAD_NAMES = {  # ContextHead's mmseg_names: mmseg's FCNHead(num_convs=2, concat_input=True), NLHead, DNLHead
+    "conv_in.0": "convs.0.conv",
+    "conv_in.1": "convs.0.bn",
+    "conv_out.0": "convs.1.conv",
+    "conv_out.1": "convs.1.bn",
+    "fuse.0": "conv_cat.conv",
+    "fuse.1": "conv_cat.bn",
+    "classifier": "conv_seg",
+}
+FCN_HEAD_NAMES = {"conv.0": "convs.0.conv", "conv.1": "convs.0.bn", "classifier": "conv_seg"}  # the aux FCNHead's
+
+
+def prefix_rules(names: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(mmseg prefix, dnlseg prefix) rules from a module's ``mmseg_names`` (our submodule -> mmseg's)."""
+    return tuple((f"{theirs}.", f"{ours}.") for ours, theirs in names.items())
+
+
+HEAD_KEYS = prefix_rules(CONTEXT_HEAD_NAMES)  # mmseg NLHead / DNLHead / FCNHead(2 convs, concat_input) -> ContextHead
+BLOCK_KEYS = prefix_rules(NonLocalBase.mmseg_names)  # mmseg NonLocal2d / DisentangledNonLocal2d -> dnlseg's blocks
+AUX_KEYS = prefix_rules(FCN_HEAD_NAMES)  # mmseg FCNHead(num_convs=1, concat_input=False) -> FCNHead
+MMSEG_BLOCKS = {NonLocal2d.mmseg_attribute: "NLHead", DisentangledNonLocal2d.mmseg_attribute: "DNLHead"}
 # The NL / DNL / FCN layout as fixed rules, without a model (``dnlseg convert``); a model maps through ``mmseg_key``.
 SEGMENTOR_KEYS = (
     *((f"backbone.{a}", f"encoder.{b}") for a, b in RESNET_V1C_KEYS),

@@ -9,6 +9,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from dnlseg.checkpoints.mmseg import CONTEXT_HEAD_NAMES, FCN_HEAD_NAMES
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
     return nn.Sequential(
@@ -37,15 +39,7 @@ class ContextHead(nn.Module):
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("last",)
-    MMSEG_LAYOUT: ClassVar[dict[str, str]] = {  # mmseg's FCNHead(num_convs=2, concat_input=True) and its subclasses
-        "conv_in.0": "convs.0.conv",
-        "conv_in.1": "convs.0.bn",
-        "conv_out.0": "convs.1.conv",
-        "conv_out.1": "convs.1.bn",
-        "fuse.0": "conv_cat.conv",
-        "fuse.1": "conv_cat.bn",
-        "classifier": "conv_seg",
-    }
+    MMSEG_LAYOUT: ClassVar[dict[str, str]] = CONTEXT_HEAD_NAMES  # one table with the checkpoint rules (HEAD_KEYS)
 
     def __init__(
         self,
@@ -77,7 +71,7 @@ class FCNHead(nn.Module):
     """Auxiliary head on stage 3: 3x3 conv C_in -> C + BN + ReLU, Dropout2d, 1x1 conv to classes (mmseg's
     ``FCNHead(num_convs=1, concat_input=False)``: its ``auxiliary_head``, or OCR's ``decode_head.0``)."""
 
-    mmseg_names: ClassVar[dict[str, str]] = {"conv.0": "convs.0.conv", "conv.1": "convs.0.bn", "classifier": "conv_seg"}
+    mmseg_names: ClassVar[dict[str, str]] = FCN_HEAD_NAMES
 
     def __init__(self, *, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
