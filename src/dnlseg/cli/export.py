@@ -127,7 +127,7 @@ def check_blocks(network) -> None:
     from dnlseg.context import find_context_blocks
 
     for name, block in find_context_blocks(network).items():
-        if "materialized" in block.attention_paths and getattr(block, "attention", None) == "materialized":
+        if getattr(block, "attention", None) == "materialized":
             key = "model.network.context" if name == "decode_head.context" else "model.network.decode_head"
             raise ExportError(
                 f"{key}.init_args.attention=materialized ({name}) would put the P x P attention matrix in the "
