@@ -125,10 +125,13 @@ def test_term_maps_are_the_softmax_rows_of_the_queries_and_of_the_unary_logits()
     P = LABELS.numel()
     p, u = torch.randn(2, P, P), torch.randn(2, 1, P)
     queries = select_queries(LABELS)
-    pairwise, unary = term_maps(captured_from_logits(p, u, (6, 8), (6, 8)), 1, queries)
+    maps = term_maps(captured_from_logits(p, u, (6, 8), (6, 8)), 1, queries)
     rows = [q.row * 8 + q.col for q in queries]
-    torch.testing.assert_close(pairwise, p[1, rows].softmax(-1).reshape(len(queries), 6, 8))
-    torch.testing.assert_close(unary, u[1, 0].softmax(-1).reshape(6, 8))
+    # in times the uniform weight 1 / Pk (Pk = 48 keys)
+    expected = p[1, rows].softmax(-1).reshape(len(queries), 6, 8).double() * 48
+    torch.testing.assert_close(maps.pairwise, expected)
+    torch.testing.assert_close(maps.unary, u[1, 0].softmax(-1).reshape(6, 8).double() * 48)
+    assert (maps.keys, maps.sparse) == ("pixels", False)
 
 
 def map_images(fig) -> list:

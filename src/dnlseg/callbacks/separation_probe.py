@@ -51,6 +51,7 @@ class SeparationProbe(AttentionCaptureCallback):
     """
 
     requires = (LossTerms,)  # the extra forward computes the module's training loss
+    analyses = ("logit_gradients", "cross_sensitivity")
 
     def __init__(
         self, every_n_steps: int = 50, relative_step: float = 1e-2, num_queries: int = 256, seed: int = 0
