@@ -158,11 +158,12 @@ def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query])
 
     def painted(weights: Tensor, inside: Tensor | None) -> Tensor:
         """weights (M, Pk) of the keys, inside (M, Pk) or None -> (M, h, w) in times uniform on the image."""
-        weights = weights.double()
         if cover is not None:  # spread over the pixels each key covers: (M, Pk) @ (Pk, Pc) -> (M, Pc)
             Hc, Wc = keys.cover_size  # type: ignore[attr-defined]  # TokenKeys with a cover
-            density = weights @ cover[index if cover.shape[0] > 1 else 0].double().to(weights.device)
-            return (density * (Hc * Wc)).reshape(-1, Hc, Wc)
+            image_cover = cover[index if cover.shape[0] > 1 else 0].detach()  # (Pk, Pc), not copied
+            density = weights.to(image_cover) @ image_cover
+            return (density.double() * (Hc * Wc)).reshape(-1, Hc, Wc)
+        weights = weights.double()
         count = inside.sum(-1, keepdim=True) if inside is not None else weights.shape[-1]
         ratio = weights * count  # over the uniform weight 1 / (number of the query's keys)
         if inside is not None:
