@@ -160,7 +160,9 @@ def chance_mass(captured: CapturedAttention, classes: Tensor, rows: Tensor | Non
     if keys.kind != "subset":
         return classes.mean(dim=1, keepdim=True)  # (N, 1, K)
     if rows is not None:
-        inside = keys.mask(rows).to(classes.dtype)  # (N, Q, Pk)
+        mask = keys.mask(rows)
+        assert mask is not None  # a subset's mask is never None
+        inside = mask.to(classes.dtype)  # (N, Q, Pk)
         return (inside @ classes) / inside.sum(-1, keepdim=True)  # (N, Q, Pk) @ (N, Pk, K) -> (N, Q, K)
     N, P = classes.shape[0], captured.query_size[0] * captured.query_size[1]
     zeros = classes.new_zeros(N, P, 1)  # q_i . k_j = 0: softmax_j uniform over each query's keys

@@ -185,10 +185,10 @@ def not_computed(analyses: list[AttentionCaptureCallback], model: L.LightningMod
     for the ``dnlseg.context.ANALYSES`` that analyze does not run (they measure training), so that the report has no
     silent gap. In the order of the blocks and of ``ANALYSES``."""
     reasons: dict[tuple[str, str], str] = {}
-    for analysis in analyses:
-        for key, reason in analysis.not_computed.items():
+    for callback in analyses:
+        for key, reason in callback.not_computed.items():
             reasons.setdefault(key, reason)
-    ran = {name for analysis in analyses for name in analysis.analyses}
+    ran = {name for callback in analyses for name in callback.analyses}
     blocks = find_context_blocks(model)
     for name, block in blocks.items():
         for analysis, reason in block.undefined_analyses.items():
