@@ -139,6 +139,19 @@ def final_weights(trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.lightning_module.state_dict().items()}
 
 
+def image_tags(log_dir: Path) -> dict[str, list[int]]:
+    """{tag: steps} of the images in the TensorBoard event files below ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: dict[str, list[int]] = {}
+    for event_file in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["images"]:
+            tags.setdefault(tag, []).extend(e.step for e in accumulator.Images(tag))
+    return tags
+
+
 def captured_from_logits(pairwise, unary, query_size, key_size, combine=None):
     """A ``CapturedAttention`` whose logits are the given ones: p (N, P, Pk) as the factors (p, I), since
     p_ij = p_i . e_j; u (N, 1, Pk) as it is. Values and output are placeholders (zeros)."""

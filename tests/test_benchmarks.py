@@ -211,6 +211,33 @@ def test_analysis_memory_judges_the_targets_and_says_what_the_baseline_cannot_ru
     assert "FAIL <= 3 GB" in row("this checkout", 32768)
 
 
+def test_analysis_memory_per_head_counts_a_metric_the_report_explains_and_flags_a_silent_gap(
+    scripts, monkeypatch, tmp_path
+):
+    """Several configs: one row per head and size; a metric without value is accounted for only by a reason in
+    analyze's report (ANN's boundary metric), a metric missing without one is a gap ("no")."""
+    script = scripts("analysis_memory")
+    monkeypatch.setattr(script, "fit_checkpoint", lambda src, config, folder: folder / "last.ckpt")
+    explained = [{"block": "decode_head.context", "analysis": "boundary_consistency", "reason": "pyramid cells"}]
+
+    def analyze(src, config, ckpt, image_size, output):
+        metrics = {script.METRICS[0]: 1.5, script.METRICS[1]: None}
+        reasons = explained if "annnet" in config else []
+        return {"peak_rss": 2e9, "wall": 1.0, "cpu": 1.0, "returncode": 0, "metrics": metrics,
+                "not_computed": reasons, "figures": 1}  # fmt: skip
+
+    monkeypatch.setattr(script, "analyze", analyze)
+    output = tmp_path / "analysis.md"
+    configs = ["configs/synthetic/annnet.yaml", "configs/synthetic/gap.yaml"]
+    results = script.main(["--configs", *configs, "--positions", "32768", "--output", str(output)])
+    assert set(results) == {("this checkout", "annnet", 32768), ("this checkout", "gap", 32768)}
+    text = output.read_text()
+    (ann,) = [line for line in text.splitlines() if line.startswith("| this checkout | annnet | 32768 |")]
+    (gap,) = [line for line in text.splitlines() if line.startswith("| this checkout | gap | 32768 |")]
+    assert "| yes |" in ann and "boundary_consistency of decode_head.context" in ann and "PASS <= 3 GB" in ann
+    assert "| no |" in gap and "16384" not in text.split("|---")[-1]  # only the size asked for
+
+
 @pytest.mark.slow
 def test_export_benchmark_compares_onnxruntime_with_pytorch_per_head(scripts, tmp_path):
     output = tmp_path / "export.md"

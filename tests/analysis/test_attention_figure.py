@@ -1,14 +1,35 @@
 """Query selection from labels and the attention figure: a grid that reads at TensorBoard's card size."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from dnlseg.analysis import Query, attention_figure, select_queries
-from dnlseg.analysis.attention_figure import CAPTION, COLORMAP, COLOUR_BAR_LABEL, colour_scale, grid_shape, term_maps
+from dnlseg.analysis.attention_figure import (
+    CAPTION,
+    COLORMAP,
+    COLOUR_BAR_LABEL,
+    SUBSET_CAPTION,
+    TOKEN_CAPTION,
+    colour_scale,
+    grid_shape,
+    term_maps,
+)
+from dnlseg.context import (
+    ChannelAttention2d,
+    CrissCrossKeys,
+    InterlacedSparseAttention2d,
+    TokenKeys,
+    capture_attention,
+)
+from dnlseg.context.layers import pyramid_cover
 from dnlseg.data.transforms import unnormalize
-from tests.helpers import captured_from_logits
+from tests.helpers import captured_from_logits, wake_context_blocks
 
 # 6 x 8 grid: class 2 on the left half, class 5 on the right half, class 7 in a 2 x 2 corner, void top row.
 LABELS = torch.tensor([[255] * 8] + [[2, 2, 2, 2, 5, 5, 5, 5]] * 3 + [[2, 2, 2, 2, 5, 5, 7, 7]] * 2)
@@ -125,10 +146,13 @@ def test_term_maps_are_the_softmax_rows_of_the_queries_and_of_the_unary_logits()
     P = LABELS.numel()
     p, u = torch.randn(2, P, P), torch.randn(2, 1, P)
     queries = select_queries(LABELS)
-    pairwise, unary = term_maps(captured_from_logits(p, u, (6, 8), (6, 8)), 1, queries)
+    maps = term_maps(captured_from_logits(p, u, (6, 8), (6, 8)), 1, queries)
     rows = [q.row * 8 + q.col for q in queries]
-    torch.testing.assert_close(pairwise, p[1, rows].softmax(-1).reshape(len(queries), 6, 8))
-    torch.testing.assert_close(unary, u[1, 0].softmax(-1).reshape(6, 8))
+    # in times the uniform weight 1 / Pk (Pk = 48 keys)
+    expected = p[1, rows].softmax(-1).reshape(len(queries), 6, 8).double() * 48
+    torch.testing.assert_close(maps.pairwise, expected)
+    torch.testing.assert_close(maps.unary, u[1, 0].softmax(-1).reshape(6, 8).double() * 48)
+    assert (maps.keys, maps.sparse) == ("pixels", False)
 
 
 def map_images(fig) -> list:
@@ -180,3 +204,71 @@ def test_the_colour_scale_spans_a_tenth_to_ten_times_uniform_at_least_and_four_d
     scale = colour_scale([uniform, sharp])
     assert (scale.vmin, scale.vmax) == pytest.approx((16 / 1e4, 16))
     assert colour_scale([sharp * 0 + 1 / 16, uniform * 0.5 + 1 / 32]).vmax == pytest.approx(10)
+
+
+def all_texts(fig) -> list[str]:
+    """Every text of the figure, its line breaks as spaces."""
+    return [t.get_text().replace("\n", " ") for t in fig.findobj(Text)]
+
+
+def test_a_criss_cross_query_map_is_its_row_and_column_over_the_uniform_weight_on_them_and_uncoloured_elsewhere():
+    P = 20  # a 4 x 5 grid: a query's cross has 4 + 5 - 1 = 8 keys
+    p = torch.randn(1, P, P, generator=torch.Generator().manual_seed(0)) * 3
+    captured = dataclasses.replace(
+        captured_from_logits(p, torch.randn(1, 1, P), (4, 5), (4, 5)), keys=CrissCrossKeys((4, 5))
+    )
+    maps = term_maps(captured, 0, [Query(1, 2, 0, "interior")])
+    cross = torch.zeros(4, 5, dtype=torch.bool)
+    cross[1], cross[:, 2] = True, True
+    weights = torch.softmax(p[0, 7].masked_fill(~cross.flatten(), -math.inf), -1).reshape(4, 5).double()
+    assert maps.sparse and maps.pairwise.shape == (1, 4, 5)
+    assert (maps.pairwise[0].isnan() == ~cross).all()  # off its keys: no colour
+    torch.testing.assert_close(maps.pairwise[0][cross], weights[cross] * 8)  # 1x: uniform over its 8 keys
+    queries = [Query(1, 2, 0, "interior")]
+    fig = attention_figure(np.zeros((8, 10, 3)), torch.zeros(8, 10, dtype=torch.long), captured, 0, queries)
+    (panel,) = [image for image in map_images(fig) if np.isnan(np.asarray(image.get_array(), dtype=float)).any()]
+    assert np.isnan(np.asarray(panel.get_array(), dtype=float)).mean() == pytest.approx(12 / 20)  # cell by cell
+    assert SUBSET_CAPTION in all_texts(fig)
+
+
+def test_pyramid_cells_are_painted_over_the_pixels_they_cover_so_uniform_attention_paints_one():
+    cover = pyramid_cover((4, 4), (1, 2))[None]  # cell 0: the whole 4 x 4 grid; cells 1-4: its 2 x 2 quadrants
+    p = torch.zeros(1, 16, 5)
+    p[0, 5, 1] = 50.0  # query 5 attends to the top-left quadrant only
+    captured = dataclasses.replace(
+        captured_from_logits(p, torch.zeros(1, 1, 5), (4, 4), (5, 1)), keys=TokenKeys("pyramid cells", cover, (4, 4))
+    )
+    maps = term_maps(captured, 0, [Query(1, 1, 0, "interior"), Query(0, 0, 0, "interior")])
+    quadrant = torch.zeros(4, 4, dtype=torch.float64)
+    quadrant[:2, :2] = 4.0  # all the weight on 4 of 16 pixels: 4x uniform
+    torch.testing.assert_close(maps.pairwise[0], quadrant, atol=1e-12, rtol=0)
+    torch.testing.assert_close(maps.pairwise[1], torch.ones(4, 4, dtype=torch.float64))  # uniform over the cells
+    torch.testing.assert_close(maps.unary, torch.ones(4, 4, dtype=torch.float64))
+    assert (maps.keys, maps.sparse) == ("pyramid cells", False)
+    queries = [Query(1, 1, 0, "interior")]
+    fig = attention_figure(np.zeros((8, 8, 3)), torch.zeros(8, 8, dtype=torch.long), captured, 0, queries)
+    assert len(map_images(fig)) == len(queries) + 1
+    assert TOKEN_CAPTION.format(what="pyramid cells") in all_texts(fig)
+
+
+def test_isa_maps_show_the_image_without_its_padding_and_its_queries_at_their_place_on_the_padded_grid():
+    torch.manual_seed(0)
+    block = wake_context_blocks(InterlacedSparseAttention2d(8, group_size=(4, 4))).eval()
+    with capture_attention(block) as captured, torch.no_grad():
+        block(torch.randn(1, 8, 6, 7))  # padded to 8 x 8: a row above and below, a column on the right
+    call = captured["short_range"][0]
+    maps = term_maps(call, 0, [Query(0, 0, 0, "interior")])  # the image's top-left cell: (1, 0) on the padded grid
+    assert maps.pairwise.shape == (1, 6, 7) and maps.unary.shape == (6, 7)
+    rows = torch.tensor([[8]])
+    padded = (call.pairwise_attention(rows)[0, 0] * 16).reshape(8, 8).double()  # its 4 x 4 tile: 16 keys
+    padded = padded.masked_fill(~call.key_mask(rows)[0, 0].reshape(8, 8), math.nan)
+    torch.testing.assert_close(maps.pairwise[0], padded[1:7, :7], equal_nan=True)
+    assert maps.pairwise[0, :3, :4].isfinite().all() and maps.pairwise[0, 3:].isnan().all()  # its tile's image part
+
+
+def test_keys_that_cover_no_pixels_have_no_map():
+    block = ChannelAttention2d(4)
+    with capture_attention(block) as captured:
+        block(torch.randn(1, 4, 3, 3))
+    with pytest.raises(ValueError, match="keys that are channels cover no pixels: no map to paint"):
+        term_maps(captured[""][0], 0, [Query(0, 0, 0, "interior")])

@@ -16,6 +16,8 @@ from dnlseg.context import (
     capture_attention,
     find_context_blocks,
 )
+from dnlseg.context.asymmetric_non_local import NOT_PIXELS
+from dnlseg.context.channel_attention import NO_PIXELS
 from dnlseg.errors import ModuleInterfaceError
 from tests.helpers import fake_trainer, tiny_batch, tiny_module
 
@@ -219,15 +221,34 @@ def test_an_analysis_without_meaning_for_a_block_skips_it_and_logs_the_blocks_re
         callback.skipped(module, "miou")
 
 
-def test_analyses_that_read_the_key_grid_are_not_computed_on_keys_that_are_not_pixels(caplog):
-    # ANN's keys are pyramid cells: its category consistency and maps would need each cell's pixels (keys.cover)
-    block = BLOCKS["apnb"].build(8)
-    with capture_attention(block) as captured:
-        block(torch.randn(1, 8, 6, 7))
-    calls = {"apnb": captured[""][0]}
+def test_keys_that_are_not_pixels_are_measured_through_the_pixels_they_cover_and_lie_on_no_boundary(caplog):
+    # ANN's keys are pyramid cells: category consistency and maps through each cell's pixels (keys.cover), no
+    # boundary; CAM's channels cover no pixel at all
+    module = nn.ModuleDict({"apnb": BLOCKS["apnb"].build(8), "cam": ChannelAttention2d(8)})
+    with capture_attention(module) as captured:
+        for block in module.values():
+            block(torch.randn(1, 8, 6, 7))
+    calls = {name: records[0] for name, records in captured.items()}
     callback = Recorder()
     with caplog.at_level("INFO", logger="dnlseg.callbacks.attention_capture"):
-        assert callback.skipped(block, "attention_maps", calls) == {"apnb"}
-        assert callback.skipped(block, "category_consistency", calls) == {"apnb"}
-        assert callback.skipped(block, "logit_gradients", calls) == set()
-    assert "no attention_maps for apnb: its keys are pyramid cells, not pixels" in caplog.text
+        assert callback.skipped(module, "attention_maps", calls) == {"cam"}
+        assert callback.skipped(module, "category_consistency", calls) == {"cam"}
+        assert callback.skipped(module, "boundary_consistency", calls) == {"apnb", "cam"}
+        assert callback.skipped(module, "logit_gradients", calls) == set()
+    assert callback.not_computed == {  # the block's own reason first (CAM declares these three), then its keys'
+        ("cam", "attention_maps"): NO_PIXELS,
+        ("cam", "category_consistency"): NO_PIXELS,
+        ("apnb", "boundary_consistency"): NOT_PIXELS,
+        ("cam", "boundary_consistency"): NO_PIXELS,
+    }
+    assert f"Recorder: no attention_maps for cam: {NO_PIXELS}" in caplog.text
+    # keys that cover no pixels, whatever their block declares, get the keys' reason
+    unknown = Recorder()
+    assert unknown.skipped(nn.Module(), "category_consistency", calls) == {"cam"}
+    assert unknown.skipped(nn.Module(), "boundary_consistency", calls) == {"apnb", "cam"}
+    assert unknown.not_computed == {
+        ("cam", "category_consistency"): "its keys are channels, which cover no pixels: they have no labels and no "
+        "place on the image",
+        ("apnb", "boundary_consistency"): "its keys are pyramid cells, not pixels: no key lies on a boundary",
+        ("cam", "boundary_consistency"): "its keys are channels, not pixels: no key lies on a boundary",
+    }

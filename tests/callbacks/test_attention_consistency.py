@@ -349,15 +349,49 @@ def test_a_metric_without_meaning_for_a_block_or_its_keys_is_left_out_with_the_r
             module(images)
             callback.on_validation_batch_end(trainer, module, None, batch, batch_idx)
         callback.on_validation_epoch_end(trainer, module)
-    assert set(module.logged) == {f"{metric}{block}" for metric in (PAIRWISE, UNARY) for block in ("", "/first")}
+    # the pyramid cells get the category metric through the labels of the pixels they cover, not the boundary one
+    blocks = {metric: ("", "/first") for metric in (PAIRWISE, UNARY)}
+    expected = {f"{metric}{block}" for metric, names in blocks.items() for block in names}
+    assert set(module.logged) == expected | {f"{PAIRWISE}/third"}
     reasons = [r.getMessage() for r in caplog.records]
     assert reasons == [
         f"AttentionConsistency: no category_consistency for second: {NO_PIXELS}",
-        "AttentionConsistency: no category_consistency for third: its keys are pyramid cells, not pixels: "
-        "category_consistency through each key's pixels is not computed",
         f"AttentionConsistency: no boundary_consistency for second: {NO_PIXELS}",
         f"AttentionConsistency: no boundary_consistency for third: {NOT_PIXELS}",
     ]
+    assert callback.not_computed == {
+        ("second", "category_consistency"): NO_PIXELS,
+        ("second", "boundary_consistency"): NO_PIXELS,
+        ("third", "boundary_consistency"): NOT_PIXELS,
+    }
+
+
+def test_a_missing_term_or_nothing_to_measure_is_a_reason_not_a_silent_gap():
+    # first: both terms, but every label is one class (no boundary); second: no unary term
+    module, callback = TwoOracles(), AttentionConsistency(num_queries=4, radius=0)
+    trainer = fake_trainer(strategy=OtherRank(torch.zeros(4, 2)))
+    labels = torch.ones(4, 4, dtype=torch.long)
+    images = torch.stack([labels, labels]).float()[:, None].expand(-1, 2, -1, -1)
+    batch = {"image": images, "mask": torch.stack([labels, labels])}
+    callback.on_validation_epoch_start(trainer, module)
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(images)
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert set(module.logged) == {PAIRWISE, f"{PAIRWISE}/first", f"{PAIRWISE}/second"}
+    assert callback.not_computed == {
+        ("second", "boundary_consistency"): "it has no unary term",
+        ("first", "boundary_consistency"): "no ground-truth boundary on its key grid in the measured images",
+    }
+    ignored = torch.full((4, 4), 255)  # no labelled query at all
+    batch = {"image": torch.stack([ignored, ignored]).float()[:, None].expand(-1, 2, -1, -1), "mask": ignored[None]}
+    callback = AttentionConsistency(num_queries=4, radius=0)
+    callback.on_validation_epoch_start(trainer, module)
+    callback.on_validation_batch_start(trainer, module, batch, 0)
+    module(batch["image"][:1])
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert callback.not_computed[("first", "category_consistency")] == "no labelled query in the measured images"
 
 
 def test_counts_past_two_to_the_24_stay_exact():

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnlseg.analysis.attention_consistency import labels_on_grid
 from dnlseg.analysis.attention_figure import select_queries
@@ -19,18 +18,7 @@ from dnlseg.callbacks import AttentionMapLogger
 from dnlseg.callbacks import attention_map_logger as logger_module
 from dnlseg.context import ChannelAttention2d, DisentangledNonLocal2d, NonLocal2d
 from dnlseg.data.transforms import unnormalize
-from tests.helpers import fake_trainer, fit_with_validation, tiny_module
-
-
-def image_tags(log_dir) -> dict[str, list[int]]:
-    """{tag: steps} of the images in the run's event files."""
-    tags = {}
-    for event_file in sorted(log_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["images"]:
-            tags.setdefault(tag, []).extend(e.step for e in accumulator.Images(tag))
-    return tags
+from tests.helpers import fake_trainer, fit_with_validation, image_tags, tiny_module
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dnlseg.analysis import cross_sensitivity
 from dnlseg.analysis.tensorboard_scalars import read_scalars
@@ -16,8 +17,10 @@ from dnlseg.context import (
     NonLocal2d,
     capture_attention,
 )
+from dnlseg.models import SegmentationModule
+from dnlseg.models.heads import DAHead, EMAHead, OCRHead
 from dnlseg.models.losses import LossOptions
-from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module
+from tests.helpers import fake_trainer, final_weights, tiny_batch, tiny_module, tiny_network, wake_context_blocks
 
 PREFIX = "separation/decode_head.context/"
 
@@ -255,3 +258,62 @@ def test_the_probe_takes_256_query_rows_by_default_and_at_least_one():
     assert SeparationProbe(num_queries=1).num_queries == 1
     with pytest.raises(ValueError, match="^num_queries=0 must be >= 1$"):
         SeparationProbe(num_queries=0)
+
+
+def reference_probe(module, batch, loss_of, num_queries, seed):
+    """What the probe should log, from a forward with the same dropout draws and the loss ``loss_of(network output)``
+    summed by hand from cross-entropies (not ``module.losses``): dL/dy of each block, then ``block_metrics`` with
+    the probe's generator, block by block."""
+    torch.manual_seed(seed)
+    with capture_attention(module, max_calls=1) as captured:
+        loss = loss_of(module.network(batch["image"]))
+    calls = {name: records[0] for name, records in captured.items()}
+    grads = torch.autograd.grad(loss, [call.output for call in calls.values()])
+    probe, generator = SeparationProbe(num_queries=num_queries), torch.Generator().manual_seed(0)
+    metrics = {}
+    for (name, call), grad_y in zip(calls.items(), grads, strict=True):
+        metrics |= probe.block_metrics(name, call, grad_y, generator)
+    return metrics
+
+
+@pytest.mark.parametrize("head", ["danet", "ocrnet"])
+def test_the_probes_loss_counts_the_side_and_aux_losses_once_with_their_training_weights(head):
+    """DANet's PAM-only and CAM-only losses (weight 1 each) and OCR's cascade (its aux FCN head, 0.4) enter the probe's
+    loss once: its numbers equal those of the hand-summed training loss. DANet's side losses counted twice would change
+    them; OCR's aux loss takes no part in dL/dy (the aux logits feed the attention, they do not read its output)."""
+    network = tiny_network(decode_head=partial(DAHead, pam_reduction=4) if head == "danet" else OCRHead)
+    torch.manual_seed(0)
+    module = wake_context_blocks(SegmentationModule(num_classes=3, network=network))
+    batch = tiny_batch()
+    masks = batch["mask"]
+
+    def cross_entropy(logits):
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, masks, ignore_index=255)  # no ignored pixel: the mean over all of them
+
+    def training_loss(out, twice=False):
+        sides = sum(cross_entropy(logits) for logits in out.side_logits.values())  # DANet: pam, cam
+        extra = sides if twice and out.side_logits else 0.4 * cross_entropy(out.aux_logits) if twice else 0
+        return cross_entropy(out.logits) + 0.4 * cross_entropy(out.aux_logits) + sides + extra
+
+    torch.manual_seed(1)
+    metrics = SeparationProbe(num_queries=16).probe(fake_trainer(), module, batch)
+    expected = reference_probe(module, batch, training_loss, 16, seed=1)
+    assert set(metrics) == set(expected) and len(expected) == 3 * (2 if head == "danet" else 1)
+    for tag, value in expected.items():
+        assert metrics[tag].item() == pytest.approx(value.item(), rel=1e-5), tag
+    twice = reference_probe(module, batch, partial(training_loss, twice=True), 16, seed=1)
+    gradients = [tag for tag in expected if tag.endswith("_logit_grad")]
+    changed = [twice[tag].item() != pytest.approx(expected[tag].item(), rel=1e-3) for tag in gradients]
+    assert changed == [head == "danet"] * len(gradients)
+
+
+def test_the_probe_leaves_emas_bases_as_they_were_though_its_training_forward_moves_them():
+    torch.manual_seed(0)
+    module = SegmentationModule(num_classes=3, network=tiny_network(decode_head=partial(EMAHead, num_bases=4)))
+    block = module.network.decode_head.attention
+    before = block.bases.clone()
+    SeparationProbe().probe(fake_trainer(), module.train(), tiny_batch())
+    assert torch.equal(block.bases, before)
+    module.losses(tiny_batch())  # a training forward moves them: the probe's did and was undone
+    assert not torch.allclose(block.bases, before)

@@ -280,6 +280,23 @@ def test_captured_factors_give_the_output_the_block_computed(case):
             assert Q == H * W
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if exact_gradient(c)])
+def test_the_captured_output_is_on_the_path_to_the_blocks_output(case):
+    """dL/dy at the captured output exists and is what the probe reads (it takes dL/dw_ij = dL/dy_i . v_j): a copy of
+    y that the block does not use downstream (e.g. a transposed view captured after the fact) gets no gradient."""
+    torch.manual_seed(6)
+    block = make(case, paths(case)[0], torch.float64).train()
+    randomise_output(block)
+    args = [t.requires_grad_(t.is_floating_point()) for t in inputs(case, 2, (5, 6), torch.float64)]
+    with capture_attention(block) as captured:
+        out = block(*args)
+    records = [r for calls in captured.values() for r in calls]
+    assert records
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    grads = torch.autograd.grad(loss, [r.output for r in records], allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads), [g is None for g in grads]
+
+
 def has_pairwise(case: str) -> bool:
     table, name, _ = CASES[case]
     return table is BLOCKS or VARIANTS[name].pairwise != "-"

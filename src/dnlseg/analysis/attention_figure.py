@@ -6,6 +6,11 @@ the unary map s = softmax_j(u_j). Maps live on the key grid (Hk, Wk) and are ups
 and overlaid. For NL, p and u are its implicit decomposition. Maps come from a block call's captured factors
 (``dnlseg.context.capture_attention``): only the query rows are computed, never the (P, Pk) matrix.
 
+Each query's map shows its own keys (``term_maps``): the whole key grid (NL, DNL, PAM); its row and column (CC) or
+its group (ISA), drawn cell by cell and uncoloured off its keys, 1x being uniform over its keys; keys that are not
+pixels but cover some (ANN's pyramid cells, OCR's class regions, EMA's bases) painted over the pixels they cover,
+each key's weight spread by its cover (the caption says which).
+
 Colours: every map of a figure is drawn on one scale, in units of the uniform weight 1/Pk (1x: the query attends
 to every key cell alike), logarithmic (attention weights are exponentials of logits: DNL's pairwise peaks reach
 hundreds of times uniform while its unary map stays within a few), with one colour bar and a perceptually uniform
@@ -38,7 +43,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from dnlseg.analysis.attention_consistency import boundary_band
+from dnlseg.analysis.attention_consistency import boundary_band, image_window
 from dnlseg.context import CapturedAttention
 
 
@@ -66,6 +71,26 @@ CAPTION = (
     "pairwise k: the attention of query k; unary: the same for all queries. Colours: the weight over the uniform "
     "1/Pk, one log scale for all maps (bar); peak: a map's maximum on it."
 )
+# what the caption and the colour bar say instead where a query has some of the key grid, or keys are not pixels
+SUBSET_CAPTION = (
+    "pairwise k: the attention of query k over its own keys only (uncoloured: not its keys); unary: the same for all "
+    "queries. Colours: the weight over the uniform one (1 / its number of keys), one log scale for all maps (bar); "
+    "peak: a map's maximum on it."
+)
+TOKEN_CAPTION = (
+    "Keys are {what}: each key's weight is spread over the pixels it covers. pairwise k: the attention of query k; "
+    "unary: the same for all queries. Colours: over the uniform 1/(pixels), one log scale for all maps (bar); peak: "
+    "a map's maximum on it."
+)
+SUBSET_BAR_LABEL = "attention weight / uniform weight"
+TOKEN_BAR_LABEL = "painted weight / uniform weight"
+
+
+def caption_of(maps: TermMaps) -> tuple[str, str]:
+    """(caption, colour bar label) for the kind of keys of ``maps``."""
+    if maps.keys != "pixels":
+        return TOKEN_CAPTION.format(what=maps.keys), TOKEN_BAR_LABEL
+    return (SUBSET_CAPTION, SUBSET_BAR_LABEL) if maps.sparse else (CAPTION, COLOUR_BAR_LABEL)
 
 
 def select_queries(labels: Tensor, max_classes: int = 3, ignore_index: int = 255) -> list[Query]:
@@ -100,37 +125,90 @@ def select_queries(labels: Tensor, max_classes: int = 3, ignore_index: int = 255
     return queries
 
 
-def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query]) -> tuple[Tensor | None, Tensor | None]:
-    """Image ``index`` of a captured block call: pairwise maps (Q, Hk, Wk) of the queries and the unary map (Hk, Wk).
+@dataclass(frozen=True)
+class TermMaps:
+    """The attention maps of one image, painted on its pixels in times the uniform weight (1x: every key alike).
 
-    Only the queries' rows of p are computed (O(Q Pk)), never the whole (P, Pk) matrix.
+    pairwise (Q, h, w): each query's map, NaN off its keys (CC: its row and column; ISA: its group); unary (h, w).
+    ``keys``: what the keys are ("pixels", or ``TokenKeys.what``: "pyramid cells", ...); ``sparse``: whether a query
+    attends to a subset of the key grid (drawn cell by cell, the rest uncoloured).
     """
-    W, (Hk, Wk) = captured.query_size[1], captured.key_size
+
+    pairwise: Tensor | None
+    unary: Tensor | None
+    keys: str = "pixels"
+    sparse: bool = False
+
+
+def term_maps(captured: CapturedAttention, index: int, queries: Sequence[Query]) -> TermMaps:
+    """Image ``index`` of a captured block call: the queries' pairwise maps a_i. = softmax_j(p_ij) over their keys and
+    the unary map s = softmax_j(u_j), painted on the image's pixels in times uniform (``TermMaps``).
+
+    Keys that are pixels: the key grid's part under the image (``image_window``: ISA's padding cut off); a_ij times
+    the number of query i's keys (Pk, or |K(i)| for a per-query subset), NaN off them. Keys that are not pixels and
+    cover some (ANN's pyramid cells, OCR's class regions): each key's weight spread over the pixels it covers,
+    sum_k a_ik cover_kn on the cover's grid, times its Pc pixels (for pyramid cells, uniform attention paints 1x).
+    Only the queries' rows of p are computed (O(Q Pk)), never the whole (P, Pk) matrix. ``queries``: cells of the
+    image's part of the query grid (``image_window``).
+    """
+    keys = captured.key_set
+    cover = getattr(keys, "cover", None) if keys.kind == "tokens" else None
+    if keys.kind == "tokens" and cover is None:
+        raise ValueError(f"keys that are {getattr(keys, 'what', 'tokens')} cover no pixels: no map to paint")
+
+    def painted(weights: Tensor, inside: Tensor | None) -> Tensor:
+        """weights (M, Pk) of the keys, inside (M, Pk) or None -> (M, h, w) in times uniform on the image."""
+        if cover is not None:  # spread over the pixels each key covers: (M, Pk) @ (Pk, Pc) -> (M, Pc)
+            Hc, Wc = keys.cover_size  # type: ignore[attr-defined]  # TokenKeys with a cover
+            image_cover = cover[index if cover.shape[0] > 1 else 0].detach()  # (Pk, Pc), not copied
+            density = weights.to(image_cover) @ image_cover
+            return (density.double() * (Hc * Wc)).reshape(-1, Hc, Wc)
+        weights = weights.double()
+        count = inside.sum(-1, keepdim=True) if inside is not None else weights.shape[-1]
+        ratio = weights * count  # over the uniform weight 1 / (number of the query's keys)
+        if inside is not None:
+            ratio = ratio.masked_fill(~inside, float("nan"))
+        top, left, height, width = image_window(captured, "key")
+        return ratio.reshape(-1, *captured.key_size)[:, top : top + height, left : left + width]
+
     pairwise = unary = None
     if captured.pairwise_query is not None and queries:
         N = captured.pairwise_query.shape[0]
-        rows = torch.tensor([q.row * W + q.col for q in queries], device=captured.pairwise_query.device)
+        top, left, _, _ = image_window(captured, "query")
+        W = captured.query_size[1]
+        rows = torch.tensor([(q.row + top) * W + q.col + left for q in queries], device=captured.pairwise_query.device)
         attention = captured.pairwise_attention(rows.expand(N, -1))  # (N, Q, Pk), the queries' rows only
         if attention is not None:
-            pairwise = attention[index].reshape(len(queries), Hk, Wk)
+            inside = captured.key_mask(rows.expand(N, -1))  # (N, Q, Pk) or None: every key
+            pairwise = painted(attention[index], None if inside is None else inside[index])
     unary_attention = captured.unary_attention()  # (N, Pk) or None
     if unary_attention is not None:
-        unary = unary_attention[index].reshape(Hk, Wk)  # (Pk,) -> (Hk, Wk)
-    return pairwise, unary
+        unary = painted(unary_attention[index][None], None)[0]  # the whole grid: the same for every query
+    return TermMaps(pairwise, unary, getattr(keys, "what", "pixels"), keys.kind == "subset")
 
 
-def times_uniform(weights: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """An attention map (Hk, Wk) over the uniform weight 1/Pk, upsampled bilinearly to (H, W), as numpy."""
-    ratio = weights.double().cpu() * weights.numel()
-    return F.interpolate(ratio[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+def times_uniform(ratio: Tensor, size: tuple[int, int], sparse: bool = False) -> np.ndarray:
+    """A map (h, w) in times uniform, upsampled to (H, W), as numpy: bilinearly, or cell by cell (``sparse``: NaN off
+    a query's keys stays NaN, i.e. uncoloured)."""
+    ratio = ratio.double().cpu()[None, None]
+    if sparse:
+        return F.interpolate(ratio, size=size, mode="nearest")[0, 0].numpy()
+    return F.interpolate(ratio, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def colour_scale(maps: Sequence[Tensor]) -> LogNorm:
-    """One logarithmic colour scale, in times uniform, for all attention maps (Hk, Wk) of a figure (module
-    docstring): from the smallest ratio to the peak, widened to [1/MIN_SPAN, MIN_SPAN], cut at MAX_DECADES."""
-    ratios = [m.double().cpu() * m.numel() for m in maps]
-    peak = max([MIN_SPAN, *(r.max().item() for r in ratios)])
-    low = min([1 / MIN_SPAN, *(r.min().item() for r in ratios)])
+    """One logarithmic colour scale, in times uniform, for all attention maps (weights (Hk, Wk) over every key) of a
+    figure (module docstring); ``ratio_scale`` of the maps times their Pk."""
+    return ratio_scale([m.double().cpu() * m.numel() for m in maps])
+
+
+def ratio_scale(ratios: Sequence[Tensor]) -> LogNorm:
+    """One logarithmic colour scale for maps in times uniform (NaN: off a query's keys, left out): from the smallest
+    ratio to the peak, widened to [1/MIN_SPAN, MIN_SPAN], cut at MAX_DECADES below the peak."""
+    shown = [r.double().cpu()[~r.isnan()] for r in ratios]
+    shown = [r for r in shown if r.numel()]
+    peak = max([MIN_SPAN, *(r.max().item() for r in shown)])
+    low = min([1 / MIN_SPAN, *(r.min().item() for r in shown)])
     return LogNorm(vmin=max(low, peak / 10**MAX_DECADES), vmax=peak, clip=True)
 
 
@@ -176,8 +254,10 @@ def attention_figure(
         palette: RGB (0..255) per class for the ground truth (default: tab20 colours).
     """
     H, W = image.shape[:2]
-    h, w = maps.query_size
-    pairwise, unary = term_maps(maps, index, queries)
+    _, _, h, w = image_window(maps, "query")  # the queries' cells: the image's part of the query grid
+    painted = term_maps(maps, index, queries)
+    pairwise, unary = painted.pairwise, painted.unary
+    caption_text, bar_label = caption_of(painted)
     panels = 1 + (len(queries) if pairwise is not None else 0) + (1 if unary is not None else 0)
     rows, cols = grid_shape(panels, W / H)
     width = FIGURE_WIDTH
@@ -215,32 +295,32 @@ def attention_figure(
     ax.set_title("ground truth,\nqueries 1-" + str(len(queries)) if queries else "ground truth", fontsize=fontsize)
 
     shown = [*(pairwise if pairwise is not None else []), *([unary] if unary is not None else [])]
-    norm = colour_scale(shown) if shown else None
+    norm = ratio_scale(shown) if shown else None
     drawn = None
 
-    def draw_map(ax, weights: Tensor):
+    def draw_map(ax, ratio: Tensor, sparse: bool):
         ax.imshow(image)
-        return ax.imshow(times_uniform(weights, (H, W)), cmap=COLORMAP, norm=norm, alpha=MAP_ALPHA)
+        return ax.imshow(times_uniform(ratio, (H, W), sparse), cmap=COLORMAP, norm=norm, alpha=MAP_ALPHA)
 
     col = 1
     if pairwise is not None:
         for k, (q, (x, y)) in enumerate(zip(queries, points, strict=True)):
             ax = axes[col]
-            drawn = draw_map(ax, pairwise[k])
+            drawn = draw_map(ax, pairwise[k], painted.sparse)
             mark(ax, k, x, y)
-            peak = pairwise[k].max().item() * pairwise[k].numel()  # max weight over the uniform 1 / Pk
+            peak = pairwise[k].nan_to_num(0.0).max().item()  # max weight over the uniform one
             ax.set_title(f"pairwise {k + 1}, peak {peak:.1f}x\n{names(q.label)} ({q.kind})", fontsize=fontsize)
             col += 1
     if unary is not None:
         ax = axes[col]
-        drawn = draw_map(ax, unary)
-        ax.set_title(f"unary, peak {unary.max().item() * unary.numel():.1f}x\n(all queries)", fontsize=fontsize)
+        drawn = draw_map(ax, unary, False)
+        ax.set_title(f"unary, peak {unary.max().item():.1f}x\n(all queries)", fontsize=fontsize)
     for ax in axes[:panels]:
         ax.set_axis_off()
     if drawn is not None:
         grid = axes[: panels + (key_panel is not None)]  # every cell, so that the panels keep one size
         colour_bar = fig.colorbar(drawn, ax=grid, location="bottom", shrink=0.9, aspect=25, pad=0.02)
-        colour_bar.set_label(COLOUR_BAR_LABEL, fontsize=fontsize)
+        colour_bar.set_label(bar_label, fontsize=fontsize)
         colour_bar.ax.tick_params(labelsize=fontsize - 1)
         colour_bar.ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}x")
     handles = [Patch(facecolor=colours[c], edgecolor="black", label=names(c)) for c in present]
@@ -249,7 +329,7 @@ def attention_figure(
         key_panel.set_axis_off()
         if handles:
             key_panel.legend(**legend, loc="upper center", ncols=1 if len(handles) <= 6 else 2, frameon=False)
-        key_panel.text(0.5, 0.0, textwrap.fill(CAPTION, 28), ha="center", va="bottom", fontsize=fontsize,
+        key_panel.text(0.5, 0.0, textwrap.fill(caption_text, 28), ha="center", va="bottom", fontsize=fontsize,
                        transform=key_panel.transAxes)  # fmt: skip
     else:  # a strip below the grid, outside the constrained layout: legend, then the caption
         height = fig.get_size_inches()[1]
@@ -259,7 +339,7 @@ def attention_figure(
         layout.set(rect=(0, strip, 1, 1 - strip))
         if handles:
             fig.legend(**legend, loc="lower center", bbox_to_anchor=(0.5, caption), ncols=min(len(handles), 3))
-        fig.text(0.5, caption / 2, textwrap.fill(CAPTION, 52), ha="center", va="center", fontsize=fontsize)
+        fig.text(0.5, caption / 2, textwrap.fill(caption_text, 52), ha="center", va="center", fontsize=fontsize)
     if title:
         fig.suptitle(title, fontsize=fontsize + 1)
     return fig

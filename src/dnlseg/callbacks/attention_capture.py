@@ -18,8 +18,9 @@ What a block has is read from its capture, never from its class: ``pairwise_quer
 ``combine`` are None where the block has no such term or its weights are no function of them. What has no meaning
 for a block is read from the block (``ContextBlock.undefined_analyses``: CAM's keys are channels, EMA's attention
 carries no gradient): ``skipped`` names those blocks and logs the reason once, so that an absent number is never a
-silent gap. ``unmeasured`` says which analyses of a call's keys that are not pixels (ANN's pyramid cells, OCR's class
-regions) are not computed here.
+silent gap; ``unmeasured`` says which analyses cannot run on a call's keys (keys that cover no pixels, such as CAM's
+channels, have no labels and no map; keys that are not pixels lie on no boundary). Each reason is kept in
+``not_computed`` ({(block, analysis): reason}), which ``dnlseg analyze`` writes into its report.
 
 A subclass names the module protocols it needs in ``requires`` (``dnlseg.callbacks.module_interface``; checked at
 ``setup``), the files its last run wrote in ``written``, and how ``dnlseg analyze`` runs it on a checkpoint in
@@ -45,7 +46,7 @@ from dnlseg.models.buffers import BufferSnapshot
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# the analyses that read labels or paint maps on the key grid: not computed for keys that are not pixels
+# the analyses that read labels or paint maps on the keys' pixels
 ON_KEY_PIXELS = ("attention_maps", "category_consistency", "boundary_consistency")
 
 
@@ -59,13 +60,18 @@ def undefined_analyses(module: nn.Module, analysis: str) -> dict[str, str]:
 
 
 def unmeasured(call: CapturedAttention, analysis: str) -> str | None:
-    """Why ``analysis`` is not computed on this call, or None: the analyses of ``ON_KEY_PIXELS`` need keys that are
-    pixels (the key grid's labels, a map of the keys), and keys that are not (pyramid cells, class regions) would
-    need each key's label distribution (``keys.cover``), which these callbacks do not compute yet."""
+    """Why ``analysis`` cannot be computed on this call's keys, or None. The analyses of ``ON_KEY_PIXELS`` read the
+    keys' pixels: keys that are not pixels are measured through the pixels they cover (``keys.cover``: ANN's pyramid
+    cells, OCR's class regions), so keys that cover none (CAM's channels) have no labels and no map, and no such key
+    lies on a boundary."""
     keys = call.key_set
-    if analysis in ON_KEY_PIXELS and keys.kind == "tokens":
-        what = getattr(keys, "what", "tokens")
-        return f"its keys are {what}, not pixels: {analysis} through each key's pixels is not computed"
+    if analysis not in ON_KEY_PIXELS or keys.kind != "tokens":
+        return None
+    what = getattr(keys, "what", "tokens")
+    if analysis == "boundary_consistency":
+        return f"its keys are {what}, not pixels: no key lies on a boundary"
+    if getattr(keys, "cover", None) is None:
+        return f"its keys are {what}, which cover no pixels: they have no labels and no place on the image"
     return None
 
 
@@ -85,13 +91,17 @@ class AttentionCaptureCallback(L.Callback):
     capture_validation: ClassVar[bool] = False
     #: protocols the LightningModule must satisfy (``dnlseg.callbacks.module_interface``), checked at ``setup``
     requires: ClassVar[tuple[type, ...]] = ()
+    #: the ``dnlseg.context.ANALYSES`` this callback computes (``dnlseg analyze`` reports the blocks' reasons for
+    #: the others)
+    analyses: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._capture: ExitStack | None = None  # the open capture of the current validation batch
         self._captured: dict[str, list[CapturedAttention]] = {}  # what it has captured so far
         self._measuring = False  # whether the current validation is measured
         self.written: list[Path] = []  # files the last run wrote (figures), for ``dnlseg analyze``'s record
-        self._explained: set[tuple[str, str]] = set()  # (block, analysis) whose absence was logged
+        # {(block, analysis): why it has no number or figure}, each logged once; ``dnlseg analyze`` reports them
+        self.not_computed: dict[tuple[str, str], str] = {}
 
     @classmethod
     def analyze_arguments(cls, output_dir: Path) -> dict[str, Any] | None:
@@ -126,18 +136,23 @@ class AttentionCaptureCallback(L.Callback):
     # -- what is not measured ------------------------------------------------------------------------------------
     def skipped(self, module: nn.Module, analysis: str, calls: dict[str, CapturedAttention] | None = None) -> set[str]:
         """The blocks of ``module`` that ``analysis`` skips -- those for which it has no meaning
-        (``undefined_analyses``) and, of ``calls``, those whose keys it is not computed on (``unmeasured``) -- each
-        reason logged once per block and analysis."""
+        (``undefined_analyses``) and, of ``calls``, those whose keys it cannot be computed on (``unmeasured``) -- each
+        reason recorded (``explain``)."""
         reasons = undefined_analyses(module, analysis)
         for name, call in (calls or {}).items():
             reason = unmeasured(call, analysis)
             if reason is not None:
                 reasons.setdefault(name, reason)
         for name, reason in reasons.items():
-            if (name, analysis) not in self._explained:
-                self._explained.add((name, analysis))
-                log.info("%s: no %s for %s: %s", type(self).__name__, analysis, name, reason)
+            self.explain(name, analysis, reason)
         return set(reasons)
+
+    def explain(self, block: str, analysis: str, reason: str) -> None:
+        """Record why ``analysis`` gives no number or figure for ``block`` (``not_computed``, which ``dnlseg analyze``
+        writes into its report), logged once per block and analysis: an absent number is never a silent gap."""
+        if (block, analysis) not in self.not_computed:
+            self.not_computed[block, analysis] = reason
+            log.info("%s: no %s for %s: %s", type(self).__name__, analysis, block, reason)
 
     # -- extra forwards ------------------------------------------------------------------------------------------
     @staticmethod

@@ -4,7 +4,11 @@ boundaries: ``val/pairwise_category_consistency`` and ``val/unary_boundary_consi
 Definitions (``dnlseg.analysis.attention_consistency``; 1 = no better than chance):
 
     pairwise-category = mean over labelled queries i of
-        ( sum_{j : label_j = label_i} softmax_j(p_ij) ) / ( #{j : label_j = label_i} / Pk )
+        ( sum_j softmax_j(p_ij) D_j,label_i ) / ( mean_{j in K(i)} D_j,label_i )
+        D_j: key j's class distribution -- its one-hot label for keys that are pixels (the denominator is then the
+        class's share of the query's keys K(i): the whole key grid, CC's cross, ISA's group); for keys that are not
+        pixels (ANN's pyramid cells, OCR's class regions) the labels of the pixels the key covers, weighted by its
+        cover (``keys.cover``)
     unary-boundary    = mean over images of
         ( sum_{j in band} softmax_j(u_j) ) / ( #band / Pk ),   band = key cells within ``radius`` of a label change
 
@@ -18,9 +22,10 @@ and logs nothing.
 
 Logged per block ``val/<metric>/<block>`` and, for the first block, the plain ``val/<metric>``. Blocks without
 a pairwise (unary-only) or unary (pairwise-only) term log only what exists; a network without a block logs
-nothing; a metric without meaning for a block (``ContextBlock.undefined_analyses``: CAM's keys are channels) or not
-computed on its keys (pyramid cells, class regions) is left out with the reason logged once. Under DDP the
-numerators and counts are summed over ranks before dividing.
+nothing; a metric without meaning for a block (``ContextBlock.undefined_analyses``: CAM's keys are channels, EMA's
+bases have no class; a boundary of pyramid cells or class regions), a missing term or a metric without a labelled
+query / boundary in the measured images is left out with the reason logged once and kept in ``not_computed`` (which
+``dnlseg analyze`` reports). Under DDP the numerators and counts are summed over ranks before dividing.
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from dnlseg.analysis.attention_consistency import (
-    boundary_consistency,
     category_consistency,
-    labels_on_grid,
+    key_boundary_band,
+    key_classes,
+    labels_on_call_grid,
+    num_classes_of,
     sampled_category_consistency,
+    unary_boundary_consistency,
 )
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
 from dnlseg.callbacks.module_interface import ignore_index_of, inference_mode_of
@@ -66,6 +74,7 @@ class AttentionConsistency(AttentionCaptureCallback):
     """
 
     capture_validation = True
+    analyses = (CATEGORY, BOUNDARY)
 
     def __init__(
         self, num_queries: int | None = 64, radius: int = 1, max_batches: int | None = None, seed: int = 0
@@ -85,6 +94,7 @@ class AttentionConsistency(AttentionCaptureCallback):
         self._sums: dict[str, Tensor] = {}  # "<metric>/<block>" -> (2,) [sum of values, count]
         self._ignore_index = 255
         self._undefined: dict[str, set[str]] = {}  # analysis -> the blocks it has no meaning for
+        self._seen: set[str] = set()  # the blocks measured in this validation
 
     @classmethod
     def analyze_arguments(cls, output_dir: Path) -> dict[str, Any]:
@@ -92,7 +102,7 @@ class AttentionConsistency(AttentionCaptureCallback):
 
     # -- the capture's lifecycle (``AttentionCaptureCallback``) -------------------------------------------------
     def begin_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        self._sums = {}
+        self._sums, self._seen = {}, set()
         self._blocks = list(find_context_blocks(pl_module))
         if not self._blocks or trainer.sanity_checking:
             self._blocks = []
@@ -108,7 +118,7 @@ class AttentionConsistency(AttentionCaptureCallback):
         return self.max_batches is None or batch_idx < self.max_batches
 
     def measure_batch(self, trainer, pl_module, captured, batch, batch_idx, dataloader_idx) -> None:
-        # what has no meaning for a block (CAM's channels, EMA's bases) or is not computed on its keys: logged once
+        # what has no meaning for a block (CAM's channels, EMA's bases) or its keys (a boundary of pyramid cells)
         self._undefined = {a: self.skipped(pl_module, a, captured) for a in (CATEGORY, BOUNDARY)}
         for name, call in captured.items():
             self._accumulate(name, call, batch["mask"], batch_idx + 100_003 * dataloader_idx)
@@ -121,15 +131,24 @@ class AttentionConsistency(AttentionCaptureCallback):
         totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()  # over ranks
         first = self._blocks[0]
         for key, (total, count) in zip(keys, totals.tolist(), strict=True):
-            if count == 0:
-                continue  # the block has no such term, or no labelled query / boundary was seen
             metric, name = key.split("/", 1)
+            if count == 0:  # the block has no such term, or no labelled query / boundary was seen
+                self._explain_empty(name, metric)
+                continue
             value = torch.tensor(total / count, dtype=torch.float32, device=pl_module.device)
             # The same value on every rank already: a max over the ranks keeps it exact (a mean could move the last
             # bit) and keeps Lightning's epoch-level DDP check quiet.
             pl_module.log(f"val/{metric}/{name}", value, sync_dist=True, reduce_fx="max")
             if name == first:
                 pl_module.log(f"val/{metric}", value, sync_dist=True, reduce_fx="max")
+
+    def _explain_empty(self, name: str, metric: str) -> None:
+        """Record why ``metric`` has no value for block ``name`` (unless already said: undefined, a missing term)."""
+        analysis = CATEGORY if metric == PAIRWISE else BOUNDARY
+        if (name, analysis) in self.not_computed or name not in self._seen:
+            return
+        seen = "labelled query" if metric == PAIRWISE else "ground-truth boundary on its key grid"
+        self.explain(name, analysis, f"no {seen} in the measured images")
 
     # -- the metrics ---------------------------------------------------------------------------------------------
     def _add(self, key: str, values: Tensor) -> None:
@@ -138,19 +157,26 @@ class AttentionConsistency(AttentionCaptureCallback):
 
     def _accumulate(self, name: str, captured: CapturedAttention, masks: Tensor, batch_key: int) -> None:
         masks = masks.to(captured.values.device)
-        key_labels = labels_on_grid(masks, captured.key_size)  # (N, Hk, Wk)
-        if captured.pairwise_query is not None and name not in self._undefined.get(CATEGORY, ()):
-            query_labels = labels_on_grid(masks, captured.query_size).flatten(1)  # (N, P)
+        self._seen.add(name)
+        if captured.pairwise_query is None:
+            self.explain(name, CATEGORY, "it has no pairwise term")
+        elif name not in self._undefined.get(CATEGORY, ()):
+            query_labels = labels_on_call_grid(masks, captured, "query", self._ignore_index).flatten(1)  # (N, P)
+            # D (N, Pk, K): the keys' one-hot labels, or the class distribution of the pixels each key covers
+            classes = key_classes(masks, captured, num_classes_of(masks, self._ignore_index), self._ignore_index)
             if self.num_queries is None:
-                values = category_consistency(captured, query_labels, key_labels.flatten(1), self._ignore_index)
+                values = category_consistency(captured, query_labels, classes, self._ignore_index)
             else:
                 rows = self.sample_queries(query_labels, batch_key)  # (N, Q)
-                values = sampled_category_consistency(
-                    captured, query_labels, key_labels.flatten(1), rows, self._ignore_index
-                )
+                values = sampled_category_consistency(captured, query_labels, classes, rows, self._ignore_index)
             self._add(f"{PAIRWISE}/{name}", values)
-        if captured.unary_logits is not None and name not in self._undefined.get(BOUNDARY, ()):
-            self._add(f"{UNARY}/{name}", boundary_consistency(captured, key_labels, self.radius))
+        if captured.unary_logits is None:
+            self.explain(name, BOUNDARY, "it has no unary term")
+        elif name not in self._undefined.get(BOUNDARY, ()):
+            band = key_boundary_band(masks, captured, self.radius)  # (N, Pk); padding (ISA) is on no boundary
+            attention = captured.unary_attention()
+            assert attention is not None  # it has unary logits
+            self._add(f"{UNARY}/{name}", unary_boundary_consistency(attention, band))
 
     def sample_queries(self, query_labels: Tensor, batch_key: int = 0) -> Tensor:
         """(N, P) labels -> (N, Q) query indices: ``num_queries`` random labelled cells per image, seeded by batch.

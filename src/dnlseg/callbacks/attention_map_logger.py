@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from dnlseg.analysis.attention_consistency import labels_on_grid
+from dnlseg.analysis.attention_consistency import image_window, labels_on_grid
 from dnlseg.analysis.attention_figure import attention_figure, select_queries
 from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
 from dnlseg.callbacks.module_interface import class_names_of, evaluated_step_of, ignore_index_of
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 class AttentionMapLogger(AttentionCaptureCallback):
     """Logs one attention figure per (image, context block) at the end of every ``every_n_validations``-th validation.
 
+    Each query's map shows its keys (``dnlseg.analysis.attention_figure.term_maps``): the whole key grid (NL, DNL,
+    PAM), its row and column (CC) or its group (ISA), or keys that are not pixels painted over the pixels they cover
+    (ANN's pyramid cells, OCR's class regions, EMA's bases); keys that cover no pixels (CAM's channels) get no figure
+    and the reason is recorded (``not_computed``).
+
     Args:
         num_images: the first this many validation images.
         max_classes: interior queries on at most this many classes per image (plus one boundary query).
@@ -43,6 +48,8 @@ class AttentionMapLogger(AttentionCaptureCallback):
             size; the maps themselves need O(P) memory at any size).
         output_dir: also write the figures as PNG files here (null: TensorBoard only).
     """
+
+    analyses = ("attention_maps",)
 
     def __init__(
         self,
@@ -106,7 +113,8 @@ class AttentionMapLogger(AttentionCaptureCallback):
             for name, m in maps.items():
                 if name in skipped:
                     continue
-                queries = select_queries(labels_on_grid(mask, m.query_size)[0], self.max_classes, ignore_index)
+                _, _, height, width = image_window(m, "query")  # the image's part of the query grid (ISA pads it)
+                queries = select_queries(labels_on_grid(mask, (height, width))[0], self.max_classes, ignore_index)
                 head, label = variant_of(blocks[name])  # e.g. ("dnl", "DNL")
                 title = f"{label} ({name}), step {step}, image {i}"
                 fig = attention_figure(display, mask[0], m, 0, queries, class_names, ignore_index, title, palette)

@@ -16,11 +16,14 @@ keys: CCNet's row and column, ISA's group) give per block:
 
 With every row sampled these are exactly the full-matrix quantities; with fewer they are those of the sampled
 rows (the unary gradient is the sampled rows' contribution), so the memory is O(Q Pk) at any image size. The
-cross-sensitivity of DNL stays exactly 0 on any set of rows. For NL, p and u are its implicit decomposition; a block
-whose weights are no function of (p, u) (dot-product NL) logs nothing, and a block for which a quantity has no
-meaning (``ContextBlock.undefined_analyses``: EMA's attention carries no gradient) logs the reason once instead.
+cross-sensitivity of DNL stays exactly 0 on any set of rows. For NL, p and u are its implicit decomposition. Where a
+block gets no number the reason is logged once and kept in ``not_computed``: a quantity without meaning for it
+(``ContextBlock.undefined_analyses``: EMA's attention carries no gradient), weights that are no function of (p, u)
+(dot-product NL), a missing term (GC: no pairwise term, no cross-sensitivity), a loss that does not reach the
+captured output.
 
-Training is unchanged: parameters and optimiser state are not touched, BatchNorm running statistics are restored,
+Training is unchanged: parameters and optimiser state are not touched, every buffer (BatchNorm's running statistics,
+EMA's bases) is restored,
 and the probe runs inside ``torch.random.fork_rng`` with its own generator, so the global RNG stream continues as
 without it. Under DDP every rank probes its own batch (SyncBatchNorm needs all ranks in the forward) and rank zero
 logs.
@@ -51,6 +54,7 @@ class SeparationProbe(AttentionCaptureCallback):
     """
 
     requires = (LossTerms,)  # the extra forward computes the module's training loss
+    analyses = ("logit_gradients", "cross_sensitivity")
 
     def __init__(
         self, every_n_steps: int = 50, relative_step: float = 1e-2, num_queries: int = 256, seed: int = 0
@@ -88,9 +92,22 @@ class SeparationProbe(AttentionCaptureCallback):
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_step)
         metrics: dict[str, Tensor] = {}
         no_cross = self.skipped(pl_module, "cross_sensitivity")
+        for name, call in captured.items():
+            if call.combine is None:  # dot-product NL: its weights are not a softmax of p and u
+                for analysis in self.analyses:
+                    self.explain(name, analysis, "its weights are not a function of its pairwise and unary logits")
         for (name, call), grad_y in zip(calls.items(), grads, strict=True):
-            if grad_y is not None:
-                metrics |= self.block_metrics(name, call, grad_y, generator, cross=name not in no_cross)
+            if grad_y is None:  # the loss does not depend on the captured output: no number, and why
+                for analysis in self.analyses:
+                    self.explain(name, analysis, "the loss does not depend on its captured attention output")
+                continue
+            if call.pairwise_query is None or call.unary_logits is None:
+                self.explain(
+                    name,
+                    "cross_sensitivity",
+                    f"it has no {'pairwise' if call.pairwise_query is None else 'unary'} term",
+                )
+            metrics |= self.block_metrics(name, call, grad_y, generator, cross=name not in no_cross)
         return metrics
 
     def sample_rows(self, count: int, batch: int, generator: torch.Generator) -> Tensor:

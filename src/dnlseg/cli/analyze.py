@@ -12,7 +12,8 @@ into the run itself:
 
     metrics.json    every validation metric: val/mIoU, val/pairwise_category_consistency,
                     val/unary_boundary_consistency (and per block), ...; the checkpoint's step
-    metrics.md      the same as a table
+    metrics.md      the same as a table, then every (context block, analysis) without a number or figure and why
+                    (``not_computed`` in metrics.json: e.g. CAM's channels, EMA's bases, a boundary of pyramid cells)
     step<k>_<head>_<block>_image<i>.png   attention figures of the first ``--num_images`` validation images
 
 The analyses are the config's ``trainer.callbacks`` that analyse checkpoints (``AttentionCaptureCallback``s whose
@@ -40,6 +41,7 @@ from dnlseg.checkpoints.checkpoint_io import AtomicCheckpointIO
 from dnlseg.cli import run_dirs
 from dnlseg.cli.lightning_cli import DnlsegCLI, run_cli
 from dnlseg.cli.preflight import check_checkpoint_file
+from dnlseg.context import ANALYSES, find_context_blocks
 from dnlseg.errors import ConfigError
 from dnlseg.models import SegmentationModule
 
@@ -126,11 +128,14 @@ def analyze(args: list[str]) -> dict[str, float]:
     record: dict[str, Any] = {"subcommand": "analyze", "config": str(opts.config), "ckpt_path": str(ckpt)}
     record |= {"step": model.evaluated_step, "step_source": model.weights_step_source}
     written = [path for analysis in analyses for path in analysis.written]
-    record |= {"metrics": metrics, "figures": [p.name for p in written]}
+    skipped = not_computed(analyses, model)
+    record |= {"metrics": metrics, "figures": [p.name for p in written], "not_computed": skipped}
     run_dirs.write_metrics(output, record, written)
     for key, value in metrics.items():
         if key.count("/") == 1:  # val/mIoU, val/pairwise_category_consistency, ...; not per class or block
             log.info("%s: %.4f", key, value)
+    for row in skipped:
+        log.info("not computed: %s of %s: %s", row["analysis"], row["block"], row["reason"])
     log.info("analyze: metrics.json, metrics.md and %d figures written to %s", len(written), output)
     return metrics
 
@@ -171,6 +176,28 @@ def config_analyses(
         if options.get(arg) is not None and arg not in taken:
             raise ConfigError(f"--{option}: no analysis of --config {config} ({', '.join(names)}) takes `{arg}`")
     return analyses
+
+
+def not_computed(analyses: list[AttentionCaptureCallback], model: L.LightningModule) -> list[dict[str, str]]:
+    """[{block, analysis, reason}]: every (context block, analysis) without a number or figure, and why -- what the
+    analyses that ran recorded (``AttentionCaptureCallback.not_computed``: no meaning for the block, keys that are not
+    pixels, a missing term, nothing to measure), then the blocks' own reasons (``ContextBlock.undefined_analyses``)
+    for the ``dnlseg.context.ANALYSES`` that analyze does not run (they measure training), so that the report has no
+    silent gap. In the order of the blocks and of ``ANALYSES``."""
+    reasons: dict[tuple[str, str], str] = {}
+    for callback in analyses:
+        for key, reason in callback.not_computed.items():
+            reasons.setdefault(key, reason)
+    ran = {name for callback in analyses for name in callback.analyses}
+    blocks = find_context_blocks(model)
+    for name, block in blocks.items():
+        for analysis, reason in block.undefined_analyses.items():
+            if analysis not in ran:
+                reasons.setdefault((name, analysis), f"{reason} (measured in training, not by analyze)")
+    order = {name: i for i, name in enumerate(blocks)}
+    rank = {name: i for i, name in enumerate(ANALYSES)}
+    keys = sorted(reasons, key=lambda k: (order.get(k[0], len(order)), k[0], rank.get(k[1], len(rank)), k[1]))
+    return [{"block": block, "analysis": analysis, "reason": reasons[block, analysis]} for block, analysis in keys]
 
 
 def load_weights(model: SegmentationModule, ckpt: Path) -> None:

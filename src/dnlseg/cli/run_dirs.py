@@ -406,7 +406,8 @@ def checkpoint_step(ckpt_path: str | None) -> int | None:
 
 
 def write_metrics(folder: Path, record: dict[str, Any], figures: Sequence[Path] = ()) -> Path:
-    """``<folder>/metrics.json`` (``record`` with NaN as null) and ``metrics.md`` (a table, then the figures)."""
+    """``<folder>/metrics.json`` (``record`` with NaN as null) and ``metrics.md`` (a table, then what was not computed
+    and why (``record["not_computed"]``: [{block, analysis, reason}], ``dnlseg analyze``), then the figures)."""
     metrics = {k: float(v) for k, v in sorted(record["metrics"].items())}
     finite = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # NaN: a class never seen -> null
     folder.mkdir(parents=True, exist_ok=True)
@@ -416,6 +417,12 @@ def write_metrics(folder: Path, record: dict[str, Any], figures: Sequence[Path] 
     source = f" ({record['step_source']})" if record.get("step_source") else ""
     lines += [f"Config: `{record.get('config')}`, checkpoint step: {record.get('step')}{source}", ""]
     lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in metrics.items()]]
+    if record.get("not_computed"):  # ``dnlseg analyze``: what has no number or figure, and why
+        lines += ["", "Not computed (per context block and analysis):", "", "| block | analysis | why not |"]
+        lines += [
+            "|---|---|---|",
+            *[f"| {r['block']} | {r['analysis']} | {r['reason']} |" for r in record["not_computed"]],
+        ]
     lines += ["", *[f"![{p.name}]({p.name})" for p in figures], ""]
     (folder / "metrics.md").write_text("\n".join(lines))
     return path

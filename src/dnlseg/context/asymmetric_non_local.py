@@ -84,14 +84,15 @@ class PyramidNonLocal(CoupledAttention):
         q = q.flatten(2)  # (N, C', P)
         sim = (q.transpose(1, 2) @ keys) * self.channels**-0.5  # (N, P, C') @ (N, C', 110) -> (N, P, 110)
         y = values @ torch.softmax(sim, dim=-1).transpose(1, 2)  # (N, C', 110) @ (N, 110, P) -> (N, C', P)
-        self.publish(lambda: self.capture(q, keys, values, y, (H, W), tuple(xk.shape[-2:])))
-        context = self.out(y.reshape(N, self.channels, H, W))  # (N, C_out, H, W)
+        y_tokens = y.transpose(1, 2)  # (N, P, C'): the captured output, on the path to the loss (dL/dy exists)
+        self.publish(lambda: self.capture(q, keys, values, y_tokens, (H, W), tuple(xk.shape[-2:])))
+        context = self.out(y_tokens.transpose(1, 2).reshape(N, self.channels, H, W))  # (N, C_out, H, W); y's memory
         return self.bottleneck(torch.cat([context, xq], dim=1))
 
     def capture(self, q: Tensor, keys: Tensor, values: Tensor, y: Tensor, size, key_grid):
-        """The factors from the channel-first q (N, C', P), keys, values (N, C', 110), y (N, C', P)."""
+        """The factors from the channel-first q (N, C', P), keys, values (N, C', 110) and the tokens y (N, P, C')."""
         cells = TokenKeys("pyramid cells", pyramid_cover(key_grid, self.pool_scales, q.device, q.dtype)[None], key_grid)
-        q, keys, values, y = (t.transpose(1, 2) for t in (q, keys, values, y))  # tokens: (N, P or 110, C')
+        q, keys, values = (t.transpose(1, 2) for t in (q, keys, values))  # tokens: (N, P or 110, C')
         return implicit_split(q * self.channels**-0.5, keys, values, y, size, (keys.shape[1], 1), self.combine, cells)
 
 

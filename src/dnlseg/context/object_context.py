@@ -83,12 +83,13 @@ class ObjectContextAttention2d(CoupledAttention):
         sim = (q.transpose(1, 2) @ k) * self.channels**-0.5  # (N, P, C') @ (N, C', K) -> (N, P, K)
         weights = torch.softmax(sim, dim=-1)
         y = v @ weights.transpose(1, 2)  # (N, C', K) @ (N, K, P) -> (N, C', P)
-        self.publish(lambda: self.capture(q, k, v, y, cover, (H, W)))
-        context = self.out(y.reshape(N, self.channels, H, W))  # (N, C, H, W)
+        y_tokens = y.transpose(1, 2)  # (N, P, C'): the captured output, on the path to the loss (dL/dy exists)
+        self.publish(lambda: self.capture(q, k, v, y_tokens, cover, (H, W)))
+        context = self.out(y_tokens.transpose(1, 2).reshape(N, self.channels, H, W))  # (N, C, H, W); y's memory
         return self.bottleneck(torch.cat([context, x], dim=1))
 
     def capture(self, q: Tensor, k: Tensor, v: Tensor, y: Tensor, cover: Tensor, size: tuple[int, int]):
-        """The factors from the channel-first q (N, C', P), k, v (N, C', K), y (N, C', P)."""
+        """The factors from the channel-first q (N, C', P), k, v (N, C', K) and the tokens y (N, P, C')."""
         regions = TokenKeys("class regions", cover, size)  # (N, K, P): each region's gather weights
-        q, k, v, y = (t.transpose(1, 2) for t in (q, k, v, y))  # tokens: (N, P or K, C')
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # tokens: (N, P or K, C')
         return implicit_split(q * self.channels**-0.5, k, v, y, size, (k.shape[1], 1), self.combine, regions)
