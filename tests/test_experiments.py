@@ -178,6 +178,10 @@ def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_pa
     assert "**no**: exactly 0" in dnl  # the cross-sensitivity of DNL: the two gradients are separate
     assert "**yes**" in rows[0]  # NL's: coupled
     assert "final val mIoU: DANet (PAM + CAM) - NL" in section
+    # dnlseg analyze on seed 0's last checkpoint: the attention figures of PAM, shown in the report
+    figures = sorted(p.name for p in (tmp_path / "figures" / "pairwise" / "danet").glob("*.png"))
+    assert figures == [f"step000025_pam_decode_head.pam_image{i}.png" for i in (0, 1)]
+    assert f"![danet {figures[0]}](figures/pairwise/danet/{figures[0]})" in text
 
 
 def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path):

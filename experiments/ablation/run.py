@@ -45,6 +45,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the shared _runner
 import _runner  # noqa: E402
@@ -139,9 +140,13 @@ def analyze(opts, setting: str, variant: str) -> list[str]:
     target = opts.out / "figures" / setting / variant
     shutil.rmtree(target, ignore_errors=True)
     device = [f"--accelerator={a.split('=', 1)[1]}" for a in shlex.split(opts.args) if a.startswith("--trainer.acc")]
+    # analyze runs the config's analyses; the base recipe's do not draw (no map logger while training): add one
+    callbacks = yaml.safe_load((run / "config.yaml").read_text())["trainer"].get("callbacks") or []
+    drawn = any(c.get("class_path", "").endswith(".AttentionMapLogger") for c in callbacks if isinstance(c, dict))
+    logger = [] if drawn else ["--trainer.callbacks+=dnlseg.callbacks.AttentionMapLogger"]
     cmd = _runner.dnlseg_command(
         "analyze", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-        "--output", str(target), "--num_images", "2", "--limit_batches", "1", *device,
+        "--output", str(target), "--num_images", "2", "--limit_batches", "1", *device, *logger,
     )  # fmt: skip
     _runner.run(cmd, quiet=True)
     for numbers in ("metrics.json", "metrics.md"):
@@ -683,7 +688,7 @@ def parse(argv: list[str] | None = None):
         for key, value in QUICK.items():
             setattr(opts, key, value)
         opts.args = f"{QUICK_ARGS} {opts.args}".strip()
-        opts.figure_variants = []
+        opts.figure_variants = ["danet"]  # figures of PAM (CAM's weights lie on channels: none)
     for name in ("jobs", "seeds", "steps", "eval_every"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(opts, name)} must be >= 1")
