@@ -178,6 +178,14 @@ def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_pa
     assert "**no**: exactly 0" in dnl  # the cross-sensitivity of DNL: the two gradients are separate
     assert "**yes**" in rows[0]  # NL's: coupled
     assert "final val mIoU: DANet (PAM + CAM) - NL" in section
+    # one softmax of p + u: dL/du is the column sum of dL/dp, so the ratio is at most sqrt(queries per key)
+    facts = saved["blocks"]["pairwise"]
+    assert facts["nl"]["decode_head.context"]["column_sum"] and not facts["dnl"]["decode_head.context"]["column_sum"]
+    assert facts["danet"]["decode_head.pam"]["queries_per_key"] == 16  # 32 px at stride 8: a 4 x 4 map
+    assert facts["danet"]["decode_head.cam"]["queries_per_key"] == 64  # the 64 channels of the head
+    for variant, block, n in (("nl", "decode_head.context", 16), ("danet", "decode_head.pam", 16)):
+        assert all(0 < r["blocks"][block]["ratio"] <= n**0.5 for r in results[variant].values())
+    assert " | 4.00 | " in rows[0] and " | 8.00 | " in rows[4] and "| - |" in dnl
     # dnlseg analyze on seed 0's last checkpoint: the attention figures of PAM, shown in the report
     figures = sorted(p.name for p in (tmp_path / "figures" / "pairwise" / "danet").glob("*.png"))
     assert figures == [f"step000025_pam_decode_head.pam_image{i}.png" for i in (0, 1)]
@@ -292,6 +300,12 @@ def test_every_section_7_head_builds_on_the_ablation_map_with_more_than_one_key_
         mask = calls[0].key_mask(None)
         keys = calls[0].key_size[0] * calls[0].key_size[1] if mask is None else int(mask[0].sum(-1).min())
         assert keys > 1, f"{block}: {keys} key per query"
+    # each attends with one softmax of p_ij + u_j (dL/du = column sums of dL/dp), n queries sharing a key at most:
+    # every pixel (or CAM's 64 channels) on the whole map; CC: a key's row and column, 8 + 8 - 1; ISA: the 2 x 2
+    # long-range group of each 4 x 4 tile offset, then the 4 x 4 tile
+    expected = {"danet": [64, 64], "ccnet": [15], "annnet": [64, 64], "isanet": [4, 16], "emanet": [64]}
+    assert [f.queries_per_key for f in facts.values()] == expected.get(name, [64])
+    assert all(f.column_sum for f in facts.values())
 
 
 def test_block_summary_reads_each_blocks_ratio_cross_sensitivity_and_consistencies(ablation):
@@ -372,3 +386,20 @@ def test_a_partial_rerun_keeps_the_other_runs_from_results_json_and_names_who_tr
     saved_again = saved | {"kept": {"boundary/dnl": kept["boundary/dnl"]}, "command": "python run.py --variants nl"}
     _, _, kept_again = run.merge(saved_again, tmp_path / "results.json", {}, {}, report_only=True)
     assert set(kept_again) == {"boundary/dnl"}
+
+
+def test_only_one_softmax_of_pairwise_plus_unary_makes_the_unary_gradient_a_column_sum(ablation, tmp_path):
+    """NL: w = softmax(p + u), so dL/du_j = sum_i dL/dp_ij; DNL adds two softmaxes (no such identity); GC has no p."""
+    import yaml
+
+    from dnlseg.cli.lightning_cli import resolve_config
+
+    settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
+    found = {}
+    for name in ("nl", "dnl", "gc"):
+        head = ablation["heads"].HEADS[name]
+        config = resolve_config(settings / "base.yaml", "-c", str(settings / "boundary.yaml"), *head.overrides())
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        (facts,) = ablation["heads"].describe_blocks(tmp_path / f"{name}.yaml").values()
+        found[name] = (facts.column_sum, facts.queries_per_key)
+    assert found == {"nl": (True, 64), "dnl": (False, 64), "gc": (False, 64)}

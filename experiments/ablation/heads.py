@@ -126,10 +126,38 @@ class BlockFacts:
         keys: the keys of each query's softmax, in words (from the block's ``CapturedAttention.keys``).
         undefined: {``metrics.BLOCK_SUMMARY`` key: why the callbacks log no such number for this block} -- the
             block's ``undefined_analyses``, an analysis not computed on its keys (``unmeasured``), or a term it lacks.
+        column_sum: its unary-logit gradient is the column sum of its pairwise-logit gradient, dL/du_j = sum_i
+            dL/dp_ij (one softmax of p_ij + u_j: docs/science.md section 8), checked on random logits.
+        queries_per_key: n, the most queries whose softmax holds one key (per image); with ``column_sum``,
+            ||dL/du|| <= sqrt(n) ||dL/dp|| (Cauchy-Schwarz on each column).
     """
 
     keys: str
     undefined: dict[str, str]
+    column_sum: bool = False
+    queries_per_key: int = 0
+
+
+def column_sum(call: Any) -> bool:
+    """Whether ``call.combine``'s unary gradient is the column sum of its pairwise gradient (float64, random p, u
+    and upstream gradient on every query row): true for one softmax of p_ij + u_j over each query's keys."""
+    import torch
+
+    if call.combine is None or call.pairwise_query is None or call.unary_logits is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    rows, keys = call.query_size[0] * call.query_size[1], call.key_size[0] * call.key_size[1]
+    p = torch.randn(1, rows, keys, generator=generator, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(1, 1, keys, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, rows, keys, generator=generator, dtype=torch.float64)
+    grad_p, grad_u = torch.autograd.grad(call.combine(p, u, None), (p, u), upstream)
+    return bool(torch.allclose(grad_u, grad_p.sum(1, keepdim=True), rtol=1e-9, atol=1e-12))
+
+
+def queries_per_key(call: Any) -> int:
+    """The most query rows of one image whose softmax holds one key (every row, when each query sees every key)."""
+    mask = call.key_mask(None)
+    return call.query_size[0] * call.query_size[1] if mask is None else int(mask[0].sum(0).max())
 
 
 def key_words(call: Any) -> str:
@@ -171,5 +199,5 @@ def describe_blocks(config: Path) -> dict[str, BlockFacts]:
             reason = undefined_analyses(network, analysis).get(name) or unmeasured(call, analysis)
             if lacking or reason:
                 undefined[quantity] = lacking[0] if lacking else str(reason)
-        facts[name] = BlockFacts(key_words(call), undefined)
+        facts[name] = BlockFacts(key_words(call), undefined, column_sum(call), queries_per_key(call))
     return facts

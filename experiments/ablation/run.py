@@ -430,7 +430,10 @@ def heads_section(setting: str, by_variant: dict[str, dict[int, dict]], facts: d
         "",
         "Each block of each head (a head with several -- DANet's PAM and CAM, ANN's fusion and context blocks, ISA's "
         "long- and short-range stages -- has a row per block): the keys of one query's softmax; `SeparationProbe`'s "
-        "||dL/du|| : ||dL/dp|| (geometric mean over the probe steps, and over the second half) and cross-sensitivity "
+        "||dL/du|| : ||dL/dp|| (geometric mean over the probe steps, and over the second half; **bound √n**: where the "
+        "block attends with one softmax of p_ij + u_j, dL/du_j is the column sum over queries of dL/dp_ij, so the "
+        "ratio is at most the square root of n, the most queries that share one key -- docs/science.md section 8) "
+        "and cross-sensitivity "
         "(the relative change of dL/du under a 1% change of the pairwise logits, mean over the probe steps: 0 when the "
         "two gradients are separate, as in DNL; above 0 when they are coupled, as in NL); the consistencies at the "
         "last validation; the head's final mIoU. Cells: mean over seeds [95% percentile-bootstrap interval of the "
@@ -438,9 +441,10 @@ def heads_section(setting: str, by_variant: dict[str, dict[int, dict]], facts: d
         "probe. n/a [k]: the number has no meaning for the block, or is not computed on its keys (note k below, the "
         "reason the block or the callback gives); `not logged`: no number and no known reason.",
         "",
-        "| head | block | keys of a query | " + " | ".join(BLOCK_SUMMARY[k][0] for k in BLOCK_KEYS)
+        "| head | block | keys of a query | " + " | ".join(BLOCK_SUMMARY[k][0] for k in BLOCK_KEYS[:2])
+        + " | bound √n | " + " | ".join(BLOCK_SUMMARY[k][0] for k in BLOCK_KEYS[2:])
         + " | coupled? | final val mIoU | seeds |",
-        "|---|---|---|" + "---|" * (len(BLOCK_KEYS) + 3),
+        "|---|---|---|" + "---|" * (len(BLOCK_KEYS) + 4),
     ]  # fmt: skip
     shown_before = set()
     for variant, block in rows:
@@ -457,9 +461,11 @@ def heads_section(setting: str, by_variant: dict[str, dict[int, dict]], facts: d
         shown_before.add(variant)
         miou = interval_cell(mean_interval(per_seed(runs, "final_miou")), 3) if first else ""
         name = label(variant) if first else ""
+        n = info.get("queries_per_key", 0)
+        bound = f"{math.sqrt(n):.2f}" if info.get("column_sum") and n else "-"
         lines.append(
-            f"| {name} | `{block}` | {info.get('keys', '?')} | " + " | ".join(cells)
-            + f" | {coupling(runs, block)} | {miou} | {len(runs)} |"
+            f"| {name} | `{block}` | {info.get('keys', '?')} | " + " | ".join(cells[:2]) + f" | {bound} | "
+            + " | ".join(cells[2:]) + f" | {coupling(runs, block)} | {miou} | {len(runs)} |"
         )  # fmt: skip
     lines.append("")
     lines += [f"[{n}] {reason}.  " for reason, n in notes.items()]
