@@ -403,3 +403,22 @@ def test_only_one_softmax_of_pairwise_plus_unary_makes_the_unary_gradient_a_colu
         (facts,) = ablation["heads"].describe_blocks(tmp_path / f"{name}.yaml").values()
         found[name] = (facts.column_sum, facts.queries_per_key)
     assert found == {"nl": (True, 64), "dnl": (False, 64), "gc": (False, 64)}
+
+
+def test_a_captured_output_off_the_losss_path_is_named_not_left_as_a_silent_gap(ablation):
+    """SeparationProbe takes dL/dy at each captured output and skips a block where autograd gives None: the report
+    must name that block (ANN's and OCR's blocks captured a transposed copy of y on main 1c03f22)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    x = torch.randn(2, 3, requires_grad=True)
+    y = x * 2  # what the forward goes on with
+    loss = (y.transpose(0, 1) ** 2).sum()  # through a view of y: y is on the path
+    copy = y.transpose(0, 1)  # a view made for the capture after the loss was built: not on the path
+    calls = {
+        "on": SimpleNamespace(output=y),
+        "off": SimpleNamespace(output=copy),
+        "no_graph": SimpleNamespace(output=y.detach()),  # EMA: computed under no_grad
+    }
+    assert ablation["heads"].gradient_reaches(loss, calls) == {"on": True, "off": False, "no_graph": False}

@@ -172,10 +172,27 @@ def key_words(call: Any) -> str:
     return f"{total} {getattr(keys, 'what', 'tokens')}"
 
 
+OFF_PATH = (
+    "its captured attention output is not on the path to the network's output (no dL/dy reaches it), so "
+    "SeparationProbe computes nothing for it; the block must publish the output tensor its forward goes on with"
+)
+
+
+def gradient_reaches(loss: Any, calls: Mapping[str, Any]) -> dict[str, bool]:
+    """{block: whether d ``loss`` / d ``call.output`` exists}: False for an output without a graph (EMA's) and for
+    one that ``loss`` does not depend on (a copy made for the capture after the forward went on without it)."""
+    import torch
+
+    traced = [c.output for c in calls.values() if c.output.requires_grad]
+    grads = iter(torch.autograd.grad(loss, traced, allow_unused=True, retain_graph=True) if traced else [])
+    return {name: bool(c.output.requires_grad) and next(grads) is not None for name, c in calls.items()}
+
+
 def describe_blocks(config: Path) -> dict[str, BlockFacts]:
     """{block: its facts} in the network's order, for the model of a run's ``config.yaml``: built (random weights),
-    one eval forward of a random image of the config's size inside ``capture_attention``, and the reasons the
-    callbacks (``SeparationProbe``, ``AttentionConsistency``) give for what they do not log."""
+    one eval forward of a random image of the config's size inside ``capture_attention`` (with gradients, to see
+    whether dL/dy reaches each captured output), and the reasons the callbacks (``SeparationProbe``,
+    ``AttentionConsistency``) give for what they do not log."""
     import torch
 
     from dnlseg.callbacks.attention_capture import undefined_analyses, unmeasured
@@ -186,17 +203,21 @@ def describe_blocks(config: Path) -> dict[str, BlockFacts]:
     network = model.network
     size = int(yaml.safe_load(config.read_text())["data"]["init_args"].get("image_size", 64))
     network.eval()
-    with torch.no_grad(), capture_attention(network, max_calls=1) as captured:
-        network(torch.zeros(1, 3, size, size))
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with capture_attention(network, max_calls=1) as captured:
+        logits = network(image).logits
+    calls = {name: captured[name][0] for name in find_context_blocks(network)}
+    reached = gradient_reaches(logits.sum(), calls)
     facts = {}
-    for name in find_context_blocks(network):
-        call = captured[name][0]
+    for name, call in calls.items():
         has = {"pairwise": call.pairwise_query is not None, "unary": call.unary_logits is not None}
         has["combine"] = call.combine is not None
         undefined = {}
         for quantity, (analysis, terms) in NEEDS.items():
             lacking = [NO_TERM[t] for t in terms if not has[t]]
             reason = undefined_analyses(network, analysis).get(name) or unmeasured(call, analysis)
+            if not reason and analysis in ("logit_gradients", "cross_sensitivity") and not reached[name]:
+                reason = OFF_PATH
             if lacking or reason:
                 undefined[quantity] = lacking[0] if lacking else str(reason)
         facts[name] = BlockFacts(key_words(call), undefined, column_sum(call), queries_per_key(call))
