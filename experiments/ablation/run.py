@@ -158,6 +158,8 @@ def train_all(opts, runs: list[tuple[int, str, str]]) -> dict[str, float]:
     """Every (seed, setting, variant) fit, ``opts.jobs`` at a time on cpu_count / jobs threads; their wall times."""
     walls: dict[str, float] = {}
     threads = max(1, (_runner.os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else 0
+    for setting in dict.fromkeys(s for _, s, _ in runs):  # composed once, here: jsonargparse is not thread-safe
+        setting_steps(opts, setting)
 
     def fit(run: tuple[int, str, str]) -> None:
         seed, setting, variant = run
