@@ -346,14 +346,23 @@ def test_heads_table_gives_the_reason_where_a_number_has_no_meaning_and_says_not
     by_variant = {"emanet": runs([nan, nan], [nan, nan]), "ocrnet": runs([0.2, 0.4], [1.0, 1.2])}
     facts = {
         "emanet": {"decode_head.attention": {"keys": "64 bases", "undefined": {"cross": "no gradient"}}},
-        "ocrnet": {"decode_head.attention": {"keys": "5 class regions", "undefined": {}}},
+        "ocrnet": {
+            "decode_head.attention": {
+                "keys": "5 class regions",
+                "undefined": {},
+                "column_sum": True,
+                "queries_per_key": 64,
+            }
+        },
     }
     lines = run.heads_section("boundary", by_variant, facts)
     ema = [line for line in lines if line.startswith("| EMANet |")][0]
     ocr = [line for line in lines if line.startswith("| OCR |")][0]
     cells = [c.strip() for c in ema.split("|")[1:-1]]
     assert cells[3:5] == ["not logged", "not logged"]  # the ratio: no number and no reason
-    assert cells[5] == "n/a [1]" and "[1] no gradient." in [line.strip() for line in lines]
+    assert cells[5] == "-"  # no bound: the facts do not say its unary gradient is a column sum
+    assert cells[6] == "n/a [1]" and "[1] no gradient." in [line.strip() for line in lines]
+    assert [c.strip() for c in ocr.split("|")[1:-1]][5] == "8.00"  # sqrt(64)
     assert "0.30 [0.20, 0.40]" not in ocr and "0.300 [0.200, 0.400]" in ocr  # mean [bootstrap interval], 3 digits
     assert "1.10 [1.00, 1.20]" in ocr and "**yes**" in ocr
 
