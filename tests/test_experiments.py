@@ -18,7 +18,7 @@ def ablation(monkeypatch):
     """The ablation's modules, imported as its script imports them (``_runner`` from experiments/)."""
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
     monkeypatch.syspath_prepend(str(EXPERIMENTS / "ablation"))
-    names = ("_runner", "metrics", "seed_stats", "reference_levels", "run")
+    names = ("_runner", "metrics", "seed_stats", "reference_levels", "heads", "run")
     yield {name: importlib.import_module(name) for name in names}
     for name in names:
         sys.modules.pop(name, None)
@@ -146,9 +146,9 @@ def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_pa
     text = report.read_text()
     saved = json.loads((tmp_path / "results.json").read_text())
     results = saved["results"]["pairwise"]
-    assert set(results) == {"nl", "unary_nl", "dnl"} and all(len(v) == 2 for v in results.values())
+    assert set(results) == {"nl", "unary_nl", "dnl", "danet"} and all(len(v) == 2 for v in results.values())
     curve = results["dnl"]["0"]["curves"]["miou"]
-    assert curve[0] == [1, 3]  # validations after steps 2 and 4 (0-based global steps as logged)
+    assert curve[0] == [11, 23, 24]  # validations after steps 12, 24 and the last, 25 (0-based steps as logged)
     assert "## Setting `pairwise`" in text and "DNL - NL" in text and "95% CI" in text
     assert "Load average (1, 5, 15 min) before" in text
     # the quick runs' own val images (32 px, 4 images): levels of those, not of the 64 px setting
@@ -157,6 +157,39 @@ def test_quick_ablation_trains_reads_and_reports_with_intervals(ablation, tmp_pa
     assert f"legend, no match **{levels['legend']:.3f}**" in text
     assert (tmp_path / "curves_pairwise.png").stat().st_size > 10_000
     assert "## Reading" in text and "HUMAN READING" in text
+    # DANet, a head of its own layout: trained through model.network.decode_head, one row per block, the probe's
+    # numbers for both blocks, and CAM's consistencies replaced by the reason its block gives
+    from dnlseg.context import ChannelAttention2d
+
+    danet = results["danet"]["0"]["blocks"]
+    assert list(danet) == ["decode_head.pam", "decode_head.cam"]  # the network's order
+    assert all(math.isfinite(danet[b][k]) and danet[b][k] > 0 for b in danet for k in ("ratio", "cross"))
+    assert math.isfinite(danet["decode_head.pam"]["unary_boundary"])
+    assert math.isnan(danet["decode_head.cam"]["unary_boundary"])
+    cam = saved["blocks"]["pairwise"]["danet"]["decode_head.cam"]
+    assert cam["keys"].endswith("channels")
+    assert cam["undefined"]["unary_boundary"] == ChannelAttention2d.undefined_analyses["boundary_consistency"]
+    section = text[text.index("block by block (`pairwise`)") :]
+    rows = [line for line in section.splitlines() if "`decode_head." in line and line.startswith("|")]
+    assert rows[3].startswith("| DANet (PAM + CAM) | `decode_head.pam` | all 16 pixels |")
+    assert rows[4].startswith("|  | `decode_head.cam` | 64 channels |") and "n/a [" in rows[4]
+    assert f"] {ChannelAttention2d.undefined_analyses['boundary_consistency']}." in section
+    dnl = [r for r in rows if r.startswith("| DNL |")][0]
+    assert "**no**: exactly 0" in dnl  # the cross-sensitivity of DNL: the two gradients are separate
+    assert "**yes**" in rows[0]  # NL's: coupled
+    assert "final val mIoU: DANet (PAM + CAM) - NL" in section
+    # one softmax of p + u: dL/du is the column sum of dL/dp, so the ratio is at most sqrt(queries per key)
+    facts = saved["blocks"]["pairwise"]
+    assert facts["nl"]["decode_head.context"]["column_sum"] and not facts["dnl"]["decode_head.context"]["column_sum"]
+    assert facts["danet"]["decode_head.pam"]["queries_per_key"] == 16  # 32 px at stride 8: a 4 x 4 map
+    assert facts["danet"]["decode_head.cam"]["queries_per_key"] == 64  # the 64 channels of the head
+    for variant, block, n in (("nl", "decode_head.context", 16), ("danet", "decode_head.pam", 16)):
+        assert all(0 < r["blocks"][block]["ratio"] <= n**0.5 for r in results[variant].values())
+    assert " | 4.00 | " in rows[0] and " | 8.00 | " in rows[4] and "| - |" in dnl
+    # dnlseg analyze on seed 0's last checkpoint: the attention figures of PAM, shown in the report
+    figures = sorted(p.name for p in (tmp_path / "figures" / "pairwise" / "danet").glob("*.png"))
+    assert figures == [f"step000025_pam_decode_head.pam_image{i}.png" for i in (0, 1)]
+    assert f"![danet {figures[0]}](figures/pairwise/danet/{figures[0]})" in text
 
 
 def test_runner_builds_fit_arguments_that_name_the_log_folder(ablation, tmp_path):
@@ -202,3 +235,199 @@ def test_wall_times_of_a_stopped_experiment_come_from_config_and_event_file_time
         os.utime(directory / "events.out.tfevents.1", (end, end))
     walls = run.walls_from_files(opts)
     assert walls == {"pairwise/nl/seed0": 100.0, "pairwise/dnl/seed0": 250.0, "total": 300.0}
+
+
+def test_a_head_of_its_own_layout_replaces_the_base_recipes_context_block(ablation):
+    heads = ablation["heads"].HEADS
+    danet = dict(a.split("=", 1) for a in heads["danet"].overrides())
+    assert json.loads(danet["--model.network.context"]) is None  # the base recipe's DNL block would be refused
+    assert json.loads(danet["--model.network.decode_head"]) == {
+        "class_path": "dnlseg.models.heads.DAHead",
+        "init_args": {"pam_reduction": 8},
+    }
+    ccnet = dict(a.split("=", 1) for a in heads["ccnet"].overrides())
+    assert json.loads(ccnet["--model.network.context"])["class_path"] == "dnlseg.context.CrissCrossAttention2d"
+    assert json.loads(ccnet["--model.network.decode_head"]) is None
+    assert json.loads(dict(a.split("=", 1) for a in heads["baseline"].overrides())["--model.network.context"]) is None
+    run = ablation["run"]
+    cmd = run.fit_command(run.parse(["--variants", "isanet"]), "boundary", "isanet", 1)
+    assert "--model.network.decode_head.init_args.group_size" not in " ".join(cmd)
+    assert json.loads(cmd[cmd.index(next(a for a in cmd if "decode_head=" in a))].split("=", 1)[1])["init_args"] == {
+        "reduction": 2,
+        "group_size": [4, 4],
+    }
+
+
+@pytest.mark.parametrize("name", ["danet", "ccnet", "annnet", "isanet", "emanet", "ocrnet"])
+def test_every_section_7_head_takes_its_recipes_arguments_unless_a_deviation_says_why(ablation, name):
+    import yaml
+
+    head = ablation["heads"].HEADS[name]
+    recipe = yaml.safe_load((EXPERIMENTS.parent / "configs" / "synthetic" / f"{head.recipe}.yaml").read_text())
+    key = "context" if head.block is not None else "decode_head"
+    assert recipe.get(f"model.network.{'decode_head' if key == 'context' else 'context'}") is None
+    entry = recipe[f"model.network.{key}"]
+    assert entry["class_path"] == head.network_options()[key]["class_path"]
+    differing = {k for k, v in entry.get("init_args", {}).items() if head.init_args.get(k) != v}
+    assert differing == ({"group_size"} if name == "isanet" else set())
+    assert bool(head.deviation) == bool(differing)
+
+
+@pytest.mark.parametrize("name", ["danet", "ccnet", "annnet", "isanet", "emanet", "ocrnet"])
+def test_every_section_7_head_builds_on_the_ablation_map_with_more_than_one_key_per_softmax(ablation, name, tmp_path):
+    """On the base recipe (64 channels, 64 px, an 8 x 8 map) every block of the head runs, and each query's softmax
+    has more than one key: a single key gets weight 1 whatever its logits, so no gradient and no ratio (ISA's
+    mmseg tile of 8 x 8 would leave the long-range stage one key)."""
+    import torch
+    import yaml
+
+    from dnlseg.cli.lightning_cli import resolve_config
+    from dnlseg.context import capture_attention
+
+    settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
+    head = ablation["heads"].HEADS[name]
+    config = resolve_config(settings / "base.yaml", "-c", str(settings / "boundary.yaml"), *head.overrides())
+    assert config["model"]["network"]["head_channels"] == 64 and config["data"]["init_args"]["image_size"] == 64
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    facts = ablation["heads"].describe_blocks(tmp_path / "config.yaml")
+    assert facts  # the head has blocks
+    from dnlseg.cli.export import build
+
+    network = build(tmp_path / "config.yaml", []).model.network.eval()
+    with torch.no_grad(), capture_attention(network, max_calls=1) as captured:
+        network(torch.zeros(1, 3, 64, 64))
+    for block, calls in captured.items():
+        mask = calls[0].key_mask(None)
+        keys = calls[0].key_size[0] * calls[0].key_size[1] if mask is None else int(mask[0].sum(-1).min())
+        assert keys > 1, f"{block}: {keys} key per query"
+    # each attends with one softmax of p_ij + u_j (dL/du = column sums of dL/dp), n queries sharing a key at most:
+    # every pixel (or CAM's 64 channels) on the whole map; CC: a key's row and column, 8 + 8 - 1; ISA: the 2 x 2
+    # long-range group of each 4 x 4 tile offset, then the 4 x 4 tile
+    expected = {"danet": [64, 64], "ccnet": [15], "annnet": [64, 64], "isanet": [4, 16], "emanet": [64]}
+    assert [f.queries_per_key for f in facts.values()] == expected.get(name, [64])
+    assert all(f.column_sum for f in facts.values())
+
+
+def test_block_summary_reads_each_blocks_ratio_cross_sensitivity_and_consistencies(ablation):
+    m = ablation["metrics"]
+    steps = np.array([10, 20, 30])
+    scalars = {
+        "separation/decode_head.pam/unary_logit_grad": (steps, np.array([2.0, 8.0, 4.0])),
+        "separation/decode_head.pam/pairwise_logit_grad": (steps, np.array([1.0, 1.0, 1.0])),
+        "separation/decode_head.pam/cross_sensitivity": (steps, np.array([0.1, 0.2, 0.6])),
+        "separation/decode_head.cam/unary_logit_grad": (steps, np.array([1.0, 1.0, 1.0])),
+        "separation/decode_head.cam/pairwise_logit_grad": (steps, np.array([4.0, 4.0, 4.0])),
+        "val/unary_boundary_consistency/decode_head.pam": (steps, np.array([1.0, 1.5, 1.25])),
+        "val/pairwise_category_consistency/decode_head.pam": (steps, np.array([0.9, 1.1, 1.3])),
+    }
+    blocks = m.block_summary(scalars, ["decode_head.pam", "decode_head.cam"])
+    pam, cam = blocks["decode_head.pam"], blocks["decode_head.cam"]
+    assert pam["ratio"] == pytest.approx(4.0) and pam["ratio_late"] == pytest.approx(np.sqrt(32))  # steps 20, 30
+    assert pam["cross"] == pytest.approx(0.3) and pam["cross_late"] == pytest.approx(0.4)  # arithmetic means
+    assert pam["unary_boundary"] == pytest.approx(1.25) and pam["pairwise_category"] == pytest.approx(1.3)
+    assert cam["ratio"] == pytest.approx(0.25) and math.isnan(cam["cross"]) and math.isnan(cam["unary_boundary"])
+    # the run's ratio: the first block in the network's order, not in name order ("cam" < "pam")
+    assert m.summary(scalars, ["decode_head.pam", "decode_head.cam"])["ratio"] == pytest.approx(4.0)
+    assert m.summary(scalars)["ratio"] == pytest.approx(0.25)
+
+
+def test_heads_table_gives_the_reason_where_a_number_has_no_meaning_and_says_not_logged_otherwise(ablation):
+    run, metrics = ablation["run"], ablation["metrics"]
+
+    def runs(cross, boundary):
+        blocks = {"decode_head.attention": dict.fromkeys(metrics.BLOCK_SUMMARY, float("nan"))}
+        out = {}
+        for seed, (c, b) in enumerate(zip(cross, boundary, strict=True)):
+            numbers = blocks["decode_head.attention"] | {"cross": c, "unary_boundary": b}
+            out[seed] = {"summary": dict.fromkeys(metrics.SUMMARY, 0.5), "blocks": {"decode_head.attention": numbers}}
+        return out
+
+    nan = float("nan")
+    by_variant = {"emanet": runs([nan, nan], [nan, nan]), "ocrnet": runs([0.2, 0.4], [1.0, 1.2])}
+    facts = {
+        "emanet": {"decode_head.attention": {"keys": "64 bases", "undefined": {"cross": "no gradient"}}},
+        "ocrnet": {
+            "decode_head.attention": {
+                "keys": "5 class regions",
+                "undefined": {},
+                "column_sum": True,
+                "queries_per_key": 64,
+            }
+        },
+    }
+    lines = run.heads_section("boundary", by_variant, facts)
+    ema = [line for line in lines if line.startswith("| EMANet |")][0]
+    ocr = [line for line in lines if line.startswith("| OCR |")][0]
+    cells = [c.strip() for c in ema.split("|")[1:-1]]
+    assert cells[3:5] == ["not logged", "not logged"]  # the ratio: no number and no reason
+    assert cells[5] == "-"  # no bound: the facts do not say its unary gradient is a column sum
+    assert cells[6] == "n/a [1]" and "[1] no gradient." in [line.strip() for line in lines]
+    assert [c.strip() for c in ocr.split("|")[1:-1]][5] == "8.00"  # sqrt(64)
+    assert "0.30 [0.20, 0.40]" not in ocr and "0.300 [0.200, 0.400]" in ocr  # mean [bootstrap interval], 3 digits
+    assert "1.10 [1.00, 1.20]" in ocr and "**yes**" in ocr
+
+
+def test_a_partial_rerun_keeps_the_other_runs_from_results_json_and_names_who_trained_them(ablation, tmp_path):
+    run = ablation["run"]
+    entry = {"summary": {"final_miou": 0.5}, "curves": {"miou": [[0, 1], [0.1, 0.2]]}}
+    saved = {
+        "command": "make experiment-ablation",
+        "date": "2026-12-01",
+        "commit": "f9ecbc7",
+        "load_average": {"before": "2.0", "after": "3.0"},
+        "results": {"pairwise": {"nl": {"0": entry}}, "boundary": {"nl": {"0": entry}, "dnl": {"0": entry}}},
+        "kept": {},
+    }
+    fresh_entry = {"summary": {"final_miou": 0.9}, "curves": {}, "blocks": {}}
+    fresh = {"boundary": {"nl": {0: fresh_entry}, "danet": {0: fresh_entry}}}
+    results, _, kept = run.merge(saved, tmp_path / "results.json", fresh, {}, report_only=False)
+    assert list(results) == ["pairwise", "boundary"]
+    assert list(results["boundary"]) == ["nl", "dnl", "danet"]  # the table's order
+    assert results["boundary"]["nl"][0]["summary"]["final_miou"] == 0.9  # retrained: replaced
+    assert results["boundary"]["dnl"][0]["summary"]["final_miou"] == 0.5  # kept, seeds back to integers
+    np.testing.assert_array_equal(results["pairwise"]["nl"][0]["curves"]["miou"][1], [0.1, 0.2])
+    assert set(kept) == {"pairwise/nl", "boundary/dnl"}
+    assert kept["boundary/dnl"]["commit"] == "f9ecbc7" and kept["boundary/dnl"]["date"] == "2026-12-01"
+    lines = "\n".join(run.kept_lines(kept))
+    assert "`make experiment-ablation` (date 2026-12-01, commit f9ecbc7; load average before 2.0" in lines
+    assert "pairwise/NL, boundary/DNL" in lines
+    # re-read later (--report-only): what that file's own command trained is not "kept", what it kept still is
+    saved_again = saved | {"kept": {"boundary/dnl": kept["boundary/dnl"]}, "command": "python run.py --variants nl"}
+    _, _, kept_again = run.merge(saved_again, tmp_path / "results.json", {}, {}, report_only=True)
+    assert set(kept_again) == {"boundary/dnl"}
+
+
+def test_only_one_softmax_of_pairwise_plus_unary_makes_the_unary_gradient_a_column_sum(ablation, tmp_path):
+    """NL: w = softmax(p + u), so dL/du_j = sum_i dL/dp_ij; DNL adds two softmaxes (no such identity); GC has no p."""
+    import yaml
+
+    from dnlseg.cli.lightning_cli import resolve_config
+
+    settings = EXPERIMENTS.parent / "configs" / "synthetic" / "ablation"
+    found = {}
+    for name in ("nl", "dnl", "gc"):
+        head = ablation["heads"].HEADS[name]
+        config = resolve_config(settings / "base.yaml", "-c", str(settings / "boundary.yaml"), *head.overrides())
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        (facts,) = ablation["heads"].describe_blocks(tmp_path / f"{name}.yaml").values()
+        found[name] = (facts.column_sum, facts.queries_per_key)
+    assert found == {"nl": (True, 64), "dnl": (False, 64), "gc": (False, 64)}
+
+
+def test_a_captured_output_off_the_losss_path_is_named_not_left_as_a_silent_gap(ablation):
+    """SeparationProbe takes dL/dy at each captured output and skips a block where autograd gives None: the report
+    must name that block (ANN's and OCR's blocks captured a transposed copy of y on main 1c03f22)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    x = torch.randn(2, 3, requires_grad=True)
+    y = x * 2  # what the forward goes on with
+    loss = (y.transpose(0, 1) ** 2).sum()  # through a view of y: y is on the path
+    copy = y.transpose(0, 1)  # a view made for the capture after the loss was built: not on the path
+    calls = {
+        "on": SimpleNamespace(output=y),
+        "off": SimpleNamespace(output=copy),
+        "no_graph": SimpleNamespace(output=y.detach()),  # EMA: computed under no_grad
+    }
+    assert ablation["heads"].gradient_reaches(loss, calls) == {"on": True, "off": False, "no_graph": False}

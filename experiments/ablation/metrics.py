@@ -5,8 +5,9 @@ Everything comes from scalars the framework already logs (``dnlseg.analysis.tens
     val/mIoU, val/IoU/<class>                    the module's validation metrics, every ``val_check_interval``
     separation/<block>/unary_logit_grad          SeparationProbe: ||dL/du|| over its sampled query rows
     separation/<block>/pairwise_logit_grad       SeparationProbe: ||dL/dp||
-    val/pairwise_category_consistency            AttentionConsistency, per validation
-    val/unary_boundary_consistency
+    separation/<block>/cross_sensitivity         SeparationProbe: relative change of dL/du under a change of p
+    val/pairwise_category_consistency[/<block>]  AttentionConsistency, per validation (plain: the first block)
+    val/unary_boundary_consistency[/<block>]
 
 Derived per run (``summary``):
 
@@ -17,6 +18,12 @@ Derived per run (``summary``):
     steps to 90%      = the first validation step where the curve reaches 0.9 * its maximum
     u : p ratio       = ||dL/du|| / ||dL/dp|| at each probe step; summarised as its geometric mean over the run
                         and over the steps after half the last one (only blocks with both terms log both)
+
+and per context block (``block_summary``; a head with several blocks -- DANet's PAM and CAM, ANN's fusion and
+context, ISA's two stages -- has one entry each): the u : p ratio as above, the cross-sensitivity (arithmetic mean
+over the probe steps, and over the second half: it is exactly 0 for DNL, so a geometric mean would not do) and the
+two consistencies at the last validation. ``summary``'s ratio is that of the first block with both terms, in the
+network's order when ``order`` is given (else in name order).
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ MIOU = "val/mIoU"
 PAIRWISE = "val/pairwise_category_consistency"
 UNARY = "val/unary_boundary_consistency"
 BACKGROUND = "background"
+
+# per block: block_summary key -> (label in tables, digits)
+BLOCK_SUMMARY = {
+    "ratio": ("dL/du : dL/dp (geo. mean)", 2),
+    "ratio_late": ("dL/du : dL/dp (2nd half)", 2),
+    "cross": ("cross-sensitivity (mean)", 3),
+    "cross_late": ("cross-sensitivity (2nd half)", 3),
+    "pairwise_category": ("pairwise-category consistency", 2),
+    "unary_boundary": ("unary-boundary consistency", 2),
+}
 
 # summary key -> (label in tables, digits)
 SUMMARY = {
@@ -58,22 +75,37 @@ def member_curve(scalars: dict[str, Curve]) -> Curve | None:
     return steps, values
 
 
-def ratio_curve(scalars: dict[str, Curve]) -> Curve | None:
-    """||dL/du|| / ||dL/dp|| of the first context block at each probe step; None if it lacks either term."""
-    unary = sorted(t for t in scalars if t.startswith("separation/") and t.endswith("/unary_logit_grad"))
-    for tag in unary:
-        pair = tag.replace("/unary_logit_grad", "/pairwise_logit_grad")
-        if pair in scalars:
-            (su, u), (sp, p) = scalars[tag], scalars[pair]
-            if not np.array_equal(su, sp):
-                raise ValueError(f"{tag} and {pair} were logged at different steps")
-            return su, u / p
+def separation_blocks(scalars: dict[str, Curve]) -> list[str]:
+    """The blocks that logged a ``separation/<block>/...`` scalar, in name order."""
+    return sorted({tag.split("/")[1] for tag in scalars if tag.startswith("separation/")})
+
+
+def ratio_curve(scalars: dict[str, Curve], block: str) -> Curve | None:
+    """||dL/du|| / ||dL/dp|| of ``block`` at each probe step; None if it lacks either term."""
+    unary, pair = f"separation/{block}/unary_logit_grad", f"separation/{block}/pairwise_logit_grad"
+    if unary not in scalars or pair not in scalars:
+        return None
+    (su, u), (sp, p) = scalars[unary], scalars[pair]
+    if not np.array_equal(su, sp):
+        raise ValueError(f"{unary} and {pair} were logged at different steps")
+    return np.asarray(su), np.asarray(u, dtype=float) / np.asarray(p, dtype=float)
+
+
+def first_ratio_curve(scalars: dict[str, Curve], order: list[str] | None = None) -> Curve | None:
+    """The ratio curve of the first block (in ``order``, else in name order) that logged both terms."""
+    names = separation_blocks(scalars)
+    ordered = [b for b in order or [] if b in names] + [b for b in names if b not in (order or [])]
+    for block in ordered:
+        ratio = ratio_curve(scalars, block)
+        if ratio is not None:
+            return ratio
     return None
 
 
-def curves(scalars: dict[str, Curve]) -> dict[str, Curve]:
-    """``{"miou", "member", "ratio"}`` -> (steps, values), for those the run logged."""
-    out = {"miou": scalars.get(MIOU), "member": member_curve(scalars), "ratio": ratio_curve(scalars)}
+def curves(scalars: dict[str, Curve], order: list[str] | None = None) -> dict[str, Curve]:
+    """``{"miou", "member", "ratio"}`` -> (steps, values), for those the run logged (``ratio``: the first block's,
+    ``order`` as in ``first_ratio_curve``)."""
+    out = {"miou": scalars.get(MIOU), "member": member_curve(scalars), "ratio": first_ratio_curve(scalars, order)}
     return {k: (np.asarray(v[0]), np.asarray(v[1], dtype=float)) for k, v in out.items() if v is not None}
 
 
@@ -103,9 +135,9 @@ def last(scalars: dict[str, Curve], tag: str) -> float:
     return float(scalars[tag][1][-1]) if tag in scalars and len(scalars[tag][1]) else math.nan
 
 
-def summary(scalars: dict[str, Curve]) -> dict[str, float]:
+def summary(scalars: dict[str, Curve], order: list[str] | None = None) -> dict[str, float]:
     """The ``SUMMARY`` numbers of one run (NaN where the run did not log what they need)."""
-    c = curves(scalars)
+    c = curves(scalars, order)
     out = dict.fromkeys(SUMMARY, math.nan)
     for name in ("miou", "member"):
         if name in c:
@@ -119,4 +151,30 @@ def summary(scalars: dict[str, Curve]) -> dict[str, float]:
         steps, ratio = c["ratio"]
         out["ratio"] = geometric_mean(ratio)
         out["ratio_late"] = geometric_mean(ratio[steps > steps[-1] / 2])
+    return out
+
+
+def mean_of(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def block_summary(scalars: dict[str, Curve], blocks: list[str]) -> dict[str, dict[str, float]]:
+    """{block: the ``BLOCK_SUMMARY`` numbers of one run} for ``blocks`` (NaN where the run logged nothing for it)."""
+    out = {}
+    for block in blocks:
+        numbers = dict.fromkeys(BLOCK_SUMMARY, math.nan)
+        ratio = ratio_curve(scalars, block)
+        if ratio is not None:
+            steps, values = ratio
+            numbers["ratio"] = geometric_mean(values)
+            numbers["ratio_late"] = geometric_mean(values[steps > steps[-1] / 2])
+        cross = scalars.get(f"separation/{block}/cross_sensitivity")
+        if cross is not None:
+            steps, values = np.asarray(cross[0]), np.asarray(cross[1], dtype=float)
+            numbers["cross"] = mean_of(values)
+            numbers["cross_late"] = mean_of(values[steps > steps[-1] / 2])
+        numbers["pairwise_category"] = last(scalars, f"{PAIRWISE}/{block}")
+        numbers["unary_boundary"] = last(scalars, f"{UNARY}/{block}")
+        out[block] = numbers
     return out

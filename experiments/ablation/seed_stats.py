@@ -75,3 +75,18 @@ def ordering(label_a: str, label_b: str, diff: Difference, metric: str) -> str:
     if not diff.excludes_zero:
         return f"- {metric}: {label_a} - {label_b} = {interval}: the interval includes 0, no ordering."
     return f"- {metric}: {label_a} - {label_b} = {interval}: **{label_a} {'>' if diff.mean > 0 else '<'} {label_b}**."
+
+
+def mean_interval(values: dict[int, float], resamples: int = RESAMPLES, level: float = LEVEL) -> Difference:
+    """The mean over seeds of one variant's metric and its percentile-bootstrap interval (the paired difference
+    against 0: the same resampling of the seeds); ``values``: seed -> value, NaNs left out."""
+    return paired_difference(values, dict.fromkeys(values, 0.0), resamples, level)
+
+
+def interval_cell(diff: Difference, digits: int) -> str:
+    """``mean [low, high]`` for a table (``mean (1 seed)`` without an interval, ``-`` with no value)."""
+    if diff.seeds == 0:
+        return "-"
+    if diff.seeds == 1:
+        return f"{diff.mean:.{digits}f} (1 seed)"
+    return f"{diff.mean:.{digits}f} [{diff.low:.{digits}f}, {diff.high:.{digits}f}]"
