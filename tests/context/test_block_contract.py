@@ -258,12 +258,14 @@ def test_capture_leaves_outputs_bitwise_unchanged_and_records_each_call(case):
         assert all(len(records) == 2 * steps for records in captured.values())
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("case", CASES)
-def test_captured_factors_give_the_output_the_block_computed(case):
-    """y = combine(p, u) @ v from the factors alone, for every block whose weights are a function of (p, u)."""
+def test_captured_factors_give_the_output_the_block_computed(case, grad):
+    """y = combine(p, u) @ v from the factors alone, for every block whose weights are a function of (p, u); also
+    under no_grad, as in validation, where a block may work in place on its own buffers (not on a captured one)."""
     torch.manual_seed(4)
     block = make(case, paths(case)[0], torch.float64).eval()
-    with capture_attention(block) as captured:
+    with capture_attention(block) as captured, torch.set_grad_enabled(grad):
         block(*inputs(case, 2, (5, 6), torch.float64))
     for record in (r for records in captured.values() for r in records):
         if record.combine is None:

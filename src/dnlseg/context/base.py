@@ -229,6 +229,11 @@ class ContextBlock(nn.Module):
                 found.setdefault(branch, []).extend(p for p in params if p.requires_grad)
         return {branch: params for branch, params in found.items() if params}
 
+    @property
+    def capturing(self) -> bool:
+        """Whether a capture is open: what ``publish`` hands it may still be read after the forward."""
+        return bool(self._sinks)
+
     def publish(self, make: Callable[[], CapturedAttention]) -> None:
         """Hand this call's factors to the open captures; ``make`` runs only when one is open."""
         if self._sinks:

@@ -63,4 +63,7 @@ class ChannelAttention2d(CoupledAttention):
                 -channels, channels, channels, y, (C, 1), (C, 1), self.combine, TokenKeys("channels"), "channels"
             )
         )
-        return self.gamma * y.reshape(N, C, H, W) + x  # mmseg: gamma(out) + x
+        out = y.reshape(N, C, H, W)
+        if torch.is_grad_enabled() or self.capturing:  # autograd keeps y for gamma's gradient; a capture reads y
+            return self.gamma * out + x  # mmseg: gamma(out) + x
+        return out.mul_(self.gamma).add_(x)  # inference: in place on this call's own y, one P x C buffer fewer

@@ -104,14 +104,15 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
             feats = self.embed(x).reshape(N, C, H * W)  # (N, C, P)
             for _ in range(self.num_stages):
                 keys = bases
-                z = torch.softmax(feats.transpose(1, 2) @ bases, dim=2)  # E: (N, P, C) @ (N, C, K) -> (N, P, K)
-                cover = F.normalize(z, dim=1, p=1)  # each base's weights over the pixels
-                bases = F.normalize(feats @ cover, dim=1, p=2)  # M: (N, C, P) @ (N, P, K) -> (N, C, K)
-        y = bases @ z.transpose(1, 2)  # (N, C, K) @ (N, K, P) -> (N, C, P), no gradient to x
-        self.publish(lambda: self.capture(feats, keys, bases, y, z, cover, (H, W)))
+                # base-major (N, K, P): the normalisation over the pixels runs along contiguous memory
+                z = torch.softmax(bases.transpose(1, 2) @ feats, dim=1)  # E: (N, K, C) @ (N, C, P) -> (N, K, P)
+                cover = F.normalize(z, dim=2, p=1)  # each base's weights over the pixels
+                bases = F.normalize(feats @ cover.transpose(1, 2), dim=1, p=2)  # M: (N, C, P) @ (N, P, K) -> (N, C, K)
+        y = bases @ z  # (N, C, K) @ (N, K, P) -> (N, C, P), no gradient to x
+        self.publish(lambda: self.capture(feats, keys, bases, y.clone(), cover, (H, W)))  # a copy: ReLU'd next
         if self.training:
             self.update_bases(bases)
-        context = self.out(F.relu(y.reshape(N, C, H, W)))  # W_out + BN on ReLU(y) (not in place: y is captured)
+        context = self.out(F.relu(y.reshape(N, C, H, W), inplace=True))  # W_out + BN on ReLU(y), y has no graph
         return F.relu(x + context, inplace=True)
 
     @torch.no_grad()
@@ -120,8 +121,9 @@ class ExpectationMaximizationAttention2d(CoupledAttention):
         mean = F.normalize(mean_over_processes(bases.mean(dim=0, keepdim=True)), dim=1, p=2)  # (1, C, K)
         self.bases.copy_((1 - self.momentum) * self.bases + self.momentum * mean)
 
-    def capture(self, feats: Tensor, keys: Tensor, bases: Tensor, y: Tensor, z: Tensor, cover: Tensor, size):
-        """Queries x (N, P, C), keys the last E-step's bases (N, K, C), values the final bases (N, K, C)."""
-        covered = TokenKeys("bases", cover.transpose(1, 2), size)  # (N, K, P): each base's weights on the pixels
+    def capture(self, feats: Tensor, keys: Tensor, bases: Tensor, y: Tensor, cover: Tensor, size):
+        """Queries x (N, P, C), keys the last E-step's bases (N, K, C), values the final bases (N, K, C); ``cover``
+        (N, K, P) each base's l1-normalised responsibilities over the pixels."""
+        covered = TokenKeys("bases", cover, size)  # (N, K, P): each base's weights on the pixels
         q, k, v = feats.transpose(1, 2).detach(), keys.transpose(1, 2), bases.transpose(1, 2)  # as the E-step saw them
         return implicit_split(q, k, v, y.transpose(1, 2), size, (self.num_bases, 1), self.combine, covered)
