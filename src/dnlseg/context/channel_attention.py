@@ -6,8 +6,10 @@ section 7. The queries and keys are the C channels of x, each a vector over the 
     y_a  = sum_b w_ab x_b                             (N, C, P)
     out  = x + gamma * y                              gamma a learned scalar, 0 at init: the block starts as identity
 
-Under autocast the energies and weights stay in float32. The analyses get the split of -x_a . x_b over channel keys
-(``TokenKeys("channels")``, covering no pixel); the pixel analyses have no meaning for it (``undefined_analyses``).
+Under autocast the energies and weights stay in float32. E is a Gram matrix: its backward is one product,
+dL/dx = (G + G^T) x with G = dL/dE (``Gram``), where autograd, seeing x twice, computes two. The analyses get the
+split of -x_a . x_b over channel keys (``TokenKeys("channels")``, covering no pixel); the pixel analyses have no
+meaning for it (``undefined_analyses``).
 
 mmseg 1.2.2: ``mmseg.models.decode_heads.da_head.CAM`` (``DAHead.cam``), key ``gamma.scale`` -> ours ``gamma``.
 """
@@ -18,11 +20,28 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from dnlseg.context.base import CoupledAttention, implicit_split
 from dnlseg.context.keys import TokenKeys
 
 NO_PIXELS = "its queries and keys are the C channels, not pixels: no weight of it lies on the image"
+
+
+class Gram(torch.autograd.Function):
+    """E = X X^T of X (N, C, P) with the symmetric backward dL/dX = (G + G^T) X, G = dL/dE: one (C, C) @ (C, P)
+    product where autograd, seeing X twice, takes two."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return (grad + grad.transpose(1, 2)) @ x  # (N, C, C) @ (N, C, P) -> (N, C, P)
 
 
 class ChannelAttention2d(CoupledAttention):
@@ -55,7 +74,10 @@ class ChannelAttention2d(CoupledAttention):
         # Under autocast too in float32 (or wider): an energy sums P products, bf16 would lose its differences.
         with torch.autocast(x.device.type, enabled=False):
             channels = channels.to(torch.promote_types(channels.dtype, torch.float32))
-            energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
+            if channels.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+                energy = Gram.apply(channels)  # (N, C, C); its backward one product, not two
+            else:
+                energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
             weights = torch.softmax(energy.max(dim=-1, keepdim=True).values.expand_as(energy) - energy, dim=-1)
             y = weights @ channels  # (N, C, C) @ (N, C, P) -> (N, C, P)
         self.publish(
