@@ -72,7 +72,12 @@ NOT_CORE = ("src/dnlseg/analysis/attention_figure.py", "src/dnlseg/analysis/tens
 # Fast tests of a module beyond its mirrored test file; a folder's entry applies to every module in it.
 EXTRA_TESTS = {
     "src/dnlseg/context": ("tests/context",),  # the block contract suite runs every block and option
-    "src/dnlseg/models/heads": ("tests/models/test_network.py",),
+    # the heads' mmseg parity (eval and fp64 training) and ContextHead's layout (heads.py's tests before the split)
+    "src/dnlseg/models/heads": (
+        "tests/models/test_network.py",
+        "tests/models/test_mmseg_heads.py",
+        "tests/models/test_heads.py",
+    ),
     "src/dnlseg/evaluation/metrics.py": ("tests/evaluation/test_cityscapes_parity.py",),
     "src/dnlseg/data/folder.py": (
         "tests/data/test_cityscapes.py",
@@ -82,6 +87,9 @@ EXTRA_TESTS = {
     ),
     "src/dnlseg/checkpoints/checkpoint_io.py": ("tests/test_reliability/test_atomic_checkpoint.py",),
 }
+# Folders the tests of a module (or folder) read beside src/ and tests/, copied into mutmut's sandbox: the heads'
+# mmseg parity tests build each head as its recipe in configs/ says.
+ALSO_COPY = {"src/dnlseg/models/heads": ("configs",)}
 # Tests left out of a module's (or folder's) mutant runs, as a pytest -k expression: the contract suite's float64
 # gradchecks take 265 of its 294 s (per surviving mutant) and their gradients are also compared, fused against
 # materialised, by test_fused_equals_materialized_outputs_and_gradients. A mutant only they would kill counts as a
@@ -142,14 +150,16 @@ def prepare(module: str, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("src", "tests"):
+    also = ALSO_COPY.get(module, ALSO_COPY.get(str(Path(module).parent), ()))
+    for name in ("src", "tests", *also):
         if not (work / name).is_symlink():
             (work / name).symlink_to(ROOT / name, target_is_directory=True)
     selection = ", ".join(json.dumps(a) for a in pytest_args(module))
     config = (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
-        f"only_mutate = [{json.dumps(module)}]\n"
+        + (f"also_copy = [{', '.join(json.dumps(a) for a in also)}]\n" if also else "")
+        + f"only_mutate = [{json.dumps(module)}]\n"
         f"pytest_add_cli_args_test_selection = [{selection}]\n"
         'process_isolation = "forkserver"  # torch is not fork-safe after its thread pools started\n'
     )

@@ -1,5 +1,7 @@
 """AttentionCaptureCallback: the capture's lifecycle across Lightning's hooks; extra forwards that leave no trace."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -7,12 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dnlseg.callbacks import LossTerms
-from dnlseg.callbacks.attention_capture import AttentionCaptureCallback
+from dnlseg.callbacks.attention_capture import AttentionCaptureCallback, unmeasured
 from dnlseg.context import (
     BLOCKS,
     ChannelAttention2d,
     DisentangledNonLocal2d,
     ExpectationMaximizationAttention2d,
+    KeySet,
     capture_attention,
     find_context_blocks,
 )
@@ -252,3 +255,36 @@ def test_keys_that_are_not_pixels_are_measured_through_the_pixels_they_cover_and
         ("apnb", "boundary_consistency"): "its keys are pyramid cells, not pixels: no key lies on a boundary",
         ("cam", "boundary_consistency"): "its keys are channels, not pixels: no key lies on a boundary",
     }
+
+
+class Accepting(Recorder):
+    """A Recorder that also records what ``capture_batch`` is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = []
+
+    def capture_batch(self, batch_idx, dataloader_idx):
+        self.asked.append((batch_idx, dataloader_idx))
+        return True
+
+
+def test_with_one_validation_loader_every_hook_gets_dataloader_index_0():
+    """Lightning passes no dataloader_idx to the batch hooks when there is one loader: the hooks' default is 0."""
+    module, callback = TwoBlocks(), Accepting()
+    trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, DataLoader(batches([1, 2]), batch_size=None))
+    assert callback.asked == [(0, 0), (1, 0)]
+    assert [(b, d) for b, d, _ in callback.measured] == [(0, 0), (1, 0)]
+
+
+def test_token_keys_of_a_key_set_without_a_name_or_a_cover_are_called_tokens_and_cover_no_pixels():
+    class Cells(KeySet):  # a key set of its own: not pixels, no ``what``, no ``cover``
+        kind = "tokens"
+
+    call = SimpleNamespace(key_set=Cells())
+    assert unmeasured(call, "attention_maps") == (
+        "its keys are tokens, which cover no pixels: they have no labels and no place on the image"
+    )
+    assert unmeasured(call, "boundary_consistency") == "its keys are tokens, not pixels: no key lies on a boundary"
+    assert unmeasured(call, "logit_gradients") is None

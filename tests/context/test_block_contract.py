@@ -268,8 +268,11 @@ def test_captured_factors_give_the_output_the_block_computed(case, grad):
     with capture_attention(block) as captured, torch.set_grad_enabled(grad):
         block(*inputs(case, 2, (5, 6), torch.float64))
     for record in (r for records in captured.values() for r in records):
-        if record.combine is None:
-            continue  # dot-product NL: w = q.k / Pk is no function of (p, u); test_non_local.py checks its factors
+        Kh, Kw = record.key_size  # the key grid, or (Pk, 1) for keys that are not pixels
+        assert Kh * Kw == record.values.shape[1]
+        if record.combine is None:  # only dot-product NL: w = q.k / Pk is no function of (p, u)
+            assert case == "nl-dot_product"  # test_non_local.py checks its factors
+            continue
         weights = record.weights()  # (N, P or 1, Pk), 0 outside each query's keys
         torch.testing.assert_close(weights @ record.values, record.output, rtol=1e-10, atol=1e-10)
         H, W = record.query_size

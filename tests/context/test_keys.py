@@ -62,3 +62,69 @@ def test_the_restricted_combine_needs_the_rows_of_a_subset_of_queries():
         record.combine(record.pairwise_logits(rows), record.unary_logits)
     everything = record.combine(record.pairwise_logits(), record.unary_logits)  # no rows: all of them, in order
     torch.testing.assert_close(everything[:, rows[0]], weights)
+
+
+def recorded(pairwise, unary, rows=None):
+    """A ``combine`` that hands back what it was given."""
+    return pairwise, unary, rows
+
+
+def test_the_restricted_combine_puts_minus_infinity_outside_each_querys_keys_and_passes_the_rows():
+    keys = CrissCrossKeys((2, 3))
+    restricted = keys.restrict(recorded)
+    rows = torch.tensor([[0, 5]])  # queries (0, 0) and (1, 2)
+    outside = torch.zeros(1, 2, 6, dtype=torch.float64).masked_fill(~keys.mask(rows), float("-inf"))
+    p, u = torch.randn(1, 2, 6, dtype=torch.float64), torch.randn(1, 1, 6, dtype=torch.float64)
+    got_p, got_u, got_rows = restricted(p, u, rows)
+    assert torch.equal(got_p, p + outside) and got_u is u and got_rows is rows and got_p.dtype == torch.float64
+    # a unary term alone gets the restriction in its place: one row of unary logits per query
+    got_p, got_u, got_rows = restricted(None, u.expand(1, 2, 6), rows)
+    assert got_p is None and torch.equal(got_u, u + outside) and got_rows is rows
+    # no rows: every query of the grid, in order
+    got_p, _, got_rows = restricted(p.new_zeros(2, 6, 6), None)
+    assert torch.equal(got_rows, torch.arange(6).expand(2, 6))
+    assert torch.equal(got_p, torch.zeros(2, 6, 6, dtype=torch.float64).masked_fill(~keys.mask(None), float("-inf")))
+
+
+def test_the_restricted_combine_keeps_a_bfloat16_logits_dtype():
+    p = torch.randn(1, 6, 6).bfloat16()
+    got_p, _, _ = CrissCrossKeys((2, 3)).restrict(recorded)(p, None)
+    assert got_p.dtype == torch.bfloat16
+
+
+def test_the_restricted_combine_refuses_no_logits_and_rows_it_cannot_place():
+    restricted = CrissCrossKeys((3, 4)).restrict(recorded)
+    with pytest.raises(ValueError, match="^no pairwise and no unary logits: nothing to restrict to each query's keys$"):
+        restricted(None, None)
+    message = r"^2 query rows of a \(3, 4\) grid: pass the rows they are for \(combine\(p, u, rows\)\), each query"
+    with pytest.raises(ValueError, match=message + " attends to its own keys$"):
+        restricted(torch.zeros(1, 2, 12), None)
+
+
+def test_a_group_key_mask_of_every_query_has_one_row_per_position():
+    keys = GroupAttention2d(4, 2, "short", (2, 2)).keys((2, 4), (0, 0, 2, 4), torch.device("cpu"))
+    mask = keys.mask(None)  # (1, P, P)
+    assert mask.shape == (1, 8, 8) and torch.equal(mask[0], keys.groups[:, None] == keys.groups[None, :])
+
+
+def test_the_kernels_and_masks_work_on_the_tensors_device():
+    """meta stands in for CUDA: a tensor made on the CPU beside them fails or shows on the output's device."""
+    meta = torch.device("meta")
+    q, v = torch.empty(1, 6, 2, device=meta), torch.empty(1, 6, 3, device=meta)
+    assert criss_cross_attention(q, q, v, (2, 3)).device == meta
+    keys = CrissCrossKeys((2, 3))
+    rows = torch.tensor([[0, 4]], device=meta)
+    assert keys.mask(rows).device == meta and keys.all_rows(2, meta).device == meta
+    p = torch.empty(2, 6, 6, device=meta)
+    got_p, _, got_rows = keys.restrict(recorded)(p, None)
+    assert got_p.device == got_rows.device == meta
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_the_criss_cross_kernel_runs_in_the_dtype_of_its_inputs(dtype):
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 6, 2), torch.randn(1, 6, 2), torch.randn(1, 6, 3)
+    expected = criss_cross_attention(q, k, v, (2, 3))
+    got = criss_cross_attention(q.to(dtype), k.to(dtype), v.to(dtype), (2, 3))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)

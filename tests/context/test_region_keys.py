@@ -53,6 +53,12 @@ def test_cam_rows_and_keys_are_channels_and_the_pixel_analyses_say_why_not():
         block(x)
     (record,) = captured[""]
     assert record.queries == "channels" and record.keys.cover is None and record.pairwise_query.shape == (2, 6, 12)
+    assert (record.keys.kind, record.keys.what, record.query_size, record.key_size) == (
+        "tokens",
+        "channels",
+        (6, 1),
+        (6, 1),
+    )
     logits = record.pairwise_logits() + record.unary_logits  # softmax_b(-x_a . x_b) up to a constant per row
     channels = x.flatten(2)
     torch.testing.assert_close(
