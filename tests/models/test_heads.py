@@ -57,3 +57,12 @@ def test_default_dropout_is_0_1_in_both_heads():
         FCNHead(in_channels=6, channels=4, num_classes=2).dropout.p == 0.1
         and ContextHead(in_channels=6, channels=4, num_classes=2).dropout.p == 0.1
     )
+
+
+def test_a_head_without_a_block_mmseg_names_gives_no_name_for_a_context():
+    """The baseline head (no block) maps its convs to mmseg's FCNHead layout and names no ``context``: a key of a
+    block mmseg's FCN-layout heads do not hold keeps its own name instead of a ``None`` one."""
+    head = ContextHead(in_channels=6, channels=4, num_classes=2)
+    assert "context" not in head.mmseg_names and None not in head.mmseg_names.values()
+    dnl = ContextHead(in_channels=6, channels=4, num_classes=2, context=lambda c: DisentangledNonLocal2d(c, 2))
+    assert dnl.mmseg_names["context"] == "dnl_block"

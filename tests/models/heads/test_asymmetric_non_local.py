@@ -21,5 +21,6 @@ def test_the_defaults_are_mmsegs_annnet_config():
 
 def test_the_options_reach_both_blocks():
     head = ANNHead([3, 4, 8], 2, 16, 0.3, reduction=1, pool_scales=(1, 2))
-    assert (head.fusion.channels, head.context.channels, head.fusion.pool_scales) == (16, 16, (1, 2))
+    assert (head.fusion.channels, head.context.channels) == (16, 16)
+    assert head.fusion.pool_scales == head.context.pool_scales == (1, 2)
     assert head.fusion.query.conv.in_channels == 8 and head.fusion.value.in_channels == 4 and head.dropout.p == 0.3
