@@ -13,7 +13,11 @@ from dnlseg.context import (
     BRANCHES,
     VARIANTS,
     ContextBlock,
+    CrissCrossAttention2d,
+    InterlacedSparseAttention2d,
     NonLocalBase,
+    ObjectContextAttention2d,
+    PositionAttention2d,
     capture_attention,
     find_context_blocks,
 )
@@ -318,3 +322,34 @@ def test_pairwise_mass_with_the_fused_kernel_equals_the_materialised_sum(case):
         onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (2, Pk)), 3).float()  # (N, Pk, K)
         expected = record.pairwise_attention() @ onehot  # (N, P, Pk) @ (N, Pk, K), 0 outside each query's keys
         torch.testing.assert_close(record.pairwise_mass(onehot), expected, rtol=1e-5, atol=1e-6)
+
+
+# The blocks built as (in_channels, reduction), with the channel counts each refuses: none, a reduction of 0 or below,
+# channels that the reduction does not divide.
+REDUCTION_CASES = {
+    PositionAttention2d: [(0, 8), (16, 0), (16, -8), (12, 8)],
+    CrissCrossAttention2d: [(0, 8), (16, 0), (16, -8), (12, 8)],
+    ObjectContextAttention2d: [(0, 2), (8, 0), (8, -2), (9, 2)],
+    InterlacedSparseAttention2d: [(0, 2), (8, 0), (8, -2), (9, 2)],
+}
+
+
+@pytest.mark.parametrize(
+    ("block", "in_channels", "reduction"),
+    [(block, *case) for block, cases in REDUCTION_CASES.items() for case in cases],
+    ids=[
+        f"{block.__name__}-{kind}"
+        for block in REDUCTION_CASES
+        for kind in ("no_channels", "zero_reduction", "negative_reduction", "not_a_multiple")
+    ],
+)
+def test_channels_that_are_not_a_positive_multiple_of_the_reduction_are_refused(block, in_channels, reduction):
+    with pytest.raises(ValueError, match=f"in_channels={in_channels} must be a positive multiple of reduction="):
+        block(in_channels, reduction)
+
+
+@pytest.mark.parametrize("block", [PositionAttention2d, CrissCrossAttention2d], ids=lambda b: b.__name__)
+def test_one_channel_without_reduction_is_a_block_of_one_query_channel(block):
+    one = block(1, reduction=1)
+    assert one.query.out_channels == one.key.out_channels == 1 and one.value.out_channels == 1
+    assert one(torch.randn(1, 1, 2, 3)).shape == (1, 1, 2, 3)

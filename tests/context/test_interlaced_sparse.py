@@ -11,16 +11,6 @@ from torch import nn
 from dnlseg.context import GroupAttention2d, InterlacedSparseAttention2d, capture_attention
 
 
-@pytest.mark.parametrize(
-    ("in_channels", "reduction"),
-    [(0, 2), (8, 0), (8, -2), (9, 2)],
-    ids=["no_channels", "zero_reduction", "negative_reduction", "not_a_multiple"],
-)
-def test_channels_that_are_not_a_positive_multiple_of_the_reduction_are_refused(in_channels, reduction):
-    with pytest.raises(ValueError, match=f"in_channels={in_channels} must be a positive multiple of reduction="):
-        InterlacedSparseAttention2d(in_channels, reduction)
-
-
 @pytest.mark.parametrize("group_size", [(8,), (8, 8, 8), (0, 8), (8, 0), (-2, 2)])
 def test_a_group_size_that_is_not_two_positive_sizes_is_refused(group_size):
     with pytest.raises(ValueError, match=rf"group_size=\({', '.join(map(str, group_size))},?\) must be two positive"):

@@ -17,16 +17,6 @@ def test_the_gather_weights_are_the_softmax_of_the_logits_over_the_pixels_unscal
     torch.testing.assert_close(regions[..., 0], x.flatten(2) @ expected.transpose(1, 2))  # (N, C, K)
 
 
-@pytest.mark.parametrize(
-    ("in_channels", "reduction"),
-    [(0, 2), (8, 0), (8, -2), (9, 2)],
-    ids=["no_channels", "zero_reduction", "negative_reduction", "not_a_multiple"],
-)
-def test_channels_that_are_not_a_positive_multiple_of_the_reduction_are_refused(in_channels, reduction):
-    with pytest.raises(ValueError, match=f"in_channels={in_channels} must be a positive multiple of reduction="):
-        ObjectContextAttention2d(in_channels, reduction)
-
-
 def test_one_channel_without_reduction_is_a_block_of_one_attention_channel():
     block = ObjectContextAttention2d(1, reduction=1).eval()
     assert block.channels == 1
