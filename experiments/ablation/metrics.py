@@ -37,16 +37,6 @@ PAIRWISE = "val/pairwise_category_consistency"
 UNARY = "val/unary_boundary_consistency"
 BACKGROUND = "background"
 
-# per block: block_summary key -> (label in tables, digits)
-BLOCK_SUMMARY = {
-    "ratio": ("dL/du : dL/dp (geo. mean)", 2),
-    "ratio_late": ("dL/du : dL/dp (2nd half)", 2),
-    "cross": ("cross-sensitivity (mean)", 3),
-    "cross_late": ("cross-sensitivity (2nd half)", 3),
-    "pairwise_category": ("pairwise-category consistency", 2),
-    "unary_boundary": ("unary-boundary consistency", 2),
-}
-
 # summary key -> (label in tables, digits)
 SUMMARY = {
     "final_miou": ("final val mIoU", 3),
@@ -59,6 +49,16 @@ SUMMARY = {
     "unary_boundary": ("unary-boundary consistency", 2),
     "ratio": ("dL/du : dL/dp (geo. mean)", 2),
     "ratio_late": ("dL/du : dL/dp (2nd half)", 2),
+}
+
+# per block: block_summary key -> (label in tables, digits); the head's summary's labels where they are the same
+BLOCK_SUMMARY = {
+    "ratio": SUMMARY["ratio"],
+    "ratio_late": SUMMARY["ratio_late"],
+    "cross": ("cross-sensitivity (mean)", 3),
+    "cross_late": ("cross-sensitivity (2nd half)", 3),
+    "pairwise_category": SUMMARY["pairwise_category"],
+    "unary_boundary": SUMMARY["unary_boundary"],
 }
 
 
