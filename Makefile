@@ -15,7 +15,7 @@ MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint format bench bench-blocks bench-scaling bench-training bench-inference bench-data \
-	bench-callbacks bench-startup bench-analysis bench-export experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
+	bench-callbacks bench-startup bench-analysis bench-export bench-pointwise experiment-separation experiment-ablation experiment-reliability mutation mutation-check \
 	tensorboard clean
 
 help: ## list the targets
@@ -62,10 +62,13 @@ mutation-check: $(STAMP) ## mutation score check of one small module (CI)
 # SCALING_ARGS / TRAINING_ARGS / INFERENCE_ARGS to one script each (e.g. TRAINING_ARGS="--precision bf16-mixed
 # --channels-last --cudnn-benchmark --encoder resnet101 --crop 769 769"), DATA_BENCH_ARGS to the data pipeline,
 # ANALYSIS_ARGS to the analysis (e.g. ANALYSIS_ARGS="--baseline-src /tmp/before/src", another checkout's sources).
-bench: bench-blocks bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup bench-analysis bench-export ## the benchmark suite -> benchmarks/*.md + PNGs
+bench: bench-blocks bench-pointwise bench-scaling bench-training bench-inference bench-data bench-callbacks bench-startup bench-analysis bench-export ## the benchmark suite -> benchmarks/*.md + PNGs
 
 bench-blocks: $(STAMP) ## context blocks alone (NL, DNL, GC, mmseg's), fused vs materialised -> benchmarks/context_blocks.md
 	$(BIN)/python benchmarks/context_blocks.py $(ARGS)
+
+bench-pointwise: $(STAMP) ## 1x1 convolution: oneDNN against matrix products -> benchmarks/pointwise_conv.md
+	$(BIN)/python benchmarks/pointwise_conv.py $(POINTWISE_ARGS)
 
 bench-scaling: $(STAMP) ## block fwd+bwd time/memory for P = 1024 ... 32768 -> benchmarks/resolution_scaling.md
 	$(BIN)/python benchmarks/context_blocks.py --scaling $(ARGS) $(SCALING_ARGS)

@@ -16,7 +16,7 @@ SCRIPTS = ("context_blocks", "training_step", "inference_modes", "data_pipeline"
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers as ``_measure``
     yield lambda name: importlib.import_module(name)
-    for name in ("_measure", "callback_overhead", "export", *SCRIPTS):
+    for name in ("_measure", "callback_overhead", "export", "pointwise_conv", *SCRIPTS):
         sys.modules.pop(name, None)
 
 
@@ -152,6 +152,14 @@ def test_callback_overhead_times_the_three_callback_sets(scripts, tmp_path):
     medians = scripts("callback_overhead").main(["--tiny", "--output", str(output)])
     assert list(medians) == ["none", "monitor", "monitor + probe"] and all(w > 0 for w, _ in medians.values())
     assert "| monitor + probe |" in output.read_text()
+
+
+def test_pointwise_conv_compares_the_products_with_onednn_per_layout(scripts, tmp_path):
+    output = tmp_path / "pointwise.md"
+    rows = scripts("pointwise_conv").main(["--tiny", "--output", str(output)])
+    assert [row[1] for row in rows] == ["contiguous", "channels last"]
+    assert all(float(value) > 0 for row in rows for value in row[2:])
+    assert "| fwd+bwd pointwise/conv |" in output.read_text()
 
 
 def test_startup_time_compares_checkouts_and_writes_its_table(scripts, monkeypatch, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dnlseg.context import CrissCrossAttention2d, GroupAttention2d, capture_attention
-from dnlseg.context.keys import CrissCrossKeys, GridKeys, criss_cross_attention, grouped_attention
+from dnlseg.context.keys import CrissCrossKeys, GridKeys, criss_cross_attention, grouped_attention, reorder
 
 
 def test_a_criss_cross_query_has_its_row_and_its_column_with_itself_once():
@@ -34,6 +34,17 @@ def test_grouped_kernel_equals_the_softmax_within_each_group():
     q, k, v = torch.randn(2, 6, 3), torch.randn(2, 6, 3), torch.randn(2, 6, 4)
     logits = (q @ k.transpose(1, 2)).masked_fill(groups[:, None] != groups[None, :], float("-inf"))
     torch.testing.assert_close(grouped_attention(q, k, v, order, 3), torch.softmax(logits, dim=-1) @ v)
+
+
+def test_reordering_tokens_passes_the_gradient_back_through_the_inverse_permutation():
+    torch.manual_seed(3)
+    order = torch.randperm(7)
+    inverse = torch.argsort(order)
+    t = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(reorder(t, order, inverse), t[:, order])
+    torch.autograd.gradcheck(lambda t: reorder(t, order, inverse), (t,))
+    with torch.no_grad():
+        assert torch.equal(reorder(t, order, inverse), t[:, order])
 
 
 @pytest.mark.parametrize("group_range, members", [("long", 2 * 3), ("short", 2 * 2)])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from dnlseg.context.base import CoupledAttention, implicit_split
 from dnlseg.context.keys import TokenKeys
-from dnlseg.context.layers import ConvNormAct, NormLayer, pyramid_cover, pyramid_pool
+from dnlseg.context.layers import ConvNormAct, NormLayer, pointwise_conv, pyramid_cover, pyramid_pool
 
 POOL_SCALES = (1, 3, 6, 8)
 NOT_PIXELS = "its keys are pyramid cells (averages over regions), not pixels: no key lies on a boundary"
@@ -80,13 +80,14 @@ class PyramidNonLocal(CoupledAttention):
         # running statistics move twice); in evaluation its output is the query's.
         k = q if self.shared_key and xk is xq and not self.training else self.key(xk)
         keys = pyramid_pool(k, self.pool_scales)  # (N, C', Hk, Wk) -> (N, C', 110); channel-first throughout
-        values = pyramid_pool(self.value(xk), self.pool_scales)  # (N, C', 110)
+        values = pyramid_pool(pointwise_conv(xk, self.value), self.pool_scales)  # (N, C', 110)
         q = q.flatten(2)  # (N, C', P)
         sim = (q.transpose(1, 2) @ keys) * self.channels**-0.5  # (N, P, C') @ (N, C', 110) -> (N, P, 110)
         y = values @ torch.softmax(sim, dim=-1).transpose(1, 2)  # (N, C', 110) @ (N, 110, P) -> (N, C', P)
         y_tokens = y.transpose(1, 2)  # (N, P, C'): the captured output, on the path to the loss (dL/dy exists)
         self.publish(lambda: self.capture(q, keys, values, y_tokens, (H, W), tuple(xk.shape[-2:])))
-        context = self.out(y_tokens.transpose(1, 2).reshape(N, self.channels, H, W))  # (N, C_out, H, W); y's memory
+        y_map = y_tokens.transpose(1, 2).reshape(N, self.channels, H, W)  # y's memory: channels last
+        context = pointwise_conv(y_map, self.out)  # (N, C_out, H, W)
         return self.bottleneck(torch.cat([context, xq], dim=1))
 
     def capture(self, q: Tensor, keys: Tensor, values: Tensor, y: Tensor, size, key_grid):

@@ -6,7 +6,8 @@ section 7. The queries and keys are the C channels of x, each a vector over the 
     y_a  = sum_b w_ab x_b                             (N, C, P)
     out  = x + gamma * y                              gamma a learned scalar, 0 at init: the block starts as identity
 
-Under autocast the energies and weights stay in float32. E is a Gram matrix: its backward is one product,
+Under autocast the energies and weights stay in float32. Inference takes out = x + (gamma w) x as one product that
+adds x (``baddbmm``), with no (C, P) buffer for y. E is a Gram matrix: its backward is one product,
 dL/dx = (G + G^T) x with G = dL/dE (``Gram``), where autograd, seeing x twice, computes two. The analyses get the
 split of -x_a . x_b over channel keys (``TokenKeys("channels")``, covering no pixel); the pixel analyses have no
 meaning for it (``undefined_analyses``).
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from dnlseg.context.base import CoupledAttention, implicit_split
+from dnlseg.context.base import CapturedAttention, CoupledAttention, implicit_split
 from dnlseg.context.keys import TokenKeys
 
 NO_PIXELS = "its queries and keys are the C channels, not pixels: no weight of it lies on the image"
@@ -79,13 +80,17 @@ class ChannelAttention2d(CoupledAttention):
             else:
                 energy = channels @ channels.transpose(1, 2)  # (N, C, P) @ (N, P, C) -> (N, C, C)
             weights = torch.softmax(energy.max(dim=-1, keepdim=True).values.expand_as(energy) - energy, dim=-1)
+            if not torch.is_grad_enabled():  # inference: out = x + (gamma w) @ x, one product that adds x
+                out = torch.baddbmm(channels, self.gamma * weights, channels)  # (N, C, P), no y beside it
+                self.publish(lambda: self.capture(channels, weights @ channels))  # y computed for a capture only
+                return out.reshape(N, C, H, W)
             y = weights @ channels  # (N, C, C) @ (N, C, P) -> (N, C, P)
-        self.publish(
-            lambda: implicit_split(
-                -channels, channels, channels, y, (C, 1), (C, 1), self.combine, TokenKeys("channels"), "channels"
-            )
+        self.publish(lambda: self.capture(channels, y))
+        return self.gamma * y.reshape(N, C, H, W) + x  # mmseg: gamma(out) + x
+
+    def capture(self, channels: Tensor, y: Tensor) -> CapturedAttention:
+        """Queries -x_a, keys x_b, values x_b (N, C, P): the split of -x_a . x_b over the C channel keys."""
+        C = channels.shape[1]
+        return implicit_split(
+            -channels, channels, channels, y, (C, 1), (C, 1), self.combine, TokenKeys("channels"), "channels"
         )
-        out = y.reshape(N, C, H, W)
-        if torch.is_grad_enabled() or self.capturing:  # autograd keeps y for gamma's gradient; a capture reads y
-            return self.gamma * out + x  # mmseg: gamma(out) + x
-        return out.mul_(self.gamma).add_(x)  # inference: in place on this call's own y, one P x C buffer fewer

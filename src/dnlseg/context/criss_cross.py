@@ -8,7 +8,9 @@
 
 applied ``recurrence`` times with the same weights (RCCA, R = 2: every pixel reaches every other in two steps).
 The fused path never builds more than the (N, P, H + W) logits (``keys.criss_cross_attention``); "materialized"
-masks the (N, P, P) map (a reference). Each step publishes one ``CapturedAttention`` with ``CrissCrossKeys``.
+masks the (N, P, P) map (a reference). The steps run on pixel tokens (N, P, C), transposed once in and once out,
+the three projections as one matrix product (mmcv: three convolutions per step). Each step publishes one
+``CapturedAttention`` with ``CrissCrossKeys``.
 
 mmseg 1.2.2: ``CCHead.cca`` is mmcv 2.1.0's ``mmcv.ops.CrissCrossAttention``, applied ``CCHead.recurrence`` times;
 keys ``query_conv``, ``key_conv``, ``value_conv``, ``gamma.scale`` -> ours ``query``, ``key``, ``value``, ``gamma``.
@@ -16,7 +18,7 @@ keys ``query_conv``, ``key_conv``, ``value_conv``, ``gamma.scale`` -> ours ``que
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -64,20 +66,27 @@ class CrissCrossAttention2d(CoupledAttention):
         self.gamma = nn.Parameter(torch.zeros(()))  # mmcv's Scale(0): a 0-d parameter
 
     def forward(self, x: Tensor) -> Tensor:
-        for _ in range(self.recurrence):
-            x = self.step(x)
-        return x
-
-    def step(self, x: Tensor) -> Tensor:
-        """One criss-cross attention: out = x + gamma * y."""
         N, C, H, W = x.shape
-        q, k, v = tokens(self.query(x)), tokens(self.key(x)), tokens(self.value(x))  # (N, P, C'), (N, P, C)
-        keys = CrissCrossKeys((H, W))
+        t = tokens(x)  # (N, P, C): the steps run on pixel tokens, transposed once in and once out
+        for _ in range(self.recurrence):
+            t = self.step(t, (H, W))
+        return t.transpose(1, 2).reshape(N, C, H, W).contiguous()
+
+    def step(self, t: Tensor, size: tuple[int, int]) -> Tensor:
+        """One criss-cross attention on tokens t (N, P, C): t + gamma * y. W_q, W_k and W_v run as one
+        (N P, C) @ (C, 2 C' + C) product; q, k and v are views of its output."""
+        N, P, C = t.shape
+        convs = (self.query, self.key, self.value)  # 1x1 convs with bias
+        weight = torch.cat([conv.weight for conv in convs]).flatten(1)  # (D, C), D = 2 C' + C
+        bias = torch.cat([cast(Tensor, conv.bias) for conv in convs])  # (D,)
+        qkv = torch.addmm(bias, t.reshape(N * P, C), weight.t()).view(N, P, -1)  # (N P, C) @ (C, D)
+        q, k, v = qkv.split([self.channels, self.channels, C], dim=2)  # (N, P, C'), (N, P, C'), (N, P, C)
+        keys = CrissCrossKeys(size)
         if self.attention == "materialized":
             outside = keys.mask(None)[0].logical_not()  # (P, P): True off the query's row and column
             logits = (q @ k.transpose(1, 2)).masked_fill(outside, float("-inf"))  # (N, P, C') @ (N, C', P)
             y = torch.softmax(logits, dim=-1) @ v  # (N, P, P) @ (N, P, C) -> (N, P, C)
         else:
-            y = criss_cross_attention(q, k, v, (H, W))  # (N, P, C) through (N, H, W, H + W) logits
-        self.publish(lambda: implicit_split(q, k, v, y, (H, W), (H, W), keys.restrict(self.combine), keys))
-        return (self.gamma * y.transpose(1, 2).reshape(N, C, H, W) + x).contiguous()  # mmcv: gamma(out) + x
+            y = criss_cross_attention(q, k, v, size)  # (N, P, C) through (N, H, W, H + W) logits
+        self.publish(lambda: implicit_split(q, k, v, y, size, size, keys.restrict(self.combine), keys))
+        return torch.addcmul(t, self.gamma, y)  # t + gamma * y; mmcv: gamma(out) + x

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from dnlseg.context.attention import tokens
 from dnlseg.context.base import CoupledAttention, check_choice, implicit_split
 from dnlseg.context.keys import GroupKeys, grouped_attention
-from dnlseg.context.layers import ConvNormAct, NormLayer, conv_norm_acts
+from dnlseg.context.layers import ConvNormAct, NormLayer, conv_norm_acts, pointwise_conv
 
 Range = Literal["long", "short"]
 RANGES = ("long", "short")
@@ -86,7 +86,7 @@ class GroupAttention2d(CoupledAttention):
             raise ValueError(f"a {Hp} x {Wp} map is not made of whole {self.group_size} tiles: pad it first")
         keys = self.keys((Hp, Wp), image or (0, 0, Hp, Wp), x.device)
         q = tokens(self.query(x)) * self.channels**-0.5  # (N, P, C'), the logit scale folded in
-        k, v = tokens(self.key(x)), tokens(self.value(x))  # (N, P, C'), (N, P, C)
+        k, v = tokens(self.key(x)), tokens(pointwise_conv(x, self.value))  # (N, P, C'), (N, P, C)
         gh, gw = self.group_size
         members = (Hp // gh) * (Wp // gw) if self.group_range == "long" else gh * gw  # pixels per group
         y = grouped_attention(q, k, v, keys.order, members)  # (N, P, C): one (S, S) map per group

@@ -1,5 +1,6 @@
 """Small layers the attention blocks of docs/science.md section 7 share: a 1x1 conv + norm + ReLU laid out as
-mmcv's ``ConvModule`` (``conv``, ``bn``: the same state-dict keys) and the pyramid pooling of ANN's keys."""
+mmcv's ``ConvModule`` (``conv``, ``bn``: the same state-dict keys), the 1x1 conv as matrix products on CPU, and the
+pyramid pooling of ANN's keys."""
 
 from __future__ import annotations
 
@@ -35,10 +36,37 @@ class ConvNormAct(nn.Module):
         self.act = nn.ReLU(inplace=True) if act else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
+        x = pointwise_conv(x, self.conv) if self.conv.kernel_size == (1, 1) else self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         return self.act(x) if self.act is not None else x
+
+
+def pointwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv``, a 1x1 convolution (stride 1, one group), on x (N, C, H, W) on CPU as matrix products:
+
+        contiguous x:     y_n = W x_n + b       (C_out, C) @ (C, P), one product per image
+        channels-last x:  y = x W^T + b         (N P, C) @ (C, C_out), one product; y channels last as x
+
+    oneDNN's 1x1 convolution takes longer on such maps, forward and backward (benchmarks/pointwise_conv.md). Any
+    other layout or device, and a traced or exported graph (the loop would freeze the batch size), get ``conv``."""
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return conv(x)
+    N, C, H, W = x.shape
+    weight = conv.weight.flatten(1)  # (C_out, C)
+    if x.is_contiguous():
+        images = x.reshape(N, C, H * W).unbind(0)
+
+        def product(image: Tensor) -> Tensor:  # (C, P) -> (C_out, P)
+            return weight @ image if conv.bias is None else torch.addmm(conv.bias[:, None], weight, image)
+
+        y = product(images[0]).unsqueeze(0) if N == 1 else torch.stack([product(image) for image in images])
+        return y.view(N, -1, H, W)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        pixels = x.permute(0, 2, 3, 1).reshape(N * H * W, C)  # (N P, C), a view
+        y = pixels @ weight.t() if conv.bias is None else torch.addmm(conv.bias, pixels, weight.t())
+        return y.view(N, H, W, -1).permute(0, 3, 1, 2)  # (N, C_out, H, W) in channels-last memory
+    return conv(x)
 
 
 def conv_norm_acts(in_channels: int, out_channels: int, count: int, norm_layer: NormLayer | None) -> nn.Sequential:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dnlseg.context.attention import fused_attention
 from dnlseg.context.base import CoupledAttention, check_choice, implicit_split
+from dnlseg.context.layers import pointwise_conv
 from dnlseg.context.non_local_base import ATTENTION_PATHS, AttentionPath
 
 
@@ -57,7 +58,7 @@ class PositionAttention2d(CoupledAttention):
     def forward(self, x: Tensor) -> Tensor:
         N, C, H, W = x.shape
         # (N, P, C'), (N, P, C'), (N, P, C): views of the conv outputs (N, C', P), no copy
-        q, k, v = (t.flatten(2).transpose(1, 2) for t in (self.query(x), self.key(x), self.value(x)))
+        q, k, v = (pointwise_conv(x, conv).flatten(2).transpose(1, 2) for conv in (self.query, self.key, self.value))
         if self.attention == "materialized":
             w = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # (N, P, C') @ (N, C', P) -> (N, P, P)
             y = w @ v  # (N, P, P) @ (N, P, C) -> (N, P, C)
