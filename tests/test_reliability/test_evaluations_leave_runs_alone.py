@@ -1,5 +1,6 @@
-"""validate, test, predict and analyze never touch a training run's files; their outputs go to a new folder beside
-the checkpoint, printed at the end; the run's config.yaml still resumes it afterwards."""
+"""validate, test, predict, analyze and export never touch a training run's files (``--ckpt_path last`` included);
+the evaluations' outputs go to a new folder beside the checkpoint, printed at the end; the run's config.yaml still
+resumes it afterwards."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def evaluated(finished_run, tmp_path_factory):
         "test": dnlseg("test", "-c", config, "--ckpt_path", "last"),
         "predict": dnlseg("predict", "-c", config, "--ckpt_path", last, f"--data.init_args.predict_dir={images}"),
         "analyze": dnlseg("analyze", "-c", config, "--ckpt_path", last, "--num_images", "1", "--limit_batches", "1"),
+        "export": dnlseg("export", "-c", config, "--ckpt_path", "last", "--output", str(images.parent / "run.onnx")),
     }  # fmt: skip
     after = run_files(run)
     results["resume"] = dnlseg("fit", "-c", config, "--ckpt_path", "last")
@@ -43,6 +45,7 @@ def test_no_evaluation_changes_the_run_and_its_config_still_resumes(evaluated):
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr[-3000:])
     assert after == before  # config.yaml, checkpoints and events, byte for byte
+    assert "run.onnx (onnx" in results["export"].stderr  # `last`: the run's last.ckpt, as validate reads it
     # the fit that continues the run (the one command allowed to write into it) reads its config as it was
     assert "the run was already complete at step 4 (max_steps=4): nothing trained" in results["resume"].stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())

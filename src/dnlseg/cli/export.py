@@ -2,7 +2,7 @@
 
     dnlseg export -c configs/cityscapes/dnl_r50_d8_512x1024_80k.yaml --ckpt_path dnl.ckpt --output dnl.onnx
     dnlseg export -c <run>/config.yaml --ckpt_path <mmseg zoo .pth> --output m.onnx --input_size 1024 2048
-    dnlseg export -c <run>/config.yaml --ckpt_path last.ckpt --format torchscript --output m.pt
+    dnlseg export -c <run>/config.yaml --ckpt_path last --format torchscript --output m.pt   # the run's last.ckpt
     python examples/onnx_predict.py dnl.onnx images/ labels/        # numpy, Pillow and onnxruntime only
 
 The graph takes uint8 RGB images (N, 3, H, W) and returns logits (N, K, H, W): ``dnlseg predict``'s whole-image
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from dnlseg.cli.analyze import read_config
-from dnlseg.cli.lightning_cli import ConfigReader, constructor_error
+from dnlseg.cli.lightning_cli import ConfigReader, DnlsegCLI, constructor_error
 from dnlseg.cli.preflight import check_checkpoint_file
 from dnlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dnlseg.deploy.files import atomic_output
@@ -49,7 +49,10 @@ def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("-c", "--config", required=True, help="the run's config.yaml or the recipe it was fit with")
     parser.add_argument(
-        "--ckpt_path", default=None, help="the weights: a dnlseg .ckpt or an mmseg model-zoo .pth (default: untrained)"
+        "--ckpt_path",
+        default=None,
+        help="the weights: a dnlseg .ckpt, `last` (the run's last.ckpt, as validate reads it) or an mmseg model-zoo "
+        ".pth (default: untrained)",
     )
     parser.add_argument("--output", required=True, help="the file to write (model.onnx, model.pt)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or torchscript")
@@ -172,8 +175,9 @@ def export(args: list[str]) -> Path:
         log.warning("export without --ckpt_path: the network keeps its initial, untrained weights")
     reader = build(Path(opts.config), overrides)
     module, datamodule = reader.model, reader.datamodule
-    if opts.ckpt_path is not None:
-        load_weights(module, opts.ckpt_path)
+    ckpt_path = DnlsegCLI.evaluated_checkpoint(reader.config, opts.ckpt_path)  # `last`: the run's last.ckpt
+    if ckpt_path is not None:
+        load_weights(module, ckpt_path)
     module.eval()
     check_blocks(module.network)
     segmenter = ImageSegmenter(module.network, IMAGENET_MEAN, IMAGENET_STD).eval()
@@ -193,7 +197,7 @@ def export(args: list[str]) -> Path:
         align_corners=module.network.align_corners,
         attention=attention_description(opts),
         inference=dataclasses.asdict(module.inference),
-        checkpoint=Path(opts.ckpt_path).name if opts.ckpt_path else None,
+        checkpoint=Path(ckpt_path).name if ckpt_path else None,
         config=reader.parser.dump(reader.config, skip_unset=False),
     )
     size = tuple(opts.input_size) if opts.input_size else CHECK_SIZE
