@@ -11,6 +11,12 @@ from torch import nn
 from dnlseg.context import GroupAttention2d, InterlacedSparseAttention2d, capture_attention
 
 
+def test_a_tile_one_pixel_high_is_a_positive_size_and_runs():
+    block = InterlacedSparseAttention2d(4, reduction=2, group_size=(1, 2)).eval()
+    with torch.no_grad():
+        assert block(torch.randn(1, 4, 3, 4)).shape == (1, 4, 3, 4)
+
+
 @pytest.mark.parametrize("group_size", [(8,), (8, 8, 8), (0, 8), (8, 0), (-2, 2)])
 def test_a_group_size_that_is_not_two_positive_sizes_is_refused(group_size):
     with pytest.raises(ValueError, match=rf"group_size=\({', '.join(map(str, group_size))},?\) must be two positive"):

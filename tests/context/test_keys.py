@@ -47,6 +47,17 @@ def test_reordering_tokens_passes_the_gradient_back_through_the_inverse_permutat
         assert torch.equal(reorder(t, order, inverse), t[:, order])
 
 
+def test_training_reorders_through_the_inverse_gather_and_a_trace_records_plain_indexing():
+    """The gather backward where a gradient flows; a traced graph gets the index itself (no Python op in it)."""
+    order = torch.randperm(6)
+    inverse = torch.argsort(order)
+    t = torch.randn(1, 6, 2, requires_grad=True)
+    assert type(reorder(t, order, inverse).grad_fn).__name__ == "ReorderBackward"
+    traced = torch.jit.trace(lambda t: reorder(t, order, inverse), (t,))
+    assert "prim::PythonOp" not in {node.kind() for node in traced.graph.nodes()}, traced.graph
+    torch.testing.assert_close(traced(t), t[:, order])
+
+
 @pytest.mark.parametrize("group_range, members", [("long", 2 * 3), ("short", 2 * 2)])
 def test_isa_groups_are_the_same_offset_in_every_tile_or_one_tile(group_range, members):
     stage = GroupAttention2d(4, 2, group_range, (2, 2))

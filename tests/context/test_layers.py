@@ -53,3 +53,44 @@ def test_a_traced_pointwise_conv_is_the_convolution_for_any_batch():
     x = torch.randn(3, 6, 4, 7)
     torch.testing.assert_close(traced(x), layer(x))
     assert "conv" in str(traced.graph).lower() and "addmm" not in str(traced.graph)
+
+
+def graph_nodes(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind t."""
+    names, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_a_1x1_conv_norm_act_on_cpu_runs_matrix_products_not_onednns_convolution(layout):
+    layer = ConvNormAct(6, 4, nn.BatchNorm2d)
+    x = layouts(torch.randn(2, 6, 5, 8))[layout].requires_grad_()
+    nodes = graph_nodes(layer(x))
+    assert "ConvolutionBackward0" not in nodes and {"AddmmBackward0", "MmBackward0"} & nodes, nodes
+    assert "ConvolutionBackward0" in graph_nodes(pointwise_conv(layouts(x)["strided"], layer.conv))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_a_k_by_k_conv_norm_act_keeps_the_size_and_is_conv_norm_relu(kernel_size):
+    torch.manual_seed(2)
+    layer = ConvNormAct(6, 4, nn.BatchNorm2d, kernel_size=kernel_size).double()
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64)
+    expected = torch.relu(layer.bn(nn.functional.conv2d(x, layer.conv.weight, padding=kernel_size // 2)))
+    torch.testing.assert_close(layer(x), expected)
+    assert layer.conv.bias is None  # under a norm
+
+
+@pytest.mark.parametrize("size", [(13, 11), (8, 8), (2, 3)])
+def test_the_exported_pyramid_pool_is_the_product_with_the_cover_and_the_same_averages(size, monkeypatch):
+    """ONNX has no adaptive pooling: under torch.export the pool is x @ cover^T, equal to it at any size."""
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    pooled = pyramid_pool(x, (1, 3, 6, 8))
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    exported = pyramid_pool(x, (1, 3, 6, 8))
+    assert exported.shape == pooled.shape == (2, 5, 110) and exported.dtype == torch.float64
+    torch.testing.assert_close(exported, pooled)
