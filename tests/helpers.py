@@ -152,6 +152,17 @@ def image_tags(log_dir: Path) -> dict[str, list[int]]:
     return tags
 
 
+def backward_nodes(tensor: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes ``tensor`` was computed through (e.g. "GramBackward", "AddmmBackward0")."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
 def captured_from_logits(pairwise, unary, query_size, key_size, combine=None):
     """A ``CapturedAttention`` whose logits are the given ones: p (N, P, Pk) as the factors (p, I), since
     p_ij = p_i . e_j; u (N, 1, Pk) as it is. Values and output are placeholders (zeros)."""

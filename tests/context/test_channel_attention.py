@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dnlseg.context import ChannelAttention2d
+from tests.helpers import backward_nodes
 
 
 def test_in_channels_must_be_positive_and_one_channel_is_a_block():
@@ -31,17 +32,6 @@ def test_a_bfloat16_input_gets_its_energies_and_weights_in_float32():
     out = block.float()(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5)
-
-
-def backward_nodes(tensor: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes ``tensor`` was computed through."""
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return {type(node).__name__ for node in seen}
 
 
 def test_training_takes_the_gram_matrixs_symmetric_backward_and_inference_the_plain_product():

@@ -6,6 +6,7 @@ from torch import nn
 
 from dnlseg.context.attention import tokens
 from dnlseg.context.layers import ConvNormAct, pointwise_conv, pyramid_cover, pyramid_pool
+from tests.helpers import backward_nodes
 
 
 @pytest.mark.parametrize("size", [(13, 11), (8, 8), (2, 3)])
@@ -55,24 +56,13 @@ def test_a_traced_pointwise_conv_is_the_convolution_for_any_batch():
     assert "conv" in str(traced.graph).lower() and "addmm" not in str(traced.graph)
 
 
-def graph_nodes(t: torch.Tensor) -> set[str]:
-    """The names of the autograd nodes behind t."""
-    names, todo = set(), [t.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            todo += [next_node for next_node, _ in node.next_functions]
-    return names
-
-
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_a_1x1_conv_norm_act_on_cpu_runs_matrix_products_not_onednns_convolution(layout):
     layer = ConvNormAct(6, 4, nn.BatchNorm2d)
     x = layouts(torch.randn(2, 6, 5, 8))[layout].requires_grad_()
-    nodes = graph_nodes(layer(x))
+    nodes = backward_nodes(layer(x))
     assert "ConvolutionBackward0" not in nodes and {"AddmmBackward0", "MmBackward0"} & nodes, nodes
-    assert "ConvolutionBackward0" in graph_nodes(pointwise_conv(layouts(x)["strided"], layer.conv))
+    assert "ConvolutionBackward0" in backward_nodes(pointwise_conv(layouts(x)["strided"], layer.conv))
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
