@@ -46,6 +46,16 @@ def test_the_pointwise_products_give_the_convolutions_output_and_gradients(layou
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "options", [{"kernel_size": 3}, {"kernel_size": 1, "stride": 2}, {"kernel_size": 1, "padding": 1}, {"groups": 2}]
+)
+def test_any_other_convolution_runs_as_itself(options):
+    torch.manual_seed(3)
+    conv = nn.Conv2d(6, 4, **({"kernel_size": 1} | options)).double()
+    x = torch.randn(2, 6, 5, 8, dtype=torch.float64)
+    assert torch.equal(pointwise_conv(x, conv), conv(x))
+
+
 def test_a_traced_pointwise_conv_is_the_convolution_for_any_batch():
     """The per-image loop would freeze the traced batch size: a trace records the conv itself."""
     torch.manual_seed(1)

@@ -36,21 +36,23 @@ class ConvNormAct(nn.Module):
         self.act = nn.ReLU(inplace=True) if act else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = pointwise_conv(x, self.conv) if self.conv.kernel_size == (1, 1) else self.conv(x)
+        x = pointwise_conv(x, self.conv)  # a k x k conv (k > 1) runs as itself
         if self.bn is not None:
             x = self.bn(x)
         return self.act(x) if self.act is not None else x
 
 
 def pointwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """``conv``, a 1x1 convolution (stride 1, one group), on x (N, C, H, W) on CPU as matrix products:
+    """``conv`` on x (N, C, H, W); a 1x1 convolution (stride 1, no padding, one group) on CPU as matrix products:
 
         contiguous x:     y_n = W x_n + b       (C_out, C) @ (C, P), one product per image
         channels-last x:  y = x W^T + b         (N P, C) @ (C, C_out), one product; y channels last as x
 
     oneDNN's 1x1 convolution takes longer on such maps, forward and backward (benchmarks/pointwise_conv.md). Any
-    other layout or device, and a traced or exported graph (the loop would freeze the batch size), get ``conv``."""
-    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_exporting():
+    other layout or device, any other convolution, and a traced or exported graph (the loop would freeze the batch
+    size), get ``conv`` itself."""
+    pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+    if not pointwise or x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return conv(x)
     N, C, H, W = x.shape
     weight = conv.weight.flatten(1)  # (C_out, C)
